@@ -1,0 +1,216 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by every backend. Test with errors.Is.
+var (
+	// ErrNotFound: no such repl, tombstone, domain or route.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the write would break a uniqueness rule (an owner/slug,
+	// id or domain already taken).
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid: the value breaks a rule of the data model (a bad label,
+	// no endpoints, a domain that names a repl that does not exist).
+	ErrInvalid = errors.New("invalid")
+	// ErrUnavailable: the backend could not be reached.
+	ErrUnavailable = errors.New("store unavailable")
+)
+
+// Repl is a user's app, live in this cluster.
+type Repl struct {
+	ID    string // a label; unique across all clusters
+	Owner string // a label; "id" is reserved
+	Slug  string // a label; unique per owner
+	// Endpoints are the container addresses (host:port) in this cluster.
+	Endpoints []string
+	// Generation grows by one on every move; the highest one is current.
+	Generation int64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// Tombstone says that a repl moved from this cluster to another one.
+type Tombstone struct {
+	ReplID     string
+	Owner      string // the repl's owner and slug, so names still find it
+	Slug       string
+	Cluster    string // where it lives now
+	Generation int64  // the repl's generation in Cluster
+	MovedAt    time.Time
+}
+
+// Domain is a custom domain linked to a repl.
+type Domain struct {
+	Name   string // lower-case, no trailing dot, e.g. "www.example.com"
+	ReplID string
+	// Token is the value the owner publishes as TXT "replproxy-verify=<Token>".
+	Token      string
+	VerifiedAt time.Time // zero until verified
+	CreatedAt  time.Time
+}
+
+// Challenge is one DNS-01 TXT record.
+type Challenge struct {
+	Name      string // e.g. "_acme-challenge.alice.repl.test"
+	Value     string
+	ExpiresAt time.Time
+}
+
+// RouteKind says where a request for a name goes.
+type RouteKind uint8
+
+const (
+	// RouteLocal: the repl is live in this cluster; use Route.Endpoints.
+	RouteLocal RouteKind = iota + 1
+	// RouteTombstone: the repl moved; forward to Route.Cluster.
+	RouteTombstone
+)
+
+func (k RouteKind) String() string {
+	switch k {
+	case RouteLocal:
+		return "local"
+	case RouteTombstone:
+		return "tombstone"
+	}
+	return "none"
+}
+
+// Route is the answer to a lookup of a routable Key. Its slices are shared
+// and must not be modified.
+type Route struct {
+	Kind       RouteKind
+	ReplID     string
+	Owner      string
+	Slug       string
+	Endpoints  []string // RouteLocal
+	Cluster    string   // RouteTombstone
+	Generation int64
+}
+
+// Stats counts what a store holds.
+type Stats struct {
+	Repls      int
+	Tombstones int
+	Domains    int
+	Challenges int
+}
+
+// EventKind says what changed.
+type EventKind uint8
+
+const (
+	// EventResync: the watcher (re)connected and may have missed changes;
+	// consumers must treat everything they hold as possibly stale.
+	EventResync EventKind = iota + 1
+	// EventRepl: a repl's live row or tombstone changed (ReplID, Owner, Slug).
+	EventRepl
+	// EventDomain: a custom domain changed (Name).
+	EventDomain
+	// EventChallenge: a challenge record changed (Name).
+	EventChallenge
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventResync:
+		return "resync"
+	case EventRepl:
+		return "repl"
+	case EventDomain:
+		return "domain"
+	case EventChallenge:
+		return "challenge"
+	}
+	return "unknown"
+}
+
+// Event is one change notification. It carries only keys: consumers look
+// the data up again.
+type Event struct {
+	Kind   EventKind
+	ReplID string
+	Owner  string
+	Slug   string
+	Name   string
+}
+
+// Reader is what the daemons need on their request path.
+type Reader interface {
+	// Lookup resolves a routable key (KeyRepl, KeyReplID, KeyDomain) to a
+	// live repl or a tombstone. It returns ErrNotFound when there is
+	// neither, and ErrInvalid for a key that is not routable.
+	Lookup(ctx context.Context, k Key) (Route, error)
+	// Challenges returns the unexpired challenge records named name.
+	Challenges(ctx context.Context, name string) ([]Challenge, error)
+	// Watch calls fn for every change until ctx is done, then returns
+	// ctx's error. It sends EventResync after every (re)connection,
+	// the first included, once changes from then on will be delivered.
+	// fn is called from one goroutine and must not block for long.
+	Watch(ctx context.Context, fn func(Event)) error
+}
+
+// Store is the whole data model of one cluster. Every method is safe for
+// concurrent use. Every write is atomic: it happens whole or not at all.
+type Store interface {
+	Reader
+
+	// CreateRepl adds a live repl with generation 1 (or r.Generation when
+	// set). ErrConflict when the id or owner/slug is taken.
+	CreateRepl(ctx context.Context, r Repl) (Repl, error)
+	GetRepl(ctx context.Context, id string) (Repl, error)
+	// ListRepls returns the live repls ordered by owner, slug; owner ""
+	// means every owner.
+	ListRepls(ctx context.Context, owner string) ([]Repl, error)
+	// SetEndpoints replaces a live repl's endpoints.
+	SetEndpoints(ctx context.Context, id string, endpoints []string) (Repl, error)
+	// DeleteRepl removes a live repl and its custom domains.
+	DeleteRepl(ctx context.Context, id string) error
+
+	// Move steps (DESIGN.md, "Moving a repl"). Each is idempotent.
+
+	// Activate makes r live here with r.Generation (step 1 in the
+	// destination): it inserts or updates the live row, unless a row
+	// with a higher generation is already there, and removes this
+	// cluster's tombstone for the repl, all in one transaction.
+	Activate(ctx context.Context, r Repl) (Repl, error)
+	// Retire replaces the live row of a repl with a tombstone to cluster
+	// in one transaction (step 2 in the source). It is a no-op when the
+	// tombstone is already there with that generation or a higher one.
+	Retire(ctx context.Context, replID, cluster string, generation int64) (Tombstone, error)
+	// Repoint makes this cluster's tombstone for the repl, if any, name
+	// cluster and generation (step 3 in the other clusters), unless it
+	// already names a higher generation. ErrNotFound when there is none.
+	Repoint(ctx context.Context, replID, cluster string, generation int64) error
+
+	GetTombstone(ctx context.Context, replID string) (Tombstone, error)
+	ListTombstones(ctx context.Context) ([]Tombstone, error)
+	// CollectTombstones removes tombstones that moved before cutoff, and
+	// the custom domains that named only them. It returns how many went.
+	CollectTombstones(ctx context.Context, cutoff time.Time) (int, error)
+
+	// LinkDomain links a custom domain to a repl that is live here or
+	// has a tombstone here. ErrConflict when the domain is taken.
+	LinkDomain(ctx context.Context, d Domain) (Domain, error)
+	UnlinkDomain(ctx context.Context, name string) error
+	GetDomain(ctx context.Context, name string) (Domain, error)
+	// ListDomains returns the domains of one repl, or all when replID is "".
+	ListDomains(ctx context.Context, replID string) ([]Domain, error)
+	// MarkDomainVerified records that ownership of the domain was proven at.
+	MarkDomainVerified(ctx context.Context, name string, at time.Time) error
+
+	// PutChallenge adds a challenge record or extends its expiry.
+	PutChallenge(ctx context.Context, c Challenge) error
+	// DeleteChallenge removes one record (name and value).
+	DeleteChallenge(ctx context.Context, name, value string) error
+	// DeleteExpiredChallenges removes records that expired before now.
+	DeleteExpiredChallenges(ctx context.Context, now time.Time) (int, error)
+
+	Stats(ctx context.Context) (Stats, error)
+	// Close releases the backend's resources.
+	Close() error
+}
