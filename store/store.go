@@ -160,31 +160,44 @@ type Store interface {
 	Reader
 
 	// CreateRepl adds a live repl with generation 1 (or r.Generation when
-	// set). ErrConflict when the id or owner/slug is taken.
+	// set). ErrInvalid when a label is bad (ValidLabel, ValidOwner) or an
+	// endpoint is not host:port; ErrConflict when the id is live or has a
+	// tombstone here, or the owner/slug is live here. A tombstone with the
+	// same owner/slug does not conflict: lookups prefer the live row.
 	CreateRepl(ctx context.Context, r Repl) (Repl, error)
+	// GetRepl returns a live repl; ErrNotFound when it is not live here.
 	GetRepl(ctx context.Context, id string) (Repl, error)
 	// ListRepls returns the live repls ordered by owner, slug; owner ""
-	// means every owner.
+	// means every owner. ListTombstones orders by repl id, ListDomains by
+	// name; Challenges by value.
 	ListRepls(ctx context.Context, owner string) ([]Repl, error)
 	// SetEndpoints replaces a live repl's endpoints.
 	SetEndpoints(ctx context.Context, id string, endpoints []string) (Repl, error)
-	// DeleteRepl removes a live repl and its custom domains.
+	// DeleteRepl removes a live repl and its custom domains; ErrNotFound
+	// when it is not live here.
 	DeleteRepl(ctx context.Context, id string) error
 
 	// Move steps (DESIGN.md, "Moving a repl"). Each is idempotent.
 
 	// Activate makes r live here with r.Generation (step 1 in the
-	// destination): it inserts or updates the live row, unless a row
-	// with a higher generation is already there, and removes this
-	// cluster's tombstone for the repl, all in one transaction.
+	// destination), in one transaction: it inserts the live row, or
+	// updates it when its generation is lower (a row with the same or a
+	// higher generation is left as it is and returned), and removes this
+	// cluster's tombstone for the repl. A tombstone whose generation is
+	// r.Generation or higher means the repl has moved on since:
+	// ErrConflict, nothing changes.
 	Activate(ctx context.Context, r Repl) (Repl, error)
 	// Retire replaces the live row of a repl with a tombstone to cluster
-	// in one transaction (step 2 in the source). It is a no-op when the
-	// tombstone is already there with that generation or a higher one.
+	// at generation in one transaction (step 2 in the source). A
+	// tombstone already there with that generation or a higher one is
+	// returned unchanged; one with a lower generation is repointed. A
+	// live row whose generation is not below generation means the repl
+	// came back here since: ErrConflict. Neither row: ErrNotFound.
 	Retire(ctx context.Context, replID, cluster string, generation int64) (Tombstone, error)
-	// Repoint makes this cluster's tombstone for the repl, if any, name
-	// cluster and generation (step 3 in the other clusters), unless it
-	// already names a higher generation. ErrNotFound when there is none.
+	// Repoint makes this cluster's tombstone for the repl name cluster
+	// and generation (step 3 in the other clusters), unless it already
+	// names that generation or a higher one. ErrNotFound when there is
+	// no tombstone for the repl here.
 	Repoint(ctx context.Context, replID, cluster string, generation int64) error
 
 	GetTombstone(ctx context.Context, replID string) (Tombstone, error)
@@ -193,19 +206,27 @@ type Store interface {
 	// the custom domains that named only them. It returns how many went.
 	CollectTombstones(ctx context.Context, cutoff time.Time) (int, error)
 
-	// LinkDomain links a custom domain to a repl that is live here or
-	// has a tombstone here. ErrConflict when the domain is taken.
+	// LinkDomain links a custom domain (ValidDomain) to a repl that is
+	// live here or has a tombstone here (else ErrNotFound). An empty
+	// Token is filled with a random one. ErrConflict when the domain is
+	// taken. Linked domains route whether verified or not.
 	LinkDomain(ctx context.Context, d Domain) (Domain, error)
+	// UnlinkDomain removes a link; ErrNotFound when there is none.
 	UnlinkDomain(ctx context.Context, name string) error
 	GetDomain(ctx context.Context, name string) (Domain, error)
 	// ListDomains returns the domains of one repl, or all when replID is "".
 	ListDomains(ctx context.Context, replID string) ([]Domain, error)
-	// MarkDomainVerified records that ownership of the domain was proven at.
+	// MarkDomainVerified records that ownership of the domain was proven
+	// at; ErrNotFound when the domain is not linked.
 	MarkDomainVerified(ctx context.Context, name string, at time.Time) error
 
-	// PutChallenge adds a challenge record or extends its expiry.
+	// PutChallenge adds a challenge record or sets the expiry of an
+	// existing one (same name and value). The name is "_acme-challenge."
+	// followed by a valid name; the value is 1–255 printable ASCII
+	// characters without spaces or quotes (ErrInvalid otherwise).
 	PutChallenge(ctx context.Context, c Challenge) error
-	// DeleteChallenge removes one record (name and value).
+	// DeleteChallenge removes one record (name and value); removing one
+	// that is not there is not an error.
 	DeleteChallenge(ctx context.Context, name, value string) error
 	// DeleteExpiredChallenges removes records that expired before now.
 	DeleteExpiredChallenges(ctx context.Context, now time.Time) (int, error)
