@@ -1,0 +1,410 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+)
+
+// CacheConfig tunes a Cache. The zero value is usable.
+type CacheConfig struct {
+	// TTL bounds how long a found route is trusted without a change
+	// notification: a safety net, since notifications drop entries at once.
+	// Zero means 60 s.
+	TTL time.Duration
+	// NegativeTTL is the same for names that were not found, and for
+	// challenge lookups. Zero means 10 s.
+	NegativeTTL time.Duration
+	// MaxEntries bounds the found routes kept. Zero means 1,000,000.
+	MaxEntries int
+	// MaxNegative bounds the not-found entries kept, apart from the found
+	// ones, so a flood of random names cannot evict hot routes. Zero means
+	// 100,000.
+	MaxNegative int
+	// LoadTimeout bounds one backend call. Zero means 2 s.
+	LoadTimeout time.Duration
+	// RetryAfter is how long, after the backend failed, misses fail fast
+	// (ErrUnavailable) instead of calling it again; one call per period
+	// probes it. Zero means 1 s.
+	RetryAfter time.Duration
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *CacheConfig) setDefaults() {
+	if c.TTL <= 0 {
+		c.TTL = 60 * time.Second
+	}
+	if c.NegativeTTL <= 0 {
+		c.NegativeTTL = 10 * time.Second
+	}
+	if c.MaxEntries <= 0 {
+		c.MaxEntries = 1_000_000
+	}
+	if c.MaxNegative <= 0 {
+		c.MaxNegative = 100_000
+	}
+	if c.LoadTimeout <= 0 {
+		c.LoadTimeout = 2 * time.Second
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// CacheStats counts what a Cache did since it was made.
+type CacheStats struct {
+	Hits         uint64 // answered from a fresh entry, found or not
+	Misses       uint64 // had to ask the backend (or fail fast)
+	Stale        uint64 // answered from an old entry because the backend failed
+	Loads        uint64 // backend calls made
+	LoadErrors   uint64 // backend calls that failed
+	Evictions    uint64 // entries dropped for room
+	Invalidation uint64 // entries dropped by change notifications
+	Entries      int    // found routes held
+	Negative     int    // not-found and challenge entries held
+}
+
+// Cache is the route cache both daemons use in front of a Reader: found
+// and not-found entries, dropped by change notifications (Run), bounded by
+// a TTL and by size, one backend call per key at a time, and serve-stale
+// while the backend is down. Its Lookup makes no allocation on a hit.
+type Cache struct {
+	r      Reader
+	cfg    CacheConfig
+	logger *zap.Logger
+
+	found    [cacheShards]shard
+	negative [cacheShards]shard
+	group    singleflight.Group
+
+	epoch     atomic.Uint64 // bumped by EventResync; older entries are stale
+	downUntil atomic.Int64  // unix nanoseconds; misses fail fast until then
+	failing   atomic.Bool   // an incident is in progress (logged once)
+	synced    chan struct{}
+	syncOnce  sync.Once
+
+	byReplMu sync.Mutex
+	byRepl   map[string]map[Key]struct{} // repl id → cached domain keys routing to it
+
+	hits, misses, stale, loads, loadErrors, evictions, invalidations atomic.Uint64
+}
+
+const cacheShards = 64
+
+type shard struct {
+	mu      sync.RWMutex
+	entries map[Key]*entry
+	max     int
+	seq     uint64 // bumped by every invalidation in this shard
+}
+
+type entry struct {
+	route      Route
+	challenges []Challenge
+	err        error // nil or ErrNotFound
+	expires    int64 // unix nanoseconds
+	epoch      uint64
+}
+
+// NewCache returns a cache in front of r. Call Run to keep it current.
+func NewCache(r Reader, cfg CacheConfig, logger *zap.Logger) *Cache {
+	cfg.setDefaults()
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	c := &Cache{
+		r:      r,
+		cfg:    cfg,
+		logger: logger.Named("cache"),
+		synced: make(chan struct{}),
+		byRepl: make(map[string]map[Key]struct{}),
+	}
+	for i := range c.found {
+		c.found[i] = shard{entries: make(map[Key]*entry), max: max(1, cfg.MaxEntries/cacheShards)}
+		c.negative[i] = shard{entries: make(map[Key]*entry), max: max(1, cfg.MaxNegative/cacheShards)}
+	}
+	return c
+}
+
+// Run applies the reader's change notifications to the cache until ctx is
+// done, and returns ctx's error.
+func (c *Cache) Run(ctx context.Context) error {
+	return c.r.Watch(ctx, c.apply)
+}
+
+// Synced is closed once change notifications flow (the first EventResync).
+func (c *Cache) Synced() <-chan struct{} { return c.synced }
+
+// Lookup resolves a routable key like Reader.Lookup, from the cache when it
+// can. When the backend fails, a route known before is returned (stale);
+// without one the error wraps ErrUnavailable.
+func (c *Cache) Lookup(ctx context.Context, k Key) (Route, error) {
+	e, fresh := c.get(k)
+	if fresh {
+		c.hits.Add(1)
+		return e.route, e.err
+	}
+	e, err := c.load(ctx, k, e)
+	if err != nil {
+		return Route{}, err
+	}
+	return e.route, e.err
+}
+
+// Challenges returns the unexpired challenge records named name, cached
+// like Lookup (for NegativeTTL at most, and never past a record's expiry).
+func (c *Cache) Challenges(ctx context.Context, name string) ([]Challenge, error) {
+	k := Key{Kind: KeyChallenge, Name: name}
+	e, fresh := c.get(k)
+	if fresh {
+		c.hits.Add(1)
+		return e.challenges, nil
+	}
+	e, err := c.load(ctx, k, e)
+	if err != nil {
+		return nil, err
+	}
+	return e.challenges, nil
+}
+
+// shardOf picks a shard by a cheap hash of the key's strings (FNV-1a).
+func shardOf(k Key) int {
+	h := uint32(2166136261) ^ uint32(k.Kind)
+	for _, s := range [...]string{k.Owner, k.Slug, k.ID, k.Name} {
+		for i := 0; i < len(s); i++ {
+			h ^= uint32(s[i])
+			h *= 16777619
+		}
+		h *= 16777619
+	}
+	return int(h % cacheShards)
+}
+
+// get returns the entry for k, if any, and whether it is fresh.
+func (c *Cache) get(k Key) (*entry, bool) {
+	i := shardOf(k)
+	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
+		s.mu.RLock()
+		e := s.entries[k]
+		s.mu.RUnlock()
+		if e != nil {
+			return e, e.epoch == c.epoch.Load() && c.cfg.Now().UnixNano() < e.expires
+		}
+	}
+	return nil, false
+}
+
+// load asks the backend for k, once for all concurrent callers, and serves
+// old (stale) when it fails.
+func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
+	c.misses.Add(1)
+	now := c.cfg.Now().UnixNano()
+	if now < c.downUntil.Load() {
+		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, ErrUnavailable))
+	}
+	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k) })
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			return c.serveStale(k, old, res.Err)
+		}
+		return res.Val.(*entry), nil
+	}
+}
+
+// fetch makes one backend call and stores its answer.
+func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
+	i := shardOf(k)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
+	defer cancel()
+
+	epoch := c.epoch.Load()
+	c.found[i].mu.RLock()
+	seq := c.found[i].seq
+	c.found[i].mu.RUnlock()
+
+	c.loads.Add(1)
+	e := &entry{epoch: epoch}
+	ttl := c.cfg.TTL
+	var err error
+	if k.Kind == KeyChallenge {
+		e.challenges, err = c.r.Challenges(ctx, k.Name)
+		ttl = c.cfg.NegativeTTL
+		for _, ch := range e.challenges {
+			ttl = min(ttl, ch.ExpiresAt.Sub(c.cfg.Now()))
+		}
+	} else {
+		e.route, err = c.r.Lookup(ctx, k)
+		if errors.Is(err, ErrNotFound) {
+			e.err, err, ttl = ErrNotFound, nil, c.cfg.NegativeTTL
+		}
+	}
+	if err != nil {
+		c.loadErrors.Add(1)
+		if !errors.Is(err, ErrInvalid) {
+			c.downUntil.Store(c.cfg.Now().Add(c.cfg.RetryAfter).UnixNano())
+		}
+		return nil, err
+	}
+	c.recovered()
+	e.expires = c.cfg.Now().Add(ttl).UnixNano()
+
+	dst := &c.found[i]
+	if e.err != nil || k.Kind == KeyChallenge {
+		dst = &c.negative[i]
+	}
+	c.found[i].mu.RLock()
+	invalidated := c.found[i].seq != seq
+	c.found[i].mu.RUnlock()
+	if invalidated {
+		// A notification for this shard came while we asked: what we got
+		// may predate it. Answer with it, but do not keep it.
+		return e, nil
+	}
+	dst.put(k, e, c.cfg.Now().UnixNano(), &c.evictions)
+	// An entry of the other kind is outdated now.
+	other := &c.negative[i]
+	if dst == other {
+		other = &c.found[i]
+	}
+	other.mu.Lock()
+	delete(other.entries, k)
+	other.mu.Unlock()
+	if k.Kind == KeyDomain && e.err == nil {
+		c.byReplMu.Lock()
+		ks := c.byRepl[e.route.ReplID]
+		if ks == nil {
+			ks = make(map[Key]struct{})
+			c.byRepl[e.route.ReplID] = ks
+		}
+		ks[k] = struct{}{}
+		c.byReplMu.Unlock()
+	}
+	return e, nil
+}
+
+// put stores e. When the shard is full it evicts one entry first: the
+// first expired one among a few looked at, else the first looked at (map
+// iteration starts at a random place, so that one is arbitrary).
+func (s *shard) put(k Key, e *entry, now int64, evictions *atomic.Uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.entries[k]; !ok && len(s.entries) >= s.max {
+		var victim Key
+		looked := 0
+		for vk, ve := range s.entries {
+			if looked == 0 || ve.expires <= now {
+				victim = vk
+			}
+			if looked++; looked == 8 {
+				break
+			}
+		}
+		delete(s.entries, victim)
+		evictions.Add(1)
+	}
+	s.entries[k] = e
+}
+
+// serveStale answers with old when there is one, counting it and logging
+// the incident once; otherwise it returns err marked unavailable.
+func (c *Cache) serveStale(k Key, old *entry, err error) (*entry, error) {
+	if errors.Is(err, ErrInvalid) {
+		return nil, err
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if c.failing.CompareAndSwap(false, true) {
+		c.logger.Warn("store failing: serving known routes stale, unknown names fail", zap.Error(err))
+	}
+	if old == nil {
+		return nil, err
+	}
+	c.stale.Add(1)
+	return old, nil
+}
+
+func (c *Cache) recovered() {
+	if c.failing.CompareAndSwap(true, false) {
+		c.downUntil.Store(0)
+		c.logger.Info("store answering again", zap.Uint64("stale_served_total", c.stale.Load()))
+	}
+}
+
+// apply handles one change notification.
+func (c *Cache) apply(ev Event) {
+	switch ev.Kind {
+	case EventResync:
+		c.epoch.Add(1)
+		c.syncOnce.Do(func() { close(c.synced) })
+	case EventRepl:
+		c.invalidate(ReplKey(ev.Owner, ev.Slug))
+		c.invalidate(ReplIDKey(ev.ReplID))
+		c.byReplMu.Lock()
+		domains := c.byRepl[ev.ReplID]
+		delete(c.byRepl, ev.ReplID)
+		c.byReplMu.Unlock()
+		for k := range domains {
+			c.invalidate(k)
+		}
+	case EventDomain:
+		c.invalidate(DomainKey(ev.Name))
+	case EventChallenge:
+		c.invalidate(Key{Kind: KeyChallenge, Name: ev.Name})
+	}
+}
+
+// Invalidate drops what the cache holds for k.
+func (c *Cache) invalidate(k Key) {
+	i := shardOf(k)
+	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
+		s.mu.Lock()
+		if _, ok := s.entries[k]; ok {
+			delete(s.entries, k)
+			c.invalidations.Add(1)
+		}
+		s.mu.Unlock()
+	}
+	c.found[i].mu.Lock()
+	c.found[i].seq++
+	c.found[i].mu.Unlock()
+}
+
+// Stats returns the cache's counters.
+func (c *Cache) Stats() CacheStats {
+	s := CacheStats{
+		Hits:         c.hits.Load(),
+		Misses:       c.misses.Load(),
+		Stale:        c.stale.Load(),
+		Loads:        c.loads.Load(),
+		LoadErrors:   c.loadErrors.Load(),
+		Evictions:    c.evictions.Load(),
+		Invalidation: c.invalidations.Load(),
+	}
+	for i := range c.found {
+		for _, sh := range [...]*shard{&c.found[i], &c.negative[i]} {
+			sh.mu.RLock()
+			n := len(sh.entries)
+			sh.mu.RUnlock()
+			if sh == &c.found[i] {
+				s.Entries += n
+			} else {
+				s.Negative += n
+			}
+		}
+	}
+	return s
+}

@@ -1,0 +1,427 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// countingReader is a Reader over a map that counts its calls, can fail,
+// and can hold calls until released. It stands in for a backend to test
+// the cache's own logic; the backends themselves are tested for real.
+type countingReader struct {
+	mu         sync.Mutex
+	routes     map[store.Key]store.Route
+	challenges map[string][]store.Challenge
+	fail       error
+	gate       chan struct{} // when set, calls wait for it to close
+	calls      atomic.Int64
+	entered    chan struct{} // gets a value as each call starts, when set
+}
+
+func newCountingReader() *countingReader {
+	return &countingReader{routes: map[store.Key]store.Route{}, challenges: map[string][]store.Challenge{}}
+}
+
+func (r *countingReader) set(k store.Key, rt store.Route) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.routes[k] = rt
+}
+
+func (r *countingReader) setFail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fail = err
+}
+
+func (r *countingReader) enter() error {
+	r.calls.Add(1)
+	r.mu.Lock()
+	gate, entered := r.gate, r.entered
+	r.mu.Unlock()
+	if entered != nil {
+		entered <- struct{}{}
+	}
+	if gate != nil {
+		<-gate
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fail
+}
+
+func (r *countingReader) Lookup(_ context.Context, k store.Key) (store.Route, error) {
+	if err := r.enter(); err != nil {
+		return store.Route{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt, ok := r.routes[k]
+	if !ok {
+		return store.Route{}, fmt.Errorf("lookup %s: %w", k, store.ErrNotFound)
+	}
+	return rt, nil
+}
+
+func (r *countingReader) Challenges(_ context.Context, name string) ([]store.Challenge, error) {
+	if err := r.enter(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.challenges[name], nil
+}
+
+func (r *countingReader) Watch(ctx context.Context, fn func(store.Event)) error {
+	fn(store.Event{Kind: store.EventResync})
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+var (
+	blogKey   = store.ReplKey("alice", "blog")
+	blogRoute = store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:80"}, Generation: 1}
+)
+
+func newTestCache(t *testing.T, r store.Reader, cfg store.CacheConfig, logger *zap.Logger) *store.Cache {
+	t.Helper()
+	c := store.NewCache(r, cfg, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-c.Synced()
+	return c
+}
+
+func lookup(t *testing.T, c *store.Cache, k store.Key) (store.Route, error) {
+	t.Helper()
+	return c.Lookup(t.Context(), k)
+}
+
+func TestCacheHitMakesNoBackendCallAndNoAllocation(t *testing.T) {
+	r := newCountingReader()
+	r.set(blogKey, blogRoute)
+	c := newTestCache(t, r, store.CacheConfig{}, nil)
+	for range 3 {
+		got, err := lookup(t, c, blogKey)
+		if err != nil || got.ReplID != "r1" {
+			t.Fatalf("lookup = %+v, %v", got, err)
+		}
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("backend calls = %d, want 1", n)
+	}
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(1000, func() { _, _ = c.Lookup(ctx, blogKey) })
+	if allocs != 0 {
+		t.Fatalf("a hit allocates %v times, want 0", allocs)
+	}
+	if s := c.Stats(); s.Hits < 1000 || s.Misses != 1 || s.Loads != 1 || s.Entries != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestCacheConcurrentMissesMakeOneCall(t *testing.T) {
+	r := newCountingReader()
+	r.set(blogKey, blogRoute)
+	r.gate = make(chan struct{})
+	r.entered = make(chan struct{}, 1)
+	c := newTestCache(t, r, store.CacheConfig{}, nil)
+
+	const n = 1000
+	var wg sync.WaitGroup
+	var started sync.WaitGroup
+	started.Add(n)
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			started.Done()
+			got, err := c.Lookup(context.Background(), blogKey)
+			if err == nil && got.ReplID != "r1" {
+				err = fmt.Errorf("got %+v", got)
+			}
+			errs <- err
+		})
+	}
+	started.Wait()
+	<-r.entered // the one call is in the backend; the others wait on it
+	// Let stragglers reach the cache before the call returns.
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Stats().Misses < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(r.gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls := r.calls.Load(); calls != 1 {
+		t.Fatalf("%d concurrent misses made %d backend calls, want 1", n, calls)
+	}
+}
+
+func TestCacheNegativeEntriesAndTTL(t *testing.T) {
+	r := newCountingReader()
+	clock := newFakeClock()
+	c := newTestCache(t, r, store.CacheConfig{TTL: time.Minute, NegativeTTL: 5 * time.Second, Now: clock.Now}, nil)
+
+	for range 2 {
+		if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("lookup = %v, want not found", err)
+		}
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("not-found twice made %d calls, want 1 (negative entry)", n)
+	}
+	r.set(blogKey, blogRoute)
+	clock.Advance(6 * time.Second) // the negative entry expires
+	if got, err := lookup(t, c, blogKey); err != nil || got.ReplID != "r1" {
+		t.Fatalf("after negative TTL: %+v, %v", got, err)
+	}
+	clock.Advance(59 * time.Second)
+	_, _ = lookup(t, c, blogKey)
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("calls = %d, want 2 (entry still fresh)", n)
+	}
+	clock.Advance(2 * time.Second) // the found entry expires: asked again
+	_, _ = lookup(t, c, blogKey)
+	if n := r.calls.Load(); n != 3 {
+		t.Fatalf("calls = %d, want 3 (TTL passed)", n)
+	}
+}
+
+// eventReader is a countingReader whose Watch is driven by the test.
+type eventReader struct {
+	*countingReader
+	events chan store.Event
+}
+
+func (r *eventReader) Watch(ctx context.Context, fn func(store.Event)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e := <-r.events:
+			fn(e)
+		}
+	}
+}
+
+// send delivers an event and waits until the cache has applied it (the
+// watch loop takes the next one only after fn returned).
+func (r *eventReader) send(e store.Event) {
+	r.events <- e
+	r.events <- store.Event{} // a no-op: once taken, e was applied
+}
+
+func TestCacheInvalidation(t *testing.T) {
+	r := &eventReader{newCountingReader(), make(chan store.Event)}
+	domain := store.DomainKey("www.example.com")
+	r.set(blogKey, blogRoute)
+	r.set(store.ReplIDKey("r1"), blogRoute)
+	r.set(domain, blogRoute)
+	c := store.NewCache(r, store.CacheConfig{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r.send(store.Event{Kind: store.EventResync})
+
+	for _, k := range []store.Key{blogKey, store.ReplIDKey("r1"), domain} {
+		if _, err := lookup(t, c, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved := store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2}
+	for _, k := range []store.Key{blogKey, store.ReplIDKey("r1"), domain} {
+		r.set(k, moved)
+	}
+	// One repl event drops its name, its id and the domains routing to it.
+	r.send(store.Event{Kind: store.EventRepl, ReplID: "r1", Owner: "alice", Slug: "blog"})
+	for _, k := range []store.Key{blogKey, store.ReplIDKey("r1"), domain} {
+		if got, err := lookup(t, c, k); err != nil || got.Kind != store.RouteTombstone || got.Cluster != "west" {
+			t.Fatalf("%s after the event = %+v, %v; want the tombstone", k, got, err)
+		}
+	}
+	if s := c.Stats(); s.Invalidation != 3 || s.Loads != 6 {
+		t.Fatalf("stats = %+v, want 3 invalidations and 6 loads", s)
+	}
+
+	// A domain event drops a negative entry.
+	other := store.DomainKey("new.example.com")
+	if _, err := lookup(t, c, other); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	r.set(other, blogRoute)
+	r.send(store.Event{Kind: store.EventDomain, Name: "new.example.com"})
+	if got, err := lookup(t, c, other); err != nil || got.ReplID != "r1" {
+		t.Fatalf("after domain event = %+v, %v", got, err)
+	}
+
+	// A resync makes everything be asked again.
+	calls := r.calls.Load()
+	r.send(store.Event{Kind: store.EventResync})
+	_, _ = lookup(t, c, blogKey)
+	if r.calls.Load() != calls+1 {
+		t.Fatalf("lookup after resync did not ask the backend")
+	}
+}
+
+func TestCacheDoesNotKeepAnswerOlderThanAnInvalidation(t *testing.T) {
+	r := &eventReader{newCountingReader(), make(chan store.Event)}
+	r.set(blogKey, blogRoute)
+	gate := make(chan struct{})
+	r.gate = gate
+	r.entered = make(chan struct{}, 1)
+	c := store.NewCache(r, store.CacheConfig{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r.send(store.Event{Kind: store.EventResync})
+
+	res := make(chan error, 1)
+	go func() { _, err := c.Lookup(context.Background(), blogKey); res <- err }()
+	<-r.entered // the load has read the old row...
+	r.send(store.Event{Kind: store.EventRepl, ReplID: "r1", Owner: "alice", Slug: "blog"})
+	r.mu.Lock()
+	r.gate, r.entered = nil, nil
+	r.mu.Unlock()
+	close(gate)
+	if err := <-res; err != nil {
+		t.Fatal(err)
+	}
+	_, _ = lookup(t, c, blogKey)
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("calls = %d, want 2: the answer read before the invalidation must not be kept", n)
+	}
+}
+
+func TestCacheServesStaleWhenBackendFails(t *testing.T) {
+	r := &eventReader{newCountingReader(), make(chan store.Event)}
+	r.set(blogKey, blogRoute)
+	core, logs := observer.New(zap.WarnLevel)
+	clock := newFakeClock()
+	c := store.NewCache(r, store.CacheConfig{Now: clock.Now, RetryAfter: time.Second}, zap.New(core))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r.send(store.Event{Kind: store.EventResync})
+
+	if _, err := lookup(t, c, blogKey); err != nil {
+		t.Fatal(err)
+	}
+	r.setFail(fmt.Errorf("dial: %w", store.ErrUnavailable))
+	r.send(store.Event{Kind: store.EventResync}) // everything is stale now
+	for range 5 {
+		got, err := lookup(t, c, blogKey)
+		if err != nil || got.ReplID != "r1" {
+			t.Fatalf("stale lookup = %+v, %v; want the known route", got, err)
+		}
+		_, err = lookup(t, c, store.ReplKey("bob", "new"))
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("unknown name while failing: %v, want ErrUnavailable", err)
+		}
+	}
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("backend calls = %d, want 2: misses fail fast for RetryAfter after a failure", n)
+	}
+	if s := c.Stats(); s.Stale != 5 {
+		t.Fatalf("stale served = %d, want 5", s.Stale)
+	}
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d warnings logged, want 1 per incident", n)
+	}
+
+	clock.Advance(2 * time.Second) // RetryAfter passed: the backend is probed again
+	r.setFail(nil)
+	if got, err := lookup(t, c, store.ReplKey("bob", "new")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after recovery = %+v, %v; want not found from the backend", got, err)
+	}
+	// A new incident is logged again.
+	r.setFail(errors.New("connection reset"))
+	clock.Advance(time.Hour)
+	_, _ = lookup(t, c, blogKey)
+	if n := logs.Len(); n != 2 {
+		t.Fatalf("%d warnings after a second incident, want 2", n)
+	}
+}
+
+func TestCacheRandomNamesDoNotEvictHotRoutes(t *testing.T) {
+	r := newCountingReader()
+	const hot = 500
+	for i := range hot {
+		r.set(store.ReplIDKey(fmt.Sprint("hot", i)), blogRoute)
+	}
+	c := newTestCache(t, r, store.CacheConfig{MaxEntries: 64 * 16, MaxNegative: 64 * 4}, nil)
+	for i := range hot {
+		if _, err := lookup(t, c, store.ReplIDKey(fmt.Sprint("hot", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50_000 {
+		_, _ = lookup(t, c, store.ReplIDKey(fmt.Sprint("random", i)))
+	}
+	s := c.Stats()
+	if s.Entries != hot {
+		t.Fatalf("found entries = %d, want all %d hot ones kept", s.Entries, hot)
+	}
+	if s.Negative > 64*4 {
+		t.Fatalf("negative entries = %d, want at most %d", s.Negative, 64*4)
+	}
+	calls := r.calls.Load()
+	for i := range hot {
+		_, _ = lookup(t, c, store.ReplIDKey(fmt.Sprint("hot", i)))
+	}
+	if r.calls.Load() != calls {
+		t.Fatal("hot routes were asked again after a flood of random names")
+	}
+}
+
+func TestCacheChallenges(t *testing.T) {
+	r := newCountingReader()
+	clock := newFakeClock()
+	name := "_acme-challenge.alice.repl.test"
+	r.challenges[name] = []store.Challenge{{Name: name, Value: "v", ExpiresAt: clock.Now().Add(3 * time.Second)}}
+	c := newTestCache(t, r, store.CacheConfig{NegativeTTL: 10 * time.Second, Now: clock.Now}, nil)
+	for range 2 {
+		cs, err := c.Challenges(t.Context(), name)
+		if err != nil || len(cs) != 1 {
+			t.Fatalf("challenges = %+v, %v", cs, err)
+		}
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Fatalf("calls = %d, want 1", n)
+	}
+	clock.Advance(4 * time.Second) // past the record's expiry, before NegativeTTL
+	_, _ = c.Challenges(t.Context(), name)
+	if n := r.calls.Load(); n != 2 {
+		t.Fatalf("calls = %d, want 2: a cached record must not outlive its expiry", n)
+	}
+}

@@ -1,0 +1,433 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/store"
+)
+
+// backends returns a constructor of an empty store for each backend. The
+// PostgreSQL server is started once, on first use, and each store gets a
+// fresh database.
+func backends(t *testing.T) map[string]func(t *testing.T) store.Store {
+	var srv *pgtest.Server
+	return map[string]func(t *testing.T) store.Store{
+		"embedded": func(t *testing.T) store.Store {
+			path := filepath.Join(t.TempDir(), "cluster.yaml")
+			if err := os.WriteFile(path, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			s, err := store.Open(t.Context(), path, store.OpenOptions{})
+			if err != nil {
+				t.Fatalf("open embedded store: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		"postgres": func(tt *testing.T) store.Store {
+			if srv == nil {
+				srv = pgtest.Start(t)
+			}
+			s, err := store.Open(tt.Context(), srv.NewDatabase(tt), store.OpenOptions{Migrate: true})
+			if err != nil {
+				tt.Fatalf("open postgres store: %v", err)
+			}
+			tt.Cleanup(func() { s.Close() })
+			return s
+		},
+	}
+}
+
+type contractCase struct {
+	name string
+	run  func(t *testing.T, ctx context.Context, s store.Store)
+}
+
+// TestContract runs the same cases against every backend: both must give
+// the same results.
+func TestContract(t *testing.T) {
+	for name, open := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			for _, c := range contractCases {
+				t.Run(c.name, func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+					defer cancel()
+					c.run(t, ctx, open(t))
+				})
+			}
+		})
+	}
+}
+
+func mustCreate(t *testing.T, ctx context.Context, s store.Store, id, owner, slug string) store.Repl {
+	t.Helper()
+	r, err := s.CreateRepl(ctx, store.Repl{ID: id, Owner: owner, Slug: slug, Endpoints: []string{"127.0.0.1:9001"}})
+	if err != nil {
+		t.Fatalf("create repl %s: %v", id, err)
+	}
+	return r
+}
+
+func wantErr(t *testing.T, what string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: got error %v, want %v", what, err, want)
+	}
+}
+
+func wantStats(t *testing.T, ctx context.Context, s store.Store, want store.Stats) {
+	t.Helper()
+	got, err := s.Stats(ctx)
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	if got != want {
+		t.Fatalf("stats = %+v, want %+v", got, want)
+	}
+}
+
+func wantRoute(t *testing.T, ctx context.Context, s store.Store, k store.Key, want store.Route) {
+	t.Helper()
+	got, err := s.Lookup(ctx, k)
+	if err != nil {
+		t.Fatalf("lookup %s: %v", k, err)
+	}
+	if got.Kind != want.Kind || got.ReplID != want.ReplID || got.Owner != want.Owner || got.Slug != want.Slug ||
+		!slices.Equal(got.Endpoints, want.Endpoints) || got.Cluster != want.Cluster || got.Generation != want.Generation {
+		t.Fatalf("lookup %s = %+v, want %+v", k, got, want)
+	}
+}
+
+var contractCases = []contractCase{
+	{"create, get and look up", func(t *testing.T, ctx context.Context, s store.Store) {
+		before := time.Now().Add(-time.Second)
+		r, err := s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:8080", "10.0.0.2:8080"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Generation != 1 || r.CreatedAt.Before(before) || r.UpdatedAt.Before(before) {
+			t.Fatalf("created %+v: want generation 1 and timestamps set", r)
+		}
+		got, err := s.GetRepl(ctx, "r1")
+		if err != nil || got.Owner != "alice" || got.Slug != "blog" || !slices.Equal(got.Endpoints, r.Endpoints) {
+			t.Fatalf("get = %+v, %v", got, err)
+		}
+		want := store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: r.Endpoints, Generation: 1}
+		wantRoute(t, ctx, s, store.ReplKey("alice", "blog"), want)
+		wantRoute(t, ctx, s, store.ReplIDKey("r1"), want)
+		wantStats(t, ctx, s, store.Stats{Repls: 1})
+	}},
+	{"not found and not routable", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		for _, k := range []store.Key{store.ReplKey("alice", "shop"), store.ReplKey("bob", "blog"), store.ReplIDKey("r2"), store.DomainKey("example.com")} {
+			_, err := s.Lookup(ctx, k)
+			wantErr(t, "lookup "+k.String(), err, store.ErrNotFound)
+		}
+		for _, k := range []store.Key{{Kind: store.KeyApex}, {Kind: store.KeyOwner, Owner: "alice"}, {Kind: store.KeyChallenge, Name: "_acme-challenge.alice.repl.test"}} {
+			_, err := s.Lookup(ctx, k)
+			wantErr(t, "lookup "+k.String(), err, store.ErrInvalid)
+		}
+		_, err := s.GetRepl(ctx, "r2")
+		wantErr(t, "get r2", err, store.ErrNotFound)
+	}},
+	{"invalid repls are refused whole", func(t *testing.T, ctx context.Context, s store.Store) {
+		for _, r := range []store.Repl{
+			{ID: "", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}},
+			{ID: "R1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}},
+			{ID: "r1", Owner: "id", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}},
+			{ID: "r1", Owner: "-alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}},
+			{ID: "r1", Owner: "alice", Slug: "b_log", Endpoints: []string{"127.0.0.1:1"}},
+			{ID: "r1", Owner: "alice", Slug: "blog"},
+			{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1"}},
+			{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:0"}},
+			{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:99999"}},
+		} {
+			_, err := s.CreateRepl(ctx, r)
+			wantErr(t, "create "+r.ID+"/"+r.Owner+"/"+r.Slug, err, store.ErrInvalid)
+		}
+		wantStats(t, ctx, s, store.Stats{})
+	}},
+	{"conflicts", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		_, err := s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "other", Endpoints: []string{"127.0.0.1:1"}})
+		wantErr(t, "same id", err, store.ErrConflict)
+		_, err = s.CreateRepl(ctx, store.Repl{ID: "r2", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}})
+		wantErr(t, "same owner/slug", err, store.ErrConflict)
+		mustCreate(t, ctx, s, "r3", "bob", "blog") // same slug, other owner
+		wantStats(t, ctx, s, store.Stats{Repls: 2})
+	}},
+	{"list, set endpoints, delete", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r3", "bob", "a")
+		mustCreate(t, ctx, s, "r2", "alice", "z")
+		mustCreate(t, ctx, s, "r1", "alice", "m")
+		all, err := s.ListRepls(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids := replIDs(all); !slices.Equal(ids, []string{"r1", "r2", "r3"}) {
+			t.Fatalf("list = %v, want ordered by owner, slug", ids)
+		}
+		alice, err := s.ListRepls(ctx, "alice")
+		if err != nil || !slices.Equal(replIDs(alice), []string{"r1", "r2"}) {
+			t.Fatalf("list alice = %v, %v", replIDs(alice), err)
+		}
+		r, err := s.SetEndpoints(ctx, "r1", []string{"10.1.1.1:80"})
+		if err != nil || !slices.Equal(r.Endpoints, []string{"10.1.1.1:80"}) {
+			t.Fatalf("set endpoints = %+v, %v", r, err)
+		}
+		wantRoute(t, ctx, s, store.ReplIDKey("r1"), store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "m", Endpoints: []string{"10.1.1.1:80"}, Generation: 1})
+		_, err = s.SetEndpoints(ctx, "r1", nil)
+		wantErr(t, "set no endpoints", err, store.ErrInvalid)
+		_, err = s.SetEndpoints(ctx, "nope", []string{"10.1.1.1:80"})
+		wantErr(t, "set endpoints of unknown", err, store.ErrNotFound)
+		if err := s.DeleteRepl(ctx, "r1"); err != nil {
+			t.Fatal(err)
+		}
+		wantErr(t, "delete again", s.DeleteRepl(ctx, "r1"), store.ErrNotFound)
+		_, err = s.Lookup(ctx, store.ReplKey("alice", "m"))
+		wantErr(t, "lookup deleted", err, store.ErrNotFound)
+	}},
+	{"move steps", func(t *testing.T, ctx context.Context, s store.Store) {
+		// This cluster is the destination first.
+		in := store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:80"}, Generation: 2}
+		r, err := s.Activate(ctx, in)
+		if err != nil || r.Generation != 2 {
+			t.Fatalf("activate = %+v, %v", r, err)
+		}
+		if r, err = s.Activate(ctx, in); err != nil || r.Generation != 2 {
+			t.Fatalf("activate again = %+v, %v", r, err)
+		}
+		old := in
+		old.Generation, old.Endpoints = 1, []string{"10.9.9.9:80"}
+		if r, err = s.Activate(ctx, old); err != nil || r.Generation != 2 || r.Endpoints[0] != "10.0.0.1:80" {
+			t.Fatalf("activate an older generation = %+v, %v; want the newer row left alone", r, err)
+		}
+		// Then the source: the repl moves on to cluster west.
+		ts, err := s.Retire(ctx, "r1", "west", 3)
+		if err != nil || ts.Cluster != "west" || ts.Generation != 3 || ts.Owner != "alice" || ts.Slug != "blog" {
+			t.Fatalf("retire = %+v, %v", ts, err)
+		}
+		if ts, err = s.Retire(ctx, "r1", "west", 3); err != nil || ts.Generation != 3 {
+			t.Fatalf("retire again = %+v, %v", ts, err)
+		}
+		tomb := store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 3}
+		wantRoute(t, ctx, s, store.ReplKey("alice", "blog"), tomb)
+		wantRoute(t, ctx, s, store.ReplIDKey("r1"), tomb)
+		wantStats(t, ctx, s, store.Stats{Tombstones: 1})
+		_, err = s.GetRepl(ctx, "r1")
+		wantErr(t, "get retired", err, store.ErrNotFound)
+		_, err = s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog2", Endpoints: []string{"127.0.0.1:1"}})
+		wantErr(t, "create over a tombstone", err, store.ErrConflict)
+
+		// Step 3 of a later move: west → north.
+		if err := s.Repoint(ctx, "r1", "north", 4); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Repoint(ctx, "r1", "west", 3); err != nil { // older: no-op
+			t.Fatal(err)
+		}
+		tomb.Cluster, tomb.Generation = "north", 4
+		wantRoute(t, ctx, s, store.ReplIDKey("r1"), tomb)
+		wantErr(t, "repoint unknown", s.Repoint(ctx, "r9", "north", 4), store.ErrNotFound)
+		_, err = s.Retire(ctx, "r9", "north", 4)
+		wantErr(t, "retire unknown", err, store.ErrNotFound)
+
+		// A stale activation (generation not above the tombstone's) is refused.
+		_, err = s.Activate(ctx, in)
+		wantErr(t, "activate behind the tombstone", err, store.ErrConflict)
+		// Moving back: generation 5 replaces the tombstone.
+		back := in
+		back.Generation = 5
+		if _, err := s.Activate(ctx, back); err != nil {
+			t.Fatal(err)
+		}
+		wantRoute(t, ctx, s, store.ReplKey("alice", "blog"), store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: in.Endpoints, Generation: 5})
+		wantStats(t, ctx, s, store.Stats{Repls: 1})
+		_, err = s.Retire(ctx, "r1", "west", 5)
+		wantErr(t, "retire at the live generation", err, store.ErrConflict)
+		_, err = s.Retire(ctx, "r1", "Bad_Cluster", 6)
+		wantErr(t, "retire to a bad cluster name", err, store.ErrInvalid)
+		wantStats(t, ctx, s, store.Stats{Repls: 1})
+	}},
+	{"tombstones list and collect", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r2", "alice", "b")
+		mustCreate(t, ctx, s, "r1", "alice", "a")
+		for _, id := range []string{"r2", "r1"} {
+			if _, err := s.Retire(ctx, id, "west", 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"}); err != nil {
+			t.Fatal(err)
+		}
+		ts, err := s.ListTombstones(ctx)
+		if err != nil || len(ts) != 2 || ts[0].ReplID != "r1" || ts[1].ReplID != "r2" {
+			t.Fatalf("list tombstones = %+v, %v", ts, err)
+		}
+		if n, err := s.CollectTombstones(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+			t.Fatalf("collect older than an hour = %d, %v; want 0", n, err)
+		}
+		if n, err := s.CollectTombstones(ctx, time.Now().Add(time.Second)); err != nil || n != 2 {
+			t.Fatalf("collect all = %d, %v; want 2", n, err)
+		}
+		wantStats(t, ctx, s, store.Stats{})
+		_, err = s.GetTombstone(ctx, "r1")
+		wantErr(t, "get collected", err, store.ErrNotFound)
+	}},
+	{"domains", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		d, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"})
+		if err != nil || d.Token == "" || !d.VerifiedAt.IsZero() || d.CreatedAt.IsZero() {
+			t.Fatalf("link = %+v, %v; want a token, a creation time and no verification", d, err)
+		}
+		if _, err := s.LinkDomain(ctx, store.Domain{Name: "a.example.org", ReplID: "r1", Token: "given"}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"})
+		wantErr(t, "link twice", err, store.ErrConflict)
+		_, err = s.LinkDomain(ctx, store.Domain{Name: "x.example.com", ReplID: "nope"})
+		wantErr(t, "link to unknown repl", err, store.ErrNotFound)
+		for _, bad := range []string{"", "localhost", "WWW.example.com", "a..b", "-a.example.com", "a_b.example.com"} {
+			_, err = s.LinkDomain(ctx, store.Domain{Name: bad, ReplID: "r1"})
+			wantErr(t, "link "+bad, err, store.ErrInvalid)
+		}
+		wantRoute(t, ctx, s, store.DomainKey("www.example.com"), store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}, Generation: 1})
+		ds, err := s.ListDomains(ctx, "r1")
+		if err != nil || len(ds) != 2 || ds[0].Name != "a.example.org" || ds[0].Token != "given" || ds[1].Name != "www.example.com" {
+			t.Fatalf("list domains = %+v, %v", ds, err)
+		}
+		at := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+		if err := s.MarkDomainVerified(ctx, "www.example.com", at); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := s.GetDomain(ctx, "www.example.com"); err != nil || !d.VerifiedAt.Equal(at) {
+			t.Fatalf("get verified = %+v, %v", d, err)
+		}
+		wantErr(t, "verify unknown", s.MarkDomainVerified(ctx, "no.example.com", at), store.ErrNotFound)
+
+		// The repl moves away: its domains route to the tombstone.
+		if _, err := s.Retire(ctx, "r1", "west", 2); err != nil {
+			t.Fatal(err)
+		}
+		wantRoute(t, ctx, s, store.DomainKey("www.example.com"), store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2})
+		if _, err := s.LinkDomain(ctx, store.Domain{Name: "late.example.com", ReplID: "r1"}); err != nil {
+			t.Fatalf("link to a tombstoned repl: %v", err)
+		}
+		if err := s.UnlinkDomain(ctx, "late.example.com"); err != nil {
+			t.Fatal(err)
+		}
+		wantErr(t, "unlink again", s.UnlinkDomain(ctx, "late.example.com"), store.ErrNotFound)
+		_, err = s.Lookup(ctx, store.DomainKey("late.example.com"))
+		wantErr(t, "lookup unlinked", err, store.ErrNotFound)
+		wantStats(t, ctx, s, store.Stats{Tombstones: 1, Domains: 2})
+	}},
+	{"deleting a repl removes its domains", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		mustCreate(t, ctx, s, "r2", "alice", "shop")
+		for _, d := range []store.Domain{{Name: "a.example.com", ReplID: "r1"}, {Name: "b.example.com", ReplID: "r2"}} {
+			if _, err := s.LinkDomain(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.DeleteRepl(ctx, "r1"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.GetDomain(ctx, "a.example.com")
+		wantErr(t, "domain of deleted repl", err, store.ErrNotFound)
+		wantStats(t, ctx, s, store.Stats{Repls: 1, Domains: 1})
+	}},
+	{"challenges", func(t *testing.T, ctx context.Context, s store.Store) {
+		name := "_acme-challenge.alice.repl.test"
+		later := time.Now().Add(time.Hour)
+		for _, v := range []string{"zzz", "aaa"} {
+			if err := s.PutChallenge(ctx, store.Challenge{Name: name, Value: v, ExpiresAt: later}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.PutChallenge(ctx, store.Challenge{Name: name, Value: "old", ExpiresAt: time.Now().Add(-time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		cs, err := s.Challenges(ctx, name)
+		if err != nil || len(cs) != 2 || cs[0].Value != "aaa" || cs[1].Value != "zzz" {
+			t.Fatalf("challenges = %+v, %v; want aaa, zzz (old expired)", cs, err)
+		}
+		// Putting it again extends its expiry.
+		if err := s.PutChallenge(ctx, store.Challenge{Name: name, Value: "old", ExpiresAt: later}); err != nil {
+			t.Fatal(err)
+		}
+		if cs, _ := s.Challenges(ctx, name); len(cs) != 3 {
+			t.Fatalf("after extending: %+v", cs)
+		}
+		if err := s.DeleteChallenge(ctx, name, "zzz"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeleteChallenge(ctx, name, "zzz"); err != nil {
+			t.Fatalf("delete a missing challenge: %v, want nil", err)
+		}
+		if err := s.PutChallenge(ctx, store.Challenge{Name: name, Value: "gone", ExpiresAt: time.Now().Add(-time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.DeleteExpiredChallenges(ctx, time.Now()); err != nil || n != 1 {
+			t.Fatalf("delete expired = %d, %v; want 1", n, err)
+		}
+		wantStats(t, ctx, s, store.Stats{Challenges: 2})
+		for _, bad := range []store.Challenge{
+			{Name: "alice.repl.test", Value: "x", ExpiresAt: later},
+			{Name: "_acme-challenge.", Value: "x", ExpiresAt: later},
+			{Name: "_acme-challenge.Alice.repl.test", Value: "x", ExpiresAt: later},
+			{Name: name, Value: "", ExpiresAt: later},
+			{Name: name, Value: "has space", ExpiresAt: later},
+			{Name: name, Value: `q"uote`, ExpiresAt: later},
+		} {
+			wantErr(t, "put "+bad.Name+" "+bad.Value, s.PutChallenge(ctx, bad), store.ErrInvalid)
+		}
+		wantStats(t, ctx, s, store.Stats{Challenges: 2})
+	}},
+	{"watch announces changes", func(t *testing.T, ctx context.Context, s store.Store) {
+		wctx, stop := context.WithCancel(ctx)
+		events := make(chan store.Event, 100)
+		done := make(chan error, 1)
+		go func() { done <- s.Watch(wctx, func(e store.Event) { events <- e }) }()
+		defer func() {
+			stop()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("watch returned %v, want context.Canceled", err)
+			}
+		}()
+		if e := nextEvent(t, events); e.Kind != store.EventResync {
+			t.Fatalf("first event = %+v, want resync", e)
+		}
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		// Either backend may announce a change precisely or ask for a resync.
+		e := nextEvent(t, events)
+		if e.Kind != store.EventResync && (e.Kind != store.EventRepl || e.ReplID != "r1" || e.Owner != "alice" || e.Slug != "blog") {
+			t.Fatalf("event after create = %+v, want repl r1 alice/blog or resync", e)
+		}
+	}},
+}
+
+func nextEvent(t *testing.T, events <-chan store.Event) store.Event {
+	t.Helper()
+	select {
+	case e := <-events:
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+		return store.Event{}
+	}
+}
+
+func replIDs(rs []store.Repl) []string {
+	ids := make([]string, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+	}
+	return ids
+}

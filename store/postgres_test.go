@@ -1,0 +1,221 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/store"
+)
+
+func openPostgres(t *testing.T, dsn string) *store.Postgres {
+	t.Helper()
+	p, err := store.OpenPostgres(t.Context(), dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func TestPostgresSchema(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := t.Context()
+
+	_, err := store.Open(ctx, dsn, store.OpenOptions{})
+	if err == nil || !strings.Contains(err.Error(), "replctl migrate") {
+		t.Fatalf("open without schema: %v; want an error that says to run replctl migrate", err)
+	}
+	p := openPostgres(t, dsn)
+	for range 2 { // migrating is idempotent
+		if err := p.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	have, want, err := p.SchemaVersion(ctx)
+	if err != nil || have != want || want < 1 {
+		t.Fatalf("schema version = %d of %d, %v", have, want, err)
+	}
+	if err := p.CheckSchema(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The database keeps data honest even for writers that bypass Go.
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO repls (id, owner, slug, endpoints) VALUES ('r1', 'alice', 'blog', '{127.0.0.1:1}')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{
+		`INSERT INTO repls (id, owner, slug, endpoints) VALUES ('r2', 'Alice', 'blog', '{127.0.0.1:1}')`,
+		`INSERT INTO repls (id, owner, slug, endpoints) VALUES ('r2', 'id', 'blog', '{127.0.0.1:1}')`,
+		`INSERT INTO repls (id, owner, slug, endpoints) VALUES ('r2', 'alice', 'blog', '{127.0.0.1:1}')`,
+		`INSERT INTO repls (id, owner, slug, endpoints) VALUES ('r2', 'alice', 'shop', '{}')`,
+		`INSERT INTO repls (id, owner, slug, endpoints) VALUES ('-r2', 'alice', 'shop', '{127.0.0.1:1}')`,
+		`INSERT INTO domains (name, repl_id, token) VALUES ('www.example.com', 'nope', 'tok')`,
+		`INSERT INTO domains (name, repl_id, token) VALUES ('WWW.example.com', 'r1', 'tok')`,
+		`INSERT INTO domains (name, repl_id, token) VALUES ('localhost', 'r1', 'tok')`,
+		`INSERT INTO challenges (name, value, expires_at) VALUES ('x.alice.repl.test', 'v', now())`,
+		`INSERT INTO challenges (name, value, expires_at) VALUES ('_acme-challenge.alice.repl.test', 'a b', now())`,
+	} {
+		if _, err := conn.Exec(ctx, bad); err == nil {
+			t.Errorf("the database accepted: %s", bad)
+		}
+	}
+}
+
+func TestPostgresUnreachableIsOneClearError(t *testing.T) {
+	start := time.Now()
+	_, err := store.Open(t.Context(), "postgres://app:s3cret@127.0.0.1:1/db?connect_timeout=2", store.OpenOptions{})
+	if err == nil {
+		t.Fatal("open of an unreachable database succeeded")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "s3cret") || !strings.Contains(msg, "127.0.0.1:1") || !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("error = %q; want it to name the server, mask the password and wrap ErrUnavailable", msg)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v: want one attempt, not a stack of retries", d)
+	}
+}
+
+// watchEvents runs Watch in the background and returns its events.
+func watchEvents(t *testing.T, s store.Reader) <-chan store.Event {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan store.Event, 1000)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Watch(ctx, func(e store.Event) { events <- e }) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return events
+}
+
+func TestPostgresNotifications(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := t.Context()
+	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	events := watchEvents(t, s)
+	if e := nextEvent(t, events); e.Kind != store.EventResync {
+		t.Fatalf("first event %+v, want resync", e)
+	}
+	repl := store.Event{Kind: store.EventRepl, ReplID: "r1", Owner: "alice", Slug: "blog"}
+	domain := store.Event{Kind: store.EventDomain, Name: "www.example.com"}
+	challenge := store.Event{Kind: store.EventChallenge, Name: "_acme-challenge.alice.repl.test"}
+	steps := []struct {
+		name string
+		do   func() error
+		want []store.Event
+	}{
+		{"create", func() error {
+			_, err := s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}})
+			return err
+		}, []store.Event{repl}},
+		{"set endpoints", func() error { _, err := s.SetEndpoints(ctx, "r1", []string{"127.0.0.1:2"}); return err }, []store.Event{repl}},
+		{"link", func() error {
+			_, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"})
+			return err
+		}, []store.Event{domain}},
+		{"retire", func() error { _, err := s.Retire(ctx, "r1", "west", 2); return err }, []store.Event{repl}}, // live row out, tombstone in: PostgreSQL folds identical payloads of one transaction
+		{"repoint", func() error { return s.Repoint(ctx, "r1", "north", 3) }, []store.Event{repl}},
+		{"challenge", func() error {
+			return s.PutChallenge(ctx, store.Challenge{Name: challenge.Name, Value: "v", ExpiresAt: time.Now().Add(time.Hour)})
+		}, []store.Event{challenge}},
+		{"unlink", func() error { return s.UnlinkDomain(ctx, "www.example.com") }, []store.Event{domain}},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		for _, want := range st.want {
+			if got := nextEvent(t, events); got != want {
+				t.Fatalf("%s: event %+v, want %+v", st.name, got, want)
+			}
+		}
+	}
+}
+
+func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := t.Context()
+	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	events := watchEvents(t, s)
+	if e := nextEvent(t, events); e.Kind != store.EventResync {
+		t.Fatalf("first event %+v, want resync", e)
+	}
+	srv.Stop(t)
+	srv.Restart(t)
+	// After the server is back, the watcher reconnects and asks for a resync.
+	deadline := time.After(20 * time.Second)
+	for resynced := false; !resynced; {
+		select {
+		case e := <-events:
+			resynced = e.Kind == store.EventResync
+		case <-deadline:
+			t.Fatal("no resync within 20s of the server's restart")
+		}
+	}
+	// The pool's first use of a connection from before the restart may
+	// fail once; the store answers again right after.
+	for attempt := 0; ; attempt++ {
+		_, err := s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}})
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("create after restart (attempt %d): %v", attempt+1, err)
+		}
+	}
+	if e := nextEvent(t, events); e.Kind != store.EventRepl || e.ReplID != "r1" {
+		t.Fatalf("event after reconnect %+v, want repl r1", e)
+	}
+}
+
+// TestPostgresLookupUsesIndex checks the plans of the request-path
+// lookups on a table large enough for the planner to care.
+func TestPostgresLookupUsesIndex(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := t.Context()
+	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if err := fillRepls(ctx, pool, 20_000); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []store.Key{store.ReplKey("o123", "s123"), store.ReplIDKey("r123"), store.DomainKey("d123.example.com")} {
+		plan, err := explainLookup(ctx, pool, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(plan, "Seq Scan") || !strings.Contains(plan, "Index") {
+			t.Errorf("lookup %s does not use an index:\n%s", k, plan)
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+)
+
+// Backoff bounds for reconnecting a lost LISTEN connection.
+const (
+	watchMinBackoff = 100 * time.Millisecond
+	watchMaxBackoff = 5 * time.Second
+)
+
+// Watch implements Reader. It holds one connection of its own (not one of
+// the pool's) that LISTENs on the change channel. When the connection is
+// lost it reconnects with exponential backoff and jitter, and once it
+// listens again sends EventResync: notifications sent while it was away
+// are lost.
+func (p *Postgres) Watch(ctx context.Context, fn func(Event)) error {
+	backoff := watchMinBackoff
+	for {
+		err := p.listen(ctx, fn, func() { backoff = watchMinBackoff })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		p.logger.Warn("change notifications lost, reconnecting",
+			zap.String("database", p.dsn), zap.Duration("retry_in", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, watchMaxBackoff)
+	}
+}
+
+// listen runs one LISTEN connection until it fails or ctx is done.
+func (p *Postgres) listen(ctx context.Context, fn func(Event), connected func()) error {
+	conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	connected()
+	fn(Event{Kind: EventResync})
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+		ev, ok := parseNotification(n.Payload)
+		if !ok {
+			// A payload this build does not know: be safe, drop everything.
+			p.logger.Warn("unknown change notification; resyncing", zap.String("payload", n.Payload))
+			ev = Event{Kind: EventResync}
+		}
+		fn(ev)
+	}
+}
+
+// parseNotification reads the payloads written by notify_change() in the
+// schema: "r <id> <owner> <slug>", "d <name>", "c <name>".
+func parseNotification(payload string) (Event, bool) {
+	kind, rest, _ := strings.Cut(payload, " ")
+	switch kind {
+	case "r":
+		f := strings.Fields(rest)
+		if len(f) != 3 {
+			return Event{}, false
+		}
+		return Event{Kind: EventRepl, ReplID: f[0], Owner: f[1], Slug: f[2]}, true
+	case "d":
+		return Event{Kind: EventDomain, Name: rest}, rest != ""
+	case "c":
+		return Event{Kind: EventChallenge, Name: rest}, rest != ""
+	}
+	return Event{}, false
+}

@@ -1,0 +1,362 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+const replColumns = `id, owner, slug, endpoints, generation, created_at, updated_at`
+
+func scanRepl(row pgx.CollectableRow) (Repl, error) {
+	var r Repl
+	err := row.Scan(&r.ID, &r.Owner, &r.Slug, &r.Endpoints, &r.Generation, &r.CreatedAt, &r.UpdatedAt)
+	return r, err
+}
+
+const tombstoneColumns = `repl_id, owner, slug, cluster, generation, moved_at`
+
+func scanTombstone(row pgx.CollectableRow) (Tombstone, error) {
+	var t Tombstone
+	err := row.Scan(&t.ReplID, &t.Owner, &t.Slug, &t.Cluster, &t.Generation, &t.MovedAt)
+	return t, err
+}
+
+const domainColumns = `name, repl_id, token, coalesce(verified_at, '0001-01-01Z'), created_at`
+
+func scanDomain(row pgx.CollectableRow) (Domain, error) {
+	var d Domain
+	err := row.Scan(&d.Name, &d.ReplID, &d.Token, &d.VerifiedAt, &d.CreatedAt)
+	return d, err
+}
+
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// one runs a query that returns exactly one row; pgx.ErrNoRows when none.
+func one[T any](ctx context.Context, q querier, scan pgx.RowToFunc[T], sql string, args ...any) (T, error) {
+	rows, _ := q.Query(ctx, sql, args...)
+	return pgx.CollectExactlyOneRow(rows, scan)
+}
+
+// getOne is one on the pool, with errors mapped and wrapped.
+func getOne[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowToFunc[T], sql string, args ...any) (T, error) {
+	v, err := one(ctx, p.pool, scan, sql, args...)
+	if err != nil {
+		return v, p.fail(doing, err)
+	}
+	return v, nil
+}
+
+func all[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	rows, _ := p.pool.Query(ctx, sql, args...)
+	vs, err := pgx.CollectRows(rows, scan)
+	if err != nil {
+		return nil, p.fail(doing, err)
+	}
+	return vs, nil
+}
+
+// inTx runs fn in a transaction and commits it; fn's errors are mapped
+// and wrapped with doing.
+func (p *Postgres) inTx(ctx context.Context, doing string, fn func(pgx.Tx) error) error {
+	if err := pgx.BeginFunc(ctx, p.pool, fn); err != nil {
+		return p.fail(doing, err)
+	}
+	return nil
+}
+
+// CreateRepl implements Store.
+func (p *Postgres) CreateRepl(ctx context.Context, r Repl) (Repl, error) {
+	doing := "create repl " + r.ID
+	if err := CheckRepl(r); err != nil {
+		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if r.Generation == 0 {
+		r.Generation = 1
+	}
+	var out Repl
+	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
+		var tombstoned bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tombstones WHERE repl_id = $1)`, r.ID).Scan(&tombstoned); err != nil {
+			return err
+		}
+		if tombstoned {
+			return fmt.Errorf("%w: repl %s has a tombstone here: it moved away; move it back instead", ErrConflict, r.ID)
+		}
+		var err error
+		out, err = one(ctx, tx, scanRepl,
+			`INSERT INTO repls (id, owner, slug, endpoints, generation, created_at, updated_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING `+replColumns,
+			r.ID, r.Owner, r.Slug, r.Endpoints, r.Generation, p.now())
+		return err
+	})
+	return out, err
+}
+
+// GetRepl implements Store.
+func (p *Postgres) GetRepl(ctx context.Context, id string) (Repl, error) {
+	return getOne(ctx, p, "get repl "+id, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, id)
+}
+
+// ListRepls implements Store.
+func (p *Postgres) ListRepls(ctx context.Context, owner string) ([]Repl, error) {
+	return all(ctx, p, "list repls", scanRepl,
+		`SELECT `+replColumns+` FROM repls WHERE $1 = '' OR owner = $1 ORDER BY owner, slug`, owner)
+}
+
+// SetEndpoints implements Store.
+func (p *Postgres) SetEndpoints(ctx context.Context, id string, endpoints []string) (Repl, error) {
+	doing := "set endpoints of repl " + id
+	if err := CheckEndpoints(endpoints); err != nil {
+		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	return getOne(ctx, p, doing, scanRepl,
+		`UPDATE repls SET endpoints = $2, updated_at = $3 WHERE id = $1 RETURNING `+replColumns,
+		id, endpoints, p.now())
+}
+
+// DeleteRepl implements Store. The repls_drop_domains trigger removes the
+// repl's domains when no tombstone names it.
+func (p *Postgres) DeleteRepl(ctx context.Context, id string) error {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM repls WHERE id = $1`, id)
+	if err != nil {
+		return p.fail("delete repl "+id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("delete repl %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Activate implements Store.
+func (p *Postgres) Activate(ctx context.Context, r Repl) (Repl, error) {
+	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
+	if err := CheckRepl(r); err != nil {
+		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if r.Generation < 1 {
+		return Repl{}, fmt.Errorf("%s: %w: a move needs a generation of 1 or more", doing, ErrInvalid)
+	}
+	var out Repl
+	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
+		var tombGen int64
+		err := tx.QueryRow(ctx, `SELECT generation FROM tombstones WHERE repl_id = $1 FOR UPDATE`, r.ID).Scan(&tombGen)
+		switch {
+		case err == nil && tombGen >= r.Generation:
+			return fmt.Errorf("%w: repl %s moved on since: tombstone here has generation %d", ErrConflict, r.ID, tombGen)
+		case err == nil:
+			if _, err := tx.Exec(ctx, `DELETE FROM tombstones WHERE repl_id = $1`, r.ID); err != nil {
+				return err
+			}
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		now := p.now()
+		out, err = one(ctx, tx, scanRepl,
+			`INSERT INTO repls (id, owner, slug, endpoints, generation, created_at, updated_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $6)
+			 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, slug = excluded.slug,
+			     endpoints = excluded.endpoints, generation = excluded.generation, updated_at = excluded.updated_at
+			   WHERE repls.generation < excluded.generation
+			 RETURNING `+replColumns,
+			r.ID, r.Owner, r.Slug, r.Endpoints, r.Generation, now)
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		// The row was there with the same or a higher generation: leave it.
+		out, err = one(ctx, tx, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, r.ID)
+		return err
+	})
+	return out, err
+}
+
+// Retire implements Store.
+func (p *Postgres) Retire(ctx context.Context, replID, cluster string, generation int64) (Tombstone, error) {
+	doing := fmt.Sprintf("retire repl %s to cluster %s at generation %d", replID, cluster, generation)
+	if err := ValidLabel(cluster); err != nil {
+		return Tombstone{}, fmt.Errorf("%s: cluster: %w", doing, err)
+	}
+	var out Tombstone
+	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
+		existing, err := one(ctx, tx, scanTombstone,
+			`SELECT `+tombstoneColumns+` FROM tombstones WHERE repl_id = $1 FOR UPDATE`, replID)
+		if err == nil && existing.Generation >= generation {
+			out = existing
+			return nil
+		}
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		live, lerr := one(ctx, tx, scanRepl, `DELETE FROM repls WHERE id = $1 RETURNING `+replColumns, replID)
+		switch {
+		case lerr == nil && live.Generation >= generation:
+			return fmt.Errorf("%w: repl %s is live here at generation %d, not below %d: it came back since", ErrConflict, replID, live.Generation, generation)
+		case lerr == nil:
+			existing.Owner, existing.Slug = live.Owner, live.Slug
+		case !errors.Is(lerr, pgx.ErrNoRows):
+			return lerr
+		case err != nil: // neither a live row nor a tombstone
+			return fmt.Errorf("%w: repl %s is neither live nor tombstoned here", ErrNotFound, replID)
+		}
+		out, err = one(ctx, tx, scanTombstone,
+			`INSERT INTO tombstones (repl_id, owner, slug, cluster, generation, moved_at)
+			 VALUES ($1, $2, $3, $4, $5, $6)
+			 ON CONFLICT (repl_id) DO UPDATE SET cluster = excluded.cluster, generation = excluded.generation, moved_at = excluded.moved_at
+			 RETURNING `+tombstoneColumns,
+			replID, existing.Owner, existing.Slug, cluster, generation, p.now())
+		return err
+	})
+	return out, err
+}
+
+// Repoint implements Store.
+func (p *Postgres) Repoint(ctx context.Context, replID, cluster string, generation int64) error {
+	doing := fmt.Sprintf("repoint tombstone of repl %s to cluster %s at generation %d", replID, cluster, generation)
+	if err := ValidLabel(cluster); err != nil {
+		return fmt.Errorf("%s: cluster: %w", doing, err)
+	}
+	var exists bool
+	err := p.pool.QueryRow(ctx, `
+WITH up AS (
+    UPDATE tombstones SET cluster = $2, generation = $3, moved_at = $4
+     WHERE repl_id = $1 AND generation < $3 RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM tombstones WHERE repl_id = $1)`,
+		replID, cluster, generation, p.now()).Scan(&exists)
+	if err != nil {
+		return p.fail(doing, err)
+	}
+	if !exists {
+		return fmt.Errorf("%s: %w: no tombstone for the repl here", doing, ErrNotFound)
+	}
+	return nil
+}
+
+// GetTombstone implements Store.
+func (p *Postgres) GetTombstone(ctx context.Context, replID string) (Tombstone, error) {
+	return getOne(ctx, p, "get tombstone "+replID, scanTombstone,
+		`SELECT `+tombstoneColumns+` FROM tombstones WHERE repl_id = $1`, replID)
+}
+
+// ListTombstones implements Store.
+func (p *Postgres) ListTombstones(ctx context.Context) ([]Tombstone, error) {
+	return all(ctx, p, "list tombstones", scanTombstone,
+		`SELECT `+tombstoneColumns+` FROM tombstones ORDER BY repl_id`)
+}
+
+// CollectTombstones implements Store. The tombstones_drop_domains trigger
+// removes the domains left naming nothing.
+func (p *Postgres) CollectTombstones(ctx context.Context, cutoff time.Time) (int, error) {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM tombstones WHERE moved_at < $1`, cutoff)
+	if err != nil {
+		return 0, p.fail("collect tombstones", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// LinkDomain implements Store.
+func (p *Postgres) LinkDomain(ctx context.Context, d Domain) (Domain, error) {
+	doing := "link domain " + d.Name
+	if err := ValidDomain(d.Name); err != nil {
+		return Domain{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if d.Token == "" {
+		d.Token = NewToken()
+	}
+	return getOne(ctx, p, doing, scanDomain,
+		`INSERT INTO domains (name, repl_id, token, created_at) VALUES ($1, $2, $3, $4) RETURNING `+domainColumns,
+		d.Name, d.ReplID, d.Token, p.now())
+}
+
+// UnlinkDomain implements Store.
+func (p *Postgres) UnlinkDomain(ctx context.Context, name string) error {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM domains WHERE name = $1`, name)
+	if err != nil {
+		return p.fail("unlink domain "+name, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("unlink domain %s: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// GetDomain implements Store.
+func (p *Postgres) GetDomain(ctx context.Context, name string) (Domain, error) {
+	return getOne(ctx, p, "get domain "+name, scanDomain, `SELECT `+domainColumns+` FROM domains WHERE name = $1`, name)
+}
+
+// ListDomains implements Store.
+func (p *Postgres) ListDomains(ctx context.Context, replID string) ([]Domain, error) {
+	return all(ctx, p, "list domains", scanDomain,
+		`SELECT `+domainColumns+` FROM domains WHERE $1 = '' OR repl_id = $1 ORDER BY name`, replID)
+}
+
+// MarkDomainVerified implements Store.
+func (p *Postgres) MarkDomainVerified(ctx context.Context, name string, at time.Time) error {
+	tag, err := p.pool.Exec(ctx, `UPDATE domains SET verified_at = $2 WHERE name = $1`, name, at)
+	if err != nil {
+		return p.fail("mark domain "+name+" verified", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("mark domain %s verified: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// PutChallenge implements Store.
+func (p *Postgres) PutChallenge(ctx context.Context, c Challenge) error {
+	if err := CheckChallenge(c); err != nil {
+		return fmt.Errorf("put challenge: %w", err)
+	}
+	_, err := p.pool.Exec(ctx, `
+INSERT INTO challenges (name, value, expires_at) VALUES ($1, $2, $3)
+ON CONFLICT (name, value) DO UPDATE SET expires_at = excluded.expires_at`, c.Name, c.Value, c.ExpiresAt)
+	if err != nil {
+		return p.fail("put challenge "+c.Name, err)
+	}
+	return nil
+}
+
+// DeleteChallenge implements Store.
+func (p *Postgres) DeleteChallenge(ctx context.Context, name, value string) error {
+	if _, err := p.pool.Exec(ctx, `DELETE FROM challenges WHERE name = $1 AND value = $2`, name, value); err != nil {
+		return p.fail("delete challenge "+name, err)
+	}
+	return nil
+}
+
+// DeleteExpiredChallenges implements Store.
+func (p *Postgres) DeleteExpiredChallenges(ctx context.Context, now time.Time) (int, error) {
+	tag, err := p.pool.Exec(ctx, `DELETE FROM challenges WHERE expires_at <= $1`, now)
+	if err != nil {
+		return 0, p.fail("delete expired challenges", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Stats implements Store.
+func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	err := p.pool.QueryRow(ctx, `SELECT
+    (SELECT count(*) FROM repls), (SELECT count(*) FROM tombstones),
+    (SELECT count(*) FROM domains), (SELECT count(*) FROM challenges)`).
+		Scan(&s.Repls, &s.Tombstones, &s.Domains, &s.Challenges)
+	if err != nil {
+		return Stats{}, p.fail("count rows", err)
+	}
+	return s, nil
+}
+
+// NewToken returns a random domain verification token.
+func NewToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// Checks shared by every backend, so that both reject the same writes with
+// the same words before anything is written.
+
+// CheckRepl checks a repl's id, owner, slug, endpoints and generation.
+func CheckRepl(r Repl) error {
+	if err := ValidLabel(r.ID); err != nil {
+		return fmt.Errorf("repl id: %w", err)
+	}
+	if err := ValidOwner(r.Owner); err != nil {
+		return fmt.Errorf("repl owner: %w", err)
+	}
+	if err := ValidLabel(r.Slug); err != nil {
+		return fmt.Errorf("repl slug: %w", err)
+	}
+	if r.Generation < 0 {
+		return fmt.Errorf("repl generation %d: %w: must be 1 or more", r.Generation, ErrInvalid)
+	}
+	return CheckEndpoints(r.Endpoints)
+}
+
+// CheckEndpoints checks that there is at least one endpoint and that each
+// is host:port with a numeric port from 1 to 65535.
+func CheckEndpoints(endpoints []string) error {
+	if len(endpoints) == 0 {
+		return fmt.Errorf("endpoints: %w: a repl needs at least one host:port", ErrInvalid)
+	}
+	for _, e := range endpoints {
+		host, port, err := net.SplitHostPort(e)
+		if err != nil || host == "" || strings.ContainsAny(host, " /") {
+			return fmt.Errorf("endpoint %q: %w: want host:port, e.g. 10.0.0.5:8080", e, ErrInvalid)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("endpoint %q: %w: port must be a number from 1 to 65535", e, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// ChallengePrefix starts the name of every DNS-01 challenge record.
+const ChallengePrefix = "_acme-challenge."
+
+// CheckChallenge checks a challenge record's name and value.
+func CheckChallenge(c Challenge) error {
+	rest, ok := strings.CutPrefix(c.Name, ChallengePrefix)
+	if !ok {
+		return fmt.Errorf("challenge name %q: %w: must start with %q", c.Name, ErrInvalid, ChallengePrefix)
+	}
+	if err := validName(rest); err != nil {
+		return fmt.Errorf("challenge name %q: %w", c.Name, err)
+	}
+	if len(c.Name) > 253 {
+		return fmt.Errorf("challenge name %q: %w: longer than 253 characters", c.Name, ErrInvalid)
+	}
+	if len(c.Value) == 0 || len(c.Value) > 255 {
+		return fmt.Errorf("challenge value: %w: must be 1 to 255 characters", ErrInvalid)
+	}
+	for i := 0; i < len(c.Value); i++ {
+		if b := c.Value[i]; b <= ' ' || b > '~' || b == '"' || b == '\'' {
+			return fmt.Errorf("challenge value %q: %w: only printable ASCII without spaces or quotes", c.Value, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// validName checks a dot-separated name of valid labels (one label is fine).
+func validName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalid)
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if err := ValidLabel(label); err != nil {
+			return err
+		}
+	}
+	return nil
+}
