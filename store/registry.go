@@ -1,0 +1,873 @@
+package store
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Cluster is one cluster of the registry.
+type Cluster struct {
+	// Name is a DNS label, unique in the registry; tombstones name
+	// clusters by it.
+	Name string
+	// ProxyIPv4 and ProxyIPv6 are the public addresses of the cluster's
+	// proxy load balancer: the A and AAAA records replns answers for the
+	// repls the cluster hosts. At least one of them is set.
+	ProxyIPv4 []netip.Addr
+	ProxyIPv6 []netip.Addr
+	// Forward is the host:port where the cluster's proxies accept
+	// forwarded (tombstone) requests, in canonical form: a lower-case host
+	// name or an IP address in its shortest form, brackets around IPv6,
+	// and a decimal port. Unique in the registry.
+	Forward string
+	// Store is the address of the cluster's store: a postgres:// or
+	// postgresql:// DSN (see IsPostgresDSN), or the absolute path of an
+	// embedded store file.
+	Store string
+}
+
+// Registry is the set of clusters: one small YAML file shared by every
+// binary (replproxy, replns, replctl).
+//
+// The file lists the clusters under "clusters":
+//
+//	# clusters.yaml
+//	clusters:
+//	  - name: east                             # a DNS label, unique
+//	    proxy_ipv4: [192.0.2.10, 192.0.2.11]   # the proxy load balancer's public addresses (A records)
+//	    proxy_ipv6: ["2001:db8::10"]           # ... and AAAA records; at least one of the two lists
+//	    forward: 10.0.0.10:8443                # where this cluster's proxies accept forwarded requests
+//	    store: postgres://replproxy@db-east/replproxy
+//	  - name: west
+//	    proxy_ipv4: [198.51.100.10]
+//	    forward: 10.1.0.10:8443
+//	    store: west.db                         # an embedded store file, relative to this file's folder
+//
+// The fields of a cluster:
+//
+//   - name: 1-63 of a-z, 0-9 and '-', not starting or ending with '-';
+//     no two clusters share a name.
+//   - proxy_ipv4, proxy_ipv6: lists of addresses of the right family,
+//     neither unspecified (0.0.0.0, ::) nor multicast, with no zone and
+//     no repeats. Quote IPv6 addresses: a plain ::1 is not valid YAML.
+//   - forward: host:port, the host a DNS name or an IP address (IPv6 in
+//     brackets), the port 1-65535; what other clusters' proxies dial, so
+//     no two clusters share it and 0.0.0.0 is refused.
+//   - store: a postgres:// or postgresql:// URL (libpq's syntax, several
+//     hosts allowed), or the path of an embedded store file; a relative
+//     path is taken from the folder of the registry file. Key=value DSNs
+//     are refused: write them as URLs. A password in the DSN works but is
+//     better kept out of a shared file (use ~/.pgpass or PGPASSWORD).
+//
+// Unknown fields are errors. LoadRegistry reports every problem at once,
+// one line each, naming the file, the line, the field and the fix:
+//
+//	clusters.yaml:7: clusters[1].proxy_ipv4[0]: "2001:db8::1" is not an IPv4 address; put IPv6 addresses under proxy_ipv6
+//
+// A Registry is not modified after loading, so it is safe for concurrent
+// use; callers must not modify it or the slices of its clusters.
+type Registry struct {
+	Clusters []Cluster // in file order
+}
+
+// RegistryError is one problem in a registry file. LoadRegistry and
+// ParseRegistry return all problems joined (errors.Join); find them with
+// errors.As. Every RegistryError wraps ErrInvalid.
+type RegistryError struct {
+	File  string // the path of the file, as given
+	Line  int    // 1-based; 0 when unknown
+	Field string // e.g. "clusters[1].proxy_ipv4[0]"; empty for the whole document
+	Msg   string // what is wrong and how to fix it
+}
+
+func (e *RegistryError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteByte(':')
+		b.WriteString(strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap returns ErrInvalid.
+func (e *RegistryError) Unwrap() error { return ErrInvalid }
+
+// LoadRegistry reads and checks the registry file at path.
+func LoadRegistry(path string) (*Registry, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load clusters %q: %w", path, err)
+	}
+	return ParseRegistry(path, data)
+}
+
+// ParseRegistry checks a registry read from path. The path names the file
+// in error messages ("registry" when it is empty) and its folder is the
+// base of relative store paths (the current directory when it is empty).
+// Values are taken with surrounding spaces trimmed.
+func ParseRegistry(path string, data []byte) (*Registry, error) {
+	p := &registryParser{file: path}
+	if p.file == "" {
+		p.file = "registry"
+	}
+	r := p.parse(path, data)
+	if p.failed() > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *RegistryError) int { return cmp.Compare(a.Line, b.Line) })
+		errs := make([]error, 0, len(p.errs)+1)
+		for _, e := range p.errs {
+			errs = append(errs, e)
+		}
+		if p.more > 0 {
+			errs = append(errs, &RegistryError{File: p.file, Msg: fmt.Sprintf("%d more problems not shown; fix the ones above first", p.more)})
+		}
+		return nil, errors.Join(errs...)
+	}
+	return r, nil
+}
+
+// Cluster returns the cluster with the given name (compared without
+// regard to case).
+func (r *Registry) Cluster(name string) (Cluster, bool) {
+	for _, c := range r.Clusters {
+		if strings.EqualFold(c.Name, name) {
+			return c, true
+		}
+	}
+	return Cluster{}, false
+}
+
+// Names returns the names of the clusters in file order.
+func (r *Registry) Names() []string {
+	names := make([]string, len(r.Clusters))
+	for i, c := range r.Clusters {
+		names[i] = c.Name
+	}
+	return names
+}
+
+// IsPostgresDSN reports whether a store address names a PostgreSQL server
+// (postgres:// or postgresql://) rather than an embedded store file. The
+// scheme is matched in lower case only, as pgx does.
+func IsPostgresDSN(addr string) bool {
+	return strings.HasPrefix(addr, "postgres://") || strings.HasPrefix(addr, "postgresql://")
+}
+
+// RedactDSN returns the DSN with any password replaced by "xxxxx" (for
+// messages and logs): the password of a URL's user info and the values of
+// password and sslpassword parameters, in URL (scheme://...) and in
+// key=value form. Strings without either, such as file paths, come back
+// unchanged. Malformed input is masked on a best-effort basis, erring
+// toward masking too much.
+func RedactDSN(dsn string) string {
+	if scheme, _, ok := strings.Cut(dsn, "://"); ok && dsnIsScheme(scheme) {
+		return dsnRedactURL(dsn, len(scheme)+len("://"))
+	}
+	return dsnRedactKeywords(dsn)
+}
+
+const dsnMask = "xxxxx"
+
+// dsnRedactURL masks the passwords of a URL whose authority starts at
+// dsn[start:].
+func dsnRedactURL(dsn string, start int) string {
+	var b strings.Builder
+	b.WriteString(dsn[:start])
+	rest := dsn[start:]
+	// User info: a password starts at the first ':' before the first '@'
+	// and runs to the last '@', so that an unescaped '@', '/' or '?' in it
+	// is still masked; an '@' in a parameter masks too much, never too
+	// little.
+	if first := strings.IndexByte(rest, '@'); first >= 0 {
+		at := strings.LastIndexByte(rest, '@')
+		if colon := strings.IndexByte(rest[:first], ':'); colon >= 0 && colon+1 < at {
+			b.WriteString(rest[:colon+1])
+			b.WriteString(dsnMask)
+			rest = rest[at:]
+		}
+	}
+	authority, query, hasQuery := strings.Cut(rest, "?")
+	b.WriteString(authority)
+	if !hasQuery {
+		return b.String()
+	}
+	b.WriteByte('?')
+	secret := false // within a password value that holds an unescaped '&'
+	for i, pair := range strings.Split(query, "&") {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		key, _, ok := strings.Cut(pair, "=")
+		switch {
+		case ok && dsnIsSecretKey(dsnUnescapeLenient(key)):
+			b.WriteString(key)
+			b.WriteByte('=')
+			b.WriteString(dsnMask)
+			secret = true
+		case !ok && secret:
+			b.WriteString(dsnMask)
+		default:
+			b.WriteString(pair)
+			secret = false
+		}
+	}
+	return b.String()
+}
+
+// dsnRedactKeywords masks the password values of a libpq key=value string.
+func dsnRedactKeywords(s string) string {
+	var b strings.Builder
+	for {
+		eq := strings.IndexByte(s, '=')
+		if eq < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		fields := strings.Fields(s[:eq])
+		key := ""
+		if len(fields) > 0 {
+			key = fields[len(fields)-1]
+		}
+		b.WriteString(s[:eq+1])
+		s = s[eq+1:]
+		sp := len(s) - len(strings.TrimLeft(s, " \t\n\r\v\f"))
+		b.WriteString(s[:sp])
+		s = s[sp:]
+		n := dsnKeywordValueLen(s)
+		if dsnIsSecretKey(key) {
+			b.WriteString(dsnMask)
+		} else {
+			b.WriteString(s[:n])
+		}
+		s = s[n:]
+	}
+}
+
+// dsnKeywordValueLen returns the length of the key=value value that starts s:
+// a quoted string with backslash escapes (to the end of s when it is not
+// closed), or a run of non-space bytes.
+func dsnKeywordValueLen(s string) int {
+	quoted := strings.HasPrefix(s, "'")
+	i := 0
+	if quoted {
+		i = 1
+	}
+	for ; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			i++
+		case quoted && c == '\'':
+			return i + 1
+		case !quoted && strings.IndexByte(" \t\n\r\v\f", c) >= 0:
+			return i
+		}
+	}
+	return len(s)
+}
+
+func dsnIsSecretKey(key string) bool {
+	key = strings.ToLower(strings.TrimSpace(key))
+	return key == "password" || key == "sslpassword"
+}
+
+// dsnUnescapeLenient decodes the valid percent-escapes of s and keeps the rest.
+func dsnUnescapeLenient(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// dsnIsScheme reports whether s is a URL scheme (RFC 3986).
+func dsnIsScheme(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// registryMaxProblems bounds the problems ParseRegistry reports: enough
+// for any real file, and a bound on what an alias-amplified one can cost.
+const registryMaxProblems = 100
+
+// registryParser walks the YAML nodes of a registry file and collects
+// every problem.
+type registryParser struct {
+	file string
+	errs []*RegistryError
+	more int // problems found beyond registryMaxProblems
+}
+
+func (p *registryParser) fail(line int, field, format string, args ...any) {
+	if len(p.errs) >= registryMaxProblems {
+		p.more++
+		return
+	}
+	p.errs = append(p.errs, &RegistryError{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// failed returns how many problems have been found so far.
+func (p *registryParser) failed() int { return len(p.errs) + p.more }
+
+// parsedCluster is a cluster with the lines that cross-cluster checks name.
+type parsedCluster struct {
+	Cluster
+	nameLine, forwardLine int
+}
+
+func (p *registryParser) parse(path string, data []byte) *Registry {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			p.fail(1, "clusters", "missing; the file is empty: list the clusters under \"clusters:\"")
+		} else {
+			p.yamlError(err)
+		}
+		return nil
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		p.fail(extra.Line, "", "a second YAML document; the registry is one document: remove this \"---\" and what follows")
+		return nil
+	} else if !errors.Is(err, io.EOF) {
+		p.yamlError(err)
+		return nil
+	}
+
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+		root = yamlDeref(root.Content[0])
+	}
+	if yamlIsNull(root) || root.Kind == yaml.DocumentNode {
+		p.fail(1, "clusters", "missing; the file is empty: list the clusters under \"clusters:\"")
+		return nil
+	}
+	if root.Kind != yaml.MappingNode {
+		p.fail(root.Line, "", "the file must be a mapping with a \"clusters\" list, not %s", yamlKind(root))
+		return nil
+	}
+
+	fields := p.mapping(root, "", []string{"clusters"}, "the top level has only \"clusters\"")
+	list, ok := fields["clusters"]
+	if !ok {
+		p.fail(root.Line, "clusters", "missing; list the clusters under \"clusters:\"")
+		return nil
+	}
+	if yamlIsNull(list) || list.Kind == yaml.SequenceNode && len(list.Content) == 0 {
+		p.fail(list.Line, "clusters", "no clusters; list at least one, each with name, proxy_ipv4 and/or proxy_ipv6, forward and store")
+		return nil
+	}
+	if list.Kind != yaml.SequenceNode {
+		p.fail(list.Line, "clusters", "must be a list of clusters, one \"- name: ...\" entry each, not %s", yamlKind(list))
+		return nil
+	}
+
+	dir := filepath.Dir(path)
+	r := &Registry{}
+	var seen []parsedCluster
+	for i, item := range list.Content {
+		c, ok := p.cluster(fmt.Sprintf("clusters[%d]", i), yamlDeref(item), dir)
+		for j, s := range seen {
+			if c.Name != "" && s.Name == c.Name {
+				ok = false
+				p.fail(c.nameLine, fmt.Sprintf("clusters[%d].name", i),
+					"%q is already the name of clusters[%d] (line %d); give each cluster its own name", c.Name, j, s.nameLine)
+			}
+			if c.Forward != "" && s.Forward == c.Forward {
+				ok = false
+				p.fail(c.forwardLine, fmt.Sprintf("clusters[%d].forward", i),
+					"%q is also the forward address of clusters[%d] (line %d); give each cluster its own", c.Forward, j, s.forwardLine)
+			}
+		}
+		seen = append(seen, c)
+		if ok {
+			r.Clusters = append(r.Clusters, c.Cluster)
+		}
+	}
+	return r
+}
+
+// yamlError reports a YAML syntax error, taking the line out of the
+// parser's message when it has one.
+func (p *registryParser) yamlError(err error) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if num, after, ok := strings.Cut(rest, ": "); ok {
+			if n, err := strconv.Atoi(num); err == nil {
+				line, msg = n, after
+			}
+		}
+	}
+	p.fail(line, "", "not valid YAML: %s; check the indentation, and quote values that hold \": \", \" #\" or start with a special character", msg)
+}
+
+// mapping returns the values of a mapping node by key, reporting unknown
+// and repeated keys.
+func (p *registryParser) mapping(n *yaml.Node, path string, known []string, knownHint string) map[string]*yaml.Node {
+	fields := make(map[string]*yaml.Node, len(known))
+	keyLines := make(map[string]int, len(known))
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := yamlDeref(n.Content[i]), yamlDeref(n.Content[i+1])
+		key := k.Value
+		field := key
+		if path != "" {
+			field = path + "." + key
+		}
+		if k.Kind != yaml.ScalarNode || !slices.Contains(known, key) {
+			if k.Kind != yaml.ScalarNode {
+				field = path
+			}
+			p.fail(k.Line, field, "unknown field; %s", knownHint)
+			continue
+		}
+		if prev, dup := keyLines[key]; dup {
+			p.fail(k.Line, field, "given twice (first at line %d); keep one", prev)
+			continue
+		}
+		keyLines[key] = k.Line
+		fields[key] = v
+	}
+	return fields
+}
+
+// cluster checks one entry of the clusters list. The Cluster it returns
+// holds whatever was valid; ok reports whether all of it was.
+func (p *registryParser) cluster(path string, n *yaml.Node, dir string) (c parsedCluster, ok bool) {
+	if n.Kind != yaml.MappingNode {
+		p.fail(n.Line, path, "must be a mapping with name, proxy_ipv4 and/or proxy_ipv6, forward and store, not %s", yamlKind(n))
+		return c, false
+	}
+	failed := p.failed()
+	fields := p.mapping(n, path, []string{"name", "proxy_ipv4", "proxy_ipv6", "forward", "store"},
+		"a cluster has name, proxy_ipv4, proxy_ipv6, forward and store")
+
+	if v, ok := p.scalar(fields, "name", path, n.Line,
+		`missing; give the cluster a name, a DNS label such as "east"`); ok {
+		c.nameLine = v.Line
+		name := strings.TrimSpace(v.Value)
+		switch {
+		case validClusterName(name):
+			c.Name = name
+		case validClusterName(strings.ToLower(name)):
+			p.fail(v.Line, path+".name", "%q is not a DNS label; write it in lower case: %q", name, strings.ToLower(name))
+		default:
+			p.fail(v.Line, path+".name", "%q is not a DNS label; use 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", name)
+		}
+	}
+
+	c.ProxyIPv4 = p.addrs(fields["proxy_ipv4"], path+".proxy_ipv4", false)
+	c.ProxyIPv6 = p.addrs(fields["proxy_ipv6"], path+".proxy_ipv6", true)
+	if yamlIsEmptyList(fields["proxy_ipv4"]) && yamlIsEmptyList(fields["proxy_ipv6"]) {
+		p.fail(n.Line, path, "no proxy addresses; list the load balancer's public addresses under proxy_ipv4 and/or proxy_ipv6")
+	}
+
+	if v, ok := p.scalar(fields, "forward", path, n.Line,
+		"missing; give the host:port where this cluster's proxies accept forwarded requests, e.g. 10.0.0.10:8443"); ok {
+		c.forwardLine = v.Line
+		forward, problem := registryForward(strings.TrimSpace(v.Value))
+		if problem != "" {
+			p.fail(v.Line, path+".forward", "%s", problem)
+		}
+		c.Forward = forward
+	}
+
+	if v, ok := p.scalar(fields, "store", path, n.Line,
+		"missing; give a postgres:// DSN or the path of an embedded store file"); ok {
+		st, problem := registryStore(strings.TrimSpace(v.Value), dir)
+		if problem != "" {
+			p.fail(v.Line, path+".store", "%s", problem)
+		}
+		c.Store = st
+	}
+	return c, p.failed() == failed
+}
+
+// scalar returns the non-empty scalar value of a field, reporting a
+// missing or null one (at line, the cluster's) and a list or mapping.
+func (p *registryParser) scalar(fields map[string]*yaml.Node, key, path string, line int, missing string) (*yaml.Node, bool) {
+	v, ok := fields[key]
+	if !ok {
+		p.fail(line, path+"."+key, "%s", missing)
+		return nil, false
+	}
+	if yamlIsNull(v) || v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) == "" {
+		p.fail(v.Line, path+"."+key, "%s", missing)
+		return nil, false
+	}
+	if v.Kind != yaml.ScalarNode {
+		p.fail(v.Line, path+"."+key, "must be a single value, not %s", yamlKind(v))
+		return nil, false
+	}
+	return v, true
+}
+
+// addrs checks a list of load balancer addresses of one family.
+func (p *registryParser) addrs(n *yaml.Node, path string, want6 bool) []netip.Addr {
+	family, other, otherField, example := "IPv4", "IPv6", "proxy_ipv6", "192.0.2.10"
+	if want6 {
+		family, other, otherField, example = "IPv6", "IPv4", "proxy_ipv4", `"2001:db8::10"`
+	}
+	if n == nil || yamlIsNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		p.fail(n.Line, path, "must be a list, not %s; write [%s] or one \"- address\" line each", yamlKind(n), example)
+		return nil
+	}
+	var addrs []netip.Addr
+	lines := make(map[netip.Addr]int)
+	for i, item := range n.Content {
+		item = yamlDeref(item)
+		field := fmt.Sprintf("%s[%d]", path, i)
+		if item.Kind != yaml.ScalarNode {
+			p.fail(item.Line, field, "must be an address, not %s; quote IPv6 addresses, e.g. %s", yamlKind(item), `"2001:db8::10"`)
+			continue
+		}
+		s := strings.TrimSpace(item.Value)
+		a, err := netip.ParseAddr(s)
+		switch {
+		case err != nil:
+			p.fail(item.Line, field, "%q is not an %s address; write it like %s", s, family, example)
+		case a.Zone() != "":
+			p.fail(item.Line, field, "%q has a zone; remove %q (DNS records carry no zone)", s, "%"+a.Zone())
+		case !want6 && a.Is4In6():
+			p.fail(item.Line, field, "%q is not an IPv4 address; write it as %s", s, a.Unmap())
+		case want6 && a.Is4In6():
+			p.fail(item.Line, field, "%q is an IPv4-mapped address; put %s under proxy_ipv4", s, a.Unmap())
+		case a.Is6() != want6:
+			p.fail(item.Line, field, "%q is not an %s address; put %s addresses under %s", s, family, other, otherField)
+		case a.IsUnspecified():
+			p.fail(item.Line, field, "%q is the unspecified address; give the load balancer's public address", s)
+		case a.IsMulticast():
+			p.fail(item.Line, field, "%q is a multicast address; give the load balancer's unicast address", s)
+		default:
+			if prev, dup := lines[a]; dup {
+				p.fail(item.Line, field, "%q is listed twice (first at line %d); remove one", s, prev)
+				continue
+			}
+			lines[a] = item.Line
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
+}
+
+// registryForward checks a forward address and returns it in canonical
+// form, or a problem with its fix.
+func registryForward(s string) (string, string) {
+	const hint = "write it like 10.0.0.10:8443 ([2001:db8::10]:8443 for IPv6)"
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		msg := err.Error()
+		var aerr *net.AddrError
+		if errors.As(err, &aerr) {
+			msg = aerr.Err
+		}
+		return "", fmt.Sprintf("%q is not host:port (%s); %s", s, msg, hint)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 {
+		return "", fmt.Sprintf("%q has port %q; use a port number from 1 to 65535", s, port)
+	}
+	port = strconv.FormatUint(n, 10)
+	if host == "" {
+		return "", fmt.Sprintf("%q has no host; give an address the other clusters' proxies can reach, e.g. 10.0.0.10:%s", s, port)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		switch {
+		case a.Zone() != "":
+			return "", fmt.Sprintf("%q has a zone; give an address the other clusters' proxies can reach, without %q", s, "%"+a.Zone())
+		case a.IsUnspecified():
+			return "", fmt.Sprintf("%q is a listen address, not one to dial; give an address the other clusters' proxies can reach", s)
+		case a.IsMulticast():
+			return "", fmt.Sprintf("%q has a multicast address; give the proxies' unicast address", s)
+		}
+		return netip.AddrPortFrom(a.Unmap(), uint16(n)).String(), ""
+	}
+	name := strings.ToLower(strings.TrimSuffix(host, "."))
+	if !validForwardHost(name) {
+		return "", fmt.Sprintf("%q: %q is not a host name or IP address; %s", s, host, hint)
+	}
+	return net.JoinHostPort(name, port), ""
+}
+
+// registryStore checks a store address and returns it with a relative file
+// path made absolute against dir, or a problem with its fix.
+func registryStore(s, dir string) (string, string) {
+	const urlHint = "postgres://user@host:port/dbname?param=value"
+	if strings.IndexByte(s, 0) >= 0 {
+		return "", "contains a NUL byte; give a postgres:// DSN or the path of an embedded store file"
+	}
+	if IsPostgresDSN(s) {
+		if err := dsnCheckURL(s); err != "" {
+			return "", fmt.Sprintf("%q is not a valid DSN: %s (the form is %s)", RedactDSN(s), err, urlHint)
+		}
+		return s, ""
+	}
+	if scheme, _, ok := strings.Cut(s, "://"); ok && dsnIsScheme(scheme) {
+		if l := strings.ToLower(scheme); l == "postgres" || l == "postgresql" {
+			return "", fmt.Sprintf("%q: write the scheme in lower case, %s://", RedactDSN(s), l)
+		}
+		return "", fmt.Sprintf("%q has the unknown scheme %q; give a postgres:// DSN or the path of an embedded store file", RedactDSN(s), scheme)
+	}
+	if l := strings.ToLower(s); strings.HasPrefix(l, "postgres:") || strings.HasPrefix(l, "postgresql:") {
+		return "", fmt.Sprintf("%q: a DSN starts with postgres:// (for a file, start the path with ./)", RedactDSN(s))
+	}
+	if dsnLooksLikeKeywords(s) {
+		return "", fmt.Sprintf("%q looks like a key=value DSN; write it as a URL, %s (for a file, start the path with ./)", RedactDSN(s), urlHint)
+	}
+	if s == "~" || strings.HasPrefix(s, "~/") {
+		return "", fmt.Sprintf("%q: ~ is not expanded; write the full path of the embedded store file", s)
+	}
+	if !filepath.IsAbs(s) {
+		s = filepath.Join(dir, s)
+	}
+	abs, err := filepath.Abs(s)
+	if err != nil {
+		return "", fmt.Sprintf("cannot make %q absolute (%v); write the full path of the embedded store file", s, err)
+	}
+	return abs, ""
+}
+
+// dsnLooksLikeKeywords reports whether s starts like a libpq key=value
+// string ("host=db dbname=x").
+func dsnLooksLikeKeywords(s string) bool {
+	key, _, ok := strings.Cut(s, "=")
+	if !ok || key == "" {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; !('a' <= c && c <= 'z' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// dsnCheckURL checks the syntax of a postgres:// URL the way libpq and
+// pgx parse it, without reading the environment or any file (pgconn's
+// ParseConfig does both: it is left to the binary that opens the store).
+// It returns what is wrong, never quoting a password, or "".
+func dsnCheckURL(dsn string) string {
+	p, ok := strings.CutPrefix(dsn, "postgresql://")
+	if !ok {
+		p, _ = strings.CutPrefix(dsn, "postgres://")
+	}
+	// User info: up to an '@' met before any '/'.
+	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
+		user, password, _ := strings.Cut(p[:i], ":")
+		if msg := dsnCheckComponent(user); msg != "" {
+			return "the user name " + msg
+		}
+		if msg := dsnCheckComponent(password); msg != "" {
+			return "the password " + msg
+		}
+		p = p[i+1:]
+	}
+	// Hosts: host[:port] separated by ','.
+	for {
+		if strings.HasPrefix(p, "[") {
+			end := strings.IndexByte(p, ']')
+			switch {
+			case end < 0:
+				return `an IPv6 host opened with "[" has no "]"`
+			case end == 1:
+				return `the IPv6 host "[]" is empty`
+			}
+			p = p[end+1:]
+			if p != "" && strings.IndexByte(":/?,", p[0]) < 0 {
+				return fmt.Sprintf(`%q after an IPv6 host; expected ":port", "/" or "?"`, p[:1])
+			}
+		} else {
+			i := strings.IndexAny(p, ":/?,")
+			if i < 0 {
+				i = len(p)
+			}
+			if msg := dsnCheckComponent(p[:i]); msg != "" {
+				return fmt.Sprintf("the host %q %s", p[:i], msg)
+			}
+			p = p[i:]
+		}
+		if rest, ok := strings.CutPrefix(p, ":"); ok {
+			i := strings.IndexAny(rest, "/?,")
+			if i < 0 {
+				i = len(rest)
+			}
+			port := strings.Trim(rest[:i], " ")
+			if n, err := strconv.ParseUint(port, 10, 16); port != "" && (err != nil || n == 0) {
+				return fmt.Sprintf("the port %q is not a number from 1 to 65535", port)
+			}
+			p = rest[i:]
+		}
+		rest, ok := strings.CutPrefix(p, ",")
+		if !ok {
+			break
+		}
+		p = rest
+	}
+	// Database name.
+	if rest, ok := strings.CutPrefix(p, "/"); ok {
+		db, query, hasQuery := strings.Cut(rest, "?")
+		if msg := dsnCheckComponent(db); msg != "" {
+			return fmt.Sprintf("the database name %q %s", db, msg)
+		}
+		p = ""
+		if hasQuery {
+			p = "?" + query
+		}
+	}
+	// Parameters.
+	if rest, ok := strings.CutPrefix(p, "?"); ok {
+		secret := false // after a password parameter
+		for pair := range strings.SplitSeq(rest, "&") {
+			key, value, ok := strings.Cut(pair, "=")
+			switch {
+			case !ok && secret:
+				return `a password parameter holds "&"; percent-encode it as %26`
+			case !ok:
+				return fmt.Sprintf(`the parameter %q has no "="; write key=value`, key)
+			}
+			secret = dsnIsSecretKey(dsnUnescapeLenient(key))
+			if strings.Contains(value, "=") {
+				return fmt.Sprintf(`the value of %q holds "="; percent-encode it as %%3D`, key)
+			}
+			if msg := dsnCheckComponent(key); msg != "" {
+				return fmt.Sprintf("the parameter name %q %s", key, msg)
+			}
+			if msg := dsnCheckComponent(value); msg != "" {
+				if secret {
+					return fmt.Sprintf("the value of %q %s", key, msg)
+				}
+				return fmt.Sprintf("the value %q of %q %s", value, key, msg)
+			}
+		}
+	}
+	return ""
+}
+
+// dsnCheckComponent checks a percent-encoded URL component as libpq
+// decodes it: escapes of two hex digits, no %00, no space inside. It
+// returns what is wrong (to follow the component's name) or "".
+func dsnCheckComponent(s string) string {
+	s = strings.Trim(s, " ")
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case ' ':
+			return "holds a space; percent-encode it as %20"
+		case '%':
+			if i+2 >= len(s) || !dsnIsHex(s[i+1]) || !dsnIsHex(s[i+2]) {
+				return "holds a '%' that starts no %XX escape; percent-encode it as %25"
+			}
+			if s[i+1] == '0' && s[i+2] == '0' {
+				return "holds %00, which is not allowed"
+			}
+			i += 2
+		}
+	}
+	return ""
+}
+
+func dsnIsHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// validClusterName reports whether s is a DNS label in lower case.
+func validClusterName(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validForwardHost reports whether s (in lower case, without a trailing dot)
+// is a DNS host name: labels of a-z, 0-9 and '-', the last one not all
+// digits.
+func validForwardHost(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	labels := strings.Split(s, ".")
+	for _, label := range labels {
+		if !validClusterName(label) {
+			return false
+		}
+	}
+	// A name whose last label is all digits would read as an IPv4 address.
+	_, err := strconv.Atoi(labels[len(labels)-1])
+	return err != nil
+}
+
+// yamlDeref follows an alias to the node it names.
+func yamlDeref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func yamlIsNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// yamlIsEmptyList reports whether an address list is absent, null or empty.
+func yamlIsEmptyList(n *yaml.Node) bool {
+	return n == nil || yamlIsNull(n) || n.Kind == yaml.SequenceNode && len(n.Content) == 0
+}
+
+// yamlKind names the kind of a node for messages.
+func yamlKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("the value %q", RedactDSN(n.Value))
+	}
+	return "empty"
+}
