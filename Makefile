@@ -1,0 +1,53 @@
+# replproxy: build, lint, test and benchmark. `make help` lists the targets.
+
+GO          ?= go
+BIN         := $(CURDIR)/bin
+STATICCHECK := $(BIN)/staticcheck
+STATICCHECK_VERSION := v0.8.2
+# How long `make test` fuzzes the name parser (a bounded smoke run; the
+# seed corpus always runs as part of `go test`).
+FUZZTIME    ?= 20s
+# Benchmarks to run and for how long each.
+BENCH       ?= .
+BENCHTIME   ?= 1s
+
+.PHONY: help build test lint vet fmt-check staticcheck unit fuzz bench clean
+
+help:
+	@echo "make build   build the binaries into bin/"
+	@echo "make test    lint, then every test with -race, then a short fuzz run"
+	@echo "make lint    gofmt (diff check), go vet, staticcheck"
+	@echo "make bench   the benchmarks (store: cache hit vs PostgreSQL, 1M-row lookups)"
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./...
+
+test: lint unit fuzz
+
+lint: fmt-check vet staticcheck
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; gofmt -d $$out; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+$(STATICCHECK):
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+staticcheck: $(STATICCHECK)
+	$(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
+
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
+
+clean:
+	rm -rf $(BIN)
