@@ -1,0 +1,166 @@
+// Command replproxy is the per-cluster reverse proxy: it routes each
+// HTTP(S) request by Host to the repl's container, looked up in the
+// cluster's store, and forwards requests for repls that moved away to the
+// proxy of their new cluster, in exactly one hop.
+//
+// Run `replproxy -h` for the flags; each can also be set from the
+// environment variable shown beside it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "replproxy:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
+	migrate                                                    bool
+	proxy                                                      proxy.Config
+	server                                                     proxy.ServerConfig
+	cache                                                      store.CacheConfig
+}
+
+func parse(args []string) (*options, error) {
+	var o options
+	fs := flag.NewFlagSet("replproxy", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: replproxy -zone ZONE -cluster NAME -registry FILE -hop-secret-file FILE [flags]
+
+replproxy routes HTTP(S) requests for <slug>.<owner>.ZONE, <id>.id.ZONE and
+linked custom domains to the repl's container in this cluster, and forwards
+requests for repls that moved to another cluster to that cluster's proxy.
+
+Example:
+  replproxy -zone repl.test -cluster east -registry clusters.yaml \
+    -hop-secret-file hop.secret -listen :8080 -admin-listen 127.0.0.1:9090
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.zone, "zone", "", "the platform's DNS zone, e.g. repl.co (required)")
+	fs.StringVar(&o.cluster, "cluster", "", "this proxy's cluster, as named in the registry (required)")
+	fs.StringVar(&o.registry, "registry", "", "the cluster registry file (required)")
+	fs.StringVar(&o.storeAddr, "store", "", "this cluster's store: a postgres:// DSN or an embedded store file (default: the cluster's store in the registry)")
+	fs.BoolVar(&o.migrate, "migrate", false, "apply pending schema migrations to a PostgreSQL store at start-up")
+	fs.StringVar(&o.hopSecretFile, "hop-secret-file", "", "file holding the secret (32+ bytes) that signs hop marks; the same in every cluster (required)")
+	fs.StringVar(&o.server.Listen, "listen", ":8080", "HTTP listen address")
+	fs.StringVar(&o.server.TLSListen, "listen-tls", "", "HTTPS listen address (needs -tls-cert and -tls-key)")
+	fs.StringVar(&o.server.TLSCertFile, "tls-cert", "", "PEM certificate chain for -listen-tls")
+	fs.StringVar(&o.server.TLSKeyFile, "tls-key", "", "PEM private key for -listen-tls")
+	fs.StringVar(&o.server.ForwardListen, "forward-listen", "", "address for requests forwarded by other clusters (the registry's forward address points here); empty: they use -listen")
+	fs.StringVar(&o.server.AdminListen, "admin-listen", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (keep it private); empty: none")
+	fs.BoolVar(&o.server.H2C, "h2c", false, "accept HTTP/2 without TLS (prior knowledge) on the plain listeners")
+	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and WebSockets may finish before they are closed")
+	fs.DurationVar(&o.server.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "bound on reading a client's request headers")
+	fs.DurationVar(&o.server.IdleTimeout, "idle-timeout", 120*time.Second, "close idle client connections after this long")
+	fs.DurationVar(&o.proxy.DialTimeout, "dial-timeout", 5*time.Second, "bound on connecting to a container or another cluster's proxy (then 502)")
+	fs.DurationVar(&o.proxy.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "bound on waiting for an upstream's response headers (then 504)")
+	fs.DurationVar(&o.proxy.IdleConnTimeout, "upstream-idle-timeout", 90*time.Second, "close idle upstream connections after this long")
+	fs.IntVar(&o.proxy.MaxIdleConnsPerHost, "upstream-idle-per-host", 256, "idle upstream connections kept per container")
+	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
+	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
+	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := cli.Parse(fs, "REPLPROXY", args); err != nil {
+		return nil, err
+	}
+	var missing []string
+	for name, v := range map[string]string{"zone": o.zone, "cluster": o.cluster, "registry": o.registry, "hop-secret-file": o.hopSecretFile} {
+		if v == "" {
+			missing = append(missing, "-"+name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
+	}
+	return &o, nil
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parse(args)
+	if err != nil {
+		return err
+	}
+	logger, err := cli.NewLogger(o.logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+
+	if o.proxy.Zone, err = store.NewZone(o.zone); err != nil {
+		return fmt.Errorf("-zone: %w", err)
+	}
+	if o.proxy.Registry, err = store.LoadRegistry(o.registry); err != nil {
+		return err
+	}
+	o.proxy.Cluster = o.cluster
+	secret, err := os.ReadFile(o.hopSecretFile)
+	if err != nil {
+		return fmt.Errorf("read hop secret: %w", err)
+	}
+	o.proxy.HopSecret = []byte(strings.TrimSpace(string(secret)))
+	if o.storeAddr == "" {
+		c, ok := o.proxy.Registry.Cluster(o.cluster)
+		if !ok {
+			return fmt.Errorf("cluster %q is not in %s (it has %v)", o.cluster, o.registry, o.proxy.Registry.Names())
+		}
+		o.storeAddr = c.Store
+	}
+
+	st, err := store.Open(ctx, o.storeAddr, store.OpenOptions{Logger: logger, Migrate: o.migrate})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cache := store.NewCache(st, o.cache, logger)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, cache), logger.Named("proxy"))
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.NewServer(o.server, h, proxy.Ready(st, cache), reg, logger)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+
+	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); _ = cache.Run(watchCtx) }()
+	defer func() { stopWatch(); <-watchDone }()
+
+	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", store.RedactDSN(o.storeAddr)))
+	return srv.Serve(ctx)
+}

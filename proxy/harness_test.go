@@ -1,0 +1,200 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/store"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	testZone, _ = store.NewZone("repl.test")
+	testSecret  = []byte("0123456789abcdef0123456789abcdef-test")
+)
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago (the registry must name forward addresses before proxies start).
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// testCluster is one cluster of a test: its store and its running proxy.
+type testCluster struct {
+	Name    string
+	Store   store.Store
+	Cache   *store.Cache
+	Addr    string // the proxy's HTTP address (also its forward address)
+	Logs    *observer.ObservedLogs
+	Metrics *prometheus.Registry
+	Server  *proxy.Server
+	stop    func()
+}
+
+// URL returns the proxy URL for a path; the Host is set per request.
+func (c *testCluster) URL(path string) string { return "http://" + c.Addr + path }
+
+// registryFor writes a registry naming the clusters with their forward
+// addresses and store addresses.
+func registryFor(t testing.TB, clusters map[string][2]string) *store.Registry {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("clusters:\n")
+	i := 10
+	for name, v := range clusters {
+		fmt.Fprintf(&b, "  - name: %s\n    proxy_ipv4: [192.0.2.%d]\n    forward: %s\n    store: %q\n", name, i, v[0], v[1])
+		i++
+	}
+	path := filepath.Join(t.TempDir(), "clusters.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := store.LoadRegistry(path)
+	if err != nil {
+		t.Fatalf("registry:\n%s\n%v", b.String(), err)
+	}
+	return reg
+}
+
+// embeddedStore returns an empty embedded store.
+func embeddedStore(t testing.TB) (store.Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "store.yaml")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.Open(context.Background(), path, store.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+type clusterOpts struct {
+	tweak  func(*proxy.Config)
+	server func(*proxy.ServerConfig)
+	cache  store.CacheConfig
+}
+
+// startCluster runs a proxy for cluster name on addr over st.
+func startCluster(t testing.TB, name, addr string, st store.Store, reg *store.Registry, o clusterOpts) *testCluster {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
+	logger := zap.New(core)
+	cache := store.NewCache(st, o.cache, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); _ = cache.Run(ctx) }()
+	select {
+	case <-cache.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("cache did not sync")
+	}
+
+	cfg := proxy.Config{Zone: testZone, Cluster: name, Registry: reg, HopSecret: testSecret, AccessLog: true}
+	if o.tweak != nil {
+		o.tweak(&cfg)
+	}
+	metrics := prometheus.NewRegistry()
+	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cache), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := proxy.ServerConfig{Listen: addr, ShutdownTimeout: 5 * time.Second}
+	if o.server != nil {
+		o.server(&scfg)
+	}
+	srv, err := proxy.NewServer(scfg, h, proxy.Ready(st, cache), metrics, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(ctx) }()
+	c := &testCluster{Name: name, Store: st, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv}
+	var stopped bool
+	c.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-serveDone; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		<-watchDone
+	}
+	t.Cleanup(c.stop)
+	return c
+}
+
+// oneCluster runs cluster "east" on an embedded store.
+func oneCluster(t testing.TB, o clusterOpts) *testCluster {
+	t.Helper()
+	st, path := embeddedStore(t)
+	addr := freeAddr(t)
+	reg := registryFor(t, map[string][2]string{"east": {addr, path}, "west": {"127.0.0.1:1", path + ".west"}})
+	return startCluster(t, "east", addr, st, reg, o)
+}
+
+func createRepl(t testing.TB, st store.Store, id, owner, slug string, endpoints ...string) {
+	t.Helper()
+	if _, err := st.CreateRepl(context.Background(), store.Repl{ID: id, Owner: owner, Slug: slug, Endpoints: endpoints}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hostOf returns the host:port of a test server URL.
+func hostOf(url string) string { return strings.TrimPrefix(url, "http://") }
+
+// get sends a request with the given Host through the proxy.
+func get(t testing.TB, c *testCluster, host, path string, header http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, c.URL(path), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s%s: %v", host, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+var testClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}

@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HopHeader carries the hop mark of a request forwarded by a tombstone.
+//
+// Its value is "v1;<source cluster>;<unix seconds>;<signature>", where the
+// signature is base64url(HMAC-SHA256(secret, fields)) over the version,
+// the source cluster, the timestamp, the Host, and the forwarding headers
+// the source set (X-Forwarded-For, -Proto, -Host, X-Request-Id). A
+// receiving proxy that verifies it trusts those headers and never forwards
+// the request again; anything else is stripped, with the headers it would
+// have vouched for.
+const HopHeader = "Replproxy-Hop"
+
+// HopSkew is how far a hop mark's timestamp may be from the receiver's
+// clock, either way.
+const HopSkew = 30 * time.Second
+
+// hopSigner signs and verifies hop marks with the secret the clusters
+// share.
+type hopSigner struct {
+	secret []byte
+	now    func() time.Time
+}
+
+// hopFields are what a hop mark vouches for.
+type hopFields struct {
+	Source    string // the cluster that forwarded the request
+	Host      string
+	For       string // X-Forwarded-For as sent
+	Proto     string // X-Forwarded-Proto as sent
+	FHost     string // X-Forwarded-Host as sent
+	RequestID string
+}
+
+var errHop = errors.New("invalid hop mark")
+
+func (s *hopSigner) mac(ts int64, f hopFields) string {
+	m := hmac.New(sha256.New, s.secret)
+	// Every field is length-prefixed, so no two different field sets can
+	// write the same bytes.
+	for _, v := range [...]string{"v1", f.Source, strconv.FormatInt(ts, 10), f.Host, f.For, f.Proto, f.FHost, f.RequestID} {
+		var n [4]byte
+		n[0], n[1], n[2], n[3] = byte(len(v)>>24), byte(len(v)>>16), byte(len(v)>>8), byte(len(v))
+		m.Write(n[:])
+		m.Write([]byte(v))
+	}
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// sign returns the hop header value for f, stamped now.
+func (s *hopSigner) sign(f hopFields) string {
+	ts := s.now().Unix()
+	return "v1;" + f.Source + ";" + strconv.FormatInt(ts, 10) + ";" + s.mac(ts, f)
+}
+
+// verify checks a hop header value against the request's fields (Source is
+// taken from the mark) and returns the source cluster.
+func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
+	parts := strings.Split(mark, ";")
+	if len(parts) != 4 || parts[0] != "v1" {
+		return "", fmt.Errorf("%w: want v1;<cluster>;<time>;<signature>", errHop)
+	}
+	ts, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return "", fmt.Errorf("%w: bad timestamp", errHop)
+	}
+	if d := s.now().Sub(time.Unix(ts, 0)); d > HopSkew || d < -HopSkew {
+		return "", fmt.Errorf("%w: timestamp %s off by %s (allowed %s)", errHop, time.Unix(ts, 0).UTC().Format(time.RFC3339), d.Round(time.Second), HopSkew)
+	}
+	f.Source = parts[1]
+	if !hmac.Equal([]byte(s.mac(ts, f)), []byte(parts[3])) {
+		return "", fmt.Errorf("%w: bad signature", errHop)
+	}
+	return f.Source, nil
+}

@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// Route kinds, as logged and as the "route" label of the metrics.
+const (
+	routeLocal       = "local"
+	routeForwarded   = "forwarded"
+	routeNotFound    = "not-found"
+	routeBadHost     = "bad-host"
+	routeLoop        = "loop"
+	routeUnavailable = "unavailable"
+)
+
+// Metrics are the proxy's Prometheus metrics.
+type Metrics struct {
+	requests       *prometheus.CounterVec
+	upstream       *prometheus.HistogramVec
+	upstreamErrors *prometheus.CounterVec
+	forwarded      prometheus.Counter
+	loops          prometheus.Counter
+	upgraded       prometheus.Gauge
+
+	// counters caches the children of requests, so that the request path
+	// does not hash label values.
+	counters sync.Map // counterKey → prometheus.Counter
+}
+
+type counterKey struct {
+	route  string
+	status int
+}
+
+// NewMetrics registers the proxy's metrics with reg, and the route cache's
+// counters, read at scrape time from cache.
+func NewMetrics(reg prometheus.Registerer, cache *store.Cache) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "replproxy_requests_total",
+			Help: "Requests served, by route kind (local, forwarded, not-found, bad-host, loop, unavailable) and status code (499: the client went away).",
+		}, []string{"route", "code"}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "replproxy_upstream_seconds",
+			Help:    "Time from sending a request upstream to its response headers, by route kind.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"route"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "replproxy_upstream_errors_total",
+			Help: "Upstream failures by route kind and kind of failure (refused, timeout, other); clients that went away are not counted.",
+		}, []string{"route", "error"}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "replproxy_forwarded_total",
+			Help: "Requests forwarded to another cluster by a tombstone.",
+		}),
+		loops: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "replproxy_forward_loops_total",
+			Help: "Forwarded requests that met a tombstone again (answered 508).",
+		}),
+		upgraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "replproxy_upgraded_connections",
+			Help: "Open upgraded (WebSocket) connections.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded)
+	if cache != nil {
+		reg.MustRegister(cacheCollector{cache})
+	}
+	return m
+}
+
+func (m *Metrics) request(route string, status int) {
+	if m == nil {
+		return
+	}
+	k := counterKey{route, status}
+	c, ok := m.counters.Load(k)
+	if !ok {
+		c, _ = m.counters.LoadOrStore(k, m.requests.WithLabelValues(route, strconv.Itoa(status)))
+	}
+	c.(prometheus.Counter).Inc()
+}
+
+func (m *Metrics) upstreamTime(route string, d time.Duration) {
+	if m != nil {
+		m.upstream.WithLabelValues(route).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) upstreamError(route, kind string) {
+	if m != nil {
+		m.upstreamErrors.WithLabelValues(route, kind).Inc()
+	}
+}
+
+func (m *Metrics) forward() {
+	if m != nil {
+		m.forwarded.Inc()
+	}
+}
+
+func (m *Metrics) loop() {
+	if m != nil {
+		m.loops.Inc()
+	}
+}
+
+func (m *Metrics) upgradedDelta(d int) {
+	if m != nil {
+		m.upgraded.Add(float64(d))
+	}
+}
+
+// cacheCollector exports the route cache's counters.
+type cacheCollector struct{ c *store.Cache }
+
+var (
+	cacheHitsDesc   = prometheus.NewDesc("replproxy_route_cache_hits_total", "Route lookups answered from a fresh cache entry.", nil, nil)
+	cacheMissDesc   = prometheus.NewDesc("replproxy_route_cache_misses_total", "Route lookups that asked the store (or failed fast).", nil, nil)
+	cacheStaleDesc  = prometheus.NewDesc("replproxy_route_cache_stale_total", "Route lookups answered from an old entry because the store failed.", nil, nil)
+	cacheErrDesc    = prometheus.NewDesc("replproxy_route_cache_load_errors_total", "Store lookups that failed.", nil, nil)
+	cacheEntryDesc  = prometheus.NewDesc("replproxy_route_cache_entries", "Entries held, by kind (found, negative).", []string{"kind"}, nil)
+	cacheInvalidDsc = prometheus.NewDesc("replproxy_route_cache_invalidations_total", "Entries dropped by change notifications.", nil, nil)
+)
+
+func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissDesc, cacheStaleDesc, cacheErrDesc, cacheEntryDesc, cacheInvalidDsc} {
+		ch <- d
+	}
+}
+
+func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	s := cc.c.Stats()
+	ch <- prometheus.MustNewConstMetric(cacheHitsDesc, prometheus.CounterValue, float64(s.Hits))
+	ch <- prometheus.MustNewConstMetric(cacheMissDesc, prometheus.CounterValue, float64(s.Misses))
+	ch <- prometheus.MustNewConstMetric(cacheStaleDesc, prometheus.CounterValue, float64(s.Stale))
+	ch <- prometheus.MustNewConstMetric(cacheErrDesc, prometheus.CounterValue, float64(s.LoadErrors))
+	ch <- prometheus.MustNewConstMetric(cacheInvalidDsc, prometheus.CounterValue, float64(s.Invalidation))
+	ch <- prometheus.MustNewConstMetric(cacheEntryDesc, prometheus.GaugeValue, float64(s.Entries), "found")
+	ch <- prometheus.MustNewConstMetric(cacheEntryDesc, prometheus.GaugeValue, float64(s.Negative), "negative")
+}

@@ -1,0 +1,45 @@
+package proxy
+
+import (
+	"html"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// StatusClientClosedRequest is logged (never sent) when the client went
+// away before the response, as nginx does.
+const StatusClientClosedRequest = 499
+
+// writePage answers with an error page: HTML for browsers, plain text for
+// other clients. title is the short reason, detail a sentence for a human.
+func writePage(w http.ResponseWriter, r *http.Request, status int, title, detail string) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	var body string
+	if wantsHTML(r) {
+		h.Set("Content-Type", "text/html; charset=utf-8")
+		body = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" +
+			strconv.Itoa(status) + " " + html.EscapeString(title) + "</title></head>\n<body><h1>" +
+			html.EscapeString(title) + "</h1>\n<p>" + html.EscapeString(detail) + "</p></body></html>\n"
+	} else {
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		body = strconv.Itoa(status) + " " + title + "\n" + detail + "\n"
+	}
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(body))
+	}
+}
+
+// wantsHTML reports whether the client is a browser: it accepts text/html.
+func wantsHTML(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		if strings.Contains(v, "text/html") {
+			return true
+		}
+	}
+	return false
+}

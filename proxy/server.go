@@ -1,0 +1,273 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// ServerConfig says where a Server listens. Zero durations take the
+// defaults named on each field.
+type ServerConfig struct {
+	// Listen is the plain HTTP address, e.g. ":80". Required unless
+	// TLSListen is set.
+	Listen string
+	// TLSListen is the HTTPS address, e.g. ":443", served with the static
+	// certificate in TLSCertFile and TLSKeyFile.
+	TLSListen   string
+	TLSCertFile string
+	TLSKeyFile  string
+	// ForwardListen is where requests forwarded by other clusters' proxies
+	// arrive (the cluster's forward address in the registry points here).
+	// Empty means they arrive on Listen.
+	ForwardListen string
+	// AdminListen serves /metrics, /healthz, /readyz and /debug/pprof/.
+	// Keep it off the public network. Empty means no admin listener.
+	AdminListen string
+	// H2C accepts HTTP/2 without TLS (prior knowledge) on the plain
+	// listeners.
+	H2C bool
+	// ReadHeaderTimeout bounds reading a request's headers. Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle client connections. Default 120 s.
+	IdleTimeout time.Duration
+	// ShutdownTimeout bounds the drain after the context is cancelled:
+	// in-flight requests and upgraded connections get this long, then are
+	// closed. Default 30 s.
+	ShutdownTimeout time.Duration
+}
+
+// Server runs a Handler on its listeners, and the admin endpoints.
+type Server struct {
+	cfg     ServerConfig
+	handler *Handler
+	logger  *zap.Logger
+	ready   func(context.Context) error
+	gather  prometheus.Gatherer
+
+	mu        sync.Mutex
+	listeners map[string]net.Listener // by role: "http", "https", "forward", "admin"
+	servers   map[string]*http.Server
+}
+
+// NewServer returns a Server for h. ready tells /readyz whether the proxy
+// can route (nil: always ready); gather serves /metrics (nil: none).
+func NewServer(cfg ServerConfig, h *Handler, ready func(context.Context) error, gather prometheus.Gatherer, logger *zap.Logger) (*Server, error) {
+	if cfg.Listen == "" && cfg.TLSListen == "" {
+		return nil, errors.New("no listen address: set -listen (HTTP) or -listen-tls (HTTPS)")
+	}
+	if cfg.TLSListen != "" && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
+		return nil, errors.New("-listen-tls needs -tls-cert and -tls-key (PEM files)")
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 120 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Server{cfg: cfg, handler: h, logger: logger, ready: ready, gather: gather,
+		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}, nil
+}
+
+// Listen binds every configured address. After it returns, Addr reports
+// the bound addresses (useful with port 0).
+func (s *Server) Listen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var tlsConfig *tls.Config
+	if s.cfg.TLSListen != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+	}
+	for _, l := range []struct{ role, addr string }{
+		{"http", s.cfg.Listen}, {"https", s.cfg.TLSListen}, {"forward", s.cfg.ForwardListen}, {"admin", s.cfg.AdminListen},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
+		}
+		if l.role == "https" {
+			ln = tls.NewListener(ln, tlsConfig)
+		}
+		s.listeners[l.role] = ln
+		s.servers[l.role] = s.httpServer(l.role, tlsConfig)
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for role, ln := range s.listeners {
+		_ = ln.Close()
+		delete(s.listeners, role)
+	}
+}
+
+// Addr returns the bound address of a listener ("http", "https",
+// "forward", "admin"), or "" when it is not configured.
+func (s *Server) Addr(role string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ln, ok := s.listeners[role]; ok {
+		return ln.Addr().String()
+	}
+	return ""
+}
+
+func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          zap.NewStdLog(s.logger.Named("http." + role)),
+	}
+	switch role {
+	case "https":
+		srv.TLSConfig = tlsConfig
+		var p http.Protocols
+		p.SetHTTP1(true)
+		p.SetHTTP2(true)
+		srv.Protocols = &p
+	case "admin":
+		srv.Handler = s.adminMux()
+	default:
+		if s.cfg.H2C {
+			var p http.Protocols
+			p.SetHTTP1(true)
+			p.SetUnencryptedHTTP2(true)
+			srv.Protocols = &p
+		}
+	}
+	return srv
+}
+
+func (s *Server) adminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if s.ready != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			if err := s.ready(ctx); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	if s.gather != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// Serve serves on the bound listeners until ctx is cancelled, then drains:
+// it stops accepting, waits up to ShutdownTimeout for in-flight requests
+// and upgraded connections, closes what is left, and returns nil. A
+// listener failing returns its error.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	servers := make(map[string]*http.Server, len(s.servers))
+	for role, srv := range s.servers {
+		servers[role] = srv
+	}
+	listeners := s.listeners
+	s.mu.Unlock()
+	if len(servers) == 0 {
+		return errors.New("serve: call Listen first")
+	}
+
+	errc := make(chan error, len(servers))
+	for role, srv := range servers {
+		ln := listeners[role]
+		s.logger.Info("listening", zap.String("role", role), zap.String("addr", ln.Addr().String()))
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s on %s: %w", role, ln.Addr(), err)
+				return
+			}
+			errc <- nil
+		}()
+	}
+
+	var serveErr error
+	pending := len(servers)
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		pending--
+	}
+
+	s.logger.Info("draining", zap.Duration("deadline", s.cfg.ShutdownTimeout),
+		zap.Int("upgraded_connections", s.handler.upgrades.Len()))
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for role, srv := range servers {
+		if role == "admin" {
+			continue // keep metrics and health answering during the drain
+		}
+		wg.Go(func() {
+			if err := srv.Shutdown(drainCtx); err != nil {
+				s.logger.Warn("drain deadline passed; closing connections", zap.String("role", role), zap.Error(err))
+				_ = srv.Close()
+			}
+		})
+	}
+	wg.Wait()
+	for s.handler.upgrades.Len() > 0 && drainCtx.Err() == nil {
+		select {
+		case <-drainCtx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if n := s.handler.upgrades.Len(); n > 0 {
+		s.logger.Warn("drain deadline passed; closing upgraded connections", zap.Int("count", n))
+		s.handler.upgrades.closeAll()
+	}
+	if admin := servers["admin"]; admin != nil {
+		_ = admin.Close()
+	}
+	// Collect the serve goroutines.
+	for ; pending > 0; pending-- {
+		if err := <-errc; err != nil && serveErr == nil {
+			serveErr = err
+		}
+	}
+	s.handler.proxy.Transport.(*http.Transport).CloseIdleConnections()
+	s.logger.Info("stopped")
+	return serveErr
+}
