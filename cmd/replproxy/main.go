@@ -41,10 +41,10 @@ func main() {
 
 type options struct {
 	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
-	migrate                                                    bool
-	proxy                                                      proxy.Config
-	server                                                     proxy.ServerConfig
-	cache                                                      store.CacheConfig
+	migrate                                                     bool
+	proxy                                                       proxy.Config
+	server                                                      proxy.ServerConfig
+	cache                                                       store.CacheConfig
 }
 
 func parse(args []string) (*options, error) {
