@@ -13,7 +13,7 @@ const (
 SELECT 1, id, owner, slug, endpoints, '', generation FROM repls WHERE owner = $1 AND slug = $2
 UNION ALL
 SELECT 2, repl_id, owner, slug, NULL, cluster, generation FROM tombstones WHERE owner = $1 AND slug = $2
-ORDER BY 1 LIMIT 1`
+ORDER BY 1, 7 DESC LIMIT 1`
 	lookupByIDSQL = `
 SELECT 1, id, owner, slug, endpoints, '', generation FROM repls WHERE id = $1
 UNION ALL
