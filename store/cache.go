@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,6 +89,9 @@ type Cache struct {
 	negative [cacheShards]shard
 	group    singleflight.Group
 
+	seed      uint64        // of hashKey
+	userClock bool          // cfg.Now was given: always use it
+	coarse    atomic.Int64  // unix nanoseconds, kept by Run; 0 when not running
 	epoch     atomic.Uint64 // bumped by EventResync; older entries are stale
 	downUntil atomic.Int64  // unix nanoseconds; misses fail fast until then
 	failing   atomic.Bool   // an incident is in progress (logged once)
@@ -101,14 +106,20 @@ type Cache struct {
 
 const cacheShards = 64
 
+// shard is one lock's worth of entries, chained by the key's 64-bit hash:
+// hashing a Key once ourselves is cheaper than the map hashing its four
+// strings, and a collision costs a key comparison, never a wrong answer.
 type shard struct {
 	mu      sync.RWMutex
-	entries map[Key]*entry
+	entries map[uint64]*entry
+	n       int
 	max     int
 	seq     uint64 // bumped by every invalidation in this shard
 }
 
 type entry struct {
+	key        Key
+	next       *entry // same hash, other key
 	route      Route
 	challenges []Challenge
 	err        error // nil or ErrNotFound
@@ -118,28 +129,66 @@ type entry struct {
 
 // NewCache returns a cache in front of r. Call Run to keep it current.
 func NewCache(r Reader, cfg CacheConfig, logger *zap.Logger) *Cache {
+	userClock := cfg.Now != nil
 	cfg.setDefaults()
 	if logger == nil {
 		logger = zap.NewNop()
 	}
 	c := &Cache{
-		r:      r,
-		cfg:    cfg,
-		logger: logger.Named("cache"),
-		synced: make(chan struct{}),
-		byRepl: make(map[string]map[Key]struct{}),
+		r:         r,
+		cfg:       cfg,
+		logger:    logger.Named("cache"),
+		synced:    make(chan struct{}),
+		byRepl:    make(map[string]map[Key]struct{}),
+		seed:      rand.Uint64(),
+		userClock: userClock,
 	}
 	for i := range c.found {
-		c.found[i] = shard{entries: make(map[Key]*entry), max: max(1, cfg.MaxEntries/cacheShards)}
-		c.negative[i] = shard{entries: make(map[Key]*entry), max: max(1, cfg.MaxNegative/cacheShards)}
+		c.found[i] = shard{entries: make(map[uint64]*entry), max: max(1, cfg.MaxEntries/cacheShards)}
+		c.negative[i] = shard{entries: make(map[uint64]*entry), max: max(1, cfg.MaxNegative/cacheShards)}
 	}
 	return c
 }
 
+// coarseTick is how often Run refreshes the cache's clock: reading it is
+// far cheaper than time.Now on every hit, and TTLs are seconds long.
+const coarseTick = 20 * time.Millisecond
+
 // Run applies the reader's change notifications to the cache until ctx is
-// done, and returns ctx's error.
+// done, and returns ctx's error. While it runs, the cache reads a clock it
+// refreshes every 20 ms instead of calling time.Now on every lookup.
 func (c *Cache) Run(ctx context.Context) error {
+	if !c.userClock {
+		c.coarse.Store(time.Now().UnixNano())
+		tick := time.NewTicker(coarseTick)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case t := <-tick.C:
+					c.coarse.Store(t.UnixNano())
+				}
+			}
+		})
+		defer func() {
+			tick.Stop()
+			close(stop)
+			wg.Wait()
+			c.coarse.Store(0)
+		}()
+	}
 	return c.r.Watch(ctx, c.apply)
+}
+
+// now returns the time in unix nanoseconds.
+func (c *Cache) now() int64 {
+	if t := c.coarse.Load(); t != 0 {
+		return t
+	}
+	return c.cfg.Now().UnixNano()
 }
 
 // Synced is closed once change notifications flow (the first EventResync).
@@ -177,28 +226,67 @@ func (c *Cache) Challenges(ctx context.Context, name string) ([]Challenge, error
 	return e.challenges, nil
 }
 
-// shardOf picks a shard by a cheap hash of the key's strings (FNV-1a).
-func shardOf(k Key) int {
-	h := uint32(2166136261) ^ uint32(k.Kind)
+// hashKey hashes a key's strings (FNV-1a, 64 bits, from a per-cache
+// seed so that colliding names cannot be prepared in advance) and picks
+// its shard.
+func (c *Cache) hashKey(k Key) (uint64, int) {
+	h := c.seed ^ uint64(k.Kind)
 	for _, s := range [...]string{k.Owner, k.Slug, k.ID, k.Name} {
 		for i := 0; i < len(s); i++ {
-			h ^= uint32(s[i])
-			h *= 16777619
+			h ^= uint64(s[i])
+			h *= 1099511628211
 		}
-		h *= 16777619
+		h ^= 0xff // field separator
+		h *= 1099511628211
 	}
-	return int(h % cacheShards)
+	return h, int(h >> 58) // the top 6 bits: cacheShards is 64
+}
+
+func (s *shard) get(h uint64, k Key) *entry {
+	for e := s.entries[h]; e != nil; e = e.next {
+		if e.key == k {
+			return e
+		}
+	}
+	return nil
+}
+
+// del removes k; the caller holds the lock.
+func (s *shard) del(h uint64, k Key) bool {
+	var prev *entry
+	for e := s.entries[h]; e != nil; prev, e = e, e.next {
+		if e.key != k {
+			continue
+		}
+		switch {
+		case prev != nil:
+			prev.next = e.next
+		case e.next != nil:
+			s.entries[h] = e.next
+		default:
+			delete(s.entries, h)
+		}
+		s.n--
+		return true
+	}
+	return false
+}
+
+func (s *shard) len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.n
 }
 
 // get returns the entry for k, if any, and whether it is fresh.
 func (c *Cache) get(k Key) (*entry, bool) {
-	i := shardOf(k)
+	h, i := c.hashKey(k)
 	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
 		s.mu.RLock()
-		e := s.entries[k]
+		e := s.get(h, k)
 		s.mu.RUnlock()
 		if e != nil {
-			return e, e.epoch == c.epoch.Load() && c.cfg.Now().UnixNano() < e.expires
+			return e, e.epoch == c.epoch.Load() && c.now() < e.expires
 		}
 	}
 	return nil, false
@@ -208,8 +296,7 @@ func (c *Cache) get(k Key) (*entry, bool) {
 // old (stale) when it fails.
 func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
 	c.misses.Add(1)
-	now := c.cfg.Now().UnixNano()
-	if now < c.downUntil.Load() {
+	if c.now() < c.downUntil.Load() {
 		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, ErrUnavailable))
 	}
 	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k) })
@@ -226,7 +313,8 @@ func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
 
 // fetch makes one backend call and stores its answer.
 func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
-	i := shardOf(k)
+	k = cloneKey(k) // kept in the cache: do not pin the caller's buffers
+	h, i := c.hashKey(k)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
 	defer cancel()
 
@@ -236,14 +324,14 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	c.found[i].mu.RUnlock()
 
 	c.loads.Add(1)
-	e := &entry{epoch: epoch}
+	e := &entry{key: k, epoch: epoch}
 	ttl := c.cfg.TTL
 	var err error
 	if k.Kind == KeyChallenge {
 		e.challenges, err = c.r.Challenges(ctx, k.Name)
 		ttl = c.cfg.NegativeTTL
 		for _, ch := range e.challenges {
-			ttl = min(ttl, ch.ExpiresAt.Sub(c.cfg.Now()))
+			ttl = min(ttl, time.Duration(ch.ExpiresAt.UnixNano()-c.now()))
 		}
 	} else {
 		e.route, err = c.r.Lookup(ctx, k)
@@ -254,12 +342,12 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	if err != nil {
 		c.loadErrors.Add(1)
 		if !errors.Is(err, ErrInvalid) {
-			c.downUntil.Store(c.cfg.Now().Add(c.cfg.RetryAfter).UnixNano())
+			c.downUntil.Store(c.now() + int64(c.cfg.RetryAfter))
 		}
 		return nil, err
 	}
 	c.recovered()
-	e.expires = c.cfg.Now().Add(ttl).UnixNano()
+	e.expires = c.now() + int64(ttl)
 
 	dst := &c.found[i]
 	if e.err != nil || k.Kind == KeyChallenge {
@@ -273,14 +361,14 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 		// may predate it. Answer with it, but do not keep it.
 		return e, nil
 	}
-	dst.put(k, e, c.cfg.Now().UnixNano(), &c.evictions)
+	dst.put(h, e, c.now(), &c.evictions)
 	// An entry of the other kind is outdated now.
 	other := &c.negative[i]
 	if dst == other {
 		other = &c.found[i]
 	}
 	other.mu.Lock()
-	delete(other.entries, k)
+	other.del(h, k)
 	other.mu.Unlock()
 	if k.Kind == KeyDomain && e.err == nil {
 		c.byReplMu.Lock()
@@ -295,27 +383,38 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	return e, nil
 }
 
-// put stores e. When the shard is full it evicts one entry first: the
-// first expired one among a few looked at, else the first looked at (map
-// iteration starts at a random place, so that one is arbitrary).
-func (s *shard) put(k Key, e *entry, now int64, evictions *atomic.Uint64) {
+// put stores e (replacing an entry with its key). When the shard is full
+// it evicts one entry first: the first expired one among a few looked at,
+// else the first looked at (map iteration starts at a random place, so
+// that one is arbitrary).
+func (s *shard) put(h uint64, e *entry, now int64, evictions *atomic.Uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.entries[k]; !ok && len(s.entries) >= s.max {
-		var victim Key
+	replaced := s.del(h, e.key)
+	if !replaced && s.n >= s.max {
+		var victim *entry
+		var victimHash uint64
 		looked := 0
-		for vk, ve := range s.entries {
-			if looked == 0 || ve.expires <= now {
-				victim = vk
+		for vh, ve := range s.entries {
+			if victim == nil || ve.expires <= now {
+				victim, victimHash = ve, vh
 			}
 			if looked++; looked == 8 {
 				break
 			}
 		}
-		delete(s.entries, victim)
+		s.del(victimHash, victim.key)
 		evictions.Add(1)
 	}
-	s.entries[k] = e
+	e.next = s.entries[h]
+	s.entries[h] = e
+	s.n++
+}
+
+// cloneKey copies a key's strings.
+func cloneKey(k Key) Key {
+	k.Owner, k.Slug, k.ID, k.Name = strings.Clone(k.Owner), strings.Clone(k.Slug), strings.Clone(k.ID), strings.Clone(k.Name)
+	return k
 }
 
 // serveStale answers with old when there is one, counting it and logging
@@ -369,11 +468,10 @@ func (c *Cache) apply(ev Event) {
 
 // Invalidate drops what the cache holds for k.
 func (c *Cache) invalidate(k Key) {
-	i := shardOf(k)
+	h, i := c.hashKey(k)
 	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
 		s.mu.Lock()
-		if _, ok := s.entries[k]; ok {
-			delete(s.entries, k)
+		if s.del(h, k) {
 			c.invalidations.Add(1)
 		}
 		s.mu.Unlock()
@@ -395,16 +493,8 @@ func (c *Cache) Stats() CacheStats {
 		Invalidation: c.invalidations.Load(),
 	}
 	for i := range c.found {
-		for _, sh := range [...]*shard{&c.found[i], &c.negative[i]} {
-			sh.mu.RLock()
-			n := len(sh.entries)
-			sh.mu.RUnlock()
-			if sh == &c.found[i] {
-				s.Entries += n
-			} else {
-				s.Negative += n
-			}
-		}
+		s.Entries += c.found[i].len()
+		s.Negative += c.negative[i].len()
 	}
 	return s
 }

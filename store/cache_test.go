@@ -425,3 +425,25 @@ func TestCacheChallenges(t *testing.T) {
 		t.Fatalf("calls = %d, want 2: a cached record must not outlive its expiry", n)
 	}
 }
+
+// BenchmarkCacheHit measures a hit alone (no database needed); the
+// comparison with a PostgreSQL lookup is BenchmarkLookup.
+func BenchmarkCacheHit(b *testing.B) {
+	r := newCountingReader()
+	r.set(blogKey, blogRoute)
+	c := store.NewCache(r, store.CacheConfig{}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-c.Synced()
+	if _, err := c.Lookup(ctx, blogKey); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Lookup(ctx, blogKey); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
