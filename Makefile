@@ -11,13 +11,14 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help build test lint vet fmt-check staticcheck unit fuzz bench clean
+.PHONY: help build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy clean
 
 help:
 	@echo "make build   build the binaries into bin/"
 	@echo "make test    lint, then every test with -race, then a short fuzz run"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
-	@echo "make bench   the benchmarks (store: cache hit vs PostgreSQL, 1M-row lookups)"
+	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
+	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
 
 build:
 	@mkdir -p $(BIN)
@@ -46,8 +47,18 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 
-bench:
+bench: bench-go bench-proxy
+
+bench-go:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
+
+# replproxy against nginx, HAProxy, Caddy and a plain httputil.ReverseProxy
+# at a fixed offered load; RATE, DURATION and WS tune it.
+RATE     ?= 4000
+DURATION ?= 10s
+WS       ?= 10000
+bench-proxy: build
+	$(GO) run ./bench/proxy -replproxy $(BIN)/replproxy -rate $(RATE) -duration $(DURATION) -ws $(WS)
 
 clean:
 	rm -rf $(BIN)
