@@ -326,7 +326,7 @@ func run(o opts) error {
 		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [192.0.2.1], forward: %q, store: east.yaml}\n  - {name: west, proxy_ipv4: [192.0.2.2], forward: %q, store: west.yaml}\n", east, west),
 		"east.yaml": fmt.Sprintf("repls:\n  - {id: r1, owner: alice, slug: bench, endpoints: [%q]}\n  - {id: r3, owner: alice, slug: ws, endpoints: [%q]}\ntombstones:\n  - {repl_id: r2, owner: alice, slug: moved, cluster: west, generation: 2, moved_at: 2026-01-01T00:00:00Z}\n",
 			backendAddr, wsAddr),
-		"west.yaml": fmt.Sprintf("repls:\n  - {id: r2, owner: alice, slug: moved, endpoints: [%q], generation: 2}\n", backendAddr),
+		"west.yaml":  fmt.Sprintf("repls:\n  - {id: r2, owner: alice, slug: moved, endpoints: [%q], generation: 2}\n", backendAddr),
 		"hop.secret": "bench-secret-bench-secret-bench-secret-0123456789",
 	}
 	for name, content := range files {
