@@ -50,9 +50,9 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 		routes:  routes,
 		logger:  logger,
 		metrics: metrics,
-		hop:     hopSigner{secret: cfg.HopSecret, now: cfg.Now},
 		ids:     newRequestIDs(),
 	}
+	h.hop.secret, h.hop.now = cfg.HopSecret, cfg.Now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
@@ -81,6 +81,27 @@ type exchange struct {
 }
 
 type exchangeKey struct{}
+
+// connSlot carries the exchange of an HTTP/1 connection's current request:
+// such a connection serves one request at a time, so the Server puts one
+// slot in each connection's context (ConnContext) and requests use it
+// instead of a context.WithValue and a Request copy each.
+type connSlot struct{ ex *exchange }
+
+type connSlotKey struct{}
+
+// withConnSlot is the http.Server's ConnContext.
+func withConnSlot(ctx context.Context, _ net.Conn) context.Context {
+	return context.WithValue(ctx, connSlotKey{}, &connSlot{})
+}
+
+// exchangeOf returns the exchange of a request made by ServeHTTP.
+func exchangeOf(ctx context.Context) *exchange {
+	if ex, ok := ctx.Value(exchangeKey{}).(*exchange); ok {
+		return ex
+	}
+	return ctx.Value(connSlotKey{}).(*connSlot).ex
+}
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
 
@@ -152,7 +173,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.target = c.Forward
 		h.metrics.forward()
 	}
-	h.proxy.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+	if slot, ok := r.Context().Value(connSlotKey{}).(*connSlot); ok && r.ProtoMajor < 2 {
+		slot.ex = ex
+		defer func() { slot.ex = nil }()
+	} else {
+		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+	}
+	h.proxy.ServeHTTP(rec, r)
 }
 
 // checkHop verifies and strips the hop mark, and settles the request id.
@@ -183,7 +210,7 @@ func (h *Handler) checkHop(r *http.Request, ex *exchange) {
 // rewrite builds the upstream request: the target, the Host kept, our
 // forwarding headers, and a hop mark when forwarding to another cluster.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	ex := pr.In.Context().Value(exchangeKey{}).(*exchange)
+	ex := exchangeOf(pr.In.Context())
 	in, out := pr.In, pr.Out
 	out.URL.Scheme = "http"
 	out.URL.Host = ex.target
@@ -236,7 +263,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (h *Handler) modifyResponse(resp *http.Response) error {
-	ex := resp.Request.Context().Value(exchangeKey{}).(*exchange)
+	ex := exchangeOf(resp.Request.Context())
 	ex.upstreamDur = time.Since(ex.upstreamAt)
 	h.metrics.upstreamTime(ex.route, ex.upstreamDur)
 	resp.Header.Set("X-Request-Id", ex.id)
@@ -247,7 +274,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 // away → 499 (logged, nothing sent, not the upstream's fault); a timeout
 // → 504; anything else (refused, unreachable, reset) → 502.
 func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
-	ex := r.Context().Value(exchangeKey{}).(*exchange)
+	ex := exchangeOf(r.Context())
 	if !ex.upstreamAt.IsZero() {
 		ex.upstreamDur = time.Since(ex.upstreamAt)
 	}

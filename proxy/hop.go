@@ -4,10 +4,13 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
+	"hash"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -31,6 +34,7 @@ const HopSkew = 30 * time.Second
 type hopSigner struct {
 	secret []byte
 	now    func() time.Time
+	macs   sync.Pool // of hash.Hash: keyed HMAC-SHA256, reset before use
 }
 
 // hopFields are what a hop mark vouches for.
@@ -46,16 +50,22 @@ type hopFields struct {
 var errHop = errors.New("invalid hop mark")
 
 func (s *hopSigner) mac(ts int64, f hopFields) string {
-	m := hmac.New(sha256.New, s.secret)
+	m, _ := s.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, s.secret)
+	}
+	defer func() { m.Reset(); s.macs.Put(m) }()
 	// Every field is length-prefixed, so no two different field sets can
 	// write the same bytes.
+	var buf [512]byte
+	b := buf[:0]
 	for _, v := range [...]string{"v1", f.Source, strconv.FormatInt(ts, 10), f.Host, f.For, f.Proto, f.FHost, f.RequestID} {
-		var n [4]byte
-		n[0], n[1], n[2], n[3] = byte(len(v)>>24), byte(len(v)>>16), byte(len(v)>>8), byte(len(v))
-		m.Write(n[:])
-		m.Write([]byte(v))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+		b = append(b, v...)
 	}
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	m.Write(b)
+	var sum [sha256.Size]byte
+	return base64.RawURLEncoding.EncodeToString(m.Sum(sum[:0]))
 }
 
 // sign returns the hop header value for f, stamped now.

@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,14 +29,21 @@ type Metrics struct {
 	loops          prometheus.Counter
 	upgraded       prometheus.Gauge
 
-	// counters caches the children of requests, so that the request path
-	// does not hash label values.
-	counters sync.Map // counterKey → prometheus.Counter
+	// counters caches the children of requests by route and status, so
+	// that the request path neither hashes label values nor allocates.
+	counters [len(routeKinds)][600]atomic.Pointer[prometheus.Counter]
 }
 
-type counterKey struct {
-	route  string
-	status int
+// routeKinds lists the route labels; a route's index is its position.
+var routeKinds = [...]string{routeLocal, routeForwarded, routeNotFound, routeBadHost, routeLoop, routeUnavailable}
+
+func routeIndex(route string) int {
+	for i, r := range routeKinds {
+		if r == route {
+			return i
+		}
+	}
+	return -1
 }
 
 // NewMetrics registers the proxy's metrics with reg, and the route cache's
@@ -80,12 +87,18 @@ func (m *Metrics) request(route string, status int) {
 	if m == nil {
 		return
 	}
-	k := counterKey{route, status}
-	c, ok := m.counters.Load(k)
-	if !ok {
-		c, _ = m.counters.LoadOrStore(k, m.requests.WithLabelValues(route, strconv.Itoa(status)))
+	i := routeIndex(route)
+	if i < 0 || status < 0 || status >= len(m.counters[i]) {
+		m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+		return
 	}
-	c.(prometheus.Counter).Inc()
+	c := m.counters[i][status].Load()
+	if c == nil {
+		child := m.requests.WithLabelValues(route, strconv.Itoa(status))
+		c = &child
+		m.counters[i][status].Store(c)
+	}
+	(*c).Inc()
 }
 
 func (m *Metrics) upstreamTime(route string, d time.Duration) {

@@ -143,6 +143,7 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          zap.NewStdLog(s.logger.Named("http." + role)),
+		ConnContext:       withConnSlot,
 	}
 	switch role {
 	case "https":

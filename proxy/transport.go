@@ -24,8 +24,8 @@ func newTransport(cfg *Config) *http.Transport {
 		DisableCompression:     true,
 		ForceAttemptHTTP2:      false,
 		MaxResponseHeaderBytes: 1 << 20,
-		WriteBufferSize:        16 << 10,
-		ReadBufferSize:         16 << 10,
+		// Read and write buffers stay at 4 KiB: an upgraded (WebSocket)
+		// connection keeps them for its whole life.
 	}
 }
 
