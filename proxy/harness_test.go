@@ -52,6 +52,8 @@ type testCluster struct {
 	Logs    *observer.ObservedLogs
 	Metrics *prometheus.Registry
 	Server  *proxy.Server
+	Cancel  func()          // starts the drain, like SIGTERM
+	Served  <-chan struct{} // closed when Serve returned
 	stop    func()
 }
 
@@ -136,9 +138,11 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *store.Re
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(ctx) }()
-	c := &testCluster{Name: name, Store: st, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv}
+	served := make(chan struct{})
+	var serveErr error
+	go func() { serveErr = srv.Serve(ctx); close(served) }()
+	c := &testCluster{Name: name, Store: st, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv,
+		Cancel: cancel, Served: served}
 	var stopped bool
 	c.stop = func() {
 		if stopped {
@@ -146,8 +150,9 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *store.Re
 		}
 		stopped = true
 		cancel()
-		if err := <-serveDone; err != nil {
-			t.Errorf("serve: %v", err)
+		<-served
+		if serveErr != nil {
+			t.Errorf("serve: %v", serveErr)
 		}
 		<-watchDone
 	}
