@@ -33,6 +33,7 @@ type Handler struct {
 	ids      *requestIDs
 	upgrades *upgrades
 	proxy    *httputil.ReverseProxy
+	buffers  *bufferPool
 	next     atomic.Uint64 // round-robin over a repl's endpoints
 }
 
@@ -54,10 +55,11 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 	}
 	h.hop.secret, h.hop.now = cfg.HopSecret, cfg.Now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
+	h.buffers = newBufferPool()
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      newTransport(&h.cfg),
-		BufferPool:     newBufferPool(),
+		BufferPool:     h.buffers,
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.upstreamFailed,
 		ErrorLog:       zap.NewStdLog(logger.Named("reverseproxy")),
@@ -78,6 +80,7 @@ type exchange struct {
 	upstreamAt  time.Time
 	upstreamDur time.Duration
 	status      int // set when the response was not written (499)
+	rec         *recorder
 }
 
 type exchangeKey struct{}
@@ -107,8 +110,8 @@ var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := exchangePool.Get().(*exchange)
-	*ex = exchange{start: time.Now()}
 	rec := newRecorder(w, h.upgrades)
+	*ex = exchange{start: time.Now(), rec: rec}
 	defer func() {
 		h.finish(rec, r, ex)
 		rec.release()
@@ -267,6 +270,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	ex.upstreamDur = time.Since(ex.upstreamAt)
 	h.metrics.upstreamTime(ex.route, ex.upstreamDur)
 	resp.Header.Set("X-Request-Id", ex.id)
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.takeOver(ex, resp)
+	}
 	return nil
 }
 
@@ -275,6 +281,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 // → 504; anything else (refused, unreachable, reset) → 502.
 func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
 	ex := exchangeOf(r.Context())
+	if errors.Is(err, errUpgraded) {
+		return
+	}
 	if !ex.upstreamAt.IsZero() {
 		ex.upstreamDur = time.Since(ex.upstreamAt)
 	}

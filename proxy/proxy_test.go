@@ -174,6 +174,7 @@ func TestWebSocketEcho(t *testing.T) {
 			return
 		}
 		defer conn.CloseNow()
+		conn.SetReadLimit(8 << 20)
 		for {
 			typ, msg, err := conn.Read(r.Context())
 			if err != nil {
@@ -200,20 +201,28 @@ func TestWebSocketEcho(t *testing.T) {
 	if n := openUpgrades(t, c); n != 1 {
 		t.Errorf("open upgraded connections metric = %v, want 1", n)
 	}
-	for i := range 3 {
-		msg := fmt.Sprintf("hello %d", i)
+	conn.SetReadLimit(8 << 20)
+	// Small messages, then a large one (the copier's bulk path).
+	for i, msg := range []string{"hello 0", "hello 1", strings.Repeat("0123456789abcdef", 256<<10)} {
 		if err := conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
 			t.Fatal(err)
 		}
 		_, got, err := conn.Read(ctx)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("message %d: %v", i, err)
 		}
 		if string(got) != "echo: "+msg {
-			t.Fatalf("got %q", got)
+			t.Fatalf("message %d: got %d bytes, want %d", i, len(got), len("echo: "+msg))
 		}
 	}
 	conn.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, 5*time.Second, "the upgraded connection to be closed and logged", func() bool {
+		return openUpgrades(t, c) == 0 && len(c.Logs.FilterMessage("upgraded connection closed").All()) == 1
+	})
+	f := c.Logs.FilterMessage("upgraded connection closed").All()[0].ContextMap()
+	if up, down := f["bytes_up"].(int64), f["bytes_down"].(int64); up < 4<<20 || down < 4<<20 {
+		t.Errorf("logged %d bytes up, %d down; want over 4 MiB each", up, down)
+	}
 }
 
 func openUpgrades(t testing.TB, c *testCluster) float64 {

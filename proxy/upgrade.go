@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Protocol upgrades (WebSocket). httputil.ReverseProxy makes the upstream
+// request and reads the 101 response; then, instead of its own copy loop
+// (four goroutines per connection, one of them the handler's deep stack,
+// and two 32 KiB buffers), modifyResponse takes the two connections over:
+// two shallow goroutines and small buffers that grow only while data
+// flows. The handler returns at once, and an idle WebSocket costs little.
+
+// errUpgraded tells upstreamFailed that modifyResponse took the
+// connection over: nothing is left to answer.
+var errUpgraded = errors.New("protocol switched; connection taken over")
+
+// closedBody replaces a taken-over 101 body, so that ReverseProxy's Close
+// of it leaves the connection alone.
+type closedBody struct{}
+
+func (closedBody) Read([]byte) (int, error) { return 0, io.EOF }
+func (closedBody) Close() error             { return nil }
+
+// upgradeType returns the protocol an Upgrade header asks for, when the
+// Connection header names it.
+func upgradeType(h http.Header) string {
+	for _, v := range h.Values("Connection") {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return h.Get("Upgrade")
+			}
+		}
+	}
+	return ""
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// takeOver answers the client with the upstream's 101 and joins the two
+// connections.
+func (h *Handler) takeOver(ex *exchange, resp *http.Response) error {
+	reqUp, resUp := upgradeType(resp.Request.Header), upgradeType(resp.Header)
+	if !printable(resUp) || !strings.EqualFold(reqUp, resUp) {
+		return fmt.Errorf("upstream switched to protocol %q when %q was asked for", resUp, reqUp)
+	}
+	backend, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		return errors.New("101 response without a writable body")
+	}
+	client, brw, err := ex.rec.Hijack()
+	if err != nil {
+		return fmt.Errorf("take over the client connection: %w", err)
+	}
+	resp.Body = nil // Write sends the status line and headers only
+	if err := resp.Write(brw); err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		client.Close()
+		backend.Close()
+		resp.Body = closedBody{}
+		return fmt.Errorf("write the 101 response: %w", err)
+	}
+	resp.Body = closedBody{}
+	ex.rec.status = http.StatusSwitchingProtocols
+
+	// Bytes the client sent early are in the server's buffer: pass them on.
+	var early []byte
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ = brw.Reader.Peek(n)
+		early = append([]byte(nil), early...)
+	}
+	j := &joined{h: h, client: client, backend: backend, id: ex.id, host: resp.Request.Host, replID: ex.replID, start: time.Now()}
+	j.running.Store(2)
+	go j.copy(backend, client, early, &j.up)
+	go j.copy(client, backend, nil, &j.down)
+	return errUpgraded
+}
+
+// joined is a pair of connections copying to each other.
+type joined struct {
+	h               *Handler
+	client, backend io.ReadWriteCloser
+	id, host        string
+	replID          string
+	start           time.Time
+	up, down        atomic.Int64 // bytes client→upstream, upstream→client
+	running         atomic.Int32
+}
+
+// copy copies src to dst until either side ends, then closes both (as
+// ReverseProxy does: a WebSocket ends as a whole); the last copier out
+// logs the connection.
+func (j *joined) copy(dst io.Writer, src io.Reader, early []byte, count *atomic.Int64) {
+	if len(early) > 0 {
+		n, _ := dst.Write(early)
+		count.Add(int64(n))
+	}
+	_ = j.h.pipe(dst, src, count)
+	_ = j.client.Close()
+	_ = j.backend.Close()
+	if j.running.Add(-1) > 0 {
+		return
+	}
+	if ce := j.h.logger.Check(zapcore.InfoLevel, "upgraded connection closed"); ce != nil && j.h.cfg.AccessLog {
+		ce.Write(zap.String("host", j.host), zap.String("repl_id", j.replID), zap.String("request_id", j.id),
+			zap.Int64("bytes_up", j.up.Load()), zap.Int64("bytes_down", j.down.Load()),
+			zap.Duration("duration", time.Since(j.start)))
+	}
+}
+
+// smallCopy is the buffer an idle direction holds.
+const smallCopy = 512
+
+// pipe copies with a small buffer, and borrows a pooled 32 KiB one while
+// reads keep filling the small one (a bulk transfer).
+func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64) error {
+	small := make([]byte, smallCopy)
+	var big []byte
+	defer func() {
+		if big != nil {
+			h.buffers.Put(big)
+		}
+	}()
+	for {
+		buf := small
+		if big != nil {
+			buf = big
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			count.Add(int64(w))
+			if werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		switch {
+		case big == nil && n == len(small):
+			big = h.buffers.Get()
+		case big != nil && n < len(big)/2:
+			h.buffers.Put(big)
+			big = nil
+		}
+	}
+}
