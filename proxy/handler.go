@@ -58,7 +58,7 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 	h.buffers = newBufferPool()
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      newTransport(&h.cfg),
+		Transport:      newUpstream(&h.cfg),
 		BufferPool:     h.buffers,
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.upstreamFailed,

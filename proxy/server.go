@@ -268,7 +268,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			serveErr = err
 		}
 	}
-	s.handler.proxy.Transport.(*http.Transport).CloseIdleConnections()
+	s.handler.proxy.Transport.(*upstream).CloseIdleConnections()
 	s.logger.Info("stopped")
 	return serveErr
 }
