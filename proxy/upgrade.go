@@ -70,7 +70,8 @@ func (h *Handler) takeOver(ex *exchange, resp *http.Response) error {
 		return fmt.Errorf("take over the client connection: %w", err)
 	}
 	resp.Body = nil // Write sends the status line and headers only
-	if err := resp.Write(brw); err == nil {
+	err = resp.Write(brw)
+	if err == nil {
 		err = brw.Flush()
 	}
 	if err != nil {
