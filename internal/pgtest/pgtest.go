@@ -116,6 +116,39 @@ func startN(t testing.TB, cfg config, n int) []*Server {
 	return servers
 }
 
+// Launch starts n servers outside of any test, for the demo's
+// `make run-postgres`. stop stops them and removes their folders; call it
+// even when Launch failed part-way.
+func Launch(n int) (servers []*Server, stop func() error, err error) {
+	bin, err := findBinaries(os.Getenv("PATH"), libDir)
+	if err != nil {
+		return nil, func() error { return nil }, fmt.Errorf("%w; install them with: apt-get install -y postgresql", err)
+	}
+	cred, err := serverCredential()
+	if err != nil {
+		return nil, func() error { return nil }, err
+	}
+	servers = make([]*Server, n)
+	for i := range servers {
+		servers[i] = &Server{bin: bin, cred: cred}
+	}
+	stop = func() error {
+		var errs []error
+		for _, s := range servers {
+			stopErr, removeErr := s.shutdown()
+			errs = append(errs, stopErr, removeErr)
+		}
+		return errors.Join(errs...)
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		wg.Go(func() { errs[i] = s.boot(freePort) })
+	}
+	wg.Wait()
+	return servers, stop, errors.Join(errs...)
+}
+
 // missingBinaries reports err, the failure to find the server binaries, as a
 // skip, or as a failure when they are required.
 func missingBinaries(t testing.TB, require bool, err error) {

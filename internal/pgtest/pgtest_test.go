@@ -426,3 +426,23 @@ func (r *recorder) end(outcome *bool, msg string) {
 	*outcome, r.msg = true, msg
 	runtime.Goexit()
 }
+
+func TestLaunchOutsideATest(t *testing.T) {
+	if _, err := findBinaries(os.Getenv("PATH"), libDir); err != nil {
+		missingBinaries(t, configFromEnv().require, err)
+	}
+	servers, stop, err := Launch(1)
+	if err != nil {
+		_ = stop()
+		t.Fatal(err)
+	}
+	srv := servers[0]
+	root, pid := srv.folder(), srv.pid()
+	if err := srv.exec("SELECT 1"); err != nil {
+		t.Errorf("query the launched server: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, root, pid)
+}

@@ -285,19 +285,31 @@ func bindFailed(path string, offset int64) bool {
 // close is the server's cleanup: it stops the server, waits for it to exit
 // and removes its folder.
 func (s *Server) close(t testing.TB) {
+	stopErr, removeErr := s.shutdown()
+	if stopErr != nil {
+		t.Logf("pgtest: %v", stopErr)
+	}
+	if removeErr != nil {
+		t.Errorf("pgtest: %v", removeErr)
+	}
+}
+
+// shutdown stops the server, waits for it to exit and removes its folder.
+func (s *Server) shutdown() (stopErr, removeErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.proc != nil {
 		if err := s.proc.stop(stopTimeout); err != nil {
-			t.Logf("pgtest: %v\n%s", err, tail(s.logPath, logTailLines))
+			stopErr = fmt.Errorf("%w\n%s", err, tail(s.logPath, logTailLines))
 		}
 		s.proc = nil
 	}
 	if s.root != "" {
 		if err := os.RemoveAll(s.root); err != nil {
-			t.Errorf("pgtest: remove %s: %v", s.root, err)
+			removeErr = fmt.Errorf("remove %s: %w", s.root, err)
 		}
 	}
+	return stopErr, removeErr
 }
 
 // freePort returns a TCP port of 127.0.0.1 unused a moment ago.
