@@ -11,9 +11,11 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy clean
 
 help:
+	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
+	@echo "make run-postgres  the same demo on two throw-away PostgreSQL servers"
 	@echo "make build   build the binaries into bin/"
 	@echo "make test    lint, then every test with -race, then a short fuzz run"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
@@ -22,7 +24,13 @@ help:
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./...
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+run: build
+	$(BIN)/demo -bin $(BIN)
+
+run-postgres: build
+	$(BIN)/demo -bin $(BIN) -postgres
 
 test: lint unit fuzz
 
