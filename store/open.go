@@ -25,7 +25,11 @@ func Open(ctx context.Context, addr string, opts OpenOptions) (Store, error) {
 		return nil, fmt.Errorf("open store: no address: give a postgres:// DSN or the path of a store file")
 	}
 	if !IsPostgresDSN(addr) {
-		return OpenEmbedded(ctx, addr, opts.Logger)
+		e, err := OpenEmbedded(ctx, addr, opts.Logger)
+		if err != nil {
+			return nil, err // a nil Store, not a Store holding a nil *Embedded
+		}
+		return e, nil
 	}
 	p, err := OpenPostgres(ctx, addr, opts.Logger)
 	if err != nil {
