@@ -101,15 +101,13 @@ func (p *proc) stop() {
 	}
 }
 
-// cpuTicks sums utime+stime of every process in p's process group (nginx
-// and its workers), in clock ticks.
-func (p *proc) cpuTicks() (int64, error) {
-	pgid := p.cmd.Process.Pid
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	var total int64
+// groupStats returns the fields after the command name of /proc/PID/stat
+// for every process in p's process group (nginx and its workers), with
+// their pids.
+func (p *proc) groupStats() map[string][]string {
+	pgid := strconv.Itoa(p.cmd.Process.Pid)
+	ents, _ := os.ReadDir("/proc")
+	stats := map[string][]string{}
 	for _, e := range ents {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
@@ -118,11 +116,19 @@ func (p *proc) cpuTicks() (int64, error) {
 		if err != nil {
 			continue
 		}
-		// Fields after the command name, which is in parentheses.
+		// The command name is in parentheses and may hold spaces.
 		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if len(f) < 13 || f[2] != strconv.Itoa(pgid) { // f[2] is pgrp
-			continue
+		if len(f) >= 13 && f[2] == pgid { // f[2] is pgrp
+			stats[e.Name()] = f
 		}
+	}
+	return stats
+}
+
+// cpuTicks sums utime+stime of the process group, in clock ticks.
+func (p *proc) cpuTicks() (int64, error) {
+	var total int64
+	for _, f := range p.groupStats() {
 		ut, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
 		total += ut + st
@@ -132,21 +138,9 @@ func (p *proc) cpuTicks() (int64, error) {
 
 // rssKiB sums VmRSS of the process group.
 func (p *proc) rssKiB() int64 {
-	ents, _ := os.ReadDir("/proc")
 	var total int64
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if len(f) < 3 || f[2] != strconv.Itoa(p.cmd.Process.Pid) {
-			continue
-		}
-		st, _ := os.ReadFile("/proc/" + e.Name() + "/status")
+	for pid := range p.groupStats() {
+		st, _ := os.ReadFile("/proc/" + pid + "/status")
 		for _, l := range strings.Split(string(st), "\n") {
 			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
 				n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
