@@ -91,7 +91,7 @@ func startPlatform(t *testing.T) *platform {
 	for _, name := range names {
 		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, filepath.Join(dir, "hop.secret"))
 	}
-	p.ns = startReplns(t, "-zone", "repl.test", "-clusters", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
+	p.ns = startReplns(t, "-zone", "repl.test", "-registry", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
 	p.replctl = buildBinary(t, "replctl")
 	return p
 }

@@ -155,8 +155,8 @@ func run(ctx context.Context, bin string, usePostgres bool) error {
 		}
 		return err
 	}
-	if err := start("replns", "replns", "-zone", zone, "-clusters", registry, "-ns", "ns1."+zone+"=127.0.0.1",
-		"-listen", nsAddr, "-admin", "127.0.0.1:9153", "-log-format", "console"); err != nil {
+	if err := start("replns", "replns", "-zone", zone, "-registry", registry, "-ns", "ns1."+zone+"=127.0.0.1",
+		"-listen", nsAddr, "-admin-listen", "127.0.0.1:9153", "-log-format", "console"); err != nil {
 		return err
 	}
 	for _, c := range clusters {

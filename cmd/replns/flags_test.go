@@ -1,0 +1,55 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	env := map[string]string{
+		"REPLNS_ZONE":     "repl.test",
+		"REPLNS_REGISTRY": "/etc/clusters.yaml",
+		"REPLNS_NS":       "ns1.repl.test=192.0.2.53+2001:db8::53, ns2.example.net",
+		"REPLNS_LISTEN":   "127.0.0.1:5353",
+		"REPLNS_RRL_RATE": "0",
+	}
+	o, err := parseFlags([]string{"-listen", "127.0.0.2:53", "-ttl", "30s"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.dns.Zone != "repl.test" || o.clusters != "/etc/clusters.yaml" {
+		t.Errorf("zone %q clusters %q", o.dns.Zone, o.clusters)
+	}
+	if o.server.Addr != "127.0.0.2:53" {
+		t.Errorf("listen %q: the command line must win over the environment", o.server.Addr)
+	}
+	if o.dns.TTL.String() != "30s" || o.dns.RRL.Rate != -1 {
+		t.Errorf("ttl %v rrl rate %d", o.dns.TTL, o.dns.RRL.Rate)
+	}
+	if len(o.dns.NameServers) != 2 || len(o.dns.NameServers[0].Addrs) != 2 || o.dns.NameServers[1].Name != "ns2.example.net" {
+		t.Errorf("name servers %+v", o.dns.NameServers)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, nil, "-zone is required"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "ns1.repl.test=nope"}, nil, "not an IP address"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b"}, map[string]string{"REPLNS_TTL": "soon"}, "REPLNS_TTL"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-cookie-secret", "abc"}, nil, "32 hex digits"},
+		{[]string{"-zone", "repl.test", "extra"}, nil, "unexpected arguments"},
+	} {
+		_, err := parseFlags(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %v: error %v, want %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+	if _, err := parseFlags([]string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}

@@ -1,0 +1,198 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/pgtest"
+)
+
+// replns is a running replns process.
+type replns struct {
+	addr  string // host:port answered on, UDP and TCP
+	admin string // host:port of the admin listener
+	cmd   *exec.Cmd
+	out   *syncBuffer
+}
+
+// syncBuffer collects a process's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// freePort returns a port of 127.0.0.1 free for both UDP and TCP, as far
+// as can be told before using it.
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startReplns starts the replns binary with args plus -listen and -admin-listen
+// on free ports, waits until /readyz says ready, and stops it (SIGTERM,
+// then checking it exited cleanly) when the test ends.
+func startReplns(t testing.TB, args ...string) *replns {
+	t.Helper()
+	bin := buildBinary(t, "replns")
+	r := &replns{
+		addr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		out:   &syncBuffer{},
+	}
+	r.cmd = exec.Command(bin, append([]string{"-listen", r.addr, "-admin-listen", r.admin, "-log-format", "console"}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("replns did not exit cleanly on SIGTERM: %v\n%s", err, r.out)
+			}
+		case <-time.After(15 * time.Second):
+			_ = r.cmd.Process.Kill()
+			<-exited
+			t.Errorf("replns did not stop within 15 s of SIGTERM\n%s", r.out)
+		}
+	})
+
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("replns exited at start: %v\n%s", err, r.out)
+		default:
+		}
+		if resp, err := client.Get("http://" + r.admin + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replns not ready after 20 s\n%s", r.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// reply is what dig or kdig printed, reduced to what the tests compare.
+type reply struct {
+	status  string
+	flags   []string
+	records []string // answer, authority and additional, normalised and sorted
+	raw     string
+}
+
+var (
+	statusRE = regexp.MustCompile(`status: ([A-Z]+)`)
+	flagsRE  = regexp.MustCompile(`(?i);; flags: ([a-z ]*);`)
+)
+
+// query runs dig or kdig against addr with args and parses the output.
+func query(t testing.TB, tool, addr string, args ...string) reply {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	all := []string{"@" + host, "-p", port, "+norec", "+time=2", "+tries=1"}
+	if tool == "kdig" {
+		all = []string{"@" + host, "-p", port, "+norec", "+timeout=2", "+retry=0"}
+	}
+	all = append(all, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, tool, all...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", tool, strings.Join(all, " "), err, out)
+	}
+	r := reply{raw: string(out)}
+	if m := statusRE.FindStringSubmatch(r.raw); m != nil {
+		r.status = m[1]
+	}
+	if m := flagsRE.FindStringSubmatch(r.raw); m != nil {
+		r.flags = strings.Fields(m[1])
+	}
+	for line := range strings.SplitSeq(r.raw, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, ";") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		f[0] = strings.ToLower(f[0])
+		r.records = append(r.records, strings.Join(f, " "))
+	}
+	slices.Sort(r.records)
+	return r
+}
+
+func (r reply) hasFlag(f string) bool { return slices.Contains(r.flags, f) }
+
+// have checks for a tool; a missing one fails the test under CI.
+func have(t testing.TB, tool, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(tool); err != nil {
+		if os.Getenv(pgtest.EnvRequire) != "" { // CI installs them
+			t.Fatalf("%s is missing; install it with: apt-get install -y %s", tool, pkg)
+		}
+		t.Skipf("%s is missing; install it with: apt-get install -y %s", tool, pkg)
+	}
+}
+
+// writeFiles writes files into a temporary folder and returns it.
+func writeFiles(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}

@@ -1,0 +1,377 @@
+package nameserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// Source is the data a Handler answers from. *Clusters is the real one.
+type Source interface {
+	// Clusters lists the clusters, whose positions Host returns.
+	Clusters() []store.Cluster
+	// Host returns the position of the cluster that hosts the repl named
+	// by k (KeyRepl or KeyReplID): of the clusters where it is live, the
+	// one with the highest generation. It returns an error wrapping
+	// store.ErrNotFound when no cluster has it, or store.ErrUnavailable
+	// when none has it but one could not be asked.
+	Host(ctx context.Context, k store.Key) (int, error)
+	// HasOwner reports whether owner has repls. When it cannot be sure it
+	// says true: an owner's name is an empty non-terminal, and a wrong
+	// NXDOMAIN there would hide every repl of the owner from resolvers.
+	HasOwner(owner string) bool
+	// Challenges appends to dst the values of the DNS-01 challenge records
+	// named name in every cluster, without repeats. The error wraps
+	// store.ErrUnavailable when there are none but a cluster could not be
+	// asked.
+	Challenges(ctx context.Context, name string, dst []string) ([]string, error)
+}
+
+// ClustersConfig tunes Clusters. The zero value is usable.
+type ClustersConfig struct {
+	// Cache configures each cluster's route cache.
+	Cache store.CacheConfig
+	// Open opens a cluster's store. Nil means store.Open without
+	// migrations (replns only reads).
+	Open func(ctx context.Context, addr string) (store.Store, error)
+}
+
+// Clusters reads every cluster of the registry: each store through a
+// store.Cache kept current by change notifications, beside an index of the
+// cluster's live repls that turns names no cluster has into NXDOMAIN
+// without a database query. Run opens the stores and keeps both current.
+type Clusters struct {
+	list   []store.Cluster
+	cs     []*cluster
+	cfg    ClustersConfig
+	logger *zap.Logger
+}
+
+var _ Source = (*Clusters)(nil)
+
+type cluster struct {
+	info  store.Cluster
+	cache atomic.Pointer[store.Cache] // nil until the store is open
+	index *index
+	// queries counts the store calls the index makes.
+	queries atomic.Uint64
+	synced  atomic.Bool // the cache's first resync came
+}
+
+// NewClusters prepares to read the clusters of reg. Nothing is opened
+// until Run.
+func NewClusters(reg *store.Registry, cfg ClustersConfig, logger *zap.Logger) (*Clusters, error) {
+	if reg == nil || len(reg.Clusters) == 0 {
+		return nil, errors.New("clusters: the registry names no cluster")
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	c := &Clusters{list: slices.Clone(reg.Clusters), cfg: cfg, logger: logger.Named("clusters")}
+	if c.cfg.Open == nil {
+		storeLogger := logger.Named("store")
+		c.cfg.Open = func(ctx context.Context, addr string) (store.Store, error) {
+			return store.Open(ctx, addr, store.OpenOptions{Logger: storeLogger})
+		}
+	}
+	for _, info := range c.list {
+		c.cs = append(c.cs, &cluster{info: info, index: newIndex()})
+	}
+	return c, nil
+}
+
+// Clusters implements Source.
+func (c *Clusters) Clusters() []store.Cluster { return c.list }
+
+// Host implements Source.
+func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
+	best, bestGen := -1, int64(0)
+	var failed error
+	for i, cl := range c.cs {
+		known, gen := cl.index.repl(k)
+		if known == knownNo {
+			continue
+		}
+		cache := cl.cache.Load()
+		if cache == nil {
+			if known != knownYes {
+				failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
+				continue
+			}
+		} else {
+			r, err := cache.Lookup(ctx, k)
+			switch {
+			case err == nil && r.Kind == store.RouteLocal:
+				gen = r.Generation
+			case err == nil || errors.Is(err, store.ErrNotFound):
+				continue // a tombstone, or the index is a moment ahead
+			case known == knownYes:
+				// The store is down and the cache never held this name:
+				// answer from the index, which knew it was live here.
+			default:
+				failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
+				continue
+			}
+		}
+		if best < 0 || gen > bestGen {
+			best, bestGen = i, gen
+		}
+	}
+	switch {
+	case best >= 0:
+		return best, nil
+	case failed != nil:
+		return -1, failed
+	}
+	return -1, store.ErrNotFound
+}
+
+// HasOwner implements Source.
+func (c *Clusters) HasOwner(owner string) bool {
+	for _, cl := range c.cs {
+		if cl.index.owner(owner) != knownNo {
+			return true
+		}
+	}
+	return false
+}
+
+// Challenges implements Source.
+func (c *Clusters) Challenges(ctx context.Context, name string, dst []string) ([]string, error) {
+	start := len(dst)
+	var failed error
+	for _, cl := range c.cs {
+		cache := cl.cache.Load()
+		if cache == nil {
+			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
+			continue
+		}
+		chs, err := cache.Challenges(ctx, name)
+		if err != nil {
+			failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
+			continue
+		}
+		for _, ch := range chs {
+			if !slices.Contains(dst[start:], ch.Value) {
+				dst = append(dst, ch.Value)
+			}
+		}
+	}
+	if len(dst) == start && failed != nil {
+		return dst, failed
+	}
+	return dst, nil
+}
+
+// ClusterStatus describes one cluster for readiness and metrics.
+type ClusterStatus struct {
+	Name string
+	// Open: the store is open. Synced: change notifications flow and the
+	// index was built at least once. Current: the index is current now.
+	Open, Synced, Current bool
+	Indexed               int    // live repls in the index
+	IndexQueries          uint64 // store calls made to keep the index
+	Cache                 store.CacheStats
+}
+
+// Status reports on every cluster, in registry order.
+func (c *Clusters) Status() []ClusterStatus {
+	out := make([]ClusterStatus, 0, len(c.cs))
+	for _, cl := range c.cs {
+		n, current, built := cl.index.size()
+		s := ClusterStatus{Name: cl.info.Name, Indexed: n, Current: current, IndexQueries: cl.queries.Load()}
+		if cache := cl.cache.Load(); cache != nil {
+			s.Open = true
+			s.Cache = cache.Stats()
+			s.Synced = built && cl.synced.Load()
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Run opens every cluster's store (retrying, with backoff, those that
+// cannot be reached: the others answer meanwhile) and keeps caches and
+// indexes current until ctx is done. It closes the stores and returns nil
+// when ctx is done.
+func (c *Clusters) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, cl := range c.cs {
+		wg.Go(func() { c.run(ctx, cl) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// Backoff bounds for opening a store and rebuilding an index.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// sleep waits d, or less when ctx is done; it reports whether ctx is live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
+
+func (c *Clusters) run(ctx context.Context, cl *cluster) {
+	logger := c.logger.With(zap.String("cluster", cl.info.Name))
+	var st store.Store
+	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
+		var err error
+		if st, err = c.cfg.Open(ctx, cl.info.Store); err == nil {
+			break
+		}
+		wait := jitter(backoff)
+		logger.Warn("cannot open the cluster's store; its repls are not answered until it opens",
+			zap.Duration("retry_in", wait), zap.Error(err))
+		if !sleep(ctx, wait) {
+			return
+		}
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			logger.Warn("close store", zap.Error(err))
+		}
+	}()
+
+	cache := store.NewCache(st, c.cfg.Cache, logger)
+	cl.cache.Store(cache)
+	logger.Info("store open")
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
+			logger.Error("change notifications for the cache stopped", zap.Error(err))
+		}
+	})
+	wg.Go(func() {
+		select {
+		case <-cache.Synced():
+			cl.synced.Store(true)
+		case <-ctx.Done():
+		}
+	})
+	q := newEventQueue()
+	wg.Go(func() {
+		if err := st.Watch(ctx, q.push); err != nil && ctx.Err() == nil {
+			logger.Error("change notifications for the index stopped", zap.Error(err))
+		}
+	})
+	c.maintain(ctx, cl, st, q, logger)
+}
+
+// maintain keeps cl's index current from the events in q.
+func (c *Clusters) maintain(ctx context.Context, cl *cluster, st store.Store, q *eventQueue, logger *zap.Logger) {
+	backoff := minBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wake:
+		}
+		resync, events := q.take()
+		if resync {
+			cl.index.stale()
+			cl.queries.Add(1)
+			repls, err := st.ListRepls(ctx, "")
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				wait := jitter(backoff)
+				backoff = min(2*backoff, maxBackoff)
+				logger.Warn("cannot rebuild the index of live repls; looking names up in the store meanwhile",
+					zap.Duration("retry_in", wait), zap.Error(err))
+				q.requeue()
+				if !sleep(ctx, wait) {
+					return
+				}
+				continue
+			}
+			backoff = minBackoff
+			cl.index.replace(repls)
+			logger.Debug("index rebuilt", zap.Int("repls", len(repls)))
+			continue // the list already reflects the events taken with it
+		}
+		for _, ev := range events {
+			if ev.Kind != store.EventRepl {
+				continue
+			}
+			cl.queries.Add(1)
+			r, err := st.GetRepl(ctx, ev.ReplID)
+			if err == nil {
+				cl.index.put(r)
+				continue
+			}
+			if errors.Is(err, store.ErrNotFound) {
+				cl.index.remove(ev.ReplID)
+				continue
+			}
+			// The store failed: rebuild the whole index once it answers.
+			q.requeue()
+			break
+		}
+	}
+}
+
+// eventQueue hands change notifications from Watch, whose callback must
+// not block, to the goroutine that keeps the index. An EventResync, or more
+// events than it holds, collapses into one rebuild.
+type eventQueue struct {
+	mu     sync.Mutex
+	events []store.Event
+	resync bool
+	wake   chan struct{}
+}
+
+const maxQueuedEvents = 10000
+
+func newEventQueue() *eventQueue { return &eventQueue{wake: make(chan struct{}, 1)} }
+
+func (q *eventQueue) push(ev store.Event) {
+	q.mu.Lock()
+	switch {
+	case ev.Kind == store.EventResync || len(q.events) >= maxQueuedEvents:
+		q.resync, q.events = true, nil
+	case ev.Kind == store.EventRepl && !q.resync:
+		q.events = append(q.events, ev)
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// requeue asks for a rebuild.
+func (q *eventQueue) requeue() { q.push(store.Event{Kind: store.EventResync}) }
+
+func (q *eventQueue) take() (resync bool, events []store.Event) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	resync, events = q.resync, q.events
+	q.resync, q.events = false, nil
+	return resync, events
+}

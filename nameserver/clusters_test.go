@@ -1,0 +1,185 @@
+package nameserver
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// countingStore counts the lookups that reach a store.
+type countingStore struct {
+	store.Store
+	lookups, challenges atomic.Int64
+}
+
+func (c *countingStore) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
+	c.lookups.Add(1)
+	return c.Store.Lookup(ctx, k)
+}
+
+func (c *countingStore) Challenges(ctx context.Context, name string) ([]store.Challenge, error) {
+	c.challenges.Add(1)
+	return c.Store.Challenges(ctx, name)
+}
+
+// counting returns a ClustersConfig whose stores count lookups, and the
+// counters by store address.
+func counting(open func(ctx context.Context, addr string) (store.Store, error)) (ClustersConfig, func() (lookups, challenges int64)) {
+	if open == nil {
+		open = func(ctx context.Context, addr string) (store.Store, error) {
+			return store.Open(ctx, addr, store.OpenOptions{})
+		}
+	}
+	var (
+		mu  sync.Mutex
+		all []*countingStore
+	)
+	cfg := ClustersConfig{Open: func(ctx context.Context, addr string) (store.Store, error) {
+		st, err := open(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		cs := &countingStore{Store: st}
+		mu.Lock()
+		all = append(all, cs)
+		mu.Unlock()
+		return cs, nil
+	}}
+	return cfg, func() (l, c int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, cs := range all {
+			l += cs.lookups.Load()
+			c += cs.challenges.Load()
+		}
+		return l, c
+	}
+}
+
+// ask sends one question over UDP and returns the reply.
+func ask(t testing.TB, addr, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	return exchange(t, "udp", addr, m)
+}
+
+// answerA returns the A addresses of a reply, or its rcode name.
+func answerA(r *dns.Msg) string {
+	if r.Rcode != dns.RcodeSuccess {
+		return dns.RcodeToString[r.Rcode]
+	}
+	s := ""
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			if s != "" {
+				s += ","
+			}
+			s += a.A.String()
+		}
+	}
+	if s == "" {
+		return "NODATA"
+	}
+	return s
+}
+
+// waitAnswer polls until name's A answer is want, and returns how long it took.
+func waitAnswer(t testing.TB, addr, name, want string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var got string
+	for {
+		got = answerA(ask(t, addr, name, dns.TypeA))
+		if got == want {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("%s: A answer %s after %v, want %s", name, got, limit, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRandomNamesTouchNoStore floods the server with names that do not
+// exist, of every shape: none may reach a store.
+func TestRandomNamesTouchNoStore(t *testing.T) {
+	cfg, count := counting(nil)
+	c := startClusters(t, defaultWorld(t), cfg)
+	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, h)
+	l0, c0 := count()
+	const n = 500
+	for i := range n {
+		r := rand.Uint64()
+		for _, name := range []string{
+			fmt.Sprintf("s%x.alice.repl.test.", r),               // a known owner's random slug
+			fmt.Sprintf("s%x.o%x.repl.test.", r, i),              // a random owner
+			fmt.Sprintf("r%x.id.repl.test.", r),                  // a random id
+			fmt.Sprintf("_acme-challenge.o%x.repl.test.", r),     // a challenge under a random owner
+			fmt.Sprintf("_acme-challenge.s%x.bob.repl.test.", r), // ... under a random slug
+		} {
+			if got := ask(t, addr, name, dns.TypeA); got.Rcode != dns.RcodeNameError {
+				t.Fatalf("%s: %s, want NXDOMAIN", name, dns.RcodeToString[got.Rcode])
+			}
+		}
+	}
+	if l, ch := count(); l != l0 || ch != c0 {
+		t.Errorf("%d random names made %d lookups and %d challenge reads in the stores; want none", 5*n, l-l0, ch-c0)
+	}
+	// And a known name still is looked up (once, then cached).
+	if got := answerA(ask(t, addr, "blog.alice.repl.test.", dns.TypeA)); got != "192.0.2.10,192.0.2.11" {
+		t.Errorf("blog.alice: %s", got)
+	}
+}
+
+// TestCreatedReplResolves creates and deletes a repl in an embedded store
+// (the embedded store signals every change as a resync) while replns runs.
+func TestCreatedReplResolves(t *testing.T) {
+	path := defaultWorld(t)
+	c := startClusters(t, path, ClustersConfig{})
+	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, h)
+	const name = "new.dave.repl.test."
+	if got := answerA(ask(t, addr, name, dns.TypeA)); got != "NXDOMAIN" {
+		t.Fatalf("before: %s", got)
+	}
+	if got := answerA(ask(t, addr, "dave.repl.test.", dns.TypeA)); got != "NXDOMAIN" {
+		t.Fatalf("owner before: %s", got)
+	}
+
+	west, err := store.OpenEmbedded(context.Background(), filepath.Join(filepath.Dir(path), "west.yaml"), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer west.Close()
+	if _, err := west.CreateRepl(context.Background(), store.Repl{ID: "r9", Owner: "dave", Slug: "new", Endpoints: []string{"127.0.0.1:9009"}}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitAnswer(t, addr, name, "198.51.100.10", time.Second)
+	t.Logf("created repl resolved after %v", took)
+	if got := answerA(ask(t, addr, "dave.repl.test.", dns.TypeA)); got != "NODATA" {
+		t.Errorf("owner after: %s, want NODATA", got)
+	}
+
+	if err := west.DeleteRepl(context.Background(), "r9"); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, addr, name, "NXDOMAIN", time.Second)
+}

@@ -1,0 +1,67 @@
+package nameserver
+
+import (
+	"encoding/hex"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func unhex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestCookieRFC9018 checks the server cookie against RFC 9018, appendix
+// A.1 ("Learning a New Server Cookie").
+func TestCookieRFC9018(t *testing.T) {
+	k := newCookieKey(unhex(t, "e5e973e5a6b2a43f48e7dc849e37bfcf"))
+	client := unhex(t, "2464c4abcf10c957")
+	ip := netip.MustParseAddr("198.51.100.100")
+	now := time.Unix(1559731985, 0)
+	got := hex.EncodeToString(k.appendCookie(nil, client, ip, now))
+	const want = "2464c4abcf10c957" + "010000005cf79f111f8130c3eee29480"
+	if got != want {
+		t.Errorf("cookie %s, want %s", got, want)
+	}
+	if !k.valid(unhex(t, want), ip, now.Add(30*time.Minute)) {
+		t.Error("the RFC's cookie does not verify")
+	}
+}
+
+func TestCookieValid(t *testing.T) {
+	k := newCookieKey([]byte("0123456789abcdef"))
+	other := newCookieKey([]byte("fedcba9876543210"))
+	client := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	ip := netip.MustParseAddr("2001:db8::1")
+	now := time.Unix(1_800_000_000, 0)
+	c := k.appendCookie(nil, client, ip, now)
+	for _, tc := range []struct {
+		name   string
+		cookie []byte
+		key    cookieKey
+		ip     string
+		at     time.Duration
+		want   bool
+	}{
+		{"fresh", c, k, "2001:db8::1", 0, true},
+		{"an hour old", c, k, "2001:db8::1", time.Hour, true},
+		{"too old", c, k, "2001:db8::1", time.Hour + time.Second, false},
+		{"slightly from the future", c, k, "2001:db8::1", -5 * time.Minute, true},
+		{"too far from the future", c, k, "2001:db8::1", -6 * time.Minute, false},
+		{"another client address", c, k, "2001:db8::2", 0, false},
+		{"another secret", c, other, "2001:db8::1", 0, false},
+		{"client cookie only", c[:8], k, "2001:db8::1", 0, false},
+		{"tampered", append(append([]byte(nil), c[:23]...), c[23]^1), k, "2001:db8::1", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.key.valid(tc.cookie, netip.MustParseAddr(tc.ip), now.Add(tc.at)); got != tc.want {
+				t.Errorf("valid = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,382 @@
+package nameserver
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// Handler answers DNS queries for the zone, authoritatively, from a
+// Source. It implements dns.Handler; Server calls it more directly.
+//
+// The handler makes no context per query (that would cost allocations on
+// every query): a lookup that reaches a store is bounded by the route
+// cache's LoadTimeout.
+type Handler struct {
+	cfg      Config
+	zone     store.Zone
+	zoneWire []byte
+	src      Source
+	logger   *zap.Logger
+	qlog     *zap.Logger
+	cookies  cookieKey
+	rrl      *limiter
+	metrics  *Metrics
+
+	ttl, challengeTTL, soaTTL, negTTL uint32
+
+	targets []target              // per cluster of the Source
+	hosts   map[string]*staticSet // in-zone name servers, by lower-case name
+	apex    staticSet
+	ns      []wireName // NS records, in order
+	glue    []*staticSet
+	soaRR   []byte // SOA RDATA after MNAME and RNAME
+	mname   wireName
+	rname   wireName
+
+	scratch  sync.Pool
+	queryN   atomic.Uint64 // for sampling the query log
+	failLogs atomic.Int64  // unix nanoseconds of the last SERVFAIL logged
+}
+
+// target is what a repl hosted by one cluster is answered with: its A and
+// AAAA records, ready to copy (owner: a pointer to the question).
+type target struct {
+	a, aaaa   []byte
+	nA, nAAAA uint16
+	name      string
+}
+
+// staticSet is the static records of one name (the apex or an in-zone name
+// server), by type, with their RDATA ready.
+type staticSet struct {
+	name    wireName
+	records map[uint16][][]byte
+}
+
+// scratch is one query's working memory, reused through a sync.Pool.
+type scratch struct {
+	q      query
+	req    []byte
+	resp   []byte
+	name   []byte
+	cookie []byte
+	txt    []string
+}
+
+// NewHandler checks cfg and returns a Handler answering from src. A nil
+// logger means zap.NewNop().
+func NewHandler(cfg Config, src Source, logger *zap.Logger) (*Handler, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	zone, _ := store.NewZone(cfg.Zone) // checked by withDefaults
+	h := &Handler{
+		cfg:          cfg,
+		zone:         zone,
+		zoneWire:     appendWireName(nil, zone.Name()),
+		src:          src,
+		logger:       logger.Named("dns"),
+		qlog:         logger.Named("query"),
+		cookies:      newCookieKey(cfg.CookieSecret),
+		rrl:          newLimiter(cfg.RRL),
+		metrics:      cfg.Metrics,
+		ttl:          seconds(cfg.TTL),
+		challengeTTL: seconds(cfg.ChallengeTTL),
+		soaTTL:       seconds(cfg.SOA.TTL),
+		negTTL:       seconds(min(cfg.SOA.TTL, cfg.SOA.Minimum)),
+		hosts:        make(map[string]*staticSet),
+	}
+	h.scratch.New = func() any {
+		return &scratch{
+			req:    make([]byte, 4096),
+			resp:   make([]byte, 0, 4096),
+			name:   make([]byte, 0, maxNameWire),
+			cookie: make([]byte, 0, clientCookieLen+serverCookieLen),
+		}
+	}
+	for _, c := range src.Clusters() {
+		h.targets = append(h.targets, h.makeTarget(c))
+	}
+	h.prepareZone()
+	return h, nil
+}
+
+func seconds(d time.Duration) uint32 { return uint32(d / time.Second) }
+
+// makeTarget prepares the answers for the repls of cluster c.
+func (h *Handler) makeTarget(c store.Cluster) target {
+	t := target{name: c.Name}
+	for _, ip := range c.ProxyIPv4 {
+		a := ip.As4()
+		t.a = h.appendAddrRR(t.a, typeA, a[:])
+		t.nA++
+	}
+	for _, ip := range c.ProxyIPv6 {
+		a := ip.As16()
+		t.aaaa = h.appendAddrRR(t.aaaa, typeAAAA, a[:])
+		t.nAAAA++
+	}
+	return t
+}
+
+// appendAddrRR appends an A or AAAA record owned by the question's name.
+func (h *Handler) appendAddrRR(dst []byte, typ uint16, addr []byte) []byte {
+	dst = append(dst, 0xC0, headerLen)
+	dst = binary.BigEndian.AppendUint16(dst, typ)
+	dst = binary.BigEndian.AppendUint16(dst, classIN)
+	dst = binary.BigEndian.AppendUint32(dst, h.ttl)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(addr)))
+	return append(dst, addr...)
+}
+
+// relName prepares a lower-case name for writing: compressed against the
+// zone when under it.
+func (h *Handler) relName(name string) wireName {
+	zone := h.zone.Name()
+	switch {
+	case name == zone:
+		return wireName{inZone: true}
+	case len(name) > len(zone) && name[len(name)-len(zone)-1:] == "."+zone:
+		w := appendWireName(nil, name[:len(name)-len(zone)-1])
+		return wireName{rel: w[:len(w)-1], inZone: true}
+	}
+	return wireName{full: appendWireName(nil, name)}
+}
+
+// prepareZone prepares the SOA, NS, glue and static apex records.
+func (h *Handler) prepareZone() {
+	c := &h.cfg
+	h.mname = h.relName(c.NameServers[0].Name)
+	h.rname = h.relName(c.SOA.Mbox)
+	for _, v := range []time.Duration{0, c.SOA.Refresh, c.SOA.Retry, c.SOA.Expire, c.SOA.Minimum} {
+		if v == 0 {
+			h.soaRR = binary.BigEndian.AppendUint32(h.soaRR, c.SOA.Serial)
+		} else {
+			h.soaRR = binary.BigEndian.AppendUint32(h.soaRR, seconds(v))
+		}
+	}
+
+	for _, ns := range c.NameServers {
+		w := h.relName(ns.Name)
+		h.ns = append(h.ns, w)
+		if len(ns.Addrs) == 0 {
+			continue
+		}
+		set := &staticSet{name: w, records: make(map[uint16][][]byte)}
+		for _, ip := range ns.Addrs {
+			if ip.Is4() {
+				a := ip.As4()
+				set.records[typeA] = append(set.records[typeA], a[:])
+			} else {
+				a := ip.As16()
+				set.records[typeAAAA] = append(set.records[typeAAAA], a[:])
+			}
+		}
+		h.hosts[ns.Name] = set
+		h.glue = append(h.glue, set)
+	}
+
+	apex := &h.apex
+	apex.name = wireName{inZone: true}
+	apex.records = make(map[uint16][][]byte)
+	add := func(t uint16, rdata []byte) { apex.records[t] = append(apex.records[t], rdata) }
+	for _, ip := range c.Apex.A {
+		a := ip.As4()
+		add(typeA, a[:])
+	}
+	for _, ip := range c.Apex.AAAA {
+		a := ip.As16()
+		add(typeAAAA, a[:])
+	}
+	for _, txt := range c.Apex.TXT {
+		var rd []byte
+		for _, s := range txt {
+			rd = append(append(rd, byte(len(s))), s...)
+		}
+		add(typeTXT, rd)
+	}
+	for _, mx := range c.Apex.MX {
+		rd := binary.BigEndian.AppendUint16(nil, mx.Preference)
+		add(typeMX, appendWireName(rd, mx.Exchange))
+	}
+	for _, caa := range c.Apex.CAA {
+		rd := append([]byte{caa.Flag, byte(len(caa.Tag))}, caa.Tag...)
+		add(typeCAA, append(rd, caa.Value...))
+	}
+}
+
+// ServeDNS implements dns.Handler. Server answers UDP without it (straight
+// from the packet), and TCP through it.
+func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	sc := h.scratch.Get().(*scratch)
+	defer h.scratch.Put(sc)
+	req, err := r.PackBuffer(sc.req[:cap(sc.req)])
+	if err != nil {
+		// A message miekg/dns unpacked but cannot pack again.
+		m := new(dns.Msg)
+		m.SetRcodeFormatError(r)
+		_ = w.WriteMsg(m)
+		return
+	}
+	if cap(req) > cap(sc.req) {
+		sc.req = req
+	}
+	client := addrOf(w.RemoteAddr())
+	_, tcp := w.LocalAddr().(*net.TCPAddr)
+	if out := h.respond(context.Background(), sc, req, client, tcp); out != nil {
+		_, _ = w.Write(out)
+	}
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		return a.AddrPort().Addr().Unmap()
+	case *net.TCPAddr:
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// respond answers the query in msg from client, into sc.resp. It returns
+// the reply, or nil when none is to be sent.
+func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client netip.Addr, tcp bool) []byte {
+	now := h.cfg.Now()
+	q := &sc.q
+	if err := parseQuery(msg, q); err != nil {
+		h.metrics.observe(0, -1, 0)
+		return nil
+	}
+
+	var cookie []byte
+	validCookie := false
+	if q.cookie != nil {
+		cookie = h.cookies.appendCookie(sc.cookie[:0], q.cookie, client, now)
+		validCookie = h.cookies.valid(q.cookie, client, now)
+	}
+
+	b := builder{buf: sc.resp[:0]}
+	b.header(q)
+
+	if !tcp && h.rrl != nil && !validCookie {
+		if a := h.rrl.take(client, now.UnixNano()); a != rrlAllow {
+			h.metrics.rateLimited(a)
+			if a == rrlDrop {
+				h.metrics.observe(q.qtype, -1, h.cfg.Now().Sub(now))
+				return nil
+			}
+			// Slip: an empty truncated reply; a real client retries over TCP.
+			if q.qname != nil {
+				b.question(q)
+			}
+			if q.edns {
+				b.opt(uint16(h.cfg.MaxUDPSize), 0, q.do, cookie)
+			}
+			b.flags(q, flagTC, rcodeSuccess)
+			out := b.finish()
+			sc.resp = out
+			h.metrics.observe(q.qtype, rcodeSuccess, h.cfg.Now().Sub(now))
+			return out
+		}
+	}
+
+	limit := 65535
+	if !tcp {
+		limit = minUDPSize
+		if q.edns {
+			limit = min(max(int(q.udpSize), minUDPSize), h.cfg.MaxUDPSize)
+		}
+	}
+
+	var (
+		rcode int
+		flags uint16
+	)
+	switch {
+	case q.rcode != 0:
+		rcode = q.rcode
+		if q.qname != nil {
+			b.question(q)
+		}
+	case q.opcode != 0:
+		rcode = rcodeNotImp
+		if q.qname != nil {
+			b.question(q)
+		}
+	case q.edns && q.ednsVersion != 0:
+		rcode = rcodeBadVers // RFC 6891, 6.1.3
+		if q.qname != nil {
+			b.question(q)
+		}
+	case q.qname == nil:
+		// No question: only a cookie exchange is valid (RFC 7873, 5.4).
+		if cookie == nil {
+			rcode = rcodeFormErr
+		}
+	default:
+		b.question(q)
+		rcode, flags = h.answer(ctx, &b, q, sc)
+	}
+
+	optLen := 0
+	if q.edns {
+		optLen = 11
+		if cookie != nil {
+			optLen += 4 + len(cookie)
+		}
+	}
+	if len(b.buf)+optLen > limit {
+		// Too big: nothing but the question and the OPT record, and TC.
+		b.truncate(q)
+		flags |= flagTC
+	}
+	if q.edns {
+		b.opt(uint16(h.cfg.MaxUDPSize), rcode, q.do, cookie)
+	}
+	b.flags(q, flags, rcode)
+	out := b.finish()
+	sc.resp = out
+
+	d := h.cfg.Now().Sub(now)
+	h.metrics.observe(q.qtype, rcode, d)
+	if every := uint64(h.cfg.QueryLogEvery); every > 0 && h.queryN.Add(1)%every == 0 {
+		if ce := h.qlog.Check(zap.InfoLevel, "query"); ce != nil {
+			ce.Write(
+				zap.Stringer("client", client),
+				zap.Bool("tcp", tcp),
+				zap.String("qname", string(sc.name)),
+				zap.Uint16("qtype", q.qtype),
+				zap.Int("rcode", rcode),
+				zap.Int("size", len(out)),
+				zap.Bool("truncated", flags&flagTC != 0),
+				zap.Duration("duration", d),
+			)
+		}
+	}
+	return out
+}
+
+// logFailure logs a lookup failure (a SERVFAIL) at most once a second.
+func (h *Handler) logFailure(name string, err error) {
+	now := time.Now().UnixNano()
+	last := h.failLogs.Load()
+	if now-last < int64(time.Second) || !h.failLogs.CompareAndSwap(last, now) {
+		return
+	}
+	h.logger.Warn("lookup failed; answering SERVFAIL (logged at most once a second)",
+		zap.String("name", name), zap.Error(err))
+}

@@ -1,0 +1,160 @@
+package nameserver
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the Prometheus metrics of a Handler (Config.Metrics): queries
+// by type and reply code, latency, and rate-limited replies.
+type Metrics struct {
+	queries  [len(metricTypes) + 1][len(metricRcodes)]prometheus.Counter
+	duration prometheus.Histogram
+	dropped  prometheus.Counter
+	slipped  prometheus.Counter
+}
+
+// The query types counted by name; others are counted as "other".
+var metricTypes = [...]struct {
+	t    uint16
+	name string
+}{
+	{typeA, "A"}, {typeAAAA, "AAAA"}, {typeTXT, "TXT"}, {typeNS, "NS"}, {typeSOA, "SOA"},
+	{typeCAA, "CAA"}, {typeMX, "MX"}, {typeCNAME, "CNAME"}, {typeANY, "ANY"},
+	{64, "SVCB"}, {65, "HTTPS"}, {43, "DS"}, {48, "DNSKEY"}, {12, "PTR"}, {typeAXFR, "AXFR"}, {typeIXFR, "IXFR"},
+}
+
+// The reply codes counted; "none" is a query that got no reply (rate
+// limited, or not a query at all).
+var metricRcodes = [...]string{
+	rcodeSuccess:  "NOERROR",
+	rcodeFormErr:  "FORMERR",
+	rcodeServFail: "SERVFAIL",
+	rcodeNXDomain: "NXDOMAIN",
+	rcodeNotImp:   "NOTIMP",
+	rcodeRefused:  "REFUSED",
+	6:             "BADVERS",
+	7:             "none",
+}
+
+const (
+	metricBadVers = 6
+	metricNone    = 7
+)
+
+// NewMetrics makes a Handler's metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{}
+	qv := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replns_queries_total",
+		Help: "DNS queries answered, by query type and reply code (\"none\": no reply sent).",
+	}, []string{"qtype", "rcode"})
+	for i := range m.queries {
+		name := "other"
+		if i < len(metricTypes) {
+			name = metricTypes[i].name
+		}
+		for j, rc := range metricRcodes {
+			m.queries[i][j] = qv.WithLabelValues(name, rc)
+		}
+	}
+	m.duration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "replns_query_duration_seconds",
+		Help:    "Time from reading a query to having its reply ready.",
+		Buckets: []float64{5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 1e-3, 5e-3, 25e-3, 100e-3, 500e-3, 2},
+	})
+	rrl := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replns_rate_limited_total",
+		Help: "UDP replies withheld by response rate limiting: dropped, or slipped (sent empty with TC).",
+	}, []string{"action"})
+	m.dropped = rrl.WithLabelValues("dropped")
+	m.slipped = rrl.WithLabelValues("slipped")
+	reg.MustRegister(qv, m.duration, rrl)
+	return m
+}
+
+func (m *Metrics) observe(qtype uint16, rcode int, d time.Duration) {
+	if m == nil {
+		return
+	}
+	t := len(metricTypes)
+	for i := range metricTypes {
+		if metricTypes[i].t == qtype {
+			t = i
+			break
+		}
+	}
+	switch {
+	case rcode < 0:
+		rcode = metricNone
+	case rcode == rcodeBadVers:
+		rcode = metricBadVers
+	case rcode > rcodeRefused:
+		rcode = rcodeServFail
+	}
+	m.queries[t][rcode].Inc()
+	m.duration.Observe(d.Seconds())
+}
+
+func (m *Metrics) rateLimited(a rrlAction) {
+	if m == nil {
+		return
+	}
+	if a == rrlSlip {
+		m.slipped.Inc()
+	} else {
+		m.dropped.Inc()
+	}
+}
+
+// RegisterClusters registers metrics describing each cluster's store,
+// route cache and index, read from c when scraped.
+func RegisterClusters(reg prometheus.Registerer, c *Clusters) {
+	reg.MustRegister(clustersCollector{c})
+}
+
+type clustersCollector struct{ c *Clusters }
+
+var (
+	descReady = prometheus.NewDesc("replns_cluster_ready",
+		"1 when the cluster's store is open, change notifications flow and its index is current.", []string{"cluster"}, nil)
+	descIndexed = prometheus.NewDesc("replns_index_repls",
+		"Live repls in the cluster's in-memory index.", []string{"cluster"}, nil)
+	descIndexQueries = prometheus.NewDesc("replns_index_store_queries_total",
+		"Store calls made to keep the cluster's index current.", []string{"cluster"}, nil)
+	descCache = prometheus.NewDesc("replns_cache_events_total",
+		"Route cache counters: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, invalidation.",
+		[]string{"cluster", "event"}, nil)
+	descCacheEntries = prometheus.NewDesc("replns_cache_entries",
+		"Route cache entries held: found routes, and not-found or challenge entries.", []string{"cluster", "kind"}, nil)
+)
+
+func (clustersCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReady, descIndexed, descIndexQueries, descCache, descCacheEntries} {
+		ch <- d
+	}
+}
+
+func (cc clustersCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range cc.c.Status() {
+		ready := 0.0
+		if s.Open && s.Synced && s.Current {
+			ready = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, s.Name)
+		ch <- prometheus.MustNewConstMetric(descIndexed, prometheus.GaugeValue, float64(s.Indexed), s.Name)
+		ch <- prometheus.MustNewConstMetric(descIndexQueries, prometheus.CounterValue, float64(s.IndexQueries), s.Name)
+		for _, e := range []struct {
+			name string
+			v    uint64
+		}{
+			{"hit", s.Cache.Hits}, {"miss", s.Cache.Misses}, {"stale", s.Cache.Stale}, {"load", s.Cache.Loads},
+			{"load_error", s.Cache.LoadErrors}, {"eviction", s.Cache.Evictions}, {"invalidation", s.Cache.Invalidation},
+		} {
+			ch <- prometheus.MustNewConstMetric(descCache, prometheus.CounterValue, float64(e.v), s.Name, e.name)
+		}
+		ch <- prometheus.MustNewConstMetric(descCacheEntries, prometheus.GaugeValue, float64(s.Cache.Entries), s.Name, "found")
+		ch <- prometheus.MustNewConstMetric(descCacheEntries, prometheus.GaugeValue, float64(s.Cache.Negative), s.Name, "negative")
+	}
+}

@@ -1,0 +1,159 @@
+package nameserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/store"
+)
+
+// TestPostgres runs replns over two clusters with PostgreSQL stores on
+// servers of their own: creates and moves show within a second, a flood
+// of random names costs the databases nothing, and stopping one cluster's
+// server keeps its known repls answered.
+func TestPostgres(t *testing.T) {
+	servers := pgtest.StartN(t, 2)
+	ctx := context.Background()
+	var dsns [2]string
+	var stores [2]*store.Postgres
+	for i, srv := range servers {
+		dsns[i] = srv.NewDatabase(t)
+		p, err := store.OpenPostgres(ctx, dsns[i], zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		if err := p.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		stores[i] = p
+	}
+	east, west := stores[0], stores[1]
+	mustCreate := func(t *testing.T, s *store.Postgres, r store.Repl) {
+		t.Helper()
+		if r.Endpoints == nil {
+			r.Endpoints = []string{"127.0.0.1:9000"}
+		}
+		// After a restart the pool's old connections fail once each.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := s.CreateRepl(ctx, r)
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, store.ErrUnavailable) || time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	mustCreate(t, east, store.Repl{ID: "r1", Owner: "alice", Slug: "blog"})
+	mustCreate(t, east, store.Repl{ID: "r2", Owner: "alice", Slug: "shop"})
+	mustCreate(t, east, store.Repl{ID: "r3", Owner: "bob", Slug: "api"})
+	mustCreate(t, west, store.Repl{ID: "r4", Owner: "carol", Slug: "app"})
+
+	path := writeWorld(t, map[string]string{"clusters.yaml": fmt.Sprintf(`
+clusters:
+  - name: east
+    proxy_ipv4: [192.0.2.10]
+    forward: 10.0.0.10:8443
+    store: %s
+  - name: west
+    proxy_ipv4: [198.51.100.10]
+    forward: 10.1.0.10:8443
+    store: %s
+`, dsns[0], dsns[1])})
+	cfg, count := counting(nil)
+	c := startClusters(t, path, cfg)
+	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, h)
+
+	if got := answerA(ask(t, addr, "blog.alice.repl.test.", dns.TypeA)); got != "192.0.2.10" {
+		t.Fatalf("blog.alice: %s", got)
+	}
+
+	t.Run("created repl resolves within 1 s", func(t *testing.T) {
+		const name = "fresh.dave.repl.test."
+		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "NXDOMAIN" {
+			t.Fatalf("before: %s", got)
+		}
+		mustCreate(t, west, store.Repl{ID: "r9", Owner: "dave", Slug: "fresh"})
+		t.Logf("resolved after %v", waitAnswer(t, addr, name, "198.51.100.10", time.Second))
+		t.Logf("by id after %v", waitAnswer(t, addr, "r9.id.repl.test.", "198.51.100.10", time.Second))
+	})
+
+	t.Run("moved repl resolves to its new cluster within 1 s", func(t *testing.T) {
+		const name = "api.bob.repl.test."
+		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "192.0.2.10" {
+			t.Fatalf("before: %s", got)
+		}
+		r, err := east.GetRepl(ctx, "r3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Generation++
+		start := time.Now()
+		if _, err := west.Activate(ctx, r); err != nil { // step 1: live in west
+			t.Fatal(err)
+		}
+		waitAnswer(t, addr, name, "198.51.100.10", time.Second)
+		if _, err := east.Retire(ctx, r.ID, "west", r.Generation); err != nil { // step 2
+			t.Fatal(err)
+		}
+		t.Logf("moved after %v", time.Since(start))
+		// Still west once the tombstone is in place.
+		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "198.51.100.10" {
+			t.Errorf("after retire: %s", got)
+		}
+	})
+
+	t.Run("random names do not reach PostgreSQL", func(t *testing.T) {
+		l0, c0 := count()
+		const n = 2000
+		for i := range n {
+			name := fmt.Sprintf("x%x.alice.repl.test.", rand.Uint64())
+			if i%2 == 1 {
+				name = fmt.Sprintf("x%x.id.repl.test.", rand.Uint64())
+			}
+			if r := ask(t, addr, name, dns.TypeA); r.Rcode != dns.RcodeNameError {
+				t.Fatalf("%s: %s", name, dns.RcodeToString[r.Rcode])
+			}
+		}
+		l, ch := count()
+		if l-l0+ch-c0 != 0 {
+			t.Errorf("%d random names made %d store queries; want none", n, l-l0+ch-c0)
+		}
+	})
+
+	t.Run("a stopped database keeps its known repls answered", func(t *testing.T) {
+		// blog.alice is cached; shop.alice was never asked (only the index
+		// knows it).
+		servers[0].Stop(t)
+		for _, name := range []string{"blog.alice.repl.test.", "shop.alice.repl.test.", "r1.id.repl.test."} {
+			if got := answerA(ask(t, addr, name, dns.TypeA)); got != "192.0.2.10" {
+				t.Errorf("%s with east down: %s", name, got)
+			}
+		}
+		if got := answerA(ask(t, addr, "app.carol.repl.test.", dns.TypeA)); got != "198.51.100.10" {
+			t.Errorf("west's repl with east down: %s", got)
+		}
+		if got := answerA(ask(t, addr, "nope.alice.repl.test.", dns.TypeA)); got != "NXDOMAIN" {
+			t.Errorf("unknown name with east down: %s", got)
+		}
+		servers[0].Restart(t)
+		mustCreate(t, east, store.Repl{ID: "r10", Owner: "erin", Slug: "late"})
+		// The watch reconnects with backoff (up to 5 s), then resyncs.
+		waitAnswer(t, addr, "late.erin.repl.test.", "192.0.2.10", 15*time.Second)
+	})
+}

@@ -1,0 +1,325 @@
+package nameserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
+	"golang.org/x/sys/unix"
+)
+
+// ServerConfig says where and how a Server listens. The zero value is
+// usable (port 53 on every address).
+type ServerConfig struct {
+	// Addr is the host:port to answer on, over UDP and TCP. Empty means
+	// ":53". Port 0 picks a free port (the same one for UDP and TCP).
+	// Bind to specific addresses on a host with several: replies to a
+	// wildcard socket leave by the kernel's choice of source address.
+	Addr string
+	// UDPSockets is how many UDP sockets share the address through
+	// SO_REUSEPORT, so the kernel spreads queries over them. Zero means
+	// GOMAXPROCS.
+	UDPSockets int
+	// UDPReaders is how many goroutines read and answer on each UDP
+	// socket: the bound on queries in progress, the ones waiting for a
+	// store included. Zero means 16.
+	UDPReaders int
+	// ReadBuffer is each UDP socket's receive buffer (SO_RCVBUF), which
+	// absorbs bursts. Zero means 8 MiB.
+	ReadBuffer int
+	// MaxTCPConns bounds the TCP connections open at once; more wait in
+	// the kernel's accept queue. Zero means 1000.
+	MaxTCPConns int
+	// TCPIdleTimeout closes a TCP connection idle this long. Zero means
+	// 10 s.
+	TCPIdleTimeout time.Duration
+	// ShutdownTimeout bounds a graceful shutdown. Zero means 5 s.
+	ShutdownTimeout time.Duration
+}
+
+func (c ServerConfig) withDefaults() (ServerConfig, error) {
+	if c.Addr == "" {
+		c.Addr = ":53"
+	}
+	if c.UDPSockets == 0 {
+		c.UDPSockets = runtime.GOMAXPROCS(0)
+	}
+	if c.UDPReaders == 0 {
+		c.UDPReaders = 16
+	}
+	if c.ReadBuffer == 0 {
+		c.ReadBuffer = 8 << 20
+	}
+	if c.MaxTCPConns == 0 {
+		c.MaxTCPConns = 1000
+	}
+	if c.TCPIdleTimeout == 0 {
+		c.TCPIdleTimeout = 10 * time.Second
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 5 * time.Second
+	}
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("listen address %q: %w (want host:port, e.g. 127.0.0.1:53 or [::1]:5353)", c.Addr, err))
+	}
+	if c.UDPSockets < 1 || c.UDPSockets > 256 {
+		errs = append(errs, fmt.Errorf("UDP sockets %d: must be 1 to 256", c.UDPSockets))
+	}
+	if c.UDPReaders < 1 || c.UDPReaders > 4096 {
+		errs = append(errs, fmt.Errorf("UDP readers %d: must be 1 to 4096", c.UDPReaders))
+	}
+	if c.ReadBuffer < 0 || c.MaxTCPConns < 1 || c.TCPIdleTimeout < 0 || c.ShutdownTimeout < 0 {
+		errs = append(errs, errors.New("read buffer, TCP connections and timeouts must be positive"))
+	}
+	return c, errors.Join(errs...)
+}
+
+// Server answers DNS over UDP and TCP with a Handler. UDP is read
+// straight from the sockets by a fixed number of goroutines, and answered
+// without unpacking into a dns.Msg; TCP goes through miekg/dns's server.
+type Server struct {
+	cfg    ServerConfig
+	h      *Handler
+	logger *zap.Logger
+
+	mu      sync.Mutex
+	udp     []*net.UDPConn
+	tcp     net.Listener
+	tcpSrv  *dns.Server
+	serving atomic.Bool
+}
+
+// NewServer checks cfg and returns a server answering with h.
+func NewServer(cfg ServerConfig, h *Handler, logger *zap.Logger) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if h == nil {
+		return nil, errors.New("server: no handler")
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Server{cfg: cfg, h: h, logger: logger.Named("server")}, nil
+}
+
+// Listen binds the UDP sockets and the TCP listener. Serve calls it when
+// it has not been called.
+func (s *Server) Listen(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.udp != nil {
+		return nil
+	}
+	_, port, _ := net.SplitHostPort(s.cfg.Addr)
+	tries := 1
+	if port == "0" {
+		tries = 20 // the UDP port picked may be taken for TCP
+	}
+	var (
+		conns []*net.UDPConn
+		ln    net.Listener
+		err   error
+	)
+	for range tries {
+		if conns, ln, err = s.listen(ctx); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	s.udp, s.tcp = conns, ln
+	s.logger.Info("listening", zap.Stringer("addr", ln.Addr()), zap.Int("udp_sockets", len(conns)))
+	return nil
+}
+
+// listen binds the UDP sockets, then TCP on the same port.
+func (s *Server) listen(ctx context.Context) ([]*net.UDPConn, net.Listener, error) {
+	lc := net.ListenConfig{Control: reusePort}
+	addr := s.cfg.Addr
+	var conns []*net.UDPConn
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for i := range s.cfg.UDPSockets {
+		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		c := pc.(*net.UDPConn)
+		setReadBuffer(c, s.cfg.ReadBuffer, s.logger, i == 0)
+		conns = append(conns, c)
+		if i == 0 {
+			addr = c.LocalAddr().String() // the port picked, for the others
+		}
+	}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return conns, ln, nil
+}
+
+// Addr returns the address answered on (UDP and TCP share the port), or
+// an invalid AddrPort before Listen.
+func (s *Server) Addr() netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.udp) == 0 {
+		return netip.AddrPort{}
+	}
+	return s.udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// Serving reports whether the server is answering.
+func (s *Server) Serving() bool { return s.serving.Load() }
+
+// Serve answers queries until ctx is done, then shuts down gracefully:
+// it stops reading, lets the queries in progress finish (up to
+// ShutdownTimeout) and closes the sockets. It returns nil after a shutdown
+// asked for by ctx.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.Listen(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	udp, tcp := s.udp, s.tcp
+	s.tcpSrv = &dns.Server{
+		Listener:      netutil.LimitListener(tcp, s.cfg.MaxTCPConns),
+		Handler:       s.h,
+		ReadTimeout:   s.cfg.TCPIdleTimeout,
+		WriteTimeout:  s.cfg.TCPIdleTimeout,
+		IdleTimeout:   func() time.Duration { return s.cfg.TCPIdleTimeout },
+		MsgAcceptFunc: acceptQueries,
+	}
+	tcpSrv := s.tcpSrv
+	s.mu.Unlock()
+
+	var (
+		wg      sync.WaitGroup
+		tcpErr  = make(chan error, 1)
+		started = make(chan struct{})
+	)
+	tcpSrv.NotifyStartedFunc = func() { close(started) }
+	go func() { tcpErr <- tcpSrv.ActivateAndServe() }()
+	for _, c := range udp {
+		for range s.cfg.UDPReaders {
+			wg.Go(func() { s.readUDP(context.WithoutCancel(ctx), c) })
+		}
+	}
+	select {
+	case <-started:
+	case err := <-tcpErr:
+		s.stopUDP(udp, &wg)
+		return fmt.Errorf("serve tcp: %w", err)
+	}
+	s.serving.Store(true)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-tcpErr:
+		err = fmt.Errorf("serve tcp: %w", err)
+	}
+	s.serving.Store(false)
+	s.logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err == nil {
+		if serr := tcpSrv.ShutdownContext(sctx); serr != nil {
+			s.logger.Warn("tcp shutdown", zap.Error(serr))
+		}
+		<-tcpErr
+	}
+	s.stopUDP(udp, &wg)
+	return err
+}
+
+// stopUDP stops the readers (they finish the query in hand) and closes
+// the sockets.
+func (s *Server) stopUDP(conns []*net.UDPConn, wg *sync.WaitGroup) {
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	wg.Wait()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// readUDP reads and answers queries on c until its read deadline is set in
+// the past.
+func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) {
+	buf := make([]byte, 65535)
+	sc := s.h.scratch.New().(*scratch)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// ICMP errors and the like surface on reads: keep going.
+			continue
+		}
+		if out := s.h.respond(ctx, sc, buf[:n], from.Addr().Unmap(), false); out != nil {
+			_, _ = c.WriteToUDPAddrPort(out, from)
+		}
+	}
+}
+
+// acceptQueries lets every message that is not a response through to the
+// handler, which makes its own FORMERR and NOTIMP replies.
+func acceptQueries(dh dns.Header) dns.MsgAcceptAction {
+	if dh.Bits&(1<<15) != 0 {
+		return dns.MsgIgnore
+	}
+	return dns.MsgAccept
+}
+
+// reusePort sets SO_REUSEPORT, so several sockets share one address.
+func reusePort(network, address string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// setReadBuffer sets a UDP socket's receive buffer, past the system's
+// rmem_max when allowed (SO_RCVBUFFORCE needs CAP_NET_ADMIN).
+func setReadBuffer(c *net.UDPConn, size int, logger *zap.Logger, warn bool) {
+	rc, err := c.SyscallConn()
+	if err == nil {
+		var serr error
+		err = rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
+		})
+		if err == nil && serr == nil {
+			return
+		}
+	}
+	if err := c.SetReadBuffer(size); err != nil && warn {
+		logger.Warn("cannot set the UDP receive buffer", zap.Int("bytes", size), zap.Error(err))
+	}
+}
