@@ -92,38 +92,51 @@ func NewClusters(reg *store.Registry, cfg ClustersConfig, logger *zap.Logger) (*
 // Clusters implements Source.
 func (c *Clusters) Clusters() []store.Cluster { return c.list }
 
-// Host implements Source.
+// Host implements Source. Each cluster that knows the repl offers a
+// candidate: itself when the repl is live there, or the cluster its
+// tombstone names. The highest generation wins. Trusting tombstones keeps
+// the answer right while a move's change notifications from the two
+// clusters arrive in either order.
 func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
 	best, bestGen := -1, int64(0)
 	var failed error
 	for i, cl := range c.cs {
-		known, gen := cl.index.repl(k)
+		known, gen, movedTo := cl.index.repl(k)
 		if known == knownNo {
 			continue
 		}
+		target := i
 		cache := cl.cache.Load()
 		if cache == nil {
 			if known != knownYes {
 				failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
 				continue
 			}
+			if movedTo != "" {
+				target = c.indexOf(movedTo)
+			}
 		} else {
 			r, err := cache.Lookup(ctx, k)
 			switch {
 			case err == nil && r.Kind == store.RouteLocal:
 				gen = r.Generation
-			case err == nil || errors.Is(err, store.ErrNotFound):
-				continue // a tombstone, or the index is a moment ahead
+			case err == nil && r.Kind == store.RouteTombstone:
+				target, gen = c.indexOf(r.Cluster), r.Generation
+			case errors.Is(err, store.ErrNotFound):
+				continue // the index is a moment ahead
 			case known == knownYes:
 				// The store is down and the cache never held this name:
-				// answer from the index, which knew it was live here.
+				// answer from the index.
+				if movedTo != "" {
+					target = c.indexOf(movedTo)
+				}
 			default:
 				failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
 				continue
 			}
 		}
-		if best < 0 || gen > bestGen {
-			best, bestGen = i, gen
+		if target >= 0 && (best < 0 || gen > bestGen) {
+			best, bestGen = target, gen
 		}
 	}
 	switch {
@@ -133,6 +146,17 @@ func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
 		return -1, failed
 	}
 	return -1, store.ErrNotFound
+}
+
+// indexOf returns the position of the named cluster, or -1 for a cluster
+// the registry does not have.
+func (c *Clusters) indexOf(name string) int {
+	for i, cl := range c.list {
+		if cl.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // HasOwner implements Source.
@@ -296,6 +320,10 @@ func (c *Clusters) maintain(ctx context.Context, cl *cluster, st store.Store, q 
 			cl.index.stale()
 			cl.queries.Add(1)
 			repls, err := st.ListRepls(ctx, "")
+			var tombstones []store.Tombstone
+			if err == nil {
+				tombstones, err = st.ListTombstones(ctx)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -311,7 +339,7 @@ func (c *Clusters) maintain(ctx context.Context, cl *cluster, st store.Store, q 
 				continue
 			}
 			backoff = minBackoff
-			cl.index.replace(repls)
+			cl.index.replace(repls, tombstones)
 			logger.Debug("index rebuilt", zap.Int("repls", len(repls)))
 			continue // the list already reflects the events taken with it
 		}
@@ -324,6 +352,14 @@ func (c *Clusters) maintain(ctx context.Context, cl *cluster, st store.Store, q 
 			if err == nil {
 				cl.index.put(r)
 				continue
+			}
+			if errors.Is(err, store.ErrNotFound) {
+				var t store.Tombstone
+				t, err = st.GetTombstone(ctx, ev.ReplID)
+				if err == nil {
+					cl.index.putTombstone(t)
+					continue
+				}
 			}
 			if errors.Is(err, store.ErrNotFound) {
 				cl.index.remove(ev.ReplID)

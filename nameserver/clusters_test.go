@@ -183,3 +183,31 @@ func TestCreatedReplResolves(t *testing.T) {
 	}
 	waitAnswer(t, addr, name, "NXDOMAIN", time.Second)
 }
+
+// TestTombstonePointsTheWay: while a move's notifications arrive, the
+// source's tombstone may be seen before the destination's live row. The
+// tombstone names the destination, so the answer is already right — and a
+// name only a tombstone knows is not NXDOMAIN.
+func TestTombstonePointsTheWay(t *testing.T) {
+	path := writeWorld(t, map[string]string{
+		"clusters.yaml": testRegistry,
+		// east retired r7 to west at generation 2; west does not show it
+		// yet (its notification still on the way).
+		"east.yaml": "tombstones:\n  - {repl_id: r7, owner: erin, slug: site, cluster: west, generation: 2, moved_at: 2026-01-01T00:00:00Z}\n",
+		"west.yaml": "",
+	})
+	c := startClusters(t, path, ClustersConfig{})
+	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, h)
+	for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
+		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "198.51.100.10" {
+			t.Errorf("%s: %s, want west's address from east's tombstone", name, got)
+		}
+	}
+	if got := answerA(ask(t, addr, "erin.repl.test.", dns.TypeA)); got != "NODATA" {
+		t.Errorf("the owner: %s, want NODATA (an empty non-terminal)", got)
+	}
+}

@@ -15,8 +15,9 @@ const (
 	knownUnsure                  // the index does not have it but may be behind
 )
 
-// index is one cluster's set of live repls (their ids, owner/slug names and
-// generations) and owners, kept in memory and current by change
+// index is one cluster's set of repls — live ones, and tombstoned ones with
+// the cluster they moved to — (their ids, owner/slug names and generations)
+// and owners, kept in memory and current by change
 // notifications. It lets a name that no cluster has be answered NXDOMAIN
 // without a cache or database lookup, so a flood of random names costs the
 // databases nothing, whereas the route cache alone would ask once per new
@@ -39,6 +40,7 @@ type replName struct{ owner, slug string }
 type indexEntry struct {
 	id, owner, slug string
 	generation      int64
+	movedTo         string // for a tombstone: the cluster it names; "" when live
 }
 
 func newIndex() *index {
@@ -50,8 +52,9 @@ func newIndex() *index {
 }
 
 // repl says whether the index has the repl named by k (KeyRepl or
-// KeyReplID), and its generation when it does.
-func (x *index) repl(k store.Key) (knowledge, int64) {
+// KeyReplID), and when it does its generation and, for a tombstone, the
+// cluster it moved to.
+func (x *index) repl(k store.Key) (knowledge, int64, string) {
 	x.mu.RLock()
 	var (
 		e  indexEntry
@@ -66,11 +69,11 @@ func (x *index) repl(k store.Key) (knowledge, int64) {
 	x.mu.RUnlock()
 	switch {
 	case ok:
-		return knownYes, e.generation
+		return knownYes, e.generation, e.movedTo
 	case current:
-		return knownNo, 0
+		return knownNo, 0, ""
 	}
-	return knownUnsure, 0
+	return knownUnsure, 0, ""
 }
 
 // owner says whether owner has live repls.
@@ -95,11 +98,21 @@ func (x *index) stale() {
 	x.mu.Unlock()
 }
 
-// replace rebuilds the index from every live repl and marks it current.
-func (x *index) replace(repls []store.Repl) {
-	byName := make(map[replName]indexEntry, len(repls))
-	byID := make(map[string]indexEntry, len(repls))
+// replace rebuilds the index from every live repl and tombstone, and
+// marks it current. A live repl wins a name over a tombstone, as in the
+// store's lookups.
+func (x *index) replace(repls []store.Repl, tombstones []store.Tombstone) {
+	byName := make(map[replName]indexEntry, len(repls)+len(tombstones))
+	byID := make(map[string]indexEntry, len(repls)+len(tombstones))
 	owners := make(map[string]int)
+	for _, t := range tombstones {
+		e := indexEntry{id: t.ReplID, owner: t.Owner, slug: t.Slug, generation: t.Generation, movedTo: t.Cluster}
+		if old, ok := byName[replName{t.Owner, t.Slug}]; !ok || old.generation < t.Generation {
+			byName[replName{t.Owner, t.Slug}] = e
+		}
+		byID[t.ReplID] = e
+		owners[t.Owner]++
+	}
 	for _, r := range repls {
 		e := indexEntry{id: r.ID, owner: r.Owner, slug: r.Slug, generation: r.Generation}
 		byName[replName{r.Owner, r.Slug}] = e
@@ -123,10 +136,30 @@ func (x *index) put(r store.Repl) {
 	if old, ok := x.byName[replName{r.Owner, r.Slug}]; ok {
 		x.dropLocked(old)
 	}
-	e := indexEntry{id: r.ID, owner: r.Owner, slug: r.Slug, generation: r.Generation}
-	x.byName[replName{r.Owner, r.Slug}] = e
-	x.byID[r.ID] = e
-	x.owners[r.Owner]++
+	x.putLocked(indexEntry{id: r.ID, owner: r.Owner, slug: r.Slug, generation: r.Generation})
+}
+
+// putTombstone records that the repl moved from here to t.Cluster; a live
+// repl holding the same name keeps it.
+func (x *index) putTombstone(t store.Tombstone) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old, ok := x.byID[t.ReplID]; ok {
+		x.dropLocked(old)
+	}
+	e := indexEntry{id: t.ReplID, owner: t.Owner, slug: t.Slug, generation: t.Generation, movedTo: t.Cluster}
+	if cur, ok := x.byName[replName{t.Owner, t.Slug}]; ok && cur.movedTo == "" {
+		x.byID[t.ReplID] = e // by id only: the name is a live repl's
+		x.owners[t.Owner]++
+		return
+	}
+	x.putLocked(e)
+}
+
+func (x *index) putLocked(e indexEntry) {
+	x.byName[replName{e.owner, e.slug}] = e
+	x.byID[e.id] = e
+	x.owners[e.owner]++
 }
 
 // remove records that the repl id is not live here (any more).
