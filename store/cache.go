@@ -358,7 +358,11 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	c.found[i].mu.RUnlock()
 	if invalidated {
 		// A notification for this shard came while we asked: what we got
-		// may predate it. Answer with it, but do not keep it.
+		// may predate it. Keep it already expired: the next lookup asks
+		// again, but while the backend is down it still serves stale.
+		stale := *e
+		stale.expires = 0
+		dst.put(h, &stale, c.now(), &c.evictions)
 		return e, nil
 	}
 	dst.put(h, e, c.now(), &c.evictions)
