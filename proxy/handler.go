@@ -23,6 +23,12 @@ type Routes interface {
 	Lookup(ctx context.Context, k store.Key) (store.Route, error)
 }
 
+// refresher is a Routes that can drop a cached route and ask the store
+// again (store.Cache).
+type refresher interface {
+	Refresh(ctx context.Context, k store.Key) (store.Route, error)
+}
+
 // Handler is the proxy's http.Handler.
 type Handler struct {
 	cfg      Config
@@ -134,6 +140,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	route, err := h.routes.Lookup(r.Context(), key)
+	if ex.trusted && (err != nil || route.Kind != store.RouteLocal) {
+		// A proxy of another cluster forwarded this here because its
+		// tombstone says the repl lives here. If our cache disagrees, it
+		// may be older than our store (the two clusters' change
+		// notifications race during a move): ask the store once.
+		if rf, ok := h.routes.(refresher); ok {
+			route, err = rf.Refresh(r.Context(), key)
+		}
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		ex.route = routeNotFound

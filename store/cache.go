@@ -210,6 +210,14 @@ func (c *Cache) Lookup(ctx context.Context, k Key) (Route, error) {
 	return e.route, e.err
 }
 
+// Refresh drops what the cache holds for k and looks it up in the backend:
+// for a caller that has reason to think the cached route is older than the
+// store (a change notification still on its way).
+func (c *Cache) Refresh(ctx context.Context, k Key) (Route, error) {
+	c.invalidate(k)
+	return c.Lookup(ctx, k)
+}
+
 // Challenges returns the unexpired challenge records named name, cached
 // like Lookup (for NegativeTTL at most, and never past a record's expiry).
 func (c *Cache) Challenges(ctx context.Context, name string) ([]Challenge, error) {

@@ -384,7 +384,9 @@ func TestCacheRandomNamesDoNotEvictHotRoutes(t *testing.T) {
 	for i := range hot {
 		r.set(store.ReplIDKey(fmt.Sprint("hot", i)), blogRoute)
 	}
-	c := newTestCache(t, r, store.CacheConfig{MaxEntries: 64 * 16, MaxNegative: 64 * 4}, nil)
+	// Room for the hot routes whatever the hash seed spreads them over the
+	// 64 shards (64 each), and very little for misses.
+	c := newTestCache(t, r, store.CacheConfig{MaxEntries: 64 * 64, MaxNegative: 64 * 4}, nil)
 	for i := range hot {
 		if _, err := lookup(t, c, store.ReplIDKey(fmt.Sprint("hot", i))); err != nil {
 			t.Fatal(err)
@@ -406,6 +408,24 @@ func TestCacheRandomNamesDoNotEvictHotRoutes(t *testing.T) {
 	}
 	if r.calls.Load() != calls {
 		t.Fatal("hot routes were asked again after a flood of random names")
+	}
+}
+
+func TestCacheRefresh(t *testing.T) {
+	r := newCountingReader()
+	c := newTestCache(t, r, store.CacheConfig{NegativeTTL: time.Hour}, nil)
+	if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	r.set(blogKey, blogRoute) // the notification has not come yet
+	if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("cached: %v, want the negative entry", err)
+	}
+	if got, err := c.Refresh(t.Context(), blogKey); err != nil || got.ReplID != "r1" {
+		t.Fatalf("refresh = %+v, %v; want the route from the backend", got, err)
+	}
+	if got, err := lookup(t, c, blogKey); err != nil || got.ReplID != "r1" {
+		t.Fatalf("after refresh = %+v, %v", got, err)
 	}
 }
 

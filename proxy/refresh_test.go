@@ -1,0 +1,75 @@
+package proxy_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/store"
+)
+
+// staleRoutes is a route cache whose entry is older than its store: it
+// still holds the tombstone a move just replaced by a live row here.
+type staleRoutes struct {
+	cached, fresh store.Route
+	refreshes     int
+}
+
+func (s *staleRoutes) Lookup(context.Context, store.Key) (store.Route, error) { return s.cached, nil }
+
+type refreshingRoutes struct{ *staleRoutes }
+
+func (s refreshingRoutes) Refresh(context.Context, store.Key) (store.Route, error) {
+	s.refreshes++
+	return s.fresh, nil
+}
+
+// TestForwardedRequestRefreshesAStaleTombstone: during a move the source's
+// notification may reach its proxies before the destination's reaches
+// its own. A request forwarded by the source then meets the destination's
+// stale tombstone; the destination asks its store again instead of
+// answering 508.
+func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
+	app := echoServer(t, "app")
+	reg := registryFor(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}, "west": {"127.0.0.1:2", "west.yaml"}})
+	stale := &staleRoutes{
+		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 2},
+		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{hostOf(app.URL)}, Generation: 3},
+	}
+	for _, tc := range []struct {
+		name   string
+		routes proxy.Routes
+		want   int
+	}{
+		{"with refresh", refreshingRoutes{stale}, http.StatusOK},
+		{"a cache that cannot refresh: a loop", stale, http.StatusLoopDetected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "west", Registry: reg, HopSecret: testSecret}, tc.routes, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			mark := proxy.SignHop(testSecret, time.Now(), "east", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+			req.Host = "blog.alice.repl.test"
+			req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
+				"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
+			resp, err := testClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+	if stale.refreshes != 1 {
+		t.Errorf("refreshes = %d, want 1", stale.refreshes)
+	}
+}
