@@ -51,6 +51,8 @@ Commands:
         same command to finish a move that stopped part way
   tombstones list [--cluster NAME]
   tombstones gc [--older-than 24h] [--cluster NAME] [--dry-run]
+  certs list [--cluster NAME]
+        the TLS certificates the proxies share: names, issuer, expiry
 
 REPL is a repl id (r1a2b3), OWNER/SLUG (alice/blog), or a name under -zone
 (blog.alice.repl.co, r1a2b3.id.repl.co). Flags may follow the arguments.
@@ -346,6 +348,7 @@ func commands() []command {
 		domainLinkCommand(), domainUnlinkCommand(), domainVerifyCommand(), domainListCommand(),
 		moveCommand(),
 		tombstonesListCommand(), tombstonesGCCommand(),
+		certsListCommand(),
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/crypto/acme"
 )
 
 // ServerConfig says where a Server listens. Zero durations take the
@@ -27,6 +28,12 @@ type ServerConfig struct {
 	TLSListen   string
 	TLSCertFile string
 	TLSKeyFile  string
+	// OnDemand, when set, gives the HTTPS listener its certificates on
+	// demand (TLS-ALPN-01 included), answers ACME HTTP-01 challenges on
+	// Listen and redirects requests there to HTTPS for hosts that have a
+	// certificate. The static certificate is then optional: it serves the
+	// names OnDemand does not (no server name, the apex).
+	OnDemand *CertManager
 	// ForwardListen is where requests forwarded by other clusters' proxies
 	// arrive (the cluster's forward address in the registry points here).
 	// Empty means they arrive on Listen.
@@ -66,8 +73,11 @@ func NewServer(cfg ServerConfig, h *Handler, ready func(context.Context) error, 
 	if cfg.Listen == "" && cfg.TLSListen == "" {
 		return nil, errors.New("no listen address: set -listen (HTTP) or -listen-tls (HTTPS)")
 	}
-	if cfg.TLSListen != "" && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
-		return nil, errors.New("-listen-tls needs -tls-cert and -tls-key (PEM files)")
+	if cfg.TLSListen != "" && cfg.OnDemand == nil && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
+		return nil, errors.New("-listen-tls needs -tls-cert and -tls-key (PEM files), or -tls-on-demand")
+	}
+	if cfg.TLSListen != "" && (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
 	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = 10 * time.Second
@@ -92,11 +102,18 @@ func (s *Server) Listen() error {
 	defer s.mu.Unlock()
 	var tlsConfig *tls.Config
 	if s.cfg.TLSListen != "" {
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
-		if err != nil {
-			return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+		tlsConfig = &tls.Config{NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+		if s.cfg.TLSCertFile != "" || s.cfg.OnDemand == nil {
+			cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+			if err != nil {
+				return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+			}
+			tlsConfig.Certificates = []tls.Certificate{cert}
 		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+		if s.cfg.OnDemand != nil {
+			tlsConfig.GetCertificate = s.cfg.OnDemand.GetCertificate
+			tlsConfig.NextProtos = append(tlsConfig.NextProtos, acme.ALPNProto)
+		}
 	}
 	for _, l := range []struct{ role, addr string }{
 		{"http", s.cfg.Listen}, {"https", s.cfg.TLSListen}, {"forward", s.cfg.ForwardListen}, {"admin", s.cfg.AdminListen},
@@ -147,6 +164,9 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 	}
 	switch role {
 	case "https":
+		if s.cfg.OnDemand != nil {
+			srv.Handler = s.cfg.OnDemand.HTTPSHandler(s.handler)
+		}
 		srv.TLSConfig = tlsConfig
 		var p http.Protocols
 		p.SetHTTP1(true)
@@ -155,6 +175,9 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 	case "admin":
 		srv.Handler = s.adminMux()
 	default:
+		if role == "http" && s.cfg.OnDemand != nil {
+			srv.Handler = s.cfg.OnDemand.HTTPHandler(s.handler)
+		}
 		if s.cfg.H2C {
 			var p http.Protocols
 			p.SetHTTP1(true)

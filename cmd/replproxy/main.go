@@ -9,12 +9,15 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/proxy"
@@ -47,6 +51,11 @@ type options struct {
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
 	cache                                                       store.CacheConfig
+
+	// Certificates on demand.
+	tlsOnDemand            bool
+	acmeCARoot, dns01Check string
+	certs                  proxy.CertConfig
 }
 
 func parse(args []string) (*options, error) {
@@ -90,6 +99,15 @@ Flags:
 	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
+	fs.BoolVar(&o.tlsOnDemand, "tls-on-demand", false, "obtain certificates on demand for -listen-tls through ACME: *.<owner>.ZONE and *.id.ZONE by DNS-01 (replns serves the records), linked custom domains by TLS-ALPN-01 or HTTP-01; -tls-cert then only serves other names")
+	fs.StringVar(&o.certs.Directory, "acme-directory", autocert.DefaultACMEDirectory, "the ACME server's directory URL")
+	fs.StringVar(&o.certs.Email, "acme-email", "", "contact address of the ACME account")
+	fs.StringVar(&o.acmeCARoot, "acme-ca-root", "", "PEM file of the CA that signs the ACME server's HTTPS certificate (a test CA such as Pebble's); empty: the system's roots")
+	fs.StringVar(&o.dns01Check, "acme-dns01-check", "", "comma-separated host:port of the nameservers (replns) that must answer a DNS-01 record before the CA is asked to validate it")
+	fs.DurationVar(&o.certs.HandshakeWait, "acme-handshake-wait", 10*time.Second, "how long a TLS handshake for a name without a certificate waits for one")
+	fs.Float64Var(&o.certs.OrdersPerHour, "acme-orders-per-hour", 100, "limit on new certificate orders (burst 20)")
+	fs.DurationVar(&o.certs.HSTSMaxAge, "hsts-max-age", 365*24*time.Hour, "Strict-Transport-Security max-age on HTTPS responses for hosts with a certificate; 0: no header")
+	fs.IntVar(&o.certs.HTTPSPort, "https-port", 0, "the port HTTP requests are redirected to (default: the port of -listen-tls)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&o.gcPercent, "gc-percent", 400, "Go's GOGC: the proxy's live heap is small, so collecting less often saves CPU for little memory")
 	if err := cli.Parse(fs, "REPLPROXY", args); err != nil {
@@ -152,6 +170,15 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if o.tlsOnDemand {
+		if o.server.OnDemand, err = certManager(o, st, cache, reg, logger); err != nil {
+			return err
+		}
+		certsCtx, stopCerts := context.WithCancel(context.WithoutCancel(ctx))
+		certsDone := make(chan struct{})
+		go func() { defer close(certsDone); _ = o.server.OnDemand.Run(certsCtx) }()
+		defer func() { stopCerts(); <-certsDone }()
+	}
 	srv, err := proxy.NewServer(o.server, h, proxy.Ready(st, cache), reg, logger)
 	if err != nil {
 		return err
@@ -167,4 +194,44 @@ func run(ctx context.Context, args []string) error {
 
 	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", store.RedactDSN(o.storeAddr)))
 	return srv.Serve(ctx)
+}
+
+// certManager builds the certificates on demand from the flags.
+func certManager(o *options, st store.Store, routes proxy.Routes, reg prometheus.Registerer, logger *zap.Logger) (*proxy.CertManager, error) {
+	if o.server.TLSListen == "" {
+		return nil, errors.New("-tls-on-demand needs -listen-tls")
+	}
+	cs, ok := st.(proxy.CertStore)
+	if !ok {
+		return nil, fmt.Errorf("store %s keeps no certificates", store.RedactDSN(o.storeAddr))
+	}
+	o.certs.Zone = o.proxy.Zone
+	if o.acmeCARoot != "" {
+		pem, err := os.ReadFile(o.acmeCARoot)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-ca-root: %w", err)
+		}
+		o.certs.CARoots = x509.NewCertPool()
+		if !o.certs.CARoots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-acme-ca-root %s: no PEM certificate in it", o.acmeCARoot)
+		}
+	}
+	for _, ns := range strings.Split(o.dns01Check, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			o.certs.DNS01Check = append(o.certs.DNS01Check, ns)
+		}
+	}
+	if o.certs.HSTSMaxAge == 0 {
+		o.certs.HSTSMaxAge = -1 // the flag's 0 means none; the Config's zero means the default
+	}
+	if o.certs.HTTPSPort == 0 {
+		_, port, err := net.SplitHostPort(o.server.TLSListen)
+		if err != nil {
+			return nil, fmt.Errorf("-listen-tls %q: %w", o.server.TLSListen, err)
+		}
+		if o.certs.HTTPSPort, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("-listen-tls %q: numeric port needed", o.server.TLSListen)
+		}
+	}
+	return proxy.NewCertManager(o.certs, cs, routes, proxy.NewCertMetrics(reg), logger)
 }

@@ -1,0 +1,76 @@
+package ctl_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// certPEM is a self-signed certificate for names, valid until notAfter,
+// with its key, as a proxy stores it.
+func certPEM(t *testing.T, notAfter time.Time, names ...string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: names[0]}, Issuer: pkix.Name{CommonName: "test CA"},
+		DNSNames: names, NotBefore: notAfter.Add(-90 * 24 * time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+}
+
+func TestCertsList(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		f := newFleet(t, backend, "east", "west")
+		f.ok(t, "migrate", "--all")
+		ctx := context.Background()
+		notAfter := time.Now().Add(60 * 24 * time.Hour).Truncate(time.Second)
+		st, err := store.Open(ctx, f.stores["east"], store.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		certs, ok := store.CertsOf(st)
+		if !ok {
+			t.Fatalf("the %s store keeps no certificates", backend)
+		}
+		if err := certs.PutCert(ctx, "*.alice.repl.test", certPEM(t, notAfter, "*.alice.repl.test")); err != nil {
+			t.Fatal(err)
+		}
+		r := f.ok(t, "certs", "list")
+		if !strings.Contains(r.stdout, "*.alice.repl.test") || !strings.Contains(r.stdout, "east") {
+			t.Fatalf("table does not show the certificate:\n%v", r)
+		}
+		list := jsonOf[[]struct {
+			Cluster  string    `json:"cluster"`
+			Key      string    `json:"key"`
+			Names    []string  `json:"names"`
+			NotAfter time.Time `json:"not_after"`
+		}](t, f, "certs", "list")
+		if len(list) != 1 || list[0].Cluster != "east" || list[0].Key != "*.alice.repl.test" ||
+			len(list[0].Names) != 1 || !list[0].NotAfter.Equal(notAfter) {
+			t.Fatalf("certs list = %+v", list)
+		}
+		if got := jsonOf[[]any](t, f, "certs", "list", "--cluster", "west"); len(got) != 0 {
+			t.Fatalf("west lists %v, want nothing", got)
+		}
+	})
+}
