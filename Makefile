@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy bench-dns clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy bench-dns bench-tls clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
+	@echo "make bench-tls  TLS handshakes per CPU-second, replproxy vs nginx (needs nginx)"
 	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
 
@@ -58,7 +59,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzRespond$$' -fuzztime $(FUZZTIME) ./nameserver/
 
-bench: bench-go bench-proxy bench-dns
+bench: bench-go bench-proxy bench-dns bench-tls
 
 bench-go:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
@@ -76,3 +77,6 @@ clean:
 
 bench-dns: build
 	bench/dns/run.sh
+
+bench-tls: build
+	$(GO) run ./bench/tls -replproxy $(BIN)/replproxy
