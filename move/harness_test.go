@@ -266,6 +266,13 @@ func (f *faulty) Activate(ctx context.Context, r store.Repl) (store.Repl, error)
 	return f.Store.Activate(ctx, r)
 }
 
+func (f *faulty) ActivateWithDomains(ctx context.Context, r store.Repl, domains []store.Domain) (store.Repl, error) {
+	if err := f.err("Activate"); err != nil {
+		return store.Repl{}, err
+	}
+	return f.Store.ActivateWithDomains(ctx, r, domains)
+}
+
 func (f *faulty) LinkDomain(ctx context.Context, d store.Domain) (store.Domain, error) {
 	if err := f.err("LinkDomain"); err != nil {
 		return store.Domain{}, err

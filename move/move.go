@@ -216,7 +216,16 @@ func (m *Mover) do(ctx context.Context, p Plan, a Action) error {
 	s := m.stores[a.Cluster]
 	switch a.kind {
 	case doActivate:
-		r, err := s.Activate(ctx, store.Repl{ID: p.ReplID, Owner: p.Owner, Slug: p.Slug, Endpoints: p.Endpoints, Generation: p.Generation})
+		// The repl's domains go in the same transaction, so that a move
+		// stopped here leaves none of them unknown in the destination; the
+		// link actions after it then find them there.
+		var domains []store.Domain
+		for _, l := range p.Actions {
+			if l.kind == doLink {
+				domains = append(domains, store.Domain{Name: l.domain.Name, Token: l.domain.Token, VerifiedAt: l.domain.VerifiedAt})
+			}
+		}
+		r, err := s.ActivateWithDomains(ctx, store.Repl{ID: p.ReplID, Owner: p.Owner, Slug: p.Slug, Endpoints: p.Endpoints, Generation: p.Generation}, domains)
 		if err != nil {
 			return err
 		}

@@ -256,6 +256,34 @@ var contractCases = []contractCase{
 		wantErr(t, "retire to a bad cluster name", err, store.ErrInvalid)
 		wantStats(t, ctx, s, store.Stats{Repls: 1})
 	}},
+	{"activate with domains", func(t *testing.T, ctx context.Context, s store.Store) {
+		at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+		doms := []store.Domain{{Name: "a.example.com", Token: "tok-a", VerifiedAt: at}, {Name: "b.example.com", Token: "tok-b"}}
+		in := store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:80"}, Generation: 2}
+		for range 2 { // a rerun changes nothing
+			if _, err := s.ActivateWithDomains(ctx, in, doms); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ds, err := s.ListDomains(ctx, "r1")
+		if err != nil || len(ds) != 2 || ds[0].Token != "tok-a" || !ds[0].VerifiedAt.Equal(at) || !ds[1].VerifiedAt.IsZero() {
+			t.Fatalf("domains = %+v, %v", ds, err)
+		}
+		wantRoute(t, ctx, s, store.DomainKey("b.example.com"), store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: in.Endpoints, Generation: 2})
+		// A domain another repl holds: a conflict, and nothing changes.
+		mustCreate(t, ctx, s, "r2", "bob", "shop")
+		if _, err := s.LinkDomain(ctx, store.Domain{Name: "c.example.com", ReplID: "r2"}); err != nil {
+			t.Fatal(err)
+		}
+		other := store.Repl{ID: "r3", Owner: "carol", Slug: "app", Endpoints: []string{"10.0.0.3:80"}, Generation: 2}
+		_, err = s.ActivateWithDomains(ctx, other, []store.Domain{{Name: "d.example.com", Token: "t"}, {Name: "c.example.com", Token: "t"}})
+		wantErr(t, "activate with a domain of another repl", err, store.ErrConflict)
+		_, err = s.GetRepl(ctx, "r3")
+		wantErr(t, "the refused activation", err, store.ErrNotFound)
+		wantStats(t, ctx, s, store.Stats{Repls: 2, Domains: 3})
+		_, err = s.ActivateWithDomains(ctx, other, []store.Domain{{Name: "Bad_Domain", Token: "t"}})
+		wantErr(t, "activate with a bad domain", err, store.ErrInvalid)
+	}},
 	{"tombstones list and collect", func(t *testing.T, ctx context.Context, s store.Store) {
 		mustCreate(t, ctx, s, "r2", "alice", "b")
 		mustCreate(t, ctx, s, "r1", "alice", "a")

@@ -501,9 +501,22 @@ func (s *Embedded) DeleteRepl(ctx context.Context, id string) error {
 
 // Activate implements Store.
 func (s *Embedded) Activate(ctx context.Context, r Repl) (Repl, error) {
+	return s.ActivateWithDomains(ctx, r, nil)
+}
+
+// ActivateWithDomains implements Store.
+func (s *Embedded) ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error) {
 	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
 	if err := CheckRepl(r); err != nil {
 		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkDomains(domains); err != nil {
+		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	for _, d := range domains {
+		if err := embeddedCheckToken(d.Token); err != nil {
+			return Repl{}, fmt.Errorf("%s: domain %s: %w", doing, d.Name, err)
+		}
 	}
 	if r.Generation < 1 {
 		return Repl{}, fmt.Errorf("%s: %w: a move needs a generation of 1 or more", doing, ErrInvalid)
@@ -516,9 +529,22 @@ func (s *Embedded) Activate(ctx context.Context, r Repl) (Repl, error) {
 			}
 			delete(d.tombstones, r.ID)
 		}
+		for _, dom := range domains {
+			if old, ok := d.domains[dom.Name]; ok && old.ReplID != r.ID {
+				return fmt.Errorf("%w: domain %s is already linked to repl %s here", ErrConflict, dom.Name, old.ReplID)
+			}
+		}
+		link := func() {
+			for _, dom := range domains {
+				if _, ok := d.domains[dom.Name]; !ok {
+					d.domains[dom.Name] = Domain{Name: dom.Name, ReplID: r.ID, Token: dom.Token, VerifiedAt: dom.VerifiedAt, CreatedAt: s.stamp()}
+				}
+			}
+		}
 		cur, live := d.repls[r.ID]
 		if live && cur.Generation >= r.Generation {
 			out = cur // the same move again, or an older one: leave it
+			link()
 			return nil
 		}
 		if other, ok := d.liveByName(r.Owner, r.Slug); ok && other.ID != r.ID {
@@ -536,6 +562,7 @@ func (s *Embedded) Activate(ctx context.Context, r Repl) (Repl, error) {
 			CreatedAt:  created, UpdatedAt: now,
 		}
 		d.repls[r.ID] = out
+		link()
 		return nil
 	})
 	if err != nil {

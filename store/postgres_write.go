@@ -138,8 +138,16 @@ func (p *Postgres) DeleteRepl(ctx context.Context, id string) error {
 
 // Activate implements Store.
 func (p *Postgres) Activate(ctx context.Context, r Repl) (Repl, error) {
+	return p.ActivateWithDomains(ctx, r, nil)
+}
+
+// ActivateWithDomains implements Store.
+func (p *Postgres) ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error) {
 	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
 	if err := CheckRepl(r); err != nil {
+		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if err := checkDomains(domains); err != nil {
 		return Repl{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if r.Generation < 1 {
@@ -168,14 +176,38 @@ func (p *Postgres) Activate(ctx context.Context, r Repl) (Repl, error) {
 			   WHERE repls.generation < excluded.generation
 			 RETURNING `+replColumns,
 			r.ID, r.Owner, r.Slug, r.Endpoints, r.Generation, now)
-		if !errors.Is(err, pgx.ErrNoRows) {
+		if errors.Is(err, pgx.ErrNoRows) {
+			// The row was there with the same or a higher generation: leave it.
+			out, err = one(ctx, tx, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, r.ID)
+		}
+		if err != nil {
 			return err
 		}
-		// The row was there with the same or a higher generation: leave it.
-		out, err = one(ctx, tx, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, r.ID)
-		return err
+		return p.linkAll(ctx, tx, r.ID, domains)
 	})
 	return out, err
+}
+
+// linkAll links domains to replID in tx, keeping links that are there.
+func (p *Postgres) linkAll(ctx context.Context, tx pgx.Tx, replID string, domains []Domain) error {
+	for _, d := range domains {
+		var verified *time.Time
+		if !d.VerifiedAt.IsZero() {
+			verified = &d.VerifiedAt
+		}
+		var owner string
+		err := tx.QueryRow(ctx, `
+INSERT INTO domains (name, repl_id, token, verified_at, created_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (name) DO UPDATE SET repl_id = domains.repl_id
+RETURNING repl_id`, d.Name, replID, d.Token, verified, p.now()).Scan(&owner)
+		if err != nil {
+			return err
+		}
+		if owner != replID {
+			return fmt.Errorf("%w: domain %s is already linked to repl %s here", ErrConflict, d.Name, owner)
+		}
+	}
+	return nil
 }
 
 // Retire implements Store.

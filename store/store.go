@@ -187,6 +187,14 @@ type Store interface {
 	// r.Generation or higher means the repl has moved on since:
 	// ErrConflict, nothing changes.
 	Activate(ctx context.Context, r Repl) (Repl, error)
+	// ActivateWithDomains is Activate that also links the repl's custom
+	// domains here, with their tokens and verification times, in the same
+	// transaction: a move stopped right after step 1 leaves none of them
+	// unknown in the destination. A domain already linked here to this
+	// repl is left as it is; one linked to another repl is ErrConflict,
+	// and nothing changes. It links them also when the live row was
+	// already there (a rerun).
+	ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error)
 	// Retire replaces the live row of a repl with a tombstone to cluster
 	// at generation in one transaction (step 2 in the source). A
 	// tombstone already there with that generation or a higher one is

@@ -83,3 +83,16 @@ func validName(name string) error {
 	}
 	return nil
 }
+
+// checkDomains checks the domains given to ActivateWithDomains.
+func checkDomains(domains []Domain) error {
+	for _, d := range domains {
+		if err := ValidDomain(d.Name); err != nil {
+			return err
+		}
+		if d.Token == "" {
+			return fmt.Errorf("domain %s: %w: no verification token", d.Name, ErrInvalid)
+		}
+	}
+	return nil
+}
