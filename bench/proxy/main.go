@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/replproxy/replproxy/internal/benchproc"
 )
 
 func main() {
@@ -68,111 +70,6 @@ type opts struct {
 	ws        int
 }
 
-// proc is a process the bench started; stop ends it and waits.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-}
-
-func start(dir, name string, cpu string, args ...string) (*proc, error) {
-	full := append([]string{"-c", cpu}, args...)
-	cmd := exec.Command("taskset", full...)
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	return &proc{name: name, cmd: cmd}, nil
-}
-
-func (p *proc) stop() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-}
-
-// groupStats returns the fields after the command name of /proc/PID/stat
-// for every process in p's process group (nginx and its workers), with
-// their pids.
-func (p *proc) groupStats() map[string][]string {
-	pgid := strconv.Itoa(p.cmd.Process.Pid)
-	ents, _ := os.ReadDir("/proc")
-	stats := map[string][]string{}
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// The command name is in parentheses and may hold spaces.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		if len(f) >= 13 && f[2] == pgid { // f[2] is pgrp
-			stats[e.Name()] = f
-		}
-	}
-	return stats
-}
-
-// cpuTicks sums utime+stime of the process group, in clock ticks.
-func (p *proc) cpuTicks() (int64, error) {
-	var total int64
-	for _, f := range p.groupStats() {
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		total += ut + st
-	}
-	return total, nil
-}
-
-// rssKiB sums VmRSS of the process group.
-func (p *proc) rssKiB() int64 {
-	var total int64
-	for pid := range p.groupStats() {
-		st, _ := os.ReadFile("/proc/" + pid + "/status")
-		for _, l := range strings.Split(string(st), "\n") {
-			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-				n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				total += n
-			}
-		}
-	}
-	return total
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitListening(addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listens on %s after 10s", addr)
-}
-
 // result is one row of the table.
 type result struct {
 	name     string
@@ -192,7 +89,7 @@ func (r result) cpuPerReq() time.Duration {
 
 // measure offers o.rate requests/s for o.duration to addr with the given
 // Host, and charges the CPU of procs.
-func measure(o opts, dir, name, addr, host string, procs ...*proc) (result, error) {
+func measure(o opts, dir, name, addr, host string, procs ...*benchproc.Proc) (result, error) {
 	url := "http://" + addr + "/"
 	// Warm up: connections, caches, upstream pools.
 	warm := exec.Command("taskset", "-c", "1", "h2load", "--h1", "-c", strconv.Itoa(o.clients), "-n", "2000", "-H", ":authority: "+host, url)
@@ -204,11 +101,7 @@ func measure(o opts, dir, name, addr, host string, procs ...*proc) (result, erro
 	perClient := max(1, o.rate/o.clients)
 	var before int64
 	for _, p := range procs {
-		t, err := p.cpuTicks()
-		if err != nil {
-			return result{}, err
-		}
-		before += t
+		before += p.CPUTicks()
 	}
 	start := time.Now()
 	cmd := exec.Command("taskset", "-c", "1", "h2load", "--h1", "-c", strconv.Itoa(o.clients), "-n", strconv.Itoa(total),
@@ -220,8 +113,7 @@ func measure(o opts, dir, name, addr, host string, procs ...*proc) (result, erro
 	elapsed := time.Since(start)
 	var after int64
 	for _, p := range procs {
-		t, _ := p.cpuTicks()
-		after += t
+		after += p.CPUTicks()
 	}
 	r := result{name: name, cpuSec: float64(after-before) / 100} // USER_HZ is 100 on Linux
 	lat, ok, failed, err := readLog(logFile)
@@ -282,14 +174,14 @@ func run(o opts) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	var procs []*proc
+	var procs []*benchproc.Proc
 	defer func() {
 		for _, p := range procs {
-			p.stop()
+			p.Stop()
 		}
 	}()
-	launch := func(name, cpu string, args ...string) (*proc, error) {
-		p, err := start(dir, name, cpu, args...)
+	launch := func(name, cpu string, args ...string) (*benchproc.Proc, error) {
+		p, err := benchproc.Start(dir, name, cpu, nil, args...)
 		if err == nil {
 			procs = append(procs, p)
 		}
@@ -297,7 +189,7 @@ func run(o opts) error {
 	}
 
 	// The backend: nginx answering a small body, on CPU 1.
-	backendPort, _ := freePort()
+	backendPort, _ := benchproc.FreePort()
 	backendAddr := fmt.Sprintf("127.0.0.1:%d", backendPort)
 	if err := writeNginx(dir, "backend", fmt.Sprintf(`server { listen %s; access_log off; location / { return 200 "hello from the backend\n"; } }`, backendAddr)); err != nil {
 		return err
@@ -305,16 +197,16 @@ func run(o opts) error {
 	if _, err := launch("backend", "1", "nginx", "-p", dir, "-c", filepath.Join(dir, "backend.conf")); err != nil {
 		return err
 	}
-	if err := waitListening(backendAddr); err != nil {
+	if err := benchproc.WaitListening(backendAddr); err != nil {
 		return err
 	}
 
 	// replproxy: east routes alice/bench locally and alice/moved by a
 	// tombstone to west, which runs it.
-	eastPort, _ := freePort()
-	westPort, _ := freePort()
+	eastPort, _ := benchproc.FreePort()
+	westPort, _ := benchproc.FreePort()
 	east, west := fmt.Sprintf("127.0.0.1:%d", eastPort), fmt.Sprintf("127.0.0.1:%d", westPort)
-	wsPort, _ := freePort()
+	wsPort, _ := benchproc.FreePort()
 	wsAddr := fmt.Sprintf("127.0.0.1:%d", wsPort)
 	files := map[string]string{
 		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [192.0.2.1], forward: %q, store: east.yaml}\n  - {name: west, proxy_ipv4: [192.0.2.2], forward: %q, store: west.yaml}\n", east, west),
@@ -341,7 +233,7 @@ func run(o opts) error {
 		return err
 	}
 	for _, a := range []string{east, west} {
-		if err := waitListening(a); err != nil {
+		if err := benchproc.WaitListening(a); err != nil {
 			return err
 		}
 	}
@@ -355,9 +247,9 @@ func run(o opts) error {
 
 	peers := strings.Split(o.peers, ",")
 	for _, peer := range peers {
-		port, _ := freePort()
+		port, _ := benchproc.FreePort()
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		var p *proc
+		var p *benchproc.Proc
 		switch peer {
 		case "nginx":
 			conf := fmt.Sprintf(`upstream app { server %s; keepalive 64; }
@@ -390,7 +282,7 @@ server { listen %s; access_log off;
 		if err != nil {
 			return err
 		}
-		if err := waitListening(addr); err != nil {
+		if err := benchproc.WaitListening(addr); err != nil {
 			return fmt.Errorf("%s: %w", peer, err)
 		}
 		r, err := measure(o, dir, peer, addr, "bench.alice.repl.test", p)
@@ -415,16 +307,16 @@ server { listen %s; access_log off;
 		if _, err := launch("wsbackend", "1", self, "wsbackend", wsAddr); err != nil {
 			return err
 		}
-		if err := waitListening(wsAddr); err != nil {
+		if err := benchproc.WaitListening(wsAddr); err != nil {
 			return err
 		}
-		stdPort, _ := freePort()
+		stdPort, _ := benchproc.FreePort()
 		stdAddr := fmt.Sprintf("127.0.0.1:%d", stdPort)
 		stdProc, err := launch("stdlib-ws", "0", self, "stdproxy", stdAddr, wsAddr)
 		if err != nil {
 			return err
 		}
-		if err := waitListening(stdAddr); err != nil {
+		if err := benchproc.WaitListening(stdAddr); err != nil {
 			return err
 		}
 		ours, err := wsMemory(o.ws, eastProc, east)
@@ -483,9 +375,9 @@ http {
 
 // wsMemory opens n idle WebSockets through the proxy at addr and returns
 // the proxy's resident memory per connection, in KiB.
-func wsMemory(n int, p *proc, addr string) (float64, error) {
+func wsMemory(n int, p *benchproc.Proc, addr string) (float64, error) {
 	runtimeSettle()
-	before := p.rssKiB()
+	before := p.RSSKiB()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	conns := make([]*websocket.Conn, 0, n)
@@ -515,7 +407,7 @@ func wsMemory(n int, p *proc, addr string) (float64, error) {
 		}
 	}
 	time.Sleep(2 * time.Second)
-	after := p.rssKiB()
+	after := p.RSSKiB()
 	return float64(after-before) / float64(n), nil
 }
 

@@ -32,7 +32,6 @@ import (
 	"flag"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/benchproc"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -84,7 +84,7 @@ const (
 type server struct {
 	name string
 	addr string
-	proc *proc
+	proc *benchproc.Proc
 }
 
 func run(o opts) error {
@@ -105,14 +105,14 @@ func run(o opts) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	var procs []*proc
+	var procs []*benchproc.Proc
 	defer func() {
 		for _, p := range procs {
-			p.stop()
+			p.Stop()
 		}
 	}()
-	launch := func(name string, env []string, args ...string) (*proc, error) {
-		p, err := start(dir, name, "0", env, args...)
+	launch := func(name string, env []string, args ...string) (*benchproc.Proc, error) {
+		p, err := benchproc.Start(dir, name, "0", env, args...)
 		if err == nil {
 			procs = append(procs, p)
 		}
@@ -138,7 +138,7 @@ func run(o opts) error {
 	storeFile := filepath.Join(dir, "east.yaml")
 	ports := make([]int, 5)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = benchproc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -204,13 +204,13 @@ http {
 		{"replproxy static", addr(3), static},
 	}
 	for _, s := range servers {
-		if err := waitListening(s.addr); err != nil {
-			return fmt.Errorf("%s: %w\n%s", s.name, err, s.proc.log())
+		if err := benchproc.WaitListening(s.addr); err != nil {
+			return fmt.Errorf("%s: %w\n%s", s.name, err, s.proc.Log())
 		}
 		// One handshake to check it works, and to load the certificate
 		// from the store into the on-demand proxy's memory.
 		if _, err := runLoad(self, s.addr, time.Second, 1); err != nil {
-			return fmt.Errorf("%s: %w\n%s", s.name, err, s.proc.log())
+			return fmt.Errorf("%s: %w\n%s", s.name, err, s.proc.Log())
 		}
 	}
 
@@ -221,18 +221,12 @@ http {
 	for round := 1; round <= o.rounds; round++ {
 		var base float64
 		for _, s := range servers {
-			before, err := s.proc.cpuTicks()
-			if err != nil {
-				return err
-			}
+			before := s.proc.CPUTicks()
 			n, err := runLoad(self, s.addr, o.duration, o.conns)
 			if err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
 			}
-			after, err := s.proc.cpuTicks()
-			if err != nil {
-				return err
-			}
+			after := s.proc.CPUTicks()
 			cpu := float64(after-before) / 100 // USER_HZ
 			per := float64(n) / cpu
 			if s.name == "nginx" {
@@ -361,94 +355,4 @@ func makeCert() (certPEM, keyPEM []byte, err error) {
 		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), nil
-}
-
-// proc is a process the bench started; stop ends it and waits.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logFile string
-}
-
-func start(dir, name, cpu string, env []string, args ...string) (*proc, error) {
-	cmd := exec.Command("taskset", append([]string{"-c", cpu}, args...)...)
-	logFile := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logFile)
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	return &proc{name: name, cmd: cmd, logFile: logFile}, nil
-}
-
-func (p *proc) log() string {
-	b, _ := os.ReadFile(p.logFile)
-	return string(b)
-}
-
-func (p *proc) stop() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-}
-
-// cpuTicks sums utime+stime of the process group, in clock ticks.
-func (p *proc) cpuTicks() (int64, error) {
-	pgid := strconv.Itoa(p.cmd.Process.Pid)
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// The command name is in parentheses and may hold spaces.
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-		if len(f) >= 13 && f[2] == pgid { // f[2] is pgrp
-			ut, _ := strconv.ParseInt(f[11], 10, 64)
-			st, _ := strconv.ParseInt(f[12], 10, 64)
-			total += ut + st
-		}
-	}
-	return total, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-func waitListening(addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listens on %s after 10s", addr)
 }
