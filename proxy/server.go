@@ -159,7 +159,7 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          zap.NewStdLog(s.logger.Named("http." + role)),
+		ErrorLog:          serverErrorLog(s.logger.Named("http." + role)),
 		ConnContext:       withConnSlot,
 	}
 	switch role {
