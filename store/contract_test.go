@@ -326,6 +326,8 @@ var contractCases = []contractCase{
 			_, err = s.LinkDomain(ctx, store.Domain{Name: bad, ReplID: "r1"})
 			wantErr(t, "link "+bad, err, store.ErrInvalid)
 		}
+		_, err = s.LinkDomain(ctx, store.Domain{Name: "t.example.com", ReplID: "r1", Token: "not a token"})
+		wantErr(t, "link with a bad token", err, store.ErrInvalid)
 		wantRoute(t, ctx, s, store.DomainKey("www.example.com"), store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}, Generation: 1})
 		ds, err := s.ListDomains(ctx, "r1")
 		if err != nil || len(ds) != 2 || ds[0].Name != "a.example.org" || ds[0].Token != "given" || ds[1].Name != "www.example.com" {

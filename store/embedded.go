@@ -507,19 +507,8 @@ func (s *Embedded) Activate(ctx context.Context, r Repl) (Repl, error) {
 // ActivateWithDomains implements Store.
 func (s *Embedded) ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error) {
 	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
-	if err := CheckRepl(r); err != nil {
+	if err := checkActivation(r, domains); err != nil {
 		return Repl{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if err := checkDomains(domains); err != nil {
-		return Repl{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	for _, d := range domains {
-		if err := embeddedCheckToken(d.Token); err != nil {
-			return Repl{}, fmt.Errorf("%s: domain %s: %w", doing, d.Name, err)
-		}
-	}
-	if r.Generation < 1 {
-		return Repl{}, fmt.Errorf("%s: %w: a move needs a generation of 1 or more", doing, ErrInvalid)
 	}
 	var out Repl
 	err := s.write(ctx, doing, func(d *embeddedData) error {
@@ -655,7 +644,7 @@ func (s *Embedded) LinkDomain(ctx context.Context, d Domain) (Domain, error) {
 	}
 	if d.Token == "" {
 		d.Token = NewToken()
-	} else if err := embeddedCheckToken(d.Token); err != nil {
+	} else if err := CheckToken(d.Token); err != nil {
 		return Domain{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	var out Domain
@@ -745,23 +734,6 @@ func (s *Embedded) DeleteExpiredChallenges(ctx context.Context, now time.Time) (
 func (s *Embedded) stamp() time.Time { return embeddedTime(s.now()) }
 
 func embeddedTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
-
-// embeddedCheckToken applies the rule of the PostgreSQL schema to a domain
-// verification token, which is published in a TXT record.
-func embeddedCheckToken(token string) error {
-	ok := len(token) >= 1 && len(token) <= 128
-	for i := 0; ok && i < len(token); i++ {
-		c := token[i]
-		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
-	}
-	if !ok {
-		if len(token) > 140 {
-			token = token[:140] + "..."
-		}
-		return fmt.Errorf("token %q: %w: want 1 to 128 of A-Z, a-z, 0-9, '_' and '-'", token, ErrInvalid)
-	}
-	return nil
-}
 
 // write runs one change under the lock: it takes s.mu and the file lock,
 // reads and checks the file as it is now, lets change modify a copy of its
@@ -1619,7 +1591,7 @@ func (p *embeddedParser) check(d *embeddedDoc) {
 		field(pos, path, "name", "give the custom domain, e.g. www.example.com", func() error { return ValidDomain(dom.Name) })
 		field(pos, path, "repl_id", "give the id of the repl the domain is linked to", label(dom.ReplID))
 		field(pos, path, "token", "give a verification token of 1 to 128 of A-Z, a-z, 0-9, '_' and '-', e.g. "+NewToken(),
-			func() error { return embeddedCheckToken(dom.Token) })
+			func() error { return CheckToken(dom.Token) })
 
 		if dom.Name != "" {
 			if first, dup := domains[dom.Name]; dup {

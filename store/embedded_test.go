@@ -690,7 +690,7 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 		t.Errorf("link with a bad token: %v", err)
 	}
 	d, err := s.LinkDomain(ctx, Domain{Name: "www.example.com", ReplID: "r2"})
-	if err != nil || len(d.Token) != 32 || embeddedCheckToken(d.Token) != nil {
+	if err != nil || len(d.Token) != 32 || CheckToken(d.Token) != nil {
 		t.Errorf("link = %+v, %v; want a random hex token", d, err)
 	}
 }

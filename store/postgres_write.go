@@ -144,14 +144,8 @@ func (p *Postgres) Activate(ctx context.Context, r Repl) (Repl, error) {
 // ActivateWithDomains implements Store.
 func (p *Postgres) ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error) {
 	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
-	if err := CheckRepl(r); err != nil {
+	if err := checkActivation(r, domains); err != nil {
 		return Repl{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if err := checkDomains(domains); err != nil {
-		return Repl{}, fmt.Errorf("%s: %w", doing, err)
-	}
-	if r.Generation < 1 {
-		return Repl{}, fmt.Errorf("%s: %w: a move needs a generation of 1 or more", doing, ErrInvalid)
 	}
 	var out Repl
 	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
@@ -301,6 +295,8 @@ func (p *Postgres) LinkDomain(ctx context.Context, d Domain) (Domain, error) {
 	}
 	if d.Token == "" {
 		d.Token = NewToken()
+	} else if err := CheckToken(d.Token); err != nil {
+		return Domain{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	return getOne(ctx, p, doing, scanDomain,
 		`INSERT INTO domains (name, repl_id, token, created_at) VALUES ($1, $2, $3, $4) RETURNING `+domainColumns,

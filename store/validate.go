@@ -84,15 +84,39 @@ func validName(name string) error {
 	return nil
 }
 
-// checkDomains checks the domains given to ActivateWithDomains.
-func checkDomains(domains []Domain) error {
+// checkActivation checks what ActivateWithDomains is given: the repl, a
+// generation of 1 or more, and each domain with its token.
+func checkActivation(r Repl, domains []Domain) error {
+	if err := CheckRepl(r); err != nil {
+		return err
+	}
+	if r.Generation < 1 {
+		return fmt.Errorf("%w: a move needs a generation of 1 or more", ErrInvalid)
+	}
 	for _, d := range domains {
 		if err := ValidDomain(d.Name); err != nil {
 			return err
 		}
-		if d.Token == "" {
-			return fmt.Errorf("domain %s: %w: no verification token", d.Name, ErrInvalid)
+		if err := CheckToken(d.Token); err != nil {
+			return fmt.Errorf("domain %s: %w", d.Name, err)
 		}
+	}
+	return nil
+}
+
+// CheckToken checks a domain verification token: 1 to 128 of A-Z, a-z,
+// 0-9, '_' and '-' (the PostgreSQL schema's rule too).
+func CheckToken(token string) error {
+	ok := len(token) >= 1 && len(token) <= 128
+	for i := 0; ok && i < len(token); i++ {
+		c := token[i]
+		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+	}
+	if !ok {
+		if len(token) > 140 {
+			token = token[:140] + "..."
+		}
+		return fmt.Errorf("token %q: %w: want 1 to 128 of A-Z, a-z, 0-9, '_' and '-'", token, ErrInvalid)
 	}
 	return nil
 }
