@@ -321,6 +321,11 @@ func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
 
 // fetch makes one backend call and stores its answer.
 func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
+	// A caller that missed just before another call for k finished would
+	// ask the backend again: look once more.
+	if e, fresh := c.get(k); fresh {
+		return e, nil
+	}
 	k = cloneKey(k) // kept in the cache: do not pin the caller's buffers
 	h, i := c.hashKey(k)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LoadTimeout)
