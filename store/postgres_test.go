@@ -14,6 +14,18 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
+// openMigrated opens the PostgreSQL store at dsn with its schema applied,
+// closed when the test ends.
+func openMigrated(t *testing.T, dsn string) store.Store {
+	t.Helper()
+	s, err := store.Open(t.Context(), dsn, store.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func openPostgres(t *testing.T, dsn string) *store.Postgres {
 	t.Helper()
 	p, err := store.OpenPostgres(t.Context(), dsn, nil)
@@ -104,11 +116,7 @@ func TestPostgresNotifications(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
-	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openMigrated(t, dsn)
 	events := watchEvents(t, s)
 	if e := nextEvent(t, events); e.Kind != store.EventResync {
 		t.Fatalf("first event %+v, want resync", e)
@@ -153,11 +161,7 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
-	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openMigrated(t, dsn)
 	events := watchEvents(t, s)
 	if e := nextEvent(t, events); e.Kind != store.EventResync {
 		t.Fatalf("first event %+v, want resync", e)
@@ -196,11 +200,7 @@ func TestPostgresLookupUsesIndex(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
-	s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	openMigrated(t, dsn) // the schema; the test reads through its own pool
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
