@@ -23,6 +23,35 @@ type Routes interface {
 	Lookup(ctx context.Context, k store.Key) (store.Route, error)
 }
 
+// LoopHeader, on a 508, names the cluster the answering proxy's tombstone
+// points to.
+const LoopHeader = "Replproxy-Loop"
+
+// errStaleForward: the proxy we forwarded to says the repl lives here.
+var errStaleForward = errors.New("forwarded on a stale tombstone")
+
+// staleForward handles a forward that came back as a loop pointing here:
+// during a move back, this proxy's cache can still hold the tombstone its
+// own store just replaced (the notification is milliseconds behind). It
+// asks the store again and, when the repl is live here and the request
+// has no body to replay, serves it locally; otherwise it passes the 508 on.
+func (h *Handler) staleForward(w http.ResponseWriter, r *http.Request, ex *exchange) {
+	rf, ok := h.routes.(refresher)
+	if ok && (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "") {
+		if route, err := rf.Refresh(r.Context(), ex.key); err == nil && route.Kind == store.RouteLocal {
+			ex.route = routeLocal
+			ex.target = route.Endpoints[int(h.next.Add(1)%uint64(len(route.Endpoints)))]
+			ex.upstreamAt = time.Time{}
+			h.proxy.ServeHTTP(w, r)
+			return
+		}
+	}
+	ex.route = routeLoop
+	w.Header().Set(LoopHeader, h.cfg.Cluster)
+	writePage(w, r, http.StatusLoopDetected, "Loop Detected",
+		"This repl's tombstone here and the cluster it names disagree about where it lives. A request is forwarded at most once.")
+}
+
 // refresher is a Routes that can drop a cached route and ask the store
 // again (store.Cache).
 type refresher interface {
@@ -87,6 +116,7 @@ type exchange struct {
 	upstreamDur time.Duration
 	status      int // set when the response was not written (499)
 	rec         *recorder
+	key         store.Key
 }
 
 type exchangeKey struct{}
@@ -161,7 +191,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writePage(rec, r, http.StatusServiceUnavailable, "Service Unavailable", "The routing table cannot be read right now; try again in a few seconds.")
 		return
 	}
-	ex.replID = route.ReplID
+	ex.replID, ex.key = route.ReplID, key
 
 	switch route.Kind {
 	case store.RouteLocal:
@@ -174,6 +204,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.logger.Error("forwarding loop: a forwarded request met a tombstone",
 				zap.String("host", r.Host), zap.String("repl_id", route.ReplID), zap.String("from", ex.source),
 				zap.String("tombstone_to", route.Cluster), zap.String("request_id", ex.id))
+			// Say where this cluster's tombstone points: when that is the
+			// cluster that forwarded the request, its own route was stale
+			// (see staleForward) and it can serve the request itself.
+			rec.Header().Set(LoopHeader, route.Cluster)
 			writePage(rec, r, http.StatusLoopDetected, "Loop Detected",
 				"This repl was forwarded here from cluster "+ex.source+", but this cluster's tombstone sends it on to "+route.Cluster+
 					": the clusters disagree about where it lives. A request is forwarded at most once.")
@@ -285,6 +319,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	ex.upstreamDur = time.Since(ex.upstreamAt)
 	h.metrics.upstreamTime(ex.route, ex.upstreamDur)
 	resp.Header.Set("X-Request-Id", ex.id)
+	if ex.route == routeForwarded && resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(LoopHeader) == h.cfg.Cluster {
+		return errStaleForward
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.takeOver(ex, resp)
 	}
@@ -297,6 +334,10 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
 	ex := exchangeOf(r.Context())
 	if errors.Is(err, errUpgraded) {
+		return
+	}
+	if errors.Is(err, errStaleForward) {
+		h.staleForward(w, r, ex)
 		return
 	}
 	if !ex.upstreamAt.IsZero() {

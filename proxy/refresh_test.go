@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -72,4 +73,56 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 	if stale.refreshes != 1 {
 		t.Errorf("refreshes = %d, want 1", stale.refreshes)
 	}
+}
+
+// TestStaleTombstoneAtTheSenderIsServedLocally: a repl moves back to east.
+// East's cache still holds its old tombstone to west for a moment, so east
+// forwards; west's (fresh) tombstone points back at east and west answers
+// 508 naming east. East then asks its store, finds the repl live, and
+// serves the request itself: the client never sees the 508.
+func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
+	app := echoServer(t, "east-app")
+	east := httptest.NewUnstartedServer(nil)
+	west := httptest.NewUnstartedServer(nil)
+	reg := registryFor(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
+	eastRoutes := refreshingRoutes{&staleRoutes{
+		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2},
+		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{hostOf(app.URL)}, Generation: 3},
+	}}
+	westRoutes := &staleRoutes{cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 3}}
+	for _, c := range []struct {
+		srv    *httptest.Server
+		name   string
+		routes proxy.Routes
+	}{{east, "east", eastRoutes}, {west, "west", westRoutes}} {
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret}, c.routes, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.srv.Config.Handler = h
+		c.srv.Start()
+		defer c.srv.Close()
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, _ := http.NewRequest(method, east.URL+"/page", nil)
+		req.Host = "blog.alice.repl.test"
+		resp, body := doBody(t, req)
+		if resp.StatusCode != http.StatusOK || decode(t, body).Name != "east-app" {
+			t.Fatalf("%s: status %d %q, want east's container", method, resp.StatusCode, body)
+		}
+	}
+	if eastRoutes.refreshes != 2 {
+		t.Errorf("east refreshed %d times, want once per request", eastRoutes.refreshes)
+	}
+}
+
+func doBody(t *testing.T, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
 }
