@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -43,7 +44,7 @@ func TestCertsList(t *testing.T) {
 		f.ok(t, "migrate", "--all")
 		ctx := context.Background()
 		notAfter := time.Now().Add(60 * 24 * time.Hour).Truncate(time.Second)
-		st, err := store.Open(ctx, f.stores["east"], store.OpenOptions{})
+		st, err := cluster.Open(ctx, f.stores["east"], cluster.OpenOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,12 +9,16 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
+	"github.com/replproxy/replproxy/store/postgres"
 )
 
 // opened is one cluster's store, or why it could not be opened.
 type opened struct {
-	cluster store.Cluster
+	cluster cluster.Cluster
 	store   store.Store
 	err     error
 }
@@ -28,7 +32,7 @@ func (a *app) openStores(ctx context.Context, names ...string) ([]opened, func()
 	if err != nil {
 		return nil, nil, err
 	}
-	var clusters []store.Cluster
+	var clusters []cluster.Cluster
 	if len(names) == 0 {
 		clusters = reg.Clusters
 	}
@@ -46,7 +50,7 @@ func (a *app) openStores(ctx context.Context, names ...string) ([]opened, func()
 		wg.Go(func() {
 			// On error store.Open returns a nil pointer in a non-nil
 			// interface: keep only a store that opened.
-			s, err := store.Open(ctx, c.Store, store.OpenOptions{Logger: a.logger})
+			s, err := cluster.Open(ctx, c.Store, cluster.OpenOptions{Logger: a.logger})
 			if err != nil {
 				out[i].err = fmt.Errorf("cluster %s: %w", c.Name, err)
 				return
@@ -90,20 +94,20 @@ func (a *app) openAll(ctx context.Context, why string) (map[string]store.Store, 
 }
 
 // cluster returns the named cluster of the registry.
-func (a *app) cluster(name string) (store.Cluster, error) {
+func (a *app) cluster(name string) (cluster.Cluster, error) {
 	reg, err := a.registry()
 	if err != nil {
-		return store.Cluster{}, err
+		return cluster.Cluster{}, err
 	}
 	c, ok := reg.Cluster(name)
 	if !ok {
-		return store.Cluster{}, fmt.Errorf("%w: cluster %q is not in the registry %s (it has %s)", store.ErrNotFound, name, a.globals.registry, join(reg.Names()))
+		return cluster.Cluster{}, fmt.Errorf("%w: cluster %q is not in the registry %s (it has %s)", store.ErrNotFound, name, a.globals.registry, join(reg.Names()))
 	}
 	return c, nil
 }
 
 func backendOf(addr string) string {
-	if store.IsPostgresDSN(addr) {
+	if dsn.IsPostgres(addr) {
 		return "postgres"
 	}
 	return "embedded"
@@ -178,11 +182,11 @@ func clustersStatusCommand() command {
 }
 
 // status opens one cluster's store and counts what it holds.
-func (a *app) status(ctx context.Context, c store.Cluster) clusterStatus {
-	s := clusterStatus{Cluster: c.Name, Backend: backendOf(c.Store), Store: store.RedactDSN(c.Store)}
+func (a *app) status(ctx context.Context, c cluster.Cluster) clusterStatus {
+	s := clusterStatus{Cluster: c.Name, Backend: backendOf(c.Store), Store: dsn.Redact(c.Store)}
 	var st store.Store
-	if store.IsPostgresDSN(c.Store) {
-		p, err := store.OpenPostgres(ctx, c.Store, a.logger)
+	if dsn.IsPostgres(c.Store) {
+		p, err := postgres.Open(ctx, c.Store, a.logger)
 		if err != nil {
 			s.Error = err.Error()
 			return s
@@ -199,7 +203,7 @@ func (a *app) status(ctx context.Context, c store.Cluster) clusterStatus {
 		}
 		st = p
 	} else {
-		e, err := store.OpenEmbedded(ctx, c.Store, a.logger)
+		e, err := embedded.Open(ctx, c.Store, a.logger)
 		if err != nil {
 			s.Error = err.Error()
 			return s
@@ -229,18 +233,18 @@ type migrated struct {
 
 func migrateCommand() command {
 	var (
-		cluster string
-		all     bool
+		name string
+		all  bool
 	)
 	return command{
 		name:    "migrate",
 		summary: "Applies the pending schema migrations to the PostgreSQL store of one cluster (--cluster) or of\nevery cluster (--all). Migrating is idempotent and safe to run from several places at once.\nEmbedded stores have no schema: they are only checked.",
 		flags: func(fs *flag.FlagSet) {
-			fs.StringVar(&cluster, "cluster", "", "the `NAME` of the cluster to migrate")
+			fs.StringVar(&name, "cluster", "", "the `NAME` of the cluster to migrate")
 			fs.BoolVar(&all, "all", false, "migrate every cluster of the registry")
 		},
 		run: func(ctx context.Context, a *app, _ []string) error {
-			if (cluster == "") == !all {
+			if (name == "") == !all {
 				return usagef("migrate: give --cluster NAME or --all")
 			}
 			reg, err := a.registry()
@@ -248,12 +252,12 @@ func migrateCommand() command {
 				return err
 			}
 			clusters := reg.Clusters
-			if cluster != "" {
-				c, err := a.cluster(cluster)
+			if name != "" {
+				c, err := a.cluster(name)
 				if err != nil {
 					return err
 				}
-				clusters = []store.Cluster{c}
+				clusters = []cluster.Cluster{c}
 			}
 			out := make([]migrated, len(clusters))
 			for i, c := range clusters { // one at a time: each logs its migrations
@@ -290,10 +294,10 @@ func migrateCommand() command {
 	}
 }
 
-func (a *app) migrate(ctx context.Context, c store.Cluster) migrated {
+func (a *app) migrate(ctx context.Context, c cluster.Cluster) migrated {
 	m := migrated{Cluster: c.Name, Backend: backendOf(c.Store)}
-	if !store.IsPostgresDSN(c.Store) {
-		e, err := store.OpenEmbedded(ctx, c.Store, a.logger)
+	if !dsn.IsPostgres(c.Store) {
+		e, err := embedded.Open(ctx, c.Store, a.logger)
 		if err != nil {
 			m.Error = err.Error()
 			return m
@@ -302,7 +306,7 @@ func (a *app) migrate(ctx context.Context, c store.Cluster) migrated {
 		m.Result = "nothing to migrate: an embedded store has no schema"
 		return m
 	}
-	p, err := store.OpenPostgres(ctx, c.Store, a.logger)
+	p, err := postgres.Open(ctx, c.Store, a.logger)
 	if err != nil {
 		m.Error = err.Error()
 		return m

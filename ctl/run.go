@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/store"
 )
@@ -138,7 +139,7 @@ type app struct {
 	zoneV          store.Zone
 	hasZone        bool
 	logger         *zap.Logger
-	reg            *store.Registry
+	reg            *cluster.Registry
 	set            map[string]bool // global flags given on the command line
 }
 
@@ -299,14 +300,14 @@ func (a *app) setup(fs *flag.FlagSet) error {
 }
 
 // registry loads the registry named by -registry.
-func (a *app) registry() (*store.Registry, error) {
+func (a *app) registry() (*cluster.Registry, error) {
 	if a.reg != nil {
 		return a.reg, nil
 	}
 	if a.globals.registry == "" {
 		return nil, usagef("no registry: give -registry FILE or set %s", cli.EnvName(envPrefix, "registry"))
 	}
-	reg, err := store.LoadRegistry(a.globals.registry)
+	reg, err := cluster.Load(a.globals.registry)
 	if err != nil {
 		return nil, fmt.Errorf("load registry: %w", err)
 	}

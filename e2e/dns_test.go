@@ -13,6 +13,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
 )
 
 // The DNS world of the e2e tests: two clusters with embedded stores.
@@ -182,11 +183,11 @@ func TestDNSMoveAndOutage(t *testing.T) {
 	have(t, "dig", "dnsutils")
 	servers := pgtest.StartN(t, 2)
 	ctx := context.Background()
-	var stores [2]*store.Postgres
+	var stores [2]*postgres.Store
 	var dsns [2]string
 	for i, srv := range servers {
 		dsns[i] = srv.NewDatabase(t)
-		p, err := store.OpenPostgres(ctx, dsns[i], zaptest.NewLogger(t))
+		p, err := postgres.Open(ctx, dsns[i], zaptest.NewLogger(t))
 		if err != nil {
 			t.Fatal(err)
 		}

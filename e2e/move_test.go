@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/miekg/dns"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
 )
@@ -53,7 +54,7 @@ func startPlatform(t *testing.T) *platform {
 	reg.WriteString("clusters:\n")
 	for i, name := range names {
 		dsns[name] = servers[i].NewDatabase(t)
-		s, err := store.Open(ctx, dsns[name], store.OpenOptions{Migrate: true})
+		s, err := cluster.Open(ctx, dsns[name], cluster.OpenOptions{Migrate: true})
 		if err != nil {
 			t.Fatal(err)
 		}

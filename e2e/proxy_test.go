@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
 )
@@ -85,7 +86,7 @@ func TestReplproxyBinary(t *testing.T) {
 	dsns := []string{servers[0].NewDatabase(t), servers[1].NewDatabase(t)}
 	stores := make([]store.Store, 2)
 	for i, dsn := range dsns {
-		s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+		s, err := cluster.Open(ctx, dsn, cluster.OpenOptions{Migrate: true})
 		if err != nil {
 			t.Fatal(err)
 		}

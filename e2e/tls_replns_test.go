@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
@@ -32,7 +33,7 @@ func TestTLSOnDemandThroughReplns(t *testing.T) {
 	acmetest.NeedTool(t, "pebble", "pebble")
 	ctx := context.Background()
 	dsn := pgtest.Start(t).NewDatabase(t)
-	st, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+	st, err := cluster.Open(ctx, dsn, cluster.OpenOptions{Migrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -21,7 +22,7 @@ import (
 //
 // Check holds between any two steps of a move, and once it is done. An
 // error reading a cluster is returned as is.
-func Check(ctx context.Context, reg *store.Registry, stores map[string]store.Store, replID string) error {
+func Check(ctx context.Context, reg *cluster.Registry, stores map[string]store.Store, replID string) error {
 	st, err := Survey(ctx, reg, stores, replID)
 	if err != nil {
 		return err
@@ -32,7 +33,7 @@ func Check(ctx context.Context, reg *store.Registry, stores map[string]store.Sto
 // CheckSettled is Check, and also that the repl is live in one cluster
 // only and that every tombstone names that cluster at its generation:
 // the state a finished move leaves.
-func CheckSettled(ctx context.Context, reg *store.Registry, stores map[string]store.Store, replID string) error {
+func CheckSettled(ctx context.Context, reg *cluster.Registry, stores map[string]store.Store, replID string) error {
 	st, err := Survey(ctx, reg, stores, replID)
 	if err != nil {
 		return err

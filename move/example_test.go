@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/move"
 	"github.com/replproxy/replproxy/store"
 )
@@ -20,7 +21,7 @@ func ExampleMover_Move() {
 	for _, f := range []string{"east.yaml", "west.yaml"} {
 		_ = os.WriteFile(filepath.Join(dir, f), nil, 0o644)
 	}
-	reg, err := store.ParseRegistry(filepath.Join(dir, "clusters.yaml"), []byte(`
+	reg, err := cluster.Parse(filepath.Join(dir, "clusters.yaml"), []byte(`
 clusters:
   - {name: east, proxy_ipv4: [192.0.2.10], forward: "10.0.0.10:8443", store: east.yaml}
   - {name: west, proxy_ipv4: [198.51.100.10], forward: "10.1.0.10:8443", store: west.yaml}
@@ -31,7 +32,7 @@ clusters:
 	}
 	stores := map[string]store.Store{}
 	for _, c := range reg.Clusters {
-		s, err := store.Open(ctx, c.Store, store.OpenOptions{})
+		s, err := cluster.Open(ctx, c.Store, cluster.OpenOptions{})
 		if err != nil {
 			fmt.Println(err)
 			return

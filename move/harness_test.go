@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/move"
 	"github.com/replproxy/replproxy/store"
@@ -27,7 +28,7 @@ func TestMain(m *testing.M) {
 // fleet is the clusters of a test: a registry and one store per cluster,
 // each behind a faulty wrapper that can make its calls fail.
 type fleet struct {
-	reg    *store.Registry
+	reg    *cluster.Registry
 	names  []string
 	addrs  map[string]string // store addresses
 	stores map[string]store.Store
@@ -87,7 +88,7 @@ func newFleet(t *testing.T, names []string, addrs map[string]string, pg map[stri
 	for i, n := range names {
 		fmt.Fprintf(&b, "  - name: %s\n    proxy_ipv4: [192.0.2.%d]\n    forward: 10.0.0.%d:8443\n    store: %q\n", n, i+1, i+1, addrs[n])
 	}
-	reg, err := store.ParseRegistry(filepath.Join(t.TempDir(), "clusters.yaml"), []byte(b.String()))
+	reg, err := cluster.Parse(filepath.Join(t.TempDir(), "clusters.yaml"), []byte(b.String()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func (f *fleet) open(t *testing.T) {
 	f.stores = map[string]store.Store{}
 	f.faults = map[string]*faulty{}
 	for _, n := range f.names {
-		s, err := store.Open(t.Context(), f.addrs[n], store.OpenOptions{Migrate: true})
+		s, err := cluster.Open(t.Context(), f.addrs[n], cluster.OpenOptions{Migrate: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -22,7 +23,7 @@ type Hooks struct {
 
 // Mover moves repls between the clusters of a registry.
 type Mover struct {
-	reg    *store.Registry
+	reg    *cluster.Registry
 	stores map[string]store.Store
 	hooks  Hooks
 	logger *zap.Logger
@@ -31,7 +32,7 @@ type Mover struct {
 // New returns a Mover over the clusters of reg, whose stores are in
 // stores by cluster name: one for every cluster of the registry, since a
 // move looks at all of them. A nil logger means zap.NewNop().
-func New(reg *store.Registry, stores map[string]store.Store, hooks Hooks, logger *zap.Logger) (*Mover, error) {
+func New(reg *cluster.Registry, stores map[string]store.Store, hooks Hooks, logger *zap.Logger) (*Mover, error) {
 	if err := checkStores(reg, stores); err != nil {
 		return nil, fmt.Errorf("new mover: %w", err)
 	}

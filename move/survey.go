@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -33,7 +34,7 @@ type State struct {
 // Survey reads the repl's live row, tombstone and domains in every cluster
 // of the registry, concurrently. It fails when a cluster cannot be read,
 // naming it: a move must see every cluster before it changes any.
-func Survey(ctx context.Context, reg *store.Registry, stores map[string]store.Store, replID string) (State, error) {
+func Survey(ctx context.Context, reg *cluster.Registry, stores map[string]store.Store, replID string) (State, error) {
 	if err := checkStores(reg, stores); err != nil {
 		return State{}, err
 	}
@@ -78,7 +79,7 @@ func SurveyCluster(ctx context.Context, cluster string, s store.Store, replID st
 
 // checkStores checks that there is one store per cluster of the registry
 // and no other.
-func checkStores(reg *store.Registry, stores map[string]store.Store) error {
+func checkStores(reg *cluster.Registry, stores map[string]store.Store) error {
 	if reg == nil || len(reg.Clusters) == 0 {
 		return fmt.Errorf("%w: no clusters: the registry is empty", store.ErrInvalid)
 	}

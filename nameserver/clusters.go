@@ -12,13 +12,15 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // Source is the data a Handler answers from. *Clusters is the real one.
 type Source interface {
 	// Clusters lists the clusters, whose positions Host returns.
-	Clusters() []store.Cluster
+	Clusters() []cluster.Cluster
 	// Host returns the position of the cluster that hosts the repl named
 	// by k (KeyRepl or KeyReplID): of the clusters where it is live, the
 	// one with the highest generation. It returns an error wrapping
@@ -39,28 +41,28 @@ type Source interface {
 // ClustersConfig tunes Clusters. The zero value is usable.
 type ClustersConfig struct {
 	// Cache configures each cluster's route cache.
-	Cache store.CacheConfig
+	Cache routecache.Config
 	// Open opens a cluster's store. Nil means store.Open without
 	// migrations (replns only reads).
 	Open func(ctx context.Context, addr string) (store.Store, error)
 }
 
 // Clusters reads every cluster of the registry: each store through a
-// store.Cache kept current by change notifications, beside an index of the
+// routecache.Cache kept current by change notifications, beside an index of the
 // cluster's live repls that turns names no cluster has into NXDOMAIN
 // without a database query. Run opens the stores and keeps both current.
 type Clusters struct {
-	list   []store.Cluster
-	cs     []*cluster
+	list   []cluster.Cluster
+	cs     []*member
 	cfg    ClustersConfig
 	logger *zap.Logger
 }
 
 var _ Source = (*Clusters)(nil)
 
-type cluster struct {
-	info  store.Cluster
-	cache atomic.Pointer[store.Cache] // nil until the store is open
+type member struct {
+	info  cluster.Cluster
+	cache atomic.Pointer[routecache.Cache] // nil until the store is open
 	index *index
 	// queries counts the store calls the index makes.
 	queries atomic.Uint64
@@ -69,7 +71,7 @@ type cluster struct {
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
 // until Run.
-func NewClusters(reg *store.Registry, cfg ClustersConfig, logger *zap.Logger) (*Clusters, error) {
+func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) (*Clusters, error) {
 	if reg == nil || len(reg.Clusters) == 0 {
 		return nil, errors.New("clusters: the registry names no cluster")
 	}
@@ -80,17 +82,17 @@ func NewClusters(reg *store.Registry, cfg ClustersConfig, logger *zap.Logger) (*
 	if c.cfg.Open == nil {
 		storeLogger := logger.Named("store")
 		c.cfg.Open = func(ctx context.Context, addr string) (store.Store, error) {
-			return store.Open(ctx, addr, store.OpenOptions{Logger: storeLogger})
+			return cluster.Open(ctx, addr, cluster.OpenOptions{Logger: storeLogger})
 		}
 	}
 	for _, info := range c.list {
-		c.cs = append(c.cs, &cluster{info: info, index: newIndex()})
+		c.cs = append(c.cs, &member{info: info, index: newIndex()})
 	}
 	return c, nil
 }
 
 // Clusters implements Source.
-func (c *Clusters) Clusters() []store.Cluster { return c.list }
+func (c *Clusters) Clusters() []cluster.Cluster { return c.list }
 
 // Host implements Source. Each cluster that knows the repl offers a
 // candidate: itself when the repl is live there, or the cluster its
@@ -204,7 +206,7 @@ type ClusterStatus struct {
 	Open, Synced, Current bool
 	Indexed               int    // live repls in the index
 	IndexQueries          uint64 // store calls made to keep the index
-	Cache                 store.CacheStats
+	Cache                 routecache.Stats
 }
 
 // Status reports on every cluster, in registry order.
@@ -256,7 +258,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
 
-func (c *Clusters) run(ctx context.Context, cl *cluster) {
+func (c *Clusters) run(ctx context.Context, cl *member) {
 	logger := c.logger.With(zap.String("cluster", cl.info.Name))
 	var st store.Store
 	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
@@ -277,7 +279,7 @@ func (c *Clusters) run(ctx context.Context, cl *cluster) {
 		}
 	}()
 
-	cache := store.NewCache(st, c.cfg.Cache, logger)
+	cache := routecache.New(st, c.cfg.Cache, logger)
 	cl.cache.Store(cache)
 	logger.Info("store open")
 
@@ -307,7 +309,7 @@ func (c *Clusters) run(ctx context.Context, cl *cluster) {
 }
 
 // maintain keeps cl's index current from the events in q.
-func (c *Clusters) maintain(ctx context.Context, cl *cluster, st store.Store, q *eventQueue, logger *zap.Logger) {
+func (c *Clusters) maintain(ctx context.Context, cl *member, st store.Store, q *eventQueue, logger *zap.Logger) {
 	backoff := minBackoff
 	for {
 		select {

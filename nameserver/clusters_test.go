@@ -13,7 +13,9 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
 )
 
 // countingStore counts the lookups that reach a store.
@@ -37,7 +39,7 @@ func (c *countingStore) Challenges(ctx context.Context, name string) ([]store.Ch
 func counting(open func(ctx context.Context, addr string) (store.Store, error)) (ClustersConfig, func() (lookups, challenges int64)) {
 	if open == nil {
 		open = func(ctx context.Context, addr string) (store.Store, error) {
-			return store.Open(ctx, addr, store.OpenOptions{})
+			return cluster.Open(ctx, addr, cluster.OpenOptions{})
 		}
 	}
 	var (
@@ -164,7 +166,7 @@ func TestCreatedReplResolves(t *testing.T) {
 		t.Fatalf("owner before: %s", got)
 	}
 
-	west, err := store.OpenEmbedded(context.Background(), filepath.Join(filepath.Dir(path), "west.yaml"), zaptest.NewLogger(t))
+	west, err := embedded.Open(context.Background(), filepath.Join(filepath.Dir(path), "west.yaml"), zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@
 //
 // A Handler implements the zone's semantics (DESIGN.md, "The nameserver")
 // over a Source; Clusters is the Source that reads every cluster of the
-// registry through store.Cache, beside an in-memory index of live repls
+// registry through routecache.Cache, beside an in-memory index of live repls
 // that answers names no cluster has without touching a database. A Server
 // answers over UDP (several SO_REUSEPORT sockets, read by a fixed number
 // of goroutines, with response rate limiting) and TCP. NewAdminHandler

@@ -10,9 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/replproxy/replproxy/cluster"
 	"go.uber.org/zap/zaptest"
-
-	"github.com/replproxy/replproxy/store"
 )
 
 // The test world: two clusters with embedded stores.
@@ -101,7 +100,7 @@ func testConfig() Config {
 // ends, and waits until every cluster is synced.
 func startClusters(t testing.TB, path string, cfg ClustersConfig) *Clusters {
 	t.Helper()
-	reg, err := store.LoadRegistry(path)
+	reg, err := cluster.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -118,7 +119,7 @@ func NewHandler(cfg Config, src Source, logger *zap.Logger) (*Handler, error) {
 func seconds(d time.Duration) uint32 { return uint32(d / time.Second) }
 
 // makeTarget prepares the answers for the repls of cluster c.
-func (h *Handler) makeTarget(c store.Cluster) target {
+func (h *Handler) makeTarget(c cluster.Cluster) target {
 	t := target{name: c.Name}
 	for _, ip := range c.ProxyIPv4 {
 		a := ip.As4()

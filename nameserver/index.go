@@ -99,7 +99,7 @@ func (x *index) stale() {
 }
 
 // replace rebuilds the index from every live repl and tombstone, and
-// marks it current. A live repl wins a name over a tombstone, as in the
+// marks it current. The row store.Prefer picks owns each name, as in the
 // store's lookups.
 func (x *index) replace(repls []store.Repl, tombstones []store.Tombstone) {
 	byName := make(map[replName]indexEntry, len(repls)+len(tombstones))
@@ -107,7 +107,7 @@ func (x *index) replace(repls []store.Repl, tombstones []store.Tombstone) {
 	owners := make(map[string]int)
 	for _, t := range tombstones {
 		e := indexEntry{id: t.ReplID, owner: t.Owner, slug: t.Slug, generation: t.Generation, movedTo: t.Cluster}
-		if old, ok := byName[replName{t.Owner, t.Slug}]; !ok || old.generation < t.Generation {
+		if old, ok := byName[replName{t.Owner, t.Slug}]; !ok || store.Prefer(e.claim(), old.claim()) {
 			byName[replName{t.Owner, t.Slug}] = e
 		}
 		byID[t.ReplID] = e
@@ -139,8 +139,8 @@ func (x *index) put(r store.Repl) {
 	x.putLocked(indexEntry{id: r.ID, owner: r.Owner, slug: r.Slug, generation: r.Generation})
 }
 
-// putTombstone records that the repl moved from here to t.Cluster; a live
-// repl holding the same name keeps it.
+// putTombstone records that the repl moved from here to t.Cluster; a row
+// that store.Prefer picks over it keeps the name.
 func (x *index) putTombstone(t store.Tombstone) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -148,8 +148,8 @@ func (x *index) putTombstone(t store.Tombstone) {
 		x.dropLocked(old)
 	}
 	e := indexEntry{id: t.ReplID, owner: t.Owner, slug: t.Slug, generation: t.Generation, movedTo: t.Cluster}
-	if cur, ok := x.byName[replName{t.Owner, t.Slug}]; ok && cur.movedTo == "" {
-		x.byID[t.ReplID] = e // by id only: the name is a live repl's
+	if cur, ok := x.byName[replName{t.Owner, t.Slug}]; ok && store.Prefer(cur.claim(), e.claim()) {
+		x.byID[t.ReplID] = e // by id only: the name is another row's
 		x.owners[t.Owner]++
 		return
 	}
@@ -187,4 +187,9 @@ func (x *index) size() (n int, current, built bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return len(x.byID), x.current, x.built
+}
+
+// claim is what an entry says about the name it holds (store.Prefer).
+func (e indexEntry) claim() store.Claim {
+	return store.Claim{Live: e.movedTo == "", Generation: e.generation, ReplID: e.id}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
 )
 
 // TestPostgres runs replns over two clusters with PostgreSQL stores on
@@ -23,10 +24,10 @@ func TestPostgres(t *testing.T) {
 	servers := pgtest.StartN(t, 2)
 	ctx := context.Background()
 	var dsns [2]string
-	var stores [2]*store.Postgres
+	var stores [2]*postgres.Store
 	for i, srv := range servers {
 		dsns[i] = srv.NewDatabase(t)
-		p, err := store.OpenPostgres(ctx, dsns[i], zaptest.NewLogger(t))
+		p, err := postgres.Open(ctx, dsns[i], zaptest.NewLogger(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -37,7 +38,7 @@ func TestPostgres(t *testing.T) {
 		stores[i] = p
 	}
 	east, west := stores[0], stores[1]
-	mustCreate := func(t *testing.T, s *store.Postgres, r store.Repl) {
+	mustCreate := func(t *testing.T, s *postgres.Store, r store.Repl) {
 		t.Helper()
 		if r.Endpoints == nil {
 			r.Endpoints = []string{"127.0.0.1:9000"}

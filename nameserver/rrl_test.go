@@ -10,14 +10,15 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
 // emptySource has one cluster and no repls.
 type emptySource struct{}
 
-func (emptySource) Clusters() []store.Cluster {
-	return []store.Cluster{{Name: "east", ProxyIPv4: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}}
+func (emptySource) Clusters() []cluster.Cluster {
+	return []cluster.Cluster{{Name: "east", ProxyIPv4: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}}
 }
 func (emptySource) Host(context.Context, store.Key) (int, error) { return -1, store.ErrNotFound }
 func (emptySource) HasOwner(string) bool                         { return false }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -17,7 +18,7 @@ type Config struct {
 	Cluster string
 	// Registry lists the clusters; tombstones are forwarded to the
 	// Forward address of the cluster they name. Required.
-	Registry *store.Registry
+	Registry *cluster.Registry
 	// HopSecret signs and verifies hop marks; every cluster shares it.
 	// Required, at least 32 bytes.
 	HopSecret []byte

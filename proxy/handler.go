@@ -17,7 +17,7 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
-// Routes resolves routable keys: the route cache (store.Cache) in
+// Routes resolves routable keys: the route cache (routecache.Cache) in
 // production.
 type Routes interface {
 	Lookup(ctx context.Context, k store.Key) (store.Route, error)
@@ -53,7 +53,7 @@ func (h *Handler) staleForward(w http.ResponseWriter, r *http.Request, ex *excha
 }
 
 // refresher is a Routes that can drop a cached route and ask the store
-// again (store.Cache).
+// again (routecache.Cache).
 type refresher interface {
 	Refresh(ctx context.Context, k store.Key) (store.Route, error)
 }

@@ -18,8 +18,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 func TestMain(m *testing.M) {
@@ -47,7 +49,7 @@ func freeAddr(t testing.TB) string {
 type testCluster struct {
 	Name    string
 	Store   store.Store
-	Cache   *store.Cache
+	Cache   *routecache.Cache
 	Addr    string // the proxy's HTTP address (also its forward address)
 	Logs    *observer.ObservedLogs
 	Metrics *prometheus.Registry
@@ -62,7 +64,7 @@ func (c *testCluster) URL(path string) string { return "http://" + c.Addr + path
 
 // registryFor writes a registry naming the clusters with their forward
 // addresses and store addresses.
-func registryFor(t testing.TB, clusters map[string][2]string) *store.Registry {
+func registryFor(t testing.TB, clusters map[string][2]string) *cluster.Registry {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("clusters:\n")
@@ -75,7 +77,7 @@ func registryFor(t testing.TB, clusters map[string][2]string) *store.Registry {
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := store.LoadRegistry(path)
+	reg, err := cluster.Load(path)
 	if err != nil {
 		t.Fatalf("registry:\n%s\n%v", b.String(), err)
 	}
@@ -89,7 +91,7 @@ func embeddedStore(t testing.TB) (store.Store, string) {
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.Open(context.Background(), path, store.OpenOptions{})
+	s, err := cluster.Open(context.Background(), path, cluster.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,15 +102,15 @@ func embeddedStore(t testing.TB) (store.Store, string) {
 type clusterOpts struct {
 	tweak  func(*proxy.Config)
 	server func(*proxy.ServerConfig)
-	cache  store.CacheConfig
+	cache  routecache.Config
 }
 
 // startCluster runs a proxy for cluster name on addr over st.
-func startCluster(t testing.TB, name, addr string, st store.Store, reg *store.Registry, o clusterOpts) *testCluster {
+func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.Registry, o clusterOpts) *testCluster {
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	cache := store.NewCache(st, o.cache, logger)
+	cache := routecache.New(st, o.cache, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = cache.Run(ctx) }()

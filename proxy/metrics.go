@@ -6,8 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // Route kinds, as logged and as the "route" label of the metrics.
@@ -48,7 +47,7 @@ func routeIndex(route string) int {
 
 // NewMetrics registers the proxy's metrics with reg, and the route cache's
 // counters, read at scrape time from cache.
-func NewMetrics(reg prometheus.Registerer, cache *store.Cache) *Metrics {
+func NewMetrics(reg prometheus.Registerer, cache *routecache.Cache) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "replproxy_requests_total",
@@ -132,7 +131,7 @@ func (m *Metrics) upgradedDelta(d int) {
 }
 
 // cacheCollector exports the route cache's counters.
-type cacheCollector struct{ c *store.Cache }
+type cacheCollector struct{ c *routecache.Cache }
 
 var (
 	cacheHitsDesc   = prometheus.NewDesc("replproxy_route_cache_hits_total", "Route lookups answered from a fresh cache entry.", nil, nil)

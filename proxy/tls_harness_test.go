@@ -15,9 +15,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // tlsProxy is one proxy with certificates on demand.
@@ -48,7 +50,7 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	st, err := store.Open(ctx, o.storeAddr, store.OpenOptions{Migrate: true})
+	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Migrate: true})
 	if err != nil {
 		cancel()
 		t.Fatalf("open store: %v", err)
@@ -66,7 +68,7 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 	t.Cleanup(stop)
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	cache := store.NewCache(st, store.CacheConfig{}, logger)
+	cache := routecache.New(st, routecache.Config{}, logger)
 	wg.Go(func() { _ = cache.Run(ctx) })
 	select {
 	case <-cache.Synced():

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
 )
 
 // routeSet is a Routes that knows a fixed set of keys.
@@ -33,13 +34,13 @@ func (r routeSet) Lookup(_ context.Context, k store.Key) (store.Route, error) {
 	return store.Route{}, store.ErrNotFound
 }
 
-func testManager(t *testing.T, tweak func(*CertConfig)) (*CertManager, *store.Embedded) {
+func testManager(t *testing.T, tweak func(*CertConfig)) (*CertManager, *embedded.Store) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "cluster.yaml")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.OpenEmbedded(t.Context(), path, nil)
+	st, err := embedded.Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestOrderGateAdmits(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		names []string
-		setup func(*testing.T, *CertManager, *store.Embedded)
+		setup func(*testing.T, *CertManager, *embedded.Store)
 		want  error
 	}{
 		{"an owner's wildcard", []string{"*.alice.repl.test"}, nil, nil},
@@ -73,17 +74,17 @@ func TestOrderGateAdmits(t *testing.T) {
 		{"a wildcard too deep", []string{"*.blog.alice.repl.test"}, nil, errNotOurs},
 		{"the apex wildcard", []string{"*.repl.test"}, nil, errNotOurs},
 		{"one bad name spoils the order", []string{"*.alice.repl.test", "evil.example.com"}, nil, errNotOurs},
-		{"another proxy holds the lease", []string{"*.alice.repl.test"}, func(t *testing.T, _ *CertManager, st *store.Embedded) {
+		{"another proxy holds the lease", []string{"*.alice.repl.test"}, func(t *testing.T, _ *CertManager, st *embedded.Store) {
 			if got, err := st.AcquireCertLease(ctx, "*.alice.repl.test", "other", time.Minute); err != nil || !got {
 				t.Fatal(got, err)
 			}
 		}, errLeaseHeld},
-		{"our own lease", []string{"*.alice.repl.test"}, func(t *testing.T, m *CertManager, st *store.Embedded) {
+		{"our own lease", []string{"*.alice.repl.test"}, func(t *testing.T, m *CertManager, st *embedded.Store) {
 			if got, err := st.AcquireCertLease(ctx, "*.alice.repl.test", m.cfg.Holder, time.Minute); err != nil || !got {
 				t.Fatal(got, err)
 			}
 		}, nil},
-		{"the rate limit", []string{"*.bob.repl.test"}, func(t *testing.T, m *CertManager, _ *store.Embedded) {
+		{"the rate limit", []string{"*.bob.repl.test"}, func(t *testing.T, m *CertManager, _ *embedded.Store) {
 			if err := m.admitOrder(ctx, []string{"*.alice.repl.test"}); err != nil {
 				t.Fatal(err)
 			}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/proxy"
@@ -41,7 +42,7 @@ type tlsEnvOpts struct {
 func newTLSEnv(t testing.TB, o tlsEnvOpts) *tlsEnv {
 	t.Helper()
 	acmetest.NeedTool(t, "pebble", "pebble")
-	st, err := store.Open(t.Context(), o.storeAddr, store.OpenOptions{Migrate: true})
+	st, err := cluster.Open(t.Context(), o.storeAddr, cluster.OpenOptions{Migrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

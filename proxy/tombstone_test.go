@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // twoClusters runs east and west, each with its own PostgreSQL server and
@@ -26,7 +28,7 @@ func twoClusters(t *testing.T, o clusterOpts) (east, west *testCluster, servers 
 	reg := registryFor(t, map[string][2]string{"east": {addrs[0], dsns[0]}, "west": {addrs[1], dsns[1]}})
 	var cs [2]*testCluster
 	for i, name := range []string{"east", "west"} {
-		st, err := store.Open(context.Background(), dsns[i], store.OpenOptions{Migrate: true})
+		st, err := cluster.Open(context.Background(), dsns[i], cluster.OpenOptions{Migrate: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +212,7 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 
 func TestRouteChangeTakesEffectWithoutRestart(t *testing.T) {
 	// A long TTL: only the change notification can make the proxy see it.
-	east, _, _ := twoClusters(t, clusterOpts{cache: store.CacheConfig{TTL: time.Hour, NegativeTTL: time.Hour}})
+	east, _, _ := twoClusters(t, clusterOpts{cache: routecache.Config{TTL: time.Hour, NegativeTTL: time.Hour}})
 	one, two := echoServer(t, "one"), echoServer(t, "two")
 	createRepl(t, east.Store, "r1", "alice", "blog", hostOf(one.URL))
 	if _, body := get(t, east, "blog.alice.repl.test", "/", nil); decode(t, body).Name != "one" {

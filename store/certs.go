@@ -41,11 +41,6 @@ type Certs interface {
 	ReleaseCertLease(ctx context.Context, name, holder string) error
 }
 
-var (
-	_ Certs = (*Postgres)(nil)
-	_ Certs = (*Embedded)(nil)
-)
-
 // CertsOf returns the certificate storage of a store that has one (both
 // backends do).
 func CertsOf(s Store) (Certs, bool) {
@@ -93,14 +88,18 @@ func CheckCertName(name string) error {
 	return nil
 }
 
-func checkCertData(name string, data []byte) error {
+// CheckCertData checks what PutCert is given: a valid name and at most
+// 1 MiB of data.
+func CheckCertData(name string, data []byte) error {
 	if len(data) == 0 || len(data) > maxCertData {
 		return fmt.Errorf("certificate %s: %w: data must be 1 byte to 1 MiB", name, ErrInvalid)
 	}
 	return nil
 }
 
-func checkLease(name, holder string, ttl time.Duration) error {
+// CheckLease checks what AcquireCertLease is given: a valid name, a
+// holder of 1–200 characters and a positive ttl.
+func CheckLease(name, holder string, ttl time.Duration) error {
 	if err := CheckCertName(name); err != nil {
 		return err
 	}

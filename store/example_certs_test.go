@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -24,7 +25,7 @@ func ExampleListCertificates() {
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "cluster.yaml")
 	_ = os.WriteFile(path, nil, 0o644)
-	st, err := store.Open(ctx, path, store.OpenOptions{})
+	st, err := cluster.Open(ctx, path, cluster.OpenOptions{})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -243,3 +243,28 @@ type Store interface {
 	// Close releases the backend's resources.
 	Close() error
 }
+
+// Claim is what one row, a live repl or a tombstone, says about the
+// owner/slug name it carries. Several rows of a cluster may carry one name
+// (a tombstone of a repl that moved away and a new repl given its name, or
+// tombstones of several repls that held the name in turn); Prefer decides
+// which one owns it.
+type Claim struct {
+	Live       bool
+	Generation int64
+	ReplID     string
+}
+
+// Prefer reports whether a owns the name over b: a live row over a
+// tombstone, then the higher generation, then the smaller repl id. It is
+// the one rule for this: both backends' lookups and replns's name index
+// follow it, so they agree on every tie.
+func Prefer(a, b Claim) bool {
+	if a.Live != b.Live {
+		return a.Live
+	}
+	if a.Generation != b.Generation {
+		return a.Generation > b.Generation
+	}
+	return a.ReplID < b.ReplID
+}

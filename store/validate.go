@@ -1,6 +1,8 @@
 package store
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"strconv"
@@ -84,9 +86,9 @@ func validName(name string) error {
 	return nil
 }
 
-// checkActivation checks what ActivateWithDomains is given: the repl, a
+// CheckActivation checks what ActivateWithDomains is given: the repl, a
 // generation of 1 or more, and each domain with its token.
-func checkActivation(r Repl, domains []Domain) error {
+func CheckActivation(r Repl, domains []Domain) error {
 	if err := CheckRepl(r); err != nil {
 		return err
 	}
@@ -119,4 +121,12 @@ func CheckToken(token string) error {
 		return fmt.Errorf("token %q: %w: want 1 to 128 of A-Z, a-z, 0-9, '_' and '-'", token, ErrInvalid)
 	}
 	return nil
+}
+
+// NewToken returns a random domain verification token (32 hex digits,
+// which CheckToken accepts).
+func NewToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return hex.EncodeToString(b)
 }

@@ -44,7 +44,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/benchproc"
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
 )
 
 func main() {
@@ -249,7 +249,7 @@ http {
 // storage through the store package, as a proxy would.
 func storeCert(storeFile string, data []byte) error {
 	ctx := context.Background()
-	st, err := store.OpenEmbedded(ctx, storeFile, nil)
+	st, err := embedded.Open(ctx, storeFile, nil)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
 )
@@ -179,7 +180,7 @@ func run(ctx context.Context, bin string, usePostgres bool) error {
 // seed writes the sample repls into their home clusters.
 func seed(ctx context.Context, addrs map[string]string) error {
 	for name, addr := range addrs {
-		s, err := store.Open(ctx, addr, store.OpenOptions{Migrate: true})
+		s, err := cluster.Open(ctx, addr, cluster.OpenOptions{Migrate: true})
 		if err != nil {
 			return fmt.Errorf("open the %s store: %w", name, err)
 		}

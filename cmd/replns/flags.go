@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/nameserver"
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // options is everything the command line (or the environment) sets.
@@ -24,7 +24,7 @@ type options struct {
 
 	dns    nameserver.Config
 	server nameserver.ServerConfig
-	cache  store.CacheConfig
+	cache  routecache.Config
 }
 
 // envPrefix: every flag -some-name is also read from REPLNS_SOME_NAME.

@@ -23,8 +23,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/nameserver"
-	"github.com/replproxy/replproxy/store"
 )
 
 func main() {
@@ -48,7 +48,7 @@ func run(args []string) error {
 	}
 	defer func() { _ = logger.Sync() }()
 
-	reg, err := store.LoadRegistry(o.clusters)
+	reg, err := cluster.Load(o.clusters)
 	if err != nil {
 		return err
 	}

@@ -27,9 +27,12 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme/autocert"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 func main() {
@@ -50,7 +53,7 @@ type options struct {
 	gcPercent                                                   int
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
-	cache                                                       store.CacheConfig
+	cache                                                       routecache.Config
 
 	// Certificates on demand.
 	tlsOnDemand            bool
@@ -140,7 +143,7 @@ func run(ctx context.Context, args []string) error {
 	if o.proxy.Zone, err = store.NewZone(o.zone); err != nil {
 		return fmt.Errorf("-zone: %w", err)
 	}
-	if o.proxy.Registry, err = store.LoadRegistry(o.registry); err != nil {
+	if o.proxy.Registry, err = cluster.Load(o.registry); err != nil {
 		return err
 	}
 	o.proxy.Cluster = o.cluster
@@ -157,12 +160,12 @@ func run(ctx context.Context, args []string) error {
 		o.storeAddr = c.Store
 	}
 
-	st, err := store.Open(ctx, o.storeAddr, store.OpenOptions{Logger: logger, Migrate: o.migrate})
+	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Logger: logger, Migrate: o.migrate})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	cache := store.NewCache(st, o.cache, logger)
+	cache := routecache.New(st, o.cache, logger)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -192,7 +195,7 @@ func run(ctx context.Context, args []string) error {
 	go func() { defer close(watchDone); _ = cache.Run(watchCtx) }()
 	defer func() { stopWatch(); <-watchDone }()
 
-	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", store.RedactDSN(o.storeAddr)))
+	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)))
 	return srv.Serve(ctx)
 }
 
@@ -203,7 +206,7 @@ func certManager(o *options, st store.Store, routes proxy.Routes, reg prometheus
 	}
 	cs, ok := st.(proxy.CertStore)
 	if !ok {
-		return nil, fmt.Errorf("store %s keeps no certificates", store.RedactDSN(o.storeAddr))
+		return nil, fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
 	}
 	o.certs.Zone = o.proxy.Zone
 	if o.acmeCARoot != "" {

@@ -21,8 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
 )
 
 const zone = "repl.test"
@@ -51,7 +50,7 @@ func main() {
 	// replns: each cluster's database, in replproxy's schema.
 	ctx := context.Background()
 	for c, dsn := range []string{*east, *west} {
-		p, err := store.OpenPostgres(ctx, dsn, nil)
+		p, err := postgres.Open(ctx, dsn, nil)
 		check(err)
 		check(p.Migrate(ctx))
 		p.Close()

@@ -1,4 +1,4 @@
-package store_test
+package postgres_test
 
 import (
 	"context"
@@ -8,8 +8,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // fillRepls adds n repls r<i> = o<i>/s<i>, one domain d<i>.example.com per
@@ -38,7 +41,7 @@ func fillRepls(ctx context.Context, pool *pgxpool.Pool, n int) error {
 
 // explainLookup returns the plan of the query Lookup runs for k.
 func explainLookup(ctx context.Context, pool *pgxpool.Pool, k store.Key) (string, error) {
-	sql, args := store.LookupQuery(k)
+	sql, args := postgres.LookupQuery(k)
 	rows, err := pool.Query(ctx, "EXPLAIN "+sql, args...)
 	if err != nil {
 		return "", err
@@ -59,7 +62,7 @@ func explainLookup(ctx context.Context, pool *pgxpool.Pool, k store.Key) (string
 func BenchmarkLookup(b *testing.B) {
 	srv := pgtest.Start(b)
 	ctx := context.Background()
-	pg, err := store.Open(ctx, srv.NewDatabase(b), store.OpenOptions{Migrate: true})
+	pg, err := cluster.Open(ctx, srv.NewDatabase(b), cluster.OpenOptions{Migrate: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -79,7 +82,7 @@ func BenchmarkLookup(b *testing.B) {
 	})
 	// The cache runs as in the daemons: watching the store, on its own
 	// clock.
-	c := store.NewCache(pg, store.CacheConfig{}, nil)
+	c := routecache.New(pg, routecache.Config{}, nil)
 	watchCtx, stop := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = c.Run(watchCtx) }()
@@ -118,7 +121,7 @@ func BenchmarkPostgresLookupScale(b *testing.B) {
 	for _, n := range []int{1_000, 1_000_000} {
 		b.Run(fmt.Sprintf("repls=%d", n), func(b *testing.B) {
 			dsn := srv.NewDatabase(b)
-			s, err := store.Open(ctx, dsn, store.OpenOptions{Migrate: true})
+			s, err := cluster.Open(ctx, dsn, cluster.OpenOptions{Migrate: true})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package store
+package routecache
 
 import (
 	"context"
@@ -10,12 +10,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/replproxy/replproxy/store"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 )
 
-// CacheConfig tunes a Cache. The zero value is usable.
-type CacheConfig struct {
+// Config tunes a Cache. The zero value is usable.
+type Config struct {
 	// TTL bounds how long a found route is trusted without a change
 	// notification: a safety net, since notifications drop entries at once.
 	// Zero means 60 s.
@@ -39,7 +40,7 @@ type CacheConfig struct {
 	Now func() time.Time
 }
 
-func (c *CacheConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	if c.TTL <= 0 {
 		c.TTL = 60 * time.Second
 	}
@@ -63,8 +64,8 @@ func (c *CacheConfig) setDefaults() {
 	}
 }
 
-// CacheStats counts what a Cache did since it was made.
-type CacheStats struct {
+// Stats counts what a Cache did since it was made.
+type Stats struct {
 	Hits         uint64 // answered from a fresh entry, found or not
 	Misses       uint64 // had to ask the backend (or fail fast)
 	Stale        uint64 // answered from an old entry because the backend failed
@@ -81,8 +82,8 @@ type CacheStats struct {
 // a TTL and by size, one backend call per key at a time, and serve-stale
 // while the backend is down. Its Lookup makes no allocation on a hit.
 type Cache struct {
-	r      Reader
-	cfg    CacheConfig
+	r      store.Reader
+	cfg    Config
 	logger *zap.Logger
 
 	found    [cacheShards]shard
@@ -99,7 +100,7 @@ type Cache struct {
 	syncOnce  sync.Once
 
 	byReplMu sync.Mutex
-	byRepl   map[string]map[Key]struct{} // repl id → cached domain keys routing to it
+	byRepl   map[string]map[store.Key]struct{} // repl id → cached domain keys routing to it
 
 	hits, misses, stale, loads, loadErrors, evictions, invalidations atomic.Uint64
 }
@@ -118,17 +119,17 @@ type shard struct {
 }
 
 type entry struct {
-	key        Key
+	key        store.Key
 	next       *entry // same hash, other key
-	route      Route
-	challenges []Challenge
+	route      store.Route
+	challenges []store.Challenge
 	err        error // nil or ErrNotFound
 	expires    int64 // unix nanoseconds
 	epoch      uint64
 }
 
-// NewCache returns a cache in front of r. Call Run to keep it current.
-func NewCache(r Reader, cfg CacheConfig, logger *zap.Logger) *Cache {
+// New returns a cache in front of r. Call Run to keep it current.
+func New(r store.Reader, cfg Config, logger *zap.Logger) *Cache {
 	userClock := cfg.Now != nil
 	cfg.setDefaults()
 	if logger == nil {
@@ -139,7 +140,7 @@ func NewCache(r Reader, cfg CacheConfig, logger *zap.Logger) *Cache {
 		cfg:       cfg,
 		logger:    logger.Named("cache"),
 		synced:    make(chan struct{}),
-		byRepl:    make(map[string]map[Key]struct{}),
+		byRepl:    make(map[string]map[store.Key]struct{}),
 		seed:      rand.Uint64(),
 		userClock: userClock,
 	}
@@ -197,7 +198,7 @@ func (c *Cache) Synced() <-chan struct{} { return c.synced }
 // Lookup resolves a routable key like Reader.Lookup, from the cache when it
 // can. When the backend fails, a route known before is returned (stale);
 // without one the error wraps ErrUnavailable.
-func (c *Cache) Lookup(ctx context.Context, k Key) (Route, error) {
+func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 	e, fresh := c.get(k)
 	if fresh {
 		c.hits.Add(1)
@@ -205,7 +206,7 @@ func (c *Cache) Lookup(ctx context.Context, k Key) (Route, error) {
 	}
 	e, err := c.load(ctx, k, e)
 	if err != nil {
-		return Route{}, err
+		return store.Route{}, err
 	}
 	return e.route, e.err
 }
@@ -213,15 +214,15 @@ func (c *Cache) Lookup(ctx context.Context, k Key) (Route, error) {
 // Refresh drops what the cache holds for k and looks it up in the backend:
 // for a caller that has reason to think the cached route is older than the
 // store (a change notification still on its way).
-func (c *Cache) Refresh(ctx context.Context, k Key) (Route, error) {
+func (c *Cache) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
 	c.invalidate(k)
 	return c.Lookup(ctx, k)
 }
 
 // Challenges returns the unexpired challenge records named name, cached
 // like Lookup (for NegativeTTL at most, and never past a record's expiry).
-func (c *Cache) Challenges(ctx context.Context, name string) ([]Challenge, error) {
-	k := Key{Kind: KeyChallenge, Name: name}
+func (c *Cache) Challenges(ctx context.Context, name string) ([]store.Challenge, error) {
+	k := store.Key{Kind: store.KeyChallenge, Name: name}
 	e, fresh := c.get(k)
 	if fresh {
 		c.hits.Add(1)
@@ -237,7 +238,7 @@ func (c *Cache) Challenges(ctx context.Context, name string) ([]Challenge, error
 // hashKey hashes a key's strings (FNV-1a, 64 bits, from a per-cache
 // seed so that colliding names cannot be prepared in advance) and picks
 // its shard.
-func (c *Cache) hashKey(k Key) (uint64, int) {
+func (c *Cache) hashKey(k store.Key) (uint64, int) {
 	h := c.seed ^ uint64(k.Kind)
 	for _, s := range [...]string{k.Owner, k.Slug, k.ID, k.Name} {
 		for i := 0; i < len(s); i++ {
@@ -250,7 +251,7 @@ func (c *Cache) hashKey(k Key) (uint64, int) {
 	return h, int(h >> 58) // the top 6 bits: cacheShards is 64
 }
 
-func (s *shard) get(h uint64, k Key) *entry {
+func (s *shard) get(h uint64, k store.Key) *entry {
 	for e := s.entries[h]; e != nil; e = e.next {
 		if e.key == k {
 			return e
@@ -260,7 +261,7 @@ func (s *shard) get(h uint64, k Key) *entry {
 }
 
 // del removes k; the caller holds the lock.
-func (s *shard) del(h uint64, k Key) bool {
+func (s *shard) del(h uint64, k store.Key) bool {
 	var prev *entry
 	for e := s.entries[h]; e != nil; prev, e = e, e.next {
 		if e.key != k {
@@ -287,7 +288,7 @@ func (s *shard) len() int {
 }
 
 // get returns the entry for k, if any, and whether it is fresh.
-func (c *Cache) get(k Key) (*entry, bool) {
+func (c *Cache) get(k store.Key) (*entry, bool) {
 	h, i := c.hashKey(k)
 	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
 		s.mu.RLock()
@@ -302,10 +303,10 @@ func (c *Cache) get(k Key) (*entry, bool) {
 
 // load asks the backend for k, once for all concurrent callers, and serves
 // old (stale) when it fails.
-func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
+func (c *Cache) load(ctx context.Context, k store.Key, old *entry) (*entry, error) {
 	c.misses.Add(1)
 	if c.now() < c.downUntil.Load() {
-		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, ErrUnavailable))
+		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, store.ErrUnavailable))
 	}
 	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k) })
 	select {
@@ -320,7 +321,7 @@ func (c *Cache) load(ctx context.Context, k Key, old *entry) (*entry, error) {
 }
 
 // fetch makes one backend call and stores its answer.
-func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
+func (c *Cache) fetch(ctx context.Context, k store.Key) (*entry, error) {
 	// A caller that missed just before another call for k finished would
 	// ask the backend again: look once more.
 	if e, fresh := c.get(k); fresh {
@@ -340,7 +341,7 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	e := &entry{key: k, epoch: epoch}
 	ttl := c.cfg.TTL
 	var err error
-	if k.Kind == KeyChallenge {
+	if k.Kind == store.KeyChallenge {
 		e.challenges, err = c.r.Challenges(ctx, k.Name)
 		ttl = c.cfg.NegativeTTL
 		for _, ch := range e.challenges {
@@ -348,13 +349,13 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 		}
 	} else {
 		e.route, err = c.r.Lookup(ctx, k)
-		if errors.Is(err, ErrNotFound) {
-			e.err, err, ttl = ErrNotFound, nil, c.cfg.NegativeTTL
+		if errors.Is(err, store.ErrNotFound) {
+			e.err, err, ttl = store.ErrNotFound, nil, c.cfg.NegativeTTL
 		}
 	}
 	if err != nil {
 		c.loadErrors.Add(1)
-		if !errors.Is(err, ErrInvalid) {
+		if !errors.Is(err, store.ErrInvalid) {
 			c.downUntil.Store(c.now() + int64(c.cfg.RetryAfter))
 		}
 		return nil, err
@@ -363,7 +364,7 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	e.expires = c.now() + int64(ttl)
 
 	dst := &c.found[i]
-	if e.err != nil || k.Kind == KeyChallenge {
+	if e.err != nil || k.Kind == store.KeyChallenge {
 		dst = &c.negative[i]
 	}
 	c.found[i].mu.RLock()
@@ -387,11 +388,11 @@ func (c *Cache) fetch(ctx context.Context, k Key) (*entry, error) {
 	other.mu.Lock()
 	other.del(h, k)
 	other.mu.Unlock()
-	if k.Kind == KeyDomain && e.err == nil {
+	if k.Kind == store.KeyDomain && e.err == nil {
 		c.byReplMu.Lock()
 		ks := c.byRepl[e.route.ReplID]
 		if ks == nil {
-			ks = make(map[Key]struct{})
+			ks = make(map[store.Key]struct{})
 			c.byRepl[e.route.ReplID] = ks
 		}
 		ks[k] = struct{}{}
@@ -429,19 +430,19 @@ func (s *shard) put(h uint64, e *entry, now int64, evictions *atomic.Uint64) {
 }
 
 // cloneKey copies a key's strings.
-func cloneKey(k Key) Key {
+func cloneKey(k store.Key) store.Key {
 	k.Owner, k.Slug, k.ID, k.Name = strings.Clone(k.Owner), strings.Clone(k.Slug), strings.Clone(k.ID), strings.Clone(k.Name)
 	return k
 }
 
 // serveStale answers with old when there is one, counting it and logging
 // the incident once; otherwise it returns err marked unavailable.
-func (c *Cache) serveStale(k Key, old *entry, err error) (*entry, error) {
-	if errors.Is(err, ErrInvalid) {
+func (c *Cache) serveStale(k store.Key, old *entry, err error) (*entry, error) {
+	if errors.Is(err, store.ErrInvalid) {
 		return nil, err
 	}
-	if !errors.Is(err, ErrUnavailable) {
-		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	if !errors.Is(err, store.ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	if c.failing.CompareAndSwap(false, true) {
 		c.logger.Warn("store failing: serving known routes stale, unknown names fail", zap.Error(err))
@@ -461,14 +462,14 @@ func (c *Cache) recovered() {
 }
 
 // apply handles one change notification.
-func (c *Cache) apply(ev Event) {
+func (c *Cache) apply(ev store.Event) {
 	switch ev.Kind {
-	case EventResync:
+	case store.EventResync:
 		c.epoch.Add(1)
 		c.syncOnce.Do(func() { close(c.synced) })
-	case EventRepl:
-		c.invalidate(ReplKey(ev.Owner, ev.Slug))
-		c.invalidate(ReplIDKey(ev.ReplID))
+	case store.EventRepl:
+		c.invalidate(store.ReplKey(ev.Owner, ev.Slug))
+		c.invalidate(store.ReplIDKey(ev.ReplID))
 		c.byReplMu.Lock()
 		domains := c.byRepl[ev.ReplID]
 		delete(c.byRepl, ev.ReplID)
@@ -476,15 +477,15 @@ func (c *Cache) apply(ev Event) {
 		for k := range domains {
 			c.invalidate(k)
 		}
-	case EventDomain:
-		c.invalidate(DomainKey(ev.Name))
-	case EventChallenge:
-		c.invalidate(Key{Kind: KeyChallenge, Name: ev.Name})
+	case store.EventDomain:
+		c.invalidate(store.DomainKey(ev.Name))
+	case store.EventChallenge:
+		c.invalidate(store.Key{Kind: store.KeyChallenge, Name: ev.Name})
 	}
 }
 
 // Invalidate drops what the cache holds for k.
-func (c *Cache) invalidate(k Key) {
+func (c *Cache) invalidate(k store.Key) {
 	h, i := c.hashKey(k)
 	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
 		s.mu.Lock()
@@ -499,8 +500,8 @@ func (c *Cache) invalidate(k Key) {
 }
 
 // Stats returns the cache's counters.
-func (c *Cache) Stats() CacheStats {
-	s := CacheStats{
+func (c *Cache) Stats() Stats {
+	s := Stats{
 		Hits:         c.hits.Load(),
 		Misses:       c.misses.Load(),
 		Stale:        c.stale.Load(),

@@ -1,4 +1,4 @@
-package store_test
+package routecache_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // countingReader is a Reader over a map that counts its calls, can fail,
@@ -104,9 +105,9 @@ var (
 	blogRoute = store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:80"}, Generation: 1}
 )
 
-func newTestCache(t *testing.T, r store.Reader, cfg store.CacheConfig, logger *zap.Logger) *store.Cache {
+func newTestCache(t *testing.T, r store.Reader, cfg routecache.Config, logger *zap.Logger) *routecache.Cache {
 	t.Helper()
-	c := store.NewCache(r, cfg, logger)
+	c := routecache.New(r, cfg, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -115,7 +116,7 @@ func newTestCache(t *testing.T, r store.Reader, cfg store.CacheConfig, logger *z
 	return c
 }
 
-func lookup(t *testing.T, c *store.Cache, k store.Key) (store.Route, error) {
+func lookup(t *testing.T, c *routecache.Cache, k store.Key) (store.Route, error) {
 	t.Helper()
 	return c.Lookup(t.Context(), k)
 }
@@ -123,7 +124,7 @@ func lookup(t *testing.T, c *store.Cache, k store.Key) (store.Route, error) {
 func TestCacheHitMakesNoBackendCallAndNoAllocation(t *testing.T) {
 	r := newCountingReader()
 	r.set(blogKey, blogRoute)
-	c := newTestCache(t, r, store.CacheConfig{}, nil)
+	c := newTestCache(t, r, routecache.Config{}, nil)
 	for range 3 {
 		got, err := lookup(t, c, blogKey)
 		if err != nil || got.ReplID != "r1" {
@@ -148,7 +149,7 @@ func TestCacheConcurrentMissesMakeOneCall(t *testing.T) {
 	r.set(blogKey, blogRoute)
 	r.gate = make(chan struct{})
 	r.entered = make(chan struct{}, 1)
-	c := newTestCache(t, r, store.CacheConfig{}, nil)
+	c := newTestCache(t, r, routecache.Config{}, nil)
 
 	const n = 1000
 	var wg sync.WaitGroup
@@ -188,7 +189,7 @@ func TestCacheConcurrentMissesMakeOneCall(t *testing.T) {
 func TestCacheNegativeEntriesAndTTL(t *testing.T) {
 	r := newCountingReader()
 	clock := newFakeClock()
-	c := newTestCache(t, r, store.CacheConfig{TTL: time.Minute, NegativeTTL: 5 * time.Second, Now: clock.Now}, nil)
+	c := newTestCache(t, r, routecache.Config{TTL: time.Minute, NegativeTTL: 5 * time.Second, Now: clock.Now}, nil)
 
 	for range 2 {
 		if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
@@ -245,7 +246,7 @@ func TestCacheInvalidation(t *testing.T) {
 	r.set(blogKey, blogRoute)
 	r.set(store.ReplIDKey("r1"), blogRoute)
 	r.set(domain, blogRoute)
-	c := store.NewCache(r, store.CacheConfig{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -298,7 +299,7 @@ func TestCacheDoesNotKeepAnswerOlderThanAnInvalidation(t *testing.T) {
 	gate := make(chan struct{})
 	r.gate = gate
 	r.entered = make(chan struct{}, 1)
-	c := store.NewCache(r, store.CacheConfig{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -332,7 +333,7 @@ func TestCacheServesStaleWhenBackendFails(t *testing.T) {
 	r.set(blogKey, blogRoute)
 	core, logs := observer.New(zap.WarnLevel)
 	clock := newFakeClock()
-	c := store.NewCache(r, store.CacheConfig{Now: clock.Now, RetryAfter: time.Second}, zap.New(core))
+	c := routecache.New(r, routecache.Config{Now: clock.Now, RetryAfter: time.Second}, zap.New(core))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -386,7 +387,7 @@ func TestCacheRandomNamesDoNotEvictHotRoutes(t *testing.T) {
 	}
 	// Room for the hot routes whatever the hash seed spreads them over the
 	// 64 shards (64 each), and very little for misses.
-	c := newTestCache(t, r, store.CacheConfig{MaxEntries: 64 * 64, MaxNegative: 64 * 4}, nil)
+	c := newTestCache(t, r, routecache.Config{MaxEntries: 64 * 64, MaxNegative: 64 * 4}, nil)
 	for i := range hot {
 		if _, err := lookup(t, c, store.ReplIDKey(fmt.Sprint("hot", i))); err != nil {
 			t.Fatal(err)
@@ -413,7 +414,7 @@ func TestCacheRandomNamesDoNotEvictHotRoutes(t *testing.T) {
 
 func TestCacheRefresh(t *testing.T) {
 	r := newCountingReader()
-	c := newTestCache(t, r, store.CacheConfig{NegativeTTL: time.Hour}, nil)
+	c := newTestCache(t, r, routecache.Config{NegativeTTL: time.Hour}, nil)
 	if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal(err)
 	}
@@ -434,7 +435,7 @@ func TestCacheChallenges(t *testing.T) {
 	clock := newFakeClock()
 	name := "_acme-challenge.alice.repl.test"
 	r.challenges[name] = []store.Challenge{{Name: name, Value: "v", ExpiresAt: clock.Now().Add(3 * time.Second)}}
-	c := newTestCache(t, r, store.CacheConfig{NegativeTTL: 10 * time.Second, Now: clock.Now}, nil)
+	c := newTestCache(t, r, routecache.Config{NegativeTTL: 10 * time.Second, Now: clock.Now}, nil)
 	for range 2 {
 		cs, err := c.Challenges(t.Context(), name)
 		if err != nil || len(cs) != 1 {
@@ -456,7 +457,7 @@ func TestCacheChallenges(t *testing.T) {
 func BenchmarkCacheHit(b *testing.B) {
 	r := newCountingReader()
 	r.set(blogKey, blogRoute)
-	c := store.NewCache(r, store.CacheConfig{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()

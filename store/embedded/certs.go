@@ -1,4 +1,4 @@
-package store
+package embedded
 
 import (
 	"context"
@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/replproxy/replproxy/internal/atomicfile"
+	"github.com/replproxy/replproxy/internal/filelock"
+	"github.com/replproxy/replproxy/store"
 )
 
 // The embedded store keeps certificates as files in a folder next to its
@@ -25,13 +27,13 @@ import (
 // The YAML file's watcher does not look into the folder: certificate
 // writes send no change notifications (neither backend sends any).
 
-func (s *Embedded) certDir() string { return s.path + ".certs" }
+func (s *Store) certDir() string { return s.path + ".certs" }
 
-func (s *Embedded) leaseDir() string { return filepath.Join(s.certDir(), ".leases") }
+func (s *Store) leaseDir() string { return filepath.Join(s.certDir(), ".leases") }
 
 // GetCert implements Certs.
-func (s *Embedded) GetCert(ctx context.Context, name string) ([]byte, error) {
-	if err := CheckCertName(name); err != nil {
+func (s *Store) GetCert(ctx context.Context, name string) ([]byte, error) {
+	if err := store.CheckCertName(name); err != nil {
 		return nil, fmt.Errorf("get certificate: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -39,48 +41,48 @@ func (s *Embedded) GetCert(ctx context.Context, name string) ([]byte, error) {
 	}
 	data, err := os.ReadFile(filepath.Join(s.certDir(), name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("get certificate %s: %w", name, ErrNotFound)
+		return nil, fmt.Errorf("get certificate %s: %w", name, store.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get certificate %s: %w: %w", name, ErrUnavailable, err)
+		return nil, fmt.Errorf("get certificate %s: %w: %w", name, store.ErrUnavailable, err)
 	}
 	return data, nil
 }
 
 // PutCert implements Certs.
-func (s *Embedded) PutCert(ctx context.Context, name string, data []byte) error {
-	if err := CheckCertName(name); err != nil {
+func (s *Store) PutCert(ctx context.Context, name string, data []byte) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("put certificate: %w", err)
 	}
-	if err := checkCertData(name, data); err != nil {
+	if err := store.CheckCertData(name, data); err != nil {
 		return fmt.Errorf("put certificate: %w", err)
 	}
 	if err := s.certsWritable(ctx); err != nil {
 		return fmt.Errorf("put certificate %s: %w", name, err)
 	}
 	if err := writeFileAtomic(s.certDir(), name, data); err != nil {
-		return fmt.Errorf("put certificate %s: %w: %w", name, ErrUnavailable, err)
+		return fmt.Errorf("put certificate %s: %w: %w", name, store.ErrUnavailable, err)
 	}
 	return nil
 }
 
 // DeleteCert implements Certs.
-func (s *Embedded) DeleteCert(ctx context.Context, name string) error {
-	if err := CheckCertName(name); err != nil {
+func (s *Store) DeleteCert(ctx context.Context, name string) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("delete certificate: %w", err)
 	}
 	if err := s.certsWritable(ctx); err != nil {
 		return fmt.Errorf("delete certificate %s: %w", name, err)
 	}
 	if err := os.Remove(filepath.Join(s.certDir(), name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("delete certificate %s: %w: %w", name, ErrUnavailable, err)
+		return fmt.Errorf("delete certificate %s: %w: %w", name, store.ErrUnavailable, err)
 	}
 	return nil
 }
 
 // ListCerts implements Certs. It reads every file to find the expiry of
 // the certificates: the embedded store is for one machine.
-func (s *Embedded) ListCerts(ctx context.Context) ([]CertEntry, error) {
+func (s *Store) ListCerts(ctx context.Context) ([]store.CertEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("list certificates: %w", err)
 	}
@@ -89,11 +91,11 @@ func (s *Embedded) ListCerts(ctx context.Context) ([]CertEntry, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list certificates: %w: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("list certificates: %w: %w", store.ErrUnavailable, err)
 	}
-	var out []CertEntry // ReadDir sorts by name
+	var out []store.CertEntry // ReadDir sorts by name
 	for _, d := range dirents {
-		if !d.Type().IsRegular() || CheckCertName(d.Name()) != nil {
+		if !d.Type().IsRegular() || store.CheckCertName(d.Name()) != nil {
 			continue // .leases, temporary files, strays
 		}
 		data, err := os.ReadFile(filepath.Join(s.certDir(), d.Name()))
@@ -101,20 +103,20 @@ func (s *Embedded) ListCerts(ctx context.Context) ([]CertEntry, error) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("list certificates: %w: %w", ErrUnavailable, err)
+			return nil, fmt.Errorf("list certificates: %w: %w", store.ErrUnavailable, err)
 		}
 		info, err := d.Info()
 		if err != nil {
 			continue
 		}
-		out = append(out, CertEntry{Name: d.Name(), NotAfter: CertNotAfter(data), UpdatedAt: info.ModTime(), Size: len(data)})
+		out = append(out, store.CertEntry{Name: d.Name(), NotAfter: store.CertNotAfter(data), UpdatedAt: info.ModTime(), Size: len(data)})
 	}
 	return out, nil
 }
 
 // AcquireCertLease implements Certs.
-func (s *Embedded) AcquireCertLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
-	if err := checkLease(name, holder, ttl); err != nil {
+func (s *Store) AcquireCertLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	if err := store.CheckLease(name, holder, ttl); err != nil {
 		return false, fmt.Errorf("acquire lease: %w", err)
 	}
 	if err := s.certsWritable(ctx); err != nil {
@@ -137,8 +139,8 @@ func (s *Embedded) AcquireCertLease(ctx context.Context, name, holder string, tt
 }
 
 // ReleaseCertLease implements Certs.
-func (s *Embedded) ReleaseCertLease(ctx context.Context, name, holder string) error {
-	if err := CheckCertName(name); err != nil {
+func (s *Store) ReleaseCertLease(ctx context.Context, name, holder string) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("release lease: %w", err)
 	}
 	err := s.withLeases(ctx, func() error {
@@ -158,7 +160,7 @@ func (s *Embedded) ReleaseCertLease(ctx context.Context, name, holder string) er
 }
 
 // certsWritable fails once the store is closed, as the store's own writes do.
-func (s *Embedded) certsWritable(ctx context.Context) error {
+func (s *Store) certsWritable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -166,45 +168,26 @@ func (s *Embedded) certsWritable(ctx context.Context) error {
 	closed := s.closed
 	s.subMu.Unlock()
 	if closed {
-		return fmt.Errorf("%w: embedded store %s is closed", ErrUnavailable, s.path)
+		return fmt.Errorf("%w: embedded store %s is closed", store.ErrUnavailable, s.path)
 	}
 	return nil
 }
 
 // withLeases runs fn holding the exclusive flock of the lease folder.
-func (s *Embedded) withLeases(ctx context.Context, fn func() error) error {
+func (s *Store) withLeases(ctx context.Context, fn func() error) error {
 	if err := os.MkdirAll(s.leaseDir(), 0o700); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
-	lockPath := filepath.Join(s.leaseDir(), ".lock")
-	f, err := os.OpenFile(lockPath, os.O_RDONLY|os.O_CREATE, 0o600)
+	unlock, err := filelock.Lock(ctx, filepath.Join(s.leaseDir(), ".lock"), 0o600)
 	if err != nil {
-		return fmt.Errorf("open lock file: %w: %w", ErrUnavailable, err)
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
-	defer f.Close() // closing releases the flock
-	wait := 500 * time.Microsecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("lock %s: %w: %w", lockPath, ErrUnavailable, err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("wait for lock %s: %w", lockPath, ctx.Err())
-		case <-t.C:
-		}
-		wait = min(2*wait, 10*time.Millisecond)
-	}
+	defer unlock()
 	if err := fn(); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
 	return nil
 }
@@ -227,42 +210,11 @@ func readLease(path string) (holder string, until time.Time, ok bool) {
 	return holder, time.Unix(0, ns), true
 }
 
-// writeFileAtomic writes data to dir/name through a temporary file in dir,
-// fsynced and renamed over the old file; the folder is made (0700) when
-// missing and fsynced after the rename.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
+// writeFileAtomic writes data to dir/name (atomicfile.Write, mode 0600),
+// making the folder (0700) when missing.
+func writeFileAtomic(dir, name string, data []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".tmp-*") // short: name may be 255 bytes already
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(dir, name), data, 0o600, nil)
 }

@@ -1,4 +1,4 @@
-package store
+package postgres
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/replproxy/replproxy/store"
 )
 
 // The certificates table (migration 001, not_after from 002) and
@@ -14,8 +15,8 @@ import (
 // that proxies whose clocks disagree still agree on who holds a lease.
 
 // GetCert implements Certs.
-func (p *Postgres) GetCert(ctx context.Context, name string) ([]byte, error) {
-	if err := CheckCertName(name); err != nil {
+func (p *Store) GetCert(ctx context.Context, name string) ([]byte, error) {
+	if err := store.CheckCertName(name); err != nil {
 		return nil, fmt.Errorf("get certificate: %w", err)
 	}
 	var data []byte
@@ -26,15 +27,15 @@ func (p *Postgres) GetCert(ctx context.Context, name string) ([]byte, error) {
 }
 
 // PutCert implements Certs.
-func (p *Postgres) PutCert(ctx context.Context, name string, data []byte) error {
-	if err := CheckCertName(name); err != nil {
+func (p *Store) PutCert(ctx context.Context, name string, data []byte) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("put certificate: %w", err)
 	}
-	if err := checkCertData(name, data); err != nil {
+	if err := store.CheckCertData(name, data); err != nil {
 		return fmt.Errorf("put certificate: %w", err)
 	}
 	var notAfter *time.Time
-	if t := CertNotAfter(data); !t.IsZero() {
+	if t := store.CertNotAfter(data); !t.IsZero() {
 		notAfter = &t
 	}
 	_, err := p.pool.Exec(ctx, `
@@ -48,8 +49,8 @@ ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data, not_after = EXCLUDED.not_
 }
 
 // DeleteCert implements Certs.
-func (p *Postgres) DeleteCert(ctx context.Context, name string) error {
-	if err := CheckCertName(name); err != nil {
+func (p *Store) DeleteCert(ctx context.Context, name string) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("delete certificate: %w", err)
 	}
 	if _, err := p.pool.Exec(ctx, `DELETE FROM certificates WHERE name = $1`, name); err != nil {
@@ -59,10 +60,10 @@ func (p *Postgres) DeleteCert(ctx context.Context, name string) error {
 }
 
 // ListCerts implements Certs.
-func (p *Postgres) ListCerts(ctx context.Context) ([]CertEntry, error) {
-	return all(ctx, p, "list certificates", func(row pgx.CollectableRow) (CertEntry, error) {
+func (p *Store) ListCerts(ctx context.Context) ([]store.CertEntry, error) {
+	return all(ctx, p, "list certificates", func(row pgx.CollectableRow) (store.CertEntry, error) {
 		var (
-			e        CertEntry
+			e        store.CertEntry
 			notAfter *time.Time
 		)
 		err := row.Scan(&e.Name, &notAfter, &e.UpdatedAt, &e.Size)
@@ -75,8 +76,8 @@ func (p *Postgres) ListCerts(ctx context.Context) ([]CertEntry, error) {
 
 // AcquireCertLease implements Certs: one statement that inserts the lease,
 // or takes it over when it expired or is the holder's already.
-func (p *Postgres) AcquireCertLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
-	if err := checkLease(name, holder, ttl); err != nil {
+func (p *Store) AcquireCertLease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
+	if err := store.CheckLease(name, holder, ttl); err != nil {
 		return false, fmt.Errorf("acquire lease: %w", err)
 	}
 	var got bool
@@ -96,8 +97,8 @@ RETURNING true`, name, holder, ttl.Microseconds()).Scan(&got)
 }
 
 // ReleaseCertLease implements Certs.
-func (p *Postgres) ReleaseCertLease(ctx context.Context, name, holder string) error {
-	if err := CheckCertName(name); err != nil {
+func (p *Store) ReleaseCertLease(ctx context.Context, name, holder string) error {
+	if err := store.CheckCertName(name); err != nil {
 		return fmt.Errorf("release lease: %w", err)
 	}
 	if _, err := p.pool.Exec(ctx, `DELETE FROM cert_leases WHERE name = $1 AND holder = $2`, name, holder); err != nil {

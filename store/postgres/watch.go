@@ -1,4 +1,4 @@
-package store
+package postgres
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/replproxy/replproxy/store"
 	"go.uber.org/zap"
 )
 
@@ -22,7 +23,7 @@ const (
 // lost it reconnects with exponential backoff and jitter, and once it
 // listens again sends EventResync: notifications sent while it was away
 // are lost.
-func (p *Postgres) Watch(ctx context.Context, fn func(Event)) error {
+func (p *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 	backoff := watchMinBackoff
 	for {
 		err := p.listen(ctx, fn, func() { backoff = watchMinBackoff })
@@ -42,7 +43,7 @@ func (p *Postgres) Watch(ctx context.Context, fn func(Event)) error {
 }
 
 // listen runs one LISTEN connection until it fails or ctx is done.
-func (p *Postgres) listen(ctx context.Context, fn func(Event), connected func()) error {
+func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func()) error {
 	conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
@@ -56,7 +57,7 @@ func (p *Postgres) listen(ctx context.Context, fn func(Event), connected func())
 		return fmt.Errorf("listen: %w", err)
 	}
 	connected()
-	fn(Event{Kind: EventResync})
+	fn(store.Event{Kind: store.EventResync})
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
@@ -66,7 +67,7 @@ func (p *Postgres) listen(ctx context.Context, fn func(Event), connected func())
 		if !ok {
 			// A payload this build does not know: be safe, drop everything.
 			p.logger.Warn("unknown change notification; resyncing", zap.String("payload", n.Payload))
-			ev = Event{Kind: EventResync}
+			ev = store.Event{Kind: store.EventResync}
 		}
 		fn(ev)
 	}
@@ -74,19 +75,19 @@ func (p *Postgres) listen(ctx context.Context, fn func(Event), connected func())
 
 // parseNotification reads the payloads written by notify_change() in the
 // schema: "r <id> <owner> <slug>", "d <name>", "c <name>".
-func parseNotification(payload string) (Event, bool) {
+func parseNotification(payload string) (store.Event, bool) {
 	kind, rest, _ := strings.Cut(payload, " ")
 	switch kind {
 	case "r":
 		f := strings.Fields(rest)
 		if len(f) != 3 {
-			return Event{}, false
+			return store.Event{}, false
 		}
-		return Event{Kind: EventRepl, ReplID: f[0], Owner: f[1], Slug: f[2]}, true
+		return store.Event{Kind: store.EventRepl, ReplID: f[0], Owner: f[1], Slug: f[2]}, true
 	case "d":
-		return Event{Kind: EventDomain, Name: rest}, rest != ""
+		return store.Event{Kind: store.EventDomain, Name: rest}, rest != ""
 	case "c":
-		return Event{Kind: EventChallenge, Name: rest}, rest != ""
+		return store.Event{Kind: store.EventChallenge, Name: rest}, rest != ""
 	}
-	return Event{}, false
+	return store.Event{}, false
 }

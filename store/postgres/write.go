@@ -1,36 +1,35 @@
-package store
+package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/replproxy/replproxy/store"
 )
 
 const replColumns = `id, owner, slug, endpoints, generation, created_at, updated_at`
 
-func scanRepl(row pgx.CollectableRow) (Repl, error) {
-	var r Repl
+func scanRepl(row pgx.CollectableRow) (store.Repl, error) {
+	var r store.Repl
 	err := row.Scan(&r.ID, &r.Owner, &r.Slug, &r.Endpoints, &r.Generation, &r.CreatedAt, &r.UpdatedAt)
 	return r, err
 }
 
 const tombstoneColumns = `repl_id, owner, slug, cluster, generation, moved_at`
 
-func scanTombstone(row pgx.CollectableRow) (Tombstone, error) {
-	var t Tombstone
+func scanTombstone(row pgx.CollectableRow) (store.Tombstone, error) {
+	var t store.Tombstone
 	err := row.Scan(&t.ReplID, &t.Owner, &t.Slug, &t.Cluster, &t.Generation, &t.MovedAt)
 	return t, err
 }
 
 const domainColumns = `name, repl_id, token, coalesce(verified_at, '0001-01-01Z'), created_at`
 
-func scanDomain(row pgx.CollectableRow) (Domain, error) {
-	var d Domain
+func scanDomain(row pgx.CollectableRow) (store.Domain, error) {
+	var d store.Domain
 	err := row.Scan(&d.Name, &d.ReplID, &d.Token, &d.VerifiedAt, &d.CreatedAt)
 	return d, err
 }
@@ -47,7 +46,7 @@ func one[T any](ctx context.Context, q querier, scan pgx.RowToFunc[T], sql strin
 }
 
 // getOne is one on the pool, with errors mapped and wrapped.
-func getOne[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowToFunc[T], sql string, args ...any) (T, error) {
+func getOne[T any](ctx context.Context, p *Store, doing string, scan pgx.RowToFunc[T], sql string, args ...any) (T, error) {
 	v, err := one(ctx, p.pool, scan, sql, args...)
 	if err != nil {
 		return v, p.fail(doing, err)
@@ -55,7 +54,7 @@ func getOne[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowT
 	return v, nil
 }
 
-func all[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+func all[T any](ctx context.Context, p *Store, doing string, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
 	rows, _ := p.pool.Query(ctx, sql, args...)
 	vs, err := pgx.CollectRows(rows, scan)
 	if err != nil {
@@ -66,7 +65,7 @@ func all[T any](ctx context.Context, p *Postgres, doing string, scan pgx.RowToFu
 
 // inTx runs fn in a transaction and commits it; fn's errors are mapped
 // and wrapped with doing.
-func (p *Postgres) inTx(ctx context.Context, doing string, fn func(pgx.Tx) error) error {
+func (p *Store) inTx(ctx context.Context, doing string, fn func(pgx.Tx) error) error {
 	if err := pgx.BeginFunc(ctx, p.pool, fn); err != nil {
 		return p.fail(doing, err)
 	}
@@ -74,22 +73,22 @@ func (p *Postgres) inTx(ctx context.Context, doing string, fn func(pgx.Tx) error
 }
 
 // CreateRepl implements Store.
-func (p *Postgres) CreateRepl(ctx context.Context, r Repl) (Repl, error) {
+func (p *Store) CreateRepl(ctx context.Context, r store.Repl) (store.Repl, error) {
 	doing := "create repl " + r.ID
-	if err := CheckRepl(r); err != nil {
-		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	if err := store.CheckRepl(r); err != nil {
+		return store.Repl{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if r.Generation == 0 {
 		r.Generation = 1
 	}
-	var out Repl
+	var out store.Repl
 	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
 		var tombstoned bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tombstones WHERE repl_id = $1)`, r.ID).Scan(&tombstoned); err != nil {
 			return err
 		}
 		if tombstoned {
-			return fmt.Errorf("%w: repl %s has a tombstone here: it moved away; move it back instead", ErrConflict, r.ID)
+			return fmt.Errorf("%w: repl %s has a tombstone here: it moved away; move it back instead", store.ErrConflict, r.ID)
 		}
 		var err error
 		out, err = one(ctx, tx, scanRepl,
@@ -102,21 +101,21 @@ func (p *Postgres) CreateRepl(ctx context.Context, r Repl) (Repl, error) {
 }
 
 // GetRepl implements Store.
-func (p *Postgres) GetRepl(ctx context.Context, id string) (Repl, error) {
+func (p *Store) GetRepl(ctx context.Context, id string) (store.Repl, error) {
 	return getOne(ctx, p, "get repl "+id, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, id)
 }
 
 // ListRepls implements Store.
-func (p *Postgres) ListRepls(ctx context.Context, owner string) ([]Repl, error) {
+func (p *Store) ListRepls(ctx context.Context, owner string) ([]store.Repl, error) {
 	return all(ctx, p, "list repls", scanRepl,
 		`SELECT `+replColumns+` FROM repls WHERE $1 = '' OR owner = $1 ORDER BY owner, slug`, owner)
 }
 
 // SetEndpoints implements Store.
-func (p *Postgres) SetEndpoints(ctx context.Context, id string, endpoints []string) (Repl, error) {
+func (p *Store) SetEndpoints(ctx context.Context, id string, endpoints []string) (store.Repl, error) {
 	doing := "set endpoints of repl " + id
-	if err := CheckEndpoints(endpoints); err != nil {
-		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	if err := store.CheckEndpoints(endpoints); err != nil {
+		return store.Repl{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	return getOne(ctx, p, doing, scanRepl,
 		`UPDATE repls SET endpoints = $2, updated_at = $3 WHERE id = $1 RETURNING `+replColumns,
@@ -125,35 +124,35 @@ func (p *Postgres) SetEndpoints(ctx context.Context, id string, endpoints []stri
 
 // DeleteRepl implements Store. The repls_drop_domains trigger removes the
 // repl's domains when no tombstone names it.
-func (p *Postgres) DeleteRepl(ctx context.Context, id string) error {
+func (p *Store) DeleteRepl(ctx context.Context, id string) error {
 	tag, err := p.pool.Exec(ctx, `DELETE FROM repls WHERE id = $1`, id)
 	if err != nil {
 		return p.fail("delete repl "+id, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("delete repl %s: %w", id, ErrNotFound)
+		return fmt.Errorf("delete repl %s: %w", id, store.ErrNotFound)
 	}
 	return nil
 }
 
 // Activate implements Store.
-func (p *Postgres) Activate(ctx context.Context, r Repl) (Repl, error) {
+func (p *Store) Activate(ctx context.Context, r store.Repl) (store.Repl, error) {
 	return p.ActivateWithDomains(ctx, r, nil)
 }
 
 // ActivateWithDomains implements Store.
-func (p *Postgres) ActivateWithDomains(ctx context.Context, r Repl, domains []Domain) (Repl, error) {
+func (p *Store) ActivateWithDomains(ctx context.Context, r store.Repl, domains []store.Domain) (store.Repl, error) {
 	doing := fmt.Sprintf("activate repl %s at generation %d", r.ID, r.Generation)
-	if err := checkActivation(r, domains); err != nil {
-		return Repl{}, fmt.Errorf("%s: %w", doing, err)
+	if err := store.CheckActivation(r, domains); err != nil {
+		return store.Repl{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	var out Repl
+	var out store.Repl
 	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
 		var tombGen int64
 		err := tx.QueryRow(ctx, `SELECT generation FROM tombstones WHERE repl_id = $1 FOR UPDATE`, r.ID).Scan(&tombGen)
 		switch {
 		case err == nil && tombGen >= r.Generation:
-			return fmt.Errorf("%w: repl %s moved on since: tombstone here has generation %d", ErrConflict, r.ID, tombGen)
+			return fmt.Errorf("%w: repl %s moved on since: tombstone here has generation %d", store.ErrConflict, r.ID, tombGen)
 		case err == nil:
 			if _, err := tx.Exec(ctx, `DELETE FROM tombstones WHERE repl_id = $1`, r.ID); err != nil {
 				return err
@@ -183,7 +182,7 @@ func (p *Postgres) ActivateWithDomains(ctx context.Context, r Repl, domains []Do
 }
 
 // linkAll links domains to replID in tx, keeping links that are there.
-func (p *Postgres) linkAll(ctx context.Context, tx pgx.Tx, replID string, domains []Domain) error {
+func (p *Store) linkAll(ctx context.Context, tx pgx.Tx, replID string, domains []store.Domain) error {
 	for _, d := range domains {
 		var verified *time.Time
 		if !d.VerifiedAt.IsZero() {
@@ -198,19 +197,19 @@ RETURNING repl_id`, d.Name, replID, d.Token, verified, p.now()).Scan(&owner)
 			return err
 		}
 		if owner != replID {
-			return fmt.Errorf("%w: domain %s is already linked to repl %s here", ErrConflict, d.Name, owner)
+			return fmt.Errorf("%w: domain %s is already linked to repl %s here", store.ErrConflict, d.Name, owner)
 		}
 	}
 	return nil
 }
 
 // Retire implements Store.
-func (p *Postgres) Retire(ctx context.Context, replID, cluster string, generation int64) (Tombstone, error) {
+func (p *Store) Retire(ctx context.Context, replID, cluster string, generation int64) (store.Tombstone, error) {
 	doing := fmt.Sprintf("retire repl %s to cluster %s at generation %d", replID, cluster, generation)
-	if err := ValidLabel(cluster); err != nil {
-		return Tombstone{}, fmt.Errorf("%s: cluster: %w", doing, err)
+	if err := store.ValidLabel(cluster); err != nil {
+		return store.Tombstone{}, fmt.Errorf("%s: cluster: %w", doing, err)
 	}
-	var out Tombstone
+	var out store.Tombstone
 	err := p.inTx(ctx, doing, func(tx pgx.Tx) error {
 		existing, err := one(ctx, tx, scanTombstone,
 			`SELECT `+tombstoneColumns+` FROM tombstones WHERE repl_id = $1 FOR UPDATE`, replID)
@@ -224,13 +223,13 @@ func (p *Postgres) Retire(ctx context.Context, replID, cluster string, generatio
 		live, lerr := one(ctx, tx, scanRepl, `DELETE FROM repls WHERE id = $1 RETURNING `+replColumns, replID)
 		switch {
 		case lerr == nil && live.Generation >= generation:
-			return fmt.Errorf("%w: repl %s is live here at generation %d, not below %d: it came back since", ErrConflict, replID, live.Generation, generation)
+			return fmt.Errorf("%w: repl %s is live here at generation %d, not below %d: it came back since", store.ErrConflict, replID, live.Generation, generation)
 		case lerr == nil:
 			existing.Owner, existing.Slug = live.Owner, live.Slug
 		case !errors.Is(lerr, pgx.ErrNoRows):
 			return lerr
 		case err != nil: // neither a live row nor a tombstone
-			return fmt.Errorf("%w: repl %s is neither live nor tombstoned here", ErrNotFound, replID)
+			return fmt.Errorf("%w: repl %s is neither live nor tombstoned here", store.ErrNotFound, replID)
 		}
 		out, err = one(ctx, tx, scanTombstone,
 			`INSERT INTO tombstones (repl_id, owner, slug, cluster, generation, moved_at)
@@ -244,9 +243,9 @@ func (p *Postgres) Retire(ctx context.Context, replID, cluster string, generatio
 }
 
 // Repoint implements Store.
-func (p *Postgres) Repoint(ctx context.Context, replID, cluster string, generation int64) error {
+func (p *Store) Repoint(ctx context.Context, replID, cluster string, generation int64) error {
 	doing := fmt.Sprintf("repoint tombstone of repl %s to cluster %s at generation %d", replID, cluster, generation)
-	if err := ValidLabel(cluster); err != nil {
+	if err := store.ValidLabel(cluster); err != nil {
 		return fmt.Errorf("%s: cluster: %w", doing, err)
 	}
 	var exists bool
@@ -260,26 +259,26 @@ SELECT EXISTS (SELECT 1 FROM up) OR EXISTS (SELECT 1 FROM tombstones WHERE repl_
 		return p.fail(doing, err)
 	}
 	if !exists {
-		return fmt.Errorf("%s: %w: no tombstone for the repl here", doing, ErrNotFound)
+		return fmt.Errorf("%s: %w: no tombstone for the repl here", doing, store.ErrNotFound)
 	}
 	return nil
 }
 
 // GetTombstone implements Store.
-func (p *Postgres) GetTombstone(ctx context.Context, replID string) (Tombstone, error) {
+func (p *Store) GetTombstone(ctx context.Context, replID string) (store.Tombstone, error) {
 	return getOne(ctx, p, "get tombstone "+replID, scanTombstone,
 		`SELECT `+tombstoneColumns+` FROM tombstones WHERE repl_id = $1`, replID)
 }
 
 // ListTombstones implements Store.
-func (p *Postgres) ListTombstones(ctx context.Context) ([]Tombstone, error) {
+func (p *Store) ListTombstones(ctx context.Context) ([]store.Tombstone, error) {
 	return all(ctx, p, "list tombstones", scanTombstone,
 		`SELECT `+tombstoneColumns+` FROM tombstones ORDER BY repl_id`)
 }
 
 // CollectTombstones implements Store. The tombstones_drop_domains trigger
 // removes the domains left naming nothing.
-func (p *Postgres) CollectTombstones(ctx context.Context, cutoff time.Time) (int, error) {
+func (p *Store) CollectTombstones(ctx context.Context, cutoff time.Time) (int, error) {
 	tag, err := p.pool.Exec(ctx, `DELETE FROM tombstones WHERE moved_at < $1`, cutoff)
 	if err != nil {
 		return 0, p.fail("collect tombstones", err)
@@ -288,15 +287,15 @@ func (p *Postgres) CollectTombstones(ctx context.Context, cutoff time.Time) (int
 }
 
 // LinkDomain implements Store.
-func (p *Postgres) LinkDomain(ctx context.Context, d Domain) (Domain, error) {
+func (p *Store) LinkDomain(ctx context.Context, d store.Domain) (store.Domain, error) {
 	doing := "link domain " + d.Name
-	if err := ValidDomain(d.Name); err != nil {
-		return Domain{}, fmt.Errorf("%s: %w", doing, err)
+	if err := store.ValidDomain(d.Name); err != nil {
+		return store.Domain{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	if d.Token == "" {
-		d.Token = NewToken()
-	} else if err := CheckToken(d.Token); err != nil {
-		return Domain{}, fmt.Errorf("%s: %w", doing, err)
+		d.Token = store.NewToken()
+	} else if err := store.CheckToken(d.Token); err != nil {
+		return store.Domain{}, fmt.Errorf("%s: %w", doing, err)
 	}
 	return getOne(ctx, p, doing, scanDomain,
 		`INSERT INTO domains (name, repl_id, token, created_at) VALUES ($1, $2, $3, $4) RETURNING `+domainColumns,
@@ -304,43 +303,43 @@ func (p *Postgres) LinkDomain(ctx context.Context, d Domain) (Domain, error) {
 }
 
 // UnlinkDomain implements Store.
-func (p *Postgres) UnlinkDomain(ctx context.Context, name string) error {
+func (p *Store) UnlinkDomain(ctx context.Context, name string) error {
 	tag, err := p.pool.Exec(ctx, `DELETE FROM domains WHERE name = $1`, name)
 	if err != nil {
 		return p.fail("unlink domain "+name, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("unlink domain %s: %w", name, ErrNotFound)
+		return fmt.Errorf("unlink domain %s: %w", name, store.ErrNotFound)
 	}
 	return nil
 }
 
 // GetDomain implements Store.
-func (p *Postgres) GetDomain(ctx context.Context, name string) (Domain, error) {
+func (p *Store) GetDomain(ctx context.Context, name string) (store.Domain, error) {
 	return getOne(ctx, p, "get domain "+name, scanDomain, `SELECT `+domainColumns+` FROM domains WHERE name = $1`, name)
 }
 
 // ListDomains implements Store.
-func (p *Postgres) ListDomains(ctx context.Context, replID string) ([]Domain, error) {
+func (p *Store) ListDomains(ctx context.Context, replID string) ([]store.Domain, error) {
 	return all(ctx, p, "list domains", scanDomain,
 		`SELECT `+domainColumns+` FROM domains WHERE $1 = '' OR repl_id = $1 ORDER BY name`, replID)
 }
 
 // MarkDomainVerified implements Store.
-func (p *Postgres) MarkDomainVerified(ctx context.Context, name string, at time.Time) error {
+func (p *Store) MarkDomainVerified(ctx context.Context, name string, at time.Time) error {
 	tag, err := p.pool.Exec(ctx, `UPDATE domains SET verified_at = $2 WHERE name = $1`, name, at)
 	if err != nil {
 		return p.fail("mark domain "+name+" verified", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("mark domain %s verified: %w", name, ErrNotFound)
+		return fmt.Errorf("mark domain %s verified: %w", name, store.ErrNotFound)
 	}
 	return nil
 }
 
 // PutChallenge implements Store.
-func (p *Postgres) PutChallenge(ctx context.Context, c Challenge) error {
-	if err := CheckChallenge(c); err != nil {
+func (p *Store) PutChallenge(ctx context.Context, c store.Challenge) error {
+	if err := store.CheckChallenge(c); err != nil {
 		return fmt.Errorf("put challenge: %w", err)
 	}
 	_, err := p.pool.Exec(ctx, `
@@ -353,7 +352,7 @@ ON CONFLICT (name, value) DO UPDATE SET expires_at = excluded.expires_at`, c.Nam
 }
 
 // DeleteChallenge implements Store.
-func (p *Postgres) DeleteChallenge(ctx context.Context, name, value string) error {
+func (p *Store) DeleteChallenge(ctx context.Context, name, value string) error {
 	if _, err := p.pool.Exec(ctx, `DELETE FROM challenges WHERE name = $1 AND value = $2`, name, value); err != nil {
 		return p.fail("delete challenge "+name, err)
 	}
@@ -361,7 +360,7 @@ func (p *Postgres) DeleteChallenge(ctx context.Context, name, value string) erro
 }
 
 // DeleteExpiredChallenges implements Store.
-func (p *Postgres) DeleteExpiredChallenges(ctx context.Context, now time.Time) (int, error) {
+func (p *Store) DeleteExpiredChallenges(ctx context.Context, now time.Time) (int, error) {
 	tag, err := p.pool.Exec(ctx, `DELETE FROM challenges WHERE expires_at <= $1`, now)
 	if err != nil {
 		return 0, p.fail("delete expired challenges", err)
@@ -370,21 +369,14 @@ func (p *Postgres) DeleteExpiredChallenges(ctx context.Context, now time.Time) (
 }
 
 // Stats implements Store.
-func (p *Postgres) Stats(ctx context.Context) (Stats, error) {
-	var s Stats
+func (p *Store) Stats(ctx context.Context) (store.Stats, error) {
+	var s store.Stats
 	err := p.pool.QueryRow(ctx, `SELECT
     (SELECT count(*) FROM repls), (SELECT count(*) FROM tombstones),
     (SELECT count(*) FROM domains), (SELECT count(*) FROM challenges)`).
 		Scan(&s.Repls, &s.Tombstones, &s.Domains, &s.Challenges)
 	if err != nil {
-		return Stats{}, p.fail("count rows", err)
+		return store.Stats{}, p.fail("count rows", err)
 	}
 	return s, nil
-}
-
-// NewToken returns a random domain verification token.
-func NewToken() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
-	return hex.EncodeToString(b)
 }

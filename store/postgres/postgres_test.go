@@ -1,4 +1,4 @@
-package store_test
+package postgres_test
 
 import (
 	"context"
@@ -10,15 +10,18 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
+	"github.com/replproxy/replproxy/store/storetest"
 )
 
 // openMigrated opens the PostgreSQL store at dsn with its schema applied,
 // closed when the test ends.
 func openMigrated(t *testing.T, dsn string) store.Store {
 	t.Helper()
-	s, err := store.Open(t.Context(), dsn, store.OpenOptions{Migrate: true})
+	s, err := cluster.Open(t.Context(), dsn, cluster.OpenOptions{Migrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,9 +29,9 @@ func openMigrated(t *testing.T, dsn string) store.Store {
 	return s
 }
 
-func openPostgres(t *testing.T, dsn string) *store.Postgres {
+func openPostgres(t *testing.T, dsn string) *postgres.Store {
 	t.Helper()
-	p, err := store.OpenPostgres(t.Context(), dsn, nil)
+	p, err := postgres.Open(t.Context(), dsn, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +44,7 @@ func TestPostgresSchema(t *testing.T) {
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
 
-	_, err := store.Open(ctx, dsn, store.OpenOptions{})
+	_, err := cluster.Open(ctx, dsn, cluster.OpenOptions{})
 	if err == nil || !strings.Contains(err.Error(), "replctl migrate") {
 		t.Fatalf("open without schema: %v; want an error that says to run replctl migrate", err)
 	}
@@ -88,7 +91,7 @@ func TestPostgresSchema(t *testing.T) {
 
 func TestPostgresUnreachableIsOneClearError(t *testing.T) {
 	start := time.Now()
-	_, err := store.Open(t.Context(), "postgres://app:s3cret@127.0.0.1:1/db?connect_timeout=2", store.OpenOptions{})
+	_, err := cluster.Open(t.Context(), "postgres://app:s3cret@127.0.0.1:1/db?connect_timeout=2", cluster.OpenOptions{})
 	if err == nil {
 		t.Fatal("open of an unreachable database succeeded")
 	}
@@ -118,7 +121,7 @@ func TestPostgresNotifications(t *testing.T) {
 	ctx := t.Context()
 	s := openMigrated(t, dsn)
 	events := watchEvents(t, s)
-	if e := nextEvent(t, events); e.Kind != store.EventResync {
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventResync {
 		t.Fatalf("first event %+v, want resync", e)
 	}
 	repl := store.Event{Kind: store.EventRepl, ReplID: "r1", Owner: "alice", Slug: "blog"}
@@ -150,7 +153,7 @@ func TestPostgresNotifications(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		for _, want := range st.want {
-			if got := nextEvent(t, events); got != want {
+			if got := storetest.NextEvent(t, events); got != want {
 				t.Fatalf("%s: event %+v, want %+v", st.name, got, want)
 			}
 		}
@@ -163,7 +166,7 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 	ctx := t.Context()
 	s := openMigrated(t, dsn)
 	events := watchEvents(t, s)
-	if e := nextEvent(t, events); e.Kind != store.EventResync {
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventResync {
 		t.Fatalf("first event %+v, want resync", e)
 	}
 	srv.Stop(t)
@@ -189,7 +192,7 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 			t.Fatalf("create after restart (attempt %d): %v", attempt+1, err)
 		}
 	}
-	if e := nextEvent(t, events); e.Kind != store.EventRepl || e.ReplID != "r1" {
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventRepl || e.ReplID != "r1" {
 		t.Fatalf("event after reconnect %+v, want repl r1", e)
 	}
 }

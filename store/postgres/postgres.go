@@ -1,4 +1,4 @@
-package store
+package postgres
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
+	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/store"
 	"go.uber.org/zap"
 )
 
@@ -24,60 +26,60 @@ const schemaVersionTable = "replproxy_schema_version"
 // notifyChannel is the LISTEN/NOTIFY channel of every change.
 const notifyChannel = "replproxy"
 
-// Postgres is the production backend: one PostgreSQL database per cluster.
-type Postgres struct {
+// Store is the production backend: one PostgreSQL database per cluster.
+type Store struct {
 	pool   *pgxpool.Pool
 	dsn    string // redacted, for messages
 	logger *zap.Logger
 	now    func() time.Time
 }
 
-var _ Store = (*Postgres)(nil)
+var _ store.Store = (*Store)(nil)
 
-// OpenPostgres connects to the database at dsn and checks that it answers.
+// Open connects to the database at addr, a DSN, and checks that it answers.
 // Pool sizing and timeouts stay in the DSN (pool_max_conns, connect_timeout,
 // ...). An unreachable server gives one error naming the DSN, password
 // masked. It does not check the schema: see Migrate and CheckSchema.
-func OpenPostgres(ctx context.Context, dsn string, logger *zap.Logger) (*Postgres, error) {
-	cfg, err := pgxpool.ParseConfig(dsn)
+func Open(ctx context.Context, addr string, logger *zap.Logger) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(addr)
 	if err != nil {
-		return nil, fmt.Errorf("parse database DSN %s: %w", RedactDSN(dsn), err)
+		return nil, fmt.Errorf("parse database DSN %s: %w", dsn.Redact(addr), err)
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("open database %s: %w", RedactDSN(dsn), err)
+		return nil, fmt.Errorf("open database %s: %w", dsn.Redact(addr), err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database %s: %w: %w", RedactDSN(dsn), ErrUnavailable, err)
+		return nil, fmt.Errorf("connect to database %s: %w: %w", dsn.Redact(addr), store.ErrUnavailable, err)
 	}
-	return NewPostgres(pool, logger), nil
+	return New(pool, logger), nil
 }
 
-// NewPostgres uses an existing pool. The Postgres owns it from then on and
+// New uses an existing pool. The Store owns it from then on and
 // closes it in Close.
-func NewPostgres(pool *pgxpool.Pool, logger *zap.Logger) *Postgres {
+func New(pool *pgxpool.Pool, logger *zap.Logger) *Store {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	return &Postgres{
+	return &Store{
 		pool:   pool,
-		dsn:    RedactDSN(pool.Config().ConnString()),
+		dsn:    dsn.Redact(pool.Config().ConnString()),
 		logger: logger.Named("postgres"),
 		now:    time.Now,
 	}
 }
 
 // Close closes the pool.
-func (p *Postgres) Close() error {
+func (p *Store) Close() error {
 	p.pool.Close()
 	return nil
 }
 
-func (p *Postgres) migrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
+func (p *Store) migrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
 	m, err := migrate.NewMigrator(ctx, conn, schemaVersionTable)
 	if err != nil {
 		return nil, fmt.Errorf("prepare migrations: %w", err)
@@ -94,7 +96,7 @@ func (p *Postgres) migrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migra
 
 // Migrate applies every migration not yet applied, under tern's advisory
 // lock, so several processes may call it at once.
-func (p *Postgres) Migrate(ctx context.Context) error {
+func (p *Store) Migrate(ctx context.Context) error {
 	conn, err := p.pool.Acquire(ctx)
 	if err != nil {
 		return p.fail("migrate", err)
@@ -115,7 +117,7 @@ func (p *Postgres) Migrate(ctx context.Context) error {
 
 // SchemaVersion returns the applied schema version and the version this
 // build expects.
-func (p *Postgres) SchemaVersion(ctx context.Context) (have, want int32, err error) {
+func (p *Store) SchemaVersion(ctx context.Context) (have, want int32, err error) {
 	conn, err := p.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, p.fail("read schema version", err)
@@ -134,7 +136,7 @@ func (p *Postgres) SchemaVersion(ctx context.Context) (have, want int32, err err
 
 // CheckSchema returns an error that says what to run when the database's
 // schema is not the one this build expects.
-func (p *Postgres) CheckSchema(ctx context.Context) error {
+func (p *Store) CheckSchema(ctx context.Context) error {
 	have, want, err := p.SchemaVersion(ctx)
 	if err != nil {
 		return err
@@ -150,11 +152,11 @@ func (p *Postgres) CheckSchema(ctx context.Context) error {
 
 // fail wraps an error from PostgreSQL with what was being done, mapping it
 // to the package's sentinel errors.
-func (p *Postgres) fail(doing string, err error) error {
+func (p *Store) fail(doing string, err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("%s: %w", doing, ErrNotFound)
+		return fmt.Errorf("%s: %w", doing, store.ErrNotFound)
 	}
-	for _, ours := range []error{ErrNotFound, ErrConflict, ErrInvalid, ErrUnavailable} {
+	for _, ours := range []error{store.ErrNotFound, store.ErrConflict, store.ErrInvalid, store.ErrUnavailable} {
 		if errors.Is(err, ours) { // mapped already, inside a transaction
 			return fmt.Errorf("%s: %w", doing, err)
 		}
@@ -163,20 +165,20 @@ func (p *Postgres) fail(doing string, err error) error {
 	if errors.As(err, &pgErr) {
 		switch {
 		case pgErr.Code == "23505": // unique_violation
-			return fmt.Errorf("%s: %w: %s", doing, ErrConflict, pgErr.Message)
+			return fmt.Errorf("%s: %w: %s", doing, store.ErrConflict, pgErr.Message)
 		case pgErr.Code == "23503": // foreign_key_violation, raised by domains_check_repl too
-			return fmt.Errorf("%s: %w: %s", doing, ErrNotFound, pgErr.Message)
+			return fmt.Errorf("%s: %w: %s", doing, store.ErrNotFound, pgErr.Message)
 		case pgErr.Code[:2] == "23", pgErr.Code[:2] == "22": // integrity, data exceptions
-			return fmt.Errorf("%s: %w: %s", doing, ErrInvalid, pgErr.Message)
+			return fmt.Errorf("%s: %w: %s", doing, store.ErrInvalid, pgErr.Message)
 		case pgErr.Code[:2] == "08", pgErr.Code[:2] == "53", pgErr.Code[:2] == "57":
 			// connection exceptions, insufficient resources, operator
 			// intervention (a server shutting down or restarted)
-			return fmt.Errorf("%s on %s: %w: %w", doing, p.dsn, ErrUnavailable, err)
+			return fmt.Errorf("%s on %s: %w: %w", doing, p.dsn, store.ErrUnavailable, err)
 		}
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
-	return fmt.Errorf("%s on %s: %w: %w", doing, p.dsn, ErrUnavailable, err)
+	return fmt.Errorf("%s on %s: %w: %w", doing, p.dsn, store.ErrUnavailable, err)
 }

@@ -1,9 +1,13 @@
-package store
+package cluster
 
 import (
 	"context"
 	"fmt"
 
+	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
+	"github.com/replproxy/replproxy/store/postgres"
 	"go.uber.org/zap"
 )
 
@@ -20,18 +24,18 @@ type OpenOptions struct {
 // Open opens the store at addr: a postgres:// or postgresql:// DSN opens
 // the PostgreSQL backend; anything else is the path of an embedded store
 // file.
-func Open(ctx context.Context, addr string, opts OpenOptions) (Store, error) {
+func Open(ctx context.Context, addr string, opts OpenOptions) (store.Store, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("open store: no address: give a postgres:// DSN or the path of a store file")
 	}
-	if !IsPostgresDSN(addr) {
-		e, err := OpenEmbedded(ctx, addr, opts.Logger)
+	if !dsn.IsPostgres(addr) {
+		e, err := embedded.Open(ctx, addr, opts.Logger)
 		if err != nil {
-			return nil, err // a nil Store, not a Store holding a nil *Embedded
+			return nil, err // a nil Store, not a Store holding a nil *embedded.Store
 		}
 		return e, nil
 	}
-	p, err := OpenPostgres(ctx, addr, opts.Logger)
+	p, err := postgres.Open(ctx, addr, opts.Logger)
 	if err != nil {
 		return nil, err
 	}

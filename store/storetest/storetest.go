@@ -1,67 +1,38 @@
-package store_test
+// Package storetest is the contract every store.Store backend must meet:
+// the same cases, run against the embedded and the PostgreSQL backends in
+// their own tests, and against any other backend that wants to prove
+// itself (a platform's own, say):
+//
+//	func TestContract(t *testing.T) {
+//		storetest.Run(t, func(t *testing.T) store.Store { return openEmpty(t) })
+//	}
+//
+// RunCerts does the same for store.Certs.
+package storetest
 
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
 )
-
-// backends returns a constructor of an empty store for each backend. The
-// PostgreSQL server is started once, on first use, and each store gets a
-// fresh database.
-func backends(t *testing.T) map[string]func(t *testing.T) store.Store {
-	var srv *pgtest.Server
-	return map[string]func(t *testing.T) store.Store{
-		"embedded": func(t *testing.T) store.Store {
-			path := filepath.Join(t.TempDir(), "cluster.yaml")
-			if err := os.WriteFile(path, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			s, err := store.Open(t.Context(), path, store.OpenOptions{})
-			if err != nil {
-				t.Fatalf("open embedded store: %v", err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
-		"postgres": func(tt *testing.T) store.Store {
-			if srv == nil {
-				srv = pgtest.Start(t)
-			}
-			s, err := store.Open(tt.Context(), srv.NewDatabase(tt), store.OpenOptions{Migrate: true})
-			if err != nil {
-				tt.Fatalf("open postgres store: %v", err)
-			}
-			tt.Cleanup(func() { s.Close() })
-			return s
-		},
-	}
-}
 
 type contractCase struct {
 	name string
 	run  func(t *testing.T, ctx context.Context, s store.Store)
 }
 
-// TestContract runs the same cases against every backend: both must give
-// the same results.
-func TestContract(t *testing.T) {
-	for name, open := range backends(t) {
-		t.Run(name, func(t *testing.T) {
-			for _, c := range contractCases {
-				t.Run(c.name, func(t *testing.T) {
-					ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-					defer cancel()
-					c.run(t, ctx, open(t))
-				})
-			}
+// Run runs the contract against a backend. open returns a new, empty
+// store for each case; the store must be closed by open's cleanup.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	for _, c := range contractCases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			c.run(t, ctx, open(t))
 		})
 	}
 }
@@ -431,19 +402,21 @@ var contractCases = []contractCase{
 				t.Errorf("watch returned %v, want context.Canceled", err)
 			}
 		}()
-		if e := nextEvent(t, events); e.Kind != store.EventResync {
+		if e := NextEvent(t, events); e.Kind != store.EventResync {
 			t.Fatalf("first event = %+v, want resync", e)
 		}
 		mustCreate(t, ctx, s, "r1", "alice", "blog")
 		// Either backend may announce a change precisely or ask for a resync.
-		e := nextEvent(t, events)
+		e := NextEvent(t, events)
 		if e.Kind != store.EventResync && (e.Kind != store.EventRepl || e.ReplID != "r1" || e.Owner != "alice" || e.Slug != "blog") {
 			t.Fatalf("event after create = %+v, want repl r1 alice/blog or resync", e)
 		}
 	}},
 }
 
-func nextEvent(t *testing.T, events <-chan store.Event) store.Event {
+// NextEvent returns the next event from events, failing t when none comes
+// within 10 s.
+func NextEvent(t *testing.T, events <-chan store.Event) store.Event {
 	t.Helper()
 	select {
 	case e := <-events:

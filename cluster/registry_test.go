@@ -1,4 +1,4 @@
-package store_test
+package cluster_test
 
 import (
 	"errors"
@@ -11,20 +11,22 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/store"
 )
 
 func TestLoadRegistry(t *testing.T) {
-	const path = "testdata/registry/clusters.yaml"
-	r, err := store.LoadRegistry(path)
+	const path = "testdata/clusters.yaml"
+	r, err := cluster.Load(path)
 	if err != nil {
 		t.Fatalf("LoadRegistry: %v", err)
 	}
-	westDB, err := filepath.Abs("testdata/registry/west.db")
+	westDB, err := filepath.Abs("testdata/west.db")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &store.Registry{Clusters: []store.Cluster{
+	want := &cluster.Registry{Clusters: []cluster.Cluster{
 		{
 			Name:      "east",
 			ProxyIPv4: []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")},
@@ -63,11 +65,11 @@ func TestLoadRegistry(t *testing.T) {
 }
 
 func TestLoadRegistryMissingFile(t *testing.T) {
-	_, err := store.LoadRegistry("testdata/registry/nope.yaml")
+	_, err := cluster.Load("testdata/nope.yaml")
 	if !errors.Is(err, fs.ErrNotExist) || errors.Is(err, store.ErrInvalid) {
 		t.Fatalf("LoadRegistry(missing file) = %v; want fs.ErrNotExist, not ErrInvalid", err)
 	}
-	if !strings.Contains(err.Error(), "testdata/registry/nope.yaml") {
+	if !strings.Contains(err.Error(), "testdata/nope.yaml") {
 		t.Errorf("error %q does not name the file", err)
 	}
 }
@@ -77,7 +79,7 @@ func TestLoadRegistryMissingFile(t *testing.T) {
 func TestParseRegistryRelativeStore(t *testing.T) {
 	dir := t.TempDir()
 	data := []byte("clusters:\n  - name: a\n    proxy_ipv4: [192.0.2.1]\n    forward: a:1\n    store: ../data/a.db\n")
-	r, err := store.ParseRegistry(filepath.Join(dir, "conf", "clusters.yaml"), data)
+	r, err := cluster.Parse(filepath.Join(dir, "conf", "clusters.yaml"), data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +253,7 @@ func registryCases() []registryCase {
 }
 
 // registryProblems returns the problems joined in err.
-func registryProblems(t *testing.T, err error) []*store.RegistryError {
+func registryProblems(t *testing.T, err error) []*cluster.Problem {
 	t.Helper()
 	var errs []error
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -259,11 +261,11 @@ func registryProblems(t *testing.T, err error) []*store.RegistryError {
 	} else {
 		errs = []error{err}
 	}
-	var problems []*store.RegistryError
+	var problems []*cluster.Problem
 	for _, e := range errs {
-		var re *store.RegistryError
+		var re *cluster.Problem
 		if !errors.As(e, &re) {
-			t.Fatalf("problem %q (%T) is not a *store.RegistryError", e, e)
+			t.Fatalf("problem %q (%T) is not a *cluster.Problem", e, e)
 		}
 		problems = append(problems, re)
 	}
@@ -274,7 +276,7 @@ func TestParseRegistryErrors(t *testing.T) {
 	const file = "conf/clusters.yaml"
 	for _, tc := range registryCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := store.ParseRegistry(file, []byte(tc.yaml))
+			r, err := cluster.Parse(file, []byte(tc.yaml))
 			if err == nil {
 				t.Fatalf("ParseRegistry = %+v, nil; want an error", r)
 			}
@@ -319,24 +321,24 @@ func TestParseRegistryErrors(t *testing.T) {
 // TestParseRegistryAllProblems checks that every problem of a file is
 // reported at once, in line order, each line complete.
 func TestParseRegistryAllProblems(t *testing.T) {
-	const path = "testdata/registry/broken.yaml"
-	_, err := store.LoadRegistry(path)
+	const path = "testdata/broken.yaml"
+	_, err := cluster.Load(path)
 	if err == nil {
 		t.Fatal("LoadRegistry: no error")
 	}
 	want := strings.Join([]string{
-		`testdata/registry/broken.yaml:3: clusters[0].name: "East" is not a DNS label; write it in lower case: "east"`,
-		`testdata/registry/broken.yaml:4: clusters[0].proxy_ipv4[0]: "2001:db8::1" is not an IPv4 address; put IPv6 addresses under proxy_ipv6`,
-		`testdata/registry/broken.yaml:4: clusters[0].proxy_ipv4[1]: "192.0.2.300" is not an IPv4 address; write it like 192.0.2.10`,
-		`testdata/registry/broken.yaml:5: clusters[0].forward: "10.0.0.10" is not host:port (missing port in address); write it like 10.0.0.10:8443 ([2001:db8::10]:8443 for IPv6)`,
-		`testdata/registry/broken.yaml:6: clusters[0].store: "postgres://replproxy:xxxxx@db-east:99999/replproxy" is not a valid DSN: the port "99999" is not a number from 1 to 65535 (the form is postgres://user@host:port/dbname?param=value)`,
-		`testdata/registry/broken.yaml:7: clusters[1]: no proxy addresses; list the load balancer's public addresses under proxy_ipv4 and/or proxy_ipv6`,
-		`testdata/registry/broken.yaml:7: clusters[1].store: missing; give a postgres:// DSN or the path of an embedded store file`,
-		`testdata/registry/broken.yaml:8: clusters[1].proxy_ip4: unknown field; a cluster has name, proxy_ipv4, proxy_ipv6, forward and store`,
-		`testdata/registry/broken.yaml:10: clusters[2].name: "west" is already the name of clusters[1] (line 7); give each cluster its own name`,
-		`testdata/registry/broken.yaml:11: clusters[2].proxy_ipv6[0]: "ff02::1" is a multicast address; give the load balancer's unicast address`,
-		`testdata/registry/broken.yaml:12: clusters[2].forward: "10.0.0.11:8443" is also the forward address of clusters[1] (line 9); give each cluster its own`,
-		`testdata/registry/broken.yaml:13: clusters[2].store: "host=db-west password=xxxxx" looks like a key=value DSN; write it as a URL, postgres://user@host:port/dbname?param=value (for a file, start the path with ./)`,
+		`testdata/broken.yaml:3: clusters[0].name: "East" is not a DNS label; write it in lower case: "east"`,
+		`testdata/broken.yaml:4: clusters[0].proxy_ipv4[0]: "2001:db8::1" is not an IPv4 address; put IPv6 addresses under proxy_ipv6`,
+		`testdata/broken.yaml:4: clusters[0].proxy_ipv4[1]: "192.0.2.300" is not an IPv4 address; write it like 192.0.2.10`,
+		`testdata/broken.yaml:5: clusters[0].forward: "10.0.0.10" is not host:port (missing port in address); write it like 10.0.0.10:8443 ([2001:db8::10]:8443 for IPv6)`,
+		`testdata/broken.yaml:6: clusters[0].store: "postgres://replproxy:xxxxx@db-east:99999/replproxy" is not a valid DSN: the port "99999" is not a number from 1 to 65535 (the form is postgres://user@host:port/dbname?param=value)`,
+		`testdata/broken.yaml:7: clusters[1]: no proxy addresses; list the load balancer's public addresses under proxy_ipv4 and/or proxy_ipv6`,
+		`testdata/broken.yaml:7: clusters[1].store: missing; give a postgres:// DSN or the path of an embedded store file`,
+		`testdata/broken.yaml:8: clusters[1].proxy_ip4: unknown field; a cluster has name, proxy_ipv4, proxy_ipv6, forward and store`,
+		`testdata/broken.yaml:10: clusters[2].name: "west" is already the name of clusters[1] (line 7); give each cluster its own name`,
+		`testdata/broken.yaml:11: clusters[2].proxy_ipv6[0]: "ff02::1" is a multicast address; give the load balancer's unicast address`,
+		`testdata/broken.yaml:12: clusters[2].forward: "10.0.0.11:8443" is also the forward address of clusters[1] (line 9); give each cluster its own`,
+		`testdata/broken.yaml:13: clusters[2].store: "host=db-west password=xxxxx" looks like a key=value DSN; write it as a URL, postgres://user@host:port/dbname?param=value (for a file, start the path with ./)`,
 	}, "\n")
 	if got := err.Error(); got != want {
 		t.Errorf("LoadRegistry(%q) error:\n%s\nwant:\n%s", path, got, want)
@@ -349,7 +351,7 @@ func TestParseRegistryManyProblems(t *testing.T) {
 	data := "bad: &bad [" + strings.Repeat("0.0.0.0, ", 149) + "0.0.0.0]\n" +
 		"clusters:\n  - name: east\n    proxy_ipv4: *bad\n    forward: a:1\n    store: a.db\n" +
 		"  - name: west\n    proxy_ipv4: *bad\n    forward: b:1\n    store: b.db\n"
-	_, err := store.ParseRegistry("clusters.yaml", []byte(data))
+	_, err := cluster.Parse("clusters.yaml", []byte(data))
 	problems := registryProblems(t, err)
 	if len(problems) != 101 {
 		t.Fatalf("got %d problems, want 100 and a summary", len(problems))
@@ -359,62 +361,9 @@ func TestParseRegistryManyProblems(t *testing.T) {
 	}
 }
 
-func TestRedactDSN(t *testing.T) {
-	for _, tc := range []struct {
-		name, dsn, want string
-	}{
-		{"URL with password", "postgres://replproxy:hunter2@db-east:5432/replproxy?sslmode=require", "postgres://replproxy:xxxxx@db-east:5432/replproxy?sslmode=require"},
-		{"URL without password", "postgres://replproxy@db-east/replproxy", "postgres://replproxy@db-east/replproxy"},
-		{"URL with empty password", "postgres://replproxy:@db-east/replproxy", "postgres://replproxy:@db-east/replproxy"},
-		{"URL without user", "postgresql://db-east:5432/replproxy", "postgresql://db-east:5432/replproxy"},
-		{"URL password with @ / and ?", "postgres://u:a@b/c?d@db/x?sslmode=disable", "postgres://u:xxxxx@db/x?sslmode=disable"},
-		{"URL several hosts", "postgres://u:pw@h1:5432,[2001:db8::1]:5433/x", "postgres://u:xxxxx@h1:5432,[2001:db8::1]:5433/x"},
-		{"URL password parameter", "postgres://db/x?user=u&password=hunter2&sslmode=require", "postgres://db/x?user=u&password=xxxxx&sslmode=require"},
-		{"URL sslpassword parameter", "postgres://db/x?sslpassword=hunter2", "postgres://db/x?sslpassword=xxxxx"},
-		{"URL escaped password key", "postgres://db/x?pass%77ord=hunter2", "postgres://db/x?pass%77ord=xxxxx"},
-		{"URL password parameter with &", "postgres://db/x?password=hun&ter2&a=b", "postgres://db/x?password=xxxxx&xxxxx&a=b"},
-		{"URL @ in a parameter", "postgres://db/x?application_name=a@b", "postgres://db/x?application_name=a@b"},
-		{"URL @ in a parameter and a password", "postgres://u:pw@db/x?application_name=a@b", "postgres://u:xxxxx@b"}, // too much, never too little
-		{"other scheme", "mysql://root:hunter2@db/x", "mysql://root:xxxxx@db/x"},
-		{"key=value", "host=db user=replproxy password=hunter2 dbname=replproxy", "host=db user=replproxy password=xxxxx dbname=replproxy"},
-		{"key=value quoted", "password='hun ter\\'2' host=db", "password=xxxxx host=db"},
-		{"key=value spaced", "host = db password = hunter2", "host = db password = xxxxx"},
-		{"key=value unclosed quote", "host=db password='hunter2", "host=db password=xxxxx"},
-		{"key=value without password", "host=db dbname=replproxy", "host=db dbname=replproxy"},
-		{"file path", "/var/lib/replproxy/east.db", "/var/lib/replproxy/east.db"},
-		{"file path with =", "/data/a=b.db", "/data/a=b.db"},
-		{"empty", "", ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := store.RedactDSN(tc.dsn); got != tc.want {
-				t.Errorf("RedactDSN(%q) = %q, want %q", tc.dsn, got, tc.want)
-			}
-		})
-	}
-}
-
-func TestIsPostgresDSN(t *testing.T) {
-	for _, tc := range []struct {
-		addr string
-		want bool
-	}{
-		{"postgres://db/x", true},
-		{"postgresql://u@db/x", true},
-		{"POSTGRES://db/x", false}, // pgx reads only the lower-case scheme
-		{"host=db dbname=x", false},
-		{"/var/lib/replproxy/east.db", false},
-		{"east.db", false},
-		{"", false},
-	} {
-		if got := store.IsPostgresDSN(tc.addr); got != tc.want {
-			t.Errorf("IsPostgresDSN(%q) = %v, want %v", tc.addr, got, tc.want)
-		}
-	}
-}
-
 func FuzzParseRegistry(f *testing.F) {
 	f.Add(registryOK)
-	if data, err := os.ReadFile("testdata/registry/clusters.yaml"); err == nil {
+	if data, err := os.ReadFile("testdata/clusters.yaml"); err == nil {
 		f.Add(string(data))
 	}
 	for _, tc := range registryCases() {
@@ -422,7 +371,7 @@ func FuzzParseRegistry(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data string) {
 		const file = "clusters.yaml"
-		r, err := store.ParseRegistry(file, []byte(data))
+		r, err := cluster.Parse(file, []byte(data))
 		if err != nil {
 			if r != nil {
 				t.Fatal("a registry and an error")
@@ -457,28 +406,9 @@ func FuzzParseRegistry(f *testing.F) {
 					t.Fatalf("cluster %q: bad IPv6 %v", c.Name, a)
 				}
 			}
-			if !store.IsPostgresDSN(c.Store) && !filepath.IsAbs(c.Store) {
+			if !dsn.IsPostgres(c.Store) && !filepath.IsAbs(c.Store) {
 				t.Fatalf("cluster %q: store %q is neither a DSN nor an absolute path", c.Name, c.Store)
 			}
-		}
-	})
-}
-
-func FuzzRedactDSN(f *testing.F) {
-	f.Add("hunter2")
-	f.Add("a/b?c")
-	f.Add("p%zz")
-	f.Fuzz(func(t *testing.T, password string) {
-		if password == "" {
-			return
-		}
-		dsn := "postgres://replproxy:" + password + "@db/replproxy"
-		if got, want := store.RedactDSN(dsn), "postgres://replproxy:xxxxx@db/replproxy"; got != want {
-			t.Fatalf("RedactDSN(%q) = %q, want %q", dsn, got, want)
-		}
-		kv := "host=db password='" + strings.ReplaceAll(strings.ReplaceAll(password, `\`, `\\`), "'", `\'`) + "' dbname=x"
-		if got, want := store.RedactDSN(kv), "host=db password=xxxxx dbname=x"; got != want {
-			t.Fatalf("RedactDSN(%q) = %q, want %q", kv, got, want)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package store
+package cluster
 
 import (
 	"bytes"
@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/internal/yamlline"
+	"github.com/replproxy/replproxy/store"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -33,7 +36,7 @@ type Cluster struct {
 	// and a decimal port. Unique in the registry.
 	Forward string
 	// Store is the address of the cluster's store: a postgres:// or
-	// postgresql:// DSN (see IsPostgresDSN), or the absolute path of an
+	// postgresql:// DSN (see dsn.IsPostgres), or the absolute path of an
 	// embedded store file.
 	Store string
 }
@@ -71,7 +74,7 @@ type Cluster struct {
 //     are refused: write them as URLs. A password in the DSN works but is
 //     better kept out of a shared file (use ~/.pgpass or PGPASSWORD).
 //
-// Unknown fields are errors. LoadRegistry reports every problem at once,
+// Unknown fields are errors. Load reports every problem at once,
 // one line each, naming the file, the line, the field and the fix:
 //
 //	clusters.yaml:7: clusters[1].proxy_ipv4[0]: "2001:db8::1" is not an IPv4 address; put IPv6 addresses under proxy_ipv6
@@ -82,17 +85,17 @@ type Registry struct {
 	Clusters []Cluster // in file order
 }
 
-// RegistryError is one problem in a registry file. LoadRegistry and
-// ParseRegistry return all problems joined (errors.Join); find them with
-// errors.As. Every RegistryError wraps ErrInvalid.
-type RegistryError struct {
+// Problem is one problem in a registry file. Load and
+// Parse return all problems joined (errors.Join); find them with
+// errors.As. Every Problem wraps store.ErrInvalid.
+type Problem struct {
 	File  string // the path of the file, as given
 	Line  int    // 1-based; 0 when unknown
 	Field string // e.g. "clusters[1].proxy_ipv4[0]"; empty for the whole document
 	Msg   string // what is wrong and how to fix it
 }
 
-func (e *RegistryError) Error() string {
+func (e *Problem) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
 	if e.Line > 0 {
@@ -108,36 +111,36 @@ func (e *RegistryError) Error() string {
 	return b.String()
 }
 
-// Unwrap returns ErrInvalid.
-func (e *RegistryError) Unwrap() error { return ErrInvalid }
+// Unwrap returns store.ErrInvalid.
+func (e *Problem) Unwrap() error { return store.ErrInvalid }
 
-// LoadRegistry reads and checks the registry file at path.
-func LoadRegistry(path string) (*Registry, error) {
+// Load reads and checks the registry file at path.
+func Load(path string) (*Registry, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("load clusters %q: %w", path, err)
 	}
-	return ParseRegistry(path, data)
+	return Parse(path, data)
 }
 
-// ParseRegistry checks a registry read from path. The path names the file
+// Parse checks a registry read from path. The path names the file
 // in error messages ("registry" when it is empty) and its folder is the
 // base of relative store paths (the current directory when it is empty).
 // Values are taken with surrounding spaces trimmed.
-func ParseRegistry(path string, data []byte) (*Registry, error) {
-	p := &registryParser{file: path}
+func Parse(path string, data []byte) (*Registry, error) {
+	p := &parser{file: path}
 	if p.file == "" {
 		p.file = "registry"
 	}
 	r := p.parse(path, data)
 	if p.failed() > 0 {
-		slices.SortStableFunc(p.errs, func(a, b *RegistryError) int { return cmp.Compare(a.Line, b.Line) })
+		slices.SortStableFunc(p.errs, func(a, b *Problem) int { return cmp.Compare(a.Line, b.Line) })
 		errs := make([]error, 0, len(p.errs)+1)
 		for _, e := range p.errs {
 			errs = append(errs, e)
 		}
 		if p.more > 0 {
-			errs = append(errs, &RegistryError{File: p.file, Msg: fmt.Sprintf("%d more problems not shown; fix the ones above first", p.more)})
+			errs = append(errs, &Problem{File: p.file, Msg: fmt.Sprintf("%d more problems not shown; fix the ones above first", p.more)})
 		}
 		return nil, errors.Join(errs...)
 	}
@@ -164,28 +167,28 @@ func (r *Registry) Names() []string {
 	return names
 }
 
-// registryMaxProblems bounds the problems ParseRegistry reports: enough
+// maxProblems bounds the problems Parse reports: enough
 // for any real file, and a bound on what an alias-amplified one can cost.
-const registryMaxProblems = 100
+const maxProblems = 100
 
-// registryParser walks the YAML nodes of a registry file and collects
+// parser walks the YAML nodes of a registry file and collects
 // every problem.
-type registryParser struct {
+type parser struct {
 	file string
-	errs []*RegistryError
-	more int // problems found beyond registryMaxProblems
+	errs []*Problem
+	more int // problems found beyond maxProblems
 }
 
-func (p *registryParser) fail(line int, field, format string, args ...any) {
-	if len(p.errs) >= registryMaxProblems {
+func (p *parser) fail(line int, field, format string, args ...any) {
+	if len(p.errs) >= maxProblems {
 		p.more++
 		return
 	}
-	p.errs = append(p.errs, &RegistryError{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+	p.errs = append(p.errs, &Problem{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
 // failed returns how many problems have been found so far.
-func (p *registryParser) failed() int { return len(p.errs) + p.more }
+func (p *parser) failed() int { return len(p.errs) + p.more }
 
 // parsedCluster is a cluster with the lines that cross-cluster checks name.
 type parsedCluster struct {
@@ -193,14 +196,14 @@ type parsedCluster struct {
 	nameLine, forwardLine int
 }
 
-func (p *registryParser) parse(path string, data []byte) *Registry {
+func (p *parser) parse(path string, data []byte) *Registry {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			p.fail(1, "clusters", "missing; the file is empty: list the clusters under \"clusters:\"")
 		} else {
-			p.yamlError(err)
+			p.yamlError(data, err)
 		}
 		return nil
 	}
@@ -209,20 +212,20 @@ func (p *registryParser) parse(path string, data []byte) *Registry {
 		p.fail(extra.Line, "", "a second YAML document; the registry is one document: remove this \"---\" and what follows")
 		return nil
 	} else if !errors.Is(err, io.EOF) {
-		p.yamlError(err)
+		p.yamlError(data, err)
 		return nil
 	}
 
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
-		root = yamlDeref(root.Content[0])
+		root = yamlline.Deref(root.Content[0])
 	}
-	if yamlIsNull(root) || root.Kind == yaml.DocumentNode {
+	if yamlline.IsNull(root) || root.Kind == yaml.DocumentNode {
 		p.fail(1, "clusters", "missing; the file is empty: list the clusters under \"clusters:\"")
 		return nil
 	}
 	if root.Kind != yaml.MappingNode {
-		p.fail(root.Line, "", "the file must be a mapping with a \"clusters\" list, not %s", yamlKind(root))
+		p.fail(root.Line, "", "the file must be a mapping with a \"clusters\" list, not %s", describe(root))
 		return nil
 	}
 
@@ -232,12 +235,12 @@ func (p *registryParser) parse(path string, data []byte) *Registry {
 		p.fail(root.Line, "clusters", "missing; list the clusters under \"clusters:\"")
 		return nil
 	}
-	if yamlIsNull(list) || list.Kind == yaml.SequenceNode && len(list.Content) == 0 {
+	if yamlline.IsNull(list) || list.Kind == yaml.SequenceNode && len(list.Content) == 0 {
 		p.fail(list.Line, "clusters", "no clusters; list at least one, each with name, proxy_ipv4 and/or proxy_ipv6, forward and store")
 		return nil
 	}
 	if list.Kind != yaml.SequenceNode {
-		p.fail(list.Line, "clusters", "must be a list of clusters, one \"- name: ...\" entry each, not %s", yamlKind(list))
+		p.fail(list.Line, "clusters", "must be a list of clusters, one \"- name: ...\" entry each, not %s", describe(list))
 		return nil
 	}
 
@@ -245,7 +248,7 @@ func (p *registryParser) parse(path string, data []byte) *Registry {
 	r := &Registry{}
 	var seen []parsedCluster
 	for i, item := range list.Content {
-		c, ok := p.cluster(fmt.Sprintf("clusters[%d]", i), yamlDeref(item), dir)
+		c, ok := p.cluster(fmt.Sprintf("clusters[%d]", i), yamlline.Deref(item), dir)
 		for j, s := range seen {
 			if c.Name != "" && s.Name == c.Name {
 				ok = false
@@ -266,55 +269,11 @@ func (p *registryParser) parse(path string, data []byte) *Registry {
 	return r
 }
 
-// yamlError reports a YAML syntax error, taking the line out of the
-// parser's message when it has one.
-func (p *registryParser) yamlError(err error) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 0
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if num, after, ok := strings.Cut(rest, ": "); ok {
-			if n, err := strconv.Atoi(num); err == nil {
-				line, msg = n, after
-			}
-		}
-	}
-	p.fail(line, "", "not valid YAML: %s; check the indentation, and quote values that hold \": \", \" #\" or start with a special character", msg)
-}
-
-// mapping returns the values of a mapping node by key, reporting unknown
-// and repeated keys.
-func (p *registryParser) mapping(n *yaml.Node, path string, known []string, knownHint string) map[string]*yaml.Node {
-	fields := make(map[string]*yaml.Node, len(known))
-	keyLines := make(map[string]int, len(known))
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := yamlDeref(n.Content[i]), yamlDeref(n.Content[i+1])
-		key := k.Value
-		field := key
-		if path != "" {
-			field = path + "." + key
-		}
-		if k.Kind != yaml.ScalarNode || !slices.Contains(known, key) {
-			if k.Kind != yaml.ScalarNode {
-				field = path
-			}
-			p.fail(k.Line, field, "unknown field; %s", knownHint)
-			continue
-		}
-		if prev, dup := keyLines[key]; dup {
-			p.fail(k.Line, field, "given twice (first at line %d); keep one", prev)
-			continue
-		}
-		keyLines[key] = k.Line
-		fields[key] = v
-	}
-	return fields
-}
-
 // cluster checks one entry of the clusters list. The Cluster it returns
 // holds whatever was valid; ok reports whether all of it was.
-func (p *registryParser) cluster(path string, n *yaml.Node, dir string) (c parsedCluster, ok bool) {
+func (p *parser) cluster(path string, n *yaml.Node, dir string) (c parsedCluster, ok bool) {
 	if n.Kind != yaml.MappingNode {
-		p.fail(n.Line, path, "must be a mapping with name, proxy_ipv4 and/or proxy_ipv6, forward and store, not %s", yamlKind(n))
+		p.fail(n.Line, path, "must be a mapping with name, proxy_ipv4 and/or proxy_ipv6, forward and store, not %s", describe(n))
 		return c, false
 	}
 	failed := p.failed()
@@ -337,14 +296,14 @@ func (p *registryParser) cluster(path string, n *yaml.Node, dir string) (c parse
 
 	c.ProxyIPv4 = p.addrs(fields["proxy_ipv4"], path+".proxy_ipv4", false)
 	c.ProxyIPv6 = p.addrs(fields["proxy_ipv6"], path+".proxy_ipv6", true)
-	if yamlIsEmptyList(fields["proxy_ipv4"]) && yamlIsEmptyList(fields["proxy_ipv6"]) {
+	if isEmptyList(fields["proxy_ipv4"]) && isEmptyList(fields["proxy_ipv6"]) {
 		p.fail(n.Line, path, "no proxy addresses; list the load balancer's public addresses under proxy_ipv4 and/or proxy_ipv6")
 	}
 
 	if v, ok := p.scalar(fields, "forward", path, n.Line,
 		"missing; give the host:port where this cluster's proxies accept forwarded requests, e.g. 10.0.0.10:8443"); ok {
 		c.forwardLine = v.Line
-		forward, problem := registryForward(strings.TrimSpace(v.Value))
+		forward, problem := checkForward(strings.TrimSpace(v.Value))
 		if problem != "" {
 			p.fail(v.Line, path+".forward", "%s", problem)
 		}
@@ -353,7 +312,7 @@ func (p *registryParser) cluster(path string, n *yaml.Node, dir string) (c parse
 
 	if v, ok := p.scalar(fields, "store", path, n.Line,
 		"missing; give a postgres:// DSN or the path of an embedded store file"); ok {
-		st, problem := registryStore(strings.TrimSpace(v.Value), dir)
+		st, problem := checkStore(strings.TrimSpace(v.Value), dir)
 		if problem != "" {
 			p.fail(v.Line, path+".store", "%s", problem)
 		}
@@ -364,43 +323,43 @@ func (p *registryParser) cluster(path string, n *yaml.Node, dir string) (c parse
 
 // scalar returns the non-empty scalar value of a field, reporting a
 // missing or null one (at line, the cluster's) and a list or mapping.
-func (p *registryParser) scalar(fields map[string]*yaml.Node, key, path string, line int, missing string) (*yaml.Node, bool) {
+func (p *parser) scalar(fields map[string]*yaml.Node, key, path string, line int, missing string) (*yaml.Node, bool) {
 	v, ok := fields[key]
 	if !ok {
 		p.fail(line, path+"."+key, "%s", missing)
 		return nil, false
 	}
-	if yamlIsNull(v) || v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) == "" {
+	if yamlline.IsNull(v) || v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) == "" {
 		p.fail(v.Line, path+"."+key, "%s", missing)
 		return nil, false
 	}
 	if v.Kind != yaml.ScalarNode {
-		p.fail(v.Line, path+"."+key, "must be a single value, not %s", yamlKind(v))
+		p.fail(v.Line, path+"."+key, "must be a single value, not %s", describe(v))
 		return nil, false
 	}
 	return v, true
 }
 
 // addrs checks a list of load balancer addresses of one family.
-func (p *registryParser) addrs(n *yaml.Node, path string, want6 bool) []netip.Addr {
+func (p *parser) addrs(n *yaml.Node, path string, want6 bool) []netip.Addr {
 	family, other, otherField, example := "IPv4", "IPv6", "proxy_ipv6", "192.0.2.10"
 	if want6 {
 		family, other, otherField, example = "IPv6", "IPv4", "proxy_ipv4", `"2001:db8::10"`
 	}
-	if n == nil || yamlIsNull(n) {
+	if n == nil || yamlline.IsNull(n) {
 		return nil
 	}
 	if n.Kind != yaml.SequenceNode {
-		p.fail(n.Line, path, "must be a list, not %s; write [%s] or one \"- address\" line each", yamlKind(n), example)
+		p.fail(n.Line, path, "must be a list, not %s; write [%s] or one \"- address\" line each", describe(n), example)
 		return nil
 	}
 	var addrs []netip.Addr
 	lines := make(map[netip.Addr]int)
 	for i, item := range n.Content {
-		item = yamlDeref(item)
+		item = yamlline.Deref(item)
 		field := fmt.Sprintf("%s[%d]", path, i)
 		if item.Kind != yaml.ScalarNode {
-			p.fail(item.Line, field, "must be an address, not %s; quote IPv6 addresses, e.g. %s", yamlKind(item), `"2001:db8::10"`)
+			p.fail(item.Line, field, "must be an address, not %s; quote IPv6 addresses, e.g. %s", describe(item), `"2001:db8::10"`)
 			continue
 		}
 		s := strings.TrimSpace(item.Value)
@@ -432,9 +391,9 @@ func (p *registryParser) addrs(n *yaml.Node, path string, want6 bool) []netip.Ad
 	return addrs
 }
 
-// registryForward checks a forward address and returns it in canonical
+// checkForward checks a forward address and returns it in canonical
 // form, or a problem with its fix.
-func registryForward(s string) (string, string) {
+func checkForward(s string) (string, string) {
 	const hint = "write it like 10.0.0.10:8443 ([2001:db8::10]:8443 for IPv6)"
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -471,30 +430,30 @@ func registryForward(s string) (string, string) {
 	return net.JoinHostPort(name, port), ""
 }
 
-// registryStore checks a store address and returns it with a relative file
+// checkStore checks a store address and returns it with a relative file
 // path made absolute against dir, or a problem with its fix.
-func registryStore(s, dir string) (string, string) {
+func checkStore(s, dir string) (string, string) {
 	const urlHint = "postgres://user@host:port/dbname?param=value"
 	if strings.IndexByte(s, 0) >= 0 {
 		return "", "contains a NUL byte; give a postgres:// DSN or the path of an embedded store file"
 	}
-	if IsPostgresDSN(s) {
-		if err := dsnCheckURL(s); err != "" {
-			return "", fmt.Sprintf("%q is not a valid DSN: %s (the form is %s)", RedactDSN(s), err, urlHint)
+	if dsn.IsPostgres(s) {
+		if err := dsn.CheckURL(s); err != "" {
+			return "", fmt.Sprintf("%q is not a valid DSN: %s (the form is %s)", dsn.Redact(s), err, urlHint)
 		}
 		return s, ""
 	}
-	if scheme, _, ok := strings.Cut(s, "://"); ok && dsnIsScheme(scheme) {
+	if scheme, _, ok := strings.Cut(s, "://"); ok && dsn.IsScheme(scheme) {
 		if l := strings.ToLower(scheme); l == "postgres" || l == "postgresql" {
-			return "", fmt.Sprintf("%q: write the scheme in lower case, %s://", RedactDSN(s), l)
+			return "", fmt.Sprintf("%q: write the scheme in lower case, %s://", dsn.Redact(s), l)
 		}
-		return "", fmt.Sprintf("%q has the unknown scheme %q; give a postgres:// DSN or the path of an embedded store file", RedactDSN(s), scheme)
+		return "", fmt.Sprintf("%q has the unknown scheme %q; give a postgres:// DSN or the path of an embedded store file", dsn.Redact(s), scheme)
 	}
 	if l := strings.ToLower(s); strings.HasPrefix(l, "postgres:") || strings.HasPrefix(l, "postgresql:") {
-		return "", fmt.Sprintf("%q: a DSN starts with postgres:// (for a file, start the path with ./)", RedactDSN(s))
+		return "", fmt.Sprintf("%q: a DSN starts with postgres:// (for a file, start the path with ./)", dsn.Redact(s))
 	}
-	if dsnLooksLikeKeywords(s) {
-		return "", fmt.Sprintf("%q looks like a key=value DSN; write it as a URL, %s (for a file, start the path with ./)", RedactDSN(s), urlHint)
+	if dsn.LooksLikeKeywords(s) {
+		return "", fmt.Sprintf("%q looks like a key=value DSN; write it as a URL, %s (for a file, start the path with ./)", dsn.Redact(s), urlHint)
 	}
 	if s == "~" || strings.HasPrefix(s, "~/") {
 		return "", fmt.Sprintf("%q: ~ is not expanded; write the full path of the embedded store file", s)
@@ -540,32 +499,24 @@ func validForwardHost(s string) bool {
 	return err != nil
 }
 
-// yamlDeref follows an alias to the node it names.
-func yamlDeref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
+// isEmptyList reports whether an address list is absent, null or empty.
+func isEmptyList(n *yaml.Node) bool {
+	return n == nil || yamlline.IsNull(n) || n.Kind == yaml.SequenceNode && len(n.Content) == 0
 }
 
-func yamlIsNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+// mapping returns the fields of a mapping node, reporting unknown and
+// repeated ones.
+func (p *parser) mapping(n *yaml.Node, path string, known []string, hint string) map[string]*yaml.Node {
+	return yamlline.Fields(n, path, known, hint, func(line int, field, msg string) {
+		p.fail(line, field, "%s", msg)
+	})
 }
 
-// yamlIsEmptyList reports whether an address list is absent, null or empty.
-func yamlIsEmptyList(n *yaml.Node) bool {
-	return n == nil || yamlIsNull(n) || n.Kind == yaml.SequenceNode && len(n.Content) == 0
+// yamlError reports a YAML syntax error in data, at its real line.
+func (p *parser) yamlError(data []byte, err error) {
+	line, msg := yamlline.SyntaxError(data, err)
+	p.fail(line, "", "not valid YAML: %s; check the indentation, and quote values that hold \": \", \" #\" or start with a special character", msg)
 }
 
-// yamlKind names the kind of a node for messages.
-func yamlKind(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.ScalarNode:
-		return fmt.Sprintf("the value %q", RedactDSN(n.Value))
-	}
-	return "empty"
-}
+// describe names a node for a message, passwords masked.
+func describe(n *yaml.Node) string { return yamlline.Describe(n, dsn.Redact) }

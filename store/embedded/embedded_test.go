@@ -1,4 +1,4 @@
-package store
+package embedded
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/store"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -54,13 +55,13 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // openEmbedded writes content to a fresh file and opens it.
-func openEmbedded(t *testing.T, content string, logger *zap.Logger) (*Embedded, string) {
+func openEmbedded(t *testing.T, content string, logger *zap.Logger) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "east.yaml")
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := OpenEmbedded(t.Context(), path, logger)
+	s, err := Open(t.Context(), path, logger)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -69,12 +70,12 @@ func openEmbedded(t *testing.T, content string, logger *zap.Logger) (*Embedded, 
 }
 
 // watch runs Watch in the background and hands out its events.
-func watch(t *testing.T, s *Embedded) <-chan Event {
+func watch(t *testing.T, s *Store) <-chan store.Event {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	events := make(chan Event, 100)
+	events := make(chan store.Event, 100)
 	done := make(chan error, 1)
-	go func() { done <- s.Watch(ctx, func(ev Event) { events <- ev }) }()
+	go func() { done <- s.Watch(ctx, func(ev store.Event) { events <- ev }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
@@ -85,12 +86,12 @@ func watch(t *testing.T, s *Embedded) <-chan Event {
 	return events
 }
 
-func wantResync(t *testing.T, events <-chan Event) {
+func wantResync(t *testing.T, events <-chan store.Event) {
 	t.Helper()
 	select {
 	case ev := <-events:
-		if ev.Kind != EventResync {
-			t.Fatalf("event %+v, want %v", ev, EventResync)
+		if ev.Kind != store.EventResync {
+			t.Fatalf("event %+v, want %v", ev, store.EventResync)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no EventResync")
@@ -98,7 +99,7 @@ func wantResync(t *testing.T, events <-chan Event) {
 }
 
 // drain empties events, so that the next wantResync sees a new one.
-func drain(events <-chan Event) {
+func drain(events <-chan store.Event) {
 	for {
 		select {
 		case <-events:
@@ -110,7 +111,7 @@ func drain(events <-chan Event) {
 
 func TestEmbeddedExampleFile(t *testing.T) {
 	noLeaks(t)
-	raw, err := os.ReadFile("testdata/embedded/example.yaml")
+	raw, err := os.ReadFile("testdata/example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,31 +119,31 @@ func TestEmbeddedExampleFile(t *testing.T) {
 	s.now = func() time.Time { return time.Date(2026, 11, 29, 10, 30, 0, 0, time.UTC) }
 	ctx := t.Context()
 
-	blog := Route{Kind: RouteLocal, ReplID: "r1a2b3", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}, Generation: 1}
-	shop := Route{Kind: RouteLocal, ReplID: "r4d5e6", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002", "[::1]:9003"}, Generation: 3}
-	moved := Route{Kind: RouteTombstone, ReplID: "r9", Owner: "bob", Slug: "shop", Cluster: "west", Generation: 2}
-	old := Route{Kind: RouteTombstone, ReplID: "r0ld", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 5}
+	blog := store.Route{Kind: store.RouteLocal, ReplID: "r1a2b3", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}, Generation: 1}
+	shop := store.Route{Kind: store.RouteLocal, ReplID: "r4d5e6", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002", "[::1]:9003"}, Generation: 3}
+	moved := store.Route{Kind: store.RouteTombstone, ReplID: "r9", Owner: "bob", Slug: "shop", Cluster: "west", Generation: 2}
+	old := store.Route{Kind: store.RouteTombstone, ReplID: "r0ld", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 5}
 	for _, tc := range []struct {
 		name string
-		key  Key
-		want Route
+		key  store.Key
+		want store.Route
 		err  error
 	}{
-		{"live by name", ReplKey("alice", "blog"), blog, nil},
-		{"live by name, two endpoints", ReplKey("alice", "shop"), shop, nil},
-		{"live by id", ReplIDKey("r1a2b3"), blog, nil},
-		{"tombstone by name", ReplKey("bob", "shop"), moved, nil},
-		{"tombstone by id", ReplIDKey("r9"), moved, nil},
-		{"older tombstone by id", ReplIDKey("r0ld"), old, nil},
-		{"domain of a live repl", DomainKey("www.example.com"), blog, nil},
-		{"domain of a tombstone", DomainKey("shop.example.org"), moved, nil},
-		{"unknown name", ReplKey("carol", "blog"), Route{}, ErrNotFound},
-		{"unknown id", ReplIDKey("r404"), Route{}, ErrNotFound},
-		{"unknown domain", DomainKey("example.net"), Route{}, ErrNotFound},
-		{"owner", Key{Kind: KeyOwner, Owner: "alice"}, Route{}, ErrInvalid},
-		{"apex", Key{Kind: KeyApex}, Route{}, ErrInvalid},
-		{"challenge", Key{Kind: KeyChallenge, Name: "_acme-challenge.alice.repl.test"}, Route{}, ErrInvalid},
-		{"zero key", Key{}, Route{}, ErrInvalid},
+		{"live by name", store.ReplKey("alice", "blog"), blog, nil},
+		{"live by name, two endpoints", store.ReplKey("alice", "shop"), shop, nil},
+		{"live by id", store.ReplIDKey("r1a2b3"), blog, nil},
+		{"tombstone by name", store.ReplKey("bob", "shop"), moved, nil},
+		{"tombstone by id", store.ReplIDKey("r9"), moved, nil},
+		{"older tombstone by id", store.ReplIDKey("r0ld"), old, nil},
+		{"domain of a live repl", store.DomainKey("www.example.com"), blog, nil},
+		{"domain of a tombstone", store.DomainKey("shop.example.org"), moved, nil},
+		{"unknown name", store.ReplKey("carol", "blog"), store.Route{}, store.ErrNotFound},
+		{"unknown id", store.ReplIDKey("r404"), store.Route{}, store.ErrNotFound},
+		{"unknown domain", store.DomainKey("example.net"), store.Route{}, store.ErrNotFound},
+		{"owner", store.Key{Kind: store.KeyOwner, Owner: "alice"}, store.Route{}, store.ErrInvalid},
+		{"apex", store.Key{Kind: store.KeyApex}, store.Route{}, store.ErrInvalid},
+		{"challenge", store.Key{Kind: store.KeyChallenge, Name: "_acme-challenge.alice.repl.test"}, store.Route{}, store.ErrInvalid},
+		{"zero key", store.Key{}, store.Route{}, store.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := s.Lookup(ctx, tc.key)
@@ -156,7 +157,7 @@ func TestEmbeddedExampleFile(t *testing.T) {
 	}
 
 	stats, _ := s.Stats(ctx)
-	if want := (Stats{Repls: 2, Tombstones: 2, Domains: 2, Challenges: 3}); stats != want {
+	if want := (store.Stats{Repls: 2, Tombstones: 2, Domains: 2, Challenges: 3}); stats != want {
 		t.Errorf("stats = %+v, want %+v", stats, want)
 	}
 	r, err := s.GetRepl(ctx, "r4d5e6")
@@ -204,10 +205,10 @@ func TestEmbeddedEmptyFiles(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := openEmbedded(t, tc.content, nil)
-			if st, _ := s.Stats(t.Context()); st != (Stats{}) {
+			if st, _ := s.Stats(t.Context()); st != (store.Stats{}) {
 				t.Fatalf("stats = %+v, want an empty store", st)
 			}
-			if _, err := s.Lookup(t.Context(), ReplKey("alice", "blog")); !errors.Is(err, ErrNotFound) {
+			if _, err := s.Lookup(t.Context(), store.ReplKey("alice", "blog")); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("lookup: %v, want ErrNotFound", err)
 			}
 		})
@@ -220,16 +221,16 @@ func TestEmbeddedMissingFile(t *testing.T) {
 		filepath.Join(t.TempDir(), "east.yaml"),
 		filepath.Join(t.TempDir(), "no-such-folder", "east.yaml"),
 	} {
-		_, err := OpenEmbedded(t.Context(), path, nil)
+		_, err := Open(t.Context(), path, nil)
 		if err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), "touch "+path) {
 			t.Errorf("open %s: %v; want an error that says how to create the file", path, err)
 		}
 	}
 }
 
-// embeddedFileErrors are broken files and the problems each must give, in
+// fileErrors are broken files and the problems each must give, in
 // order, as "line: message" with the message abridged.
-var embeddedFileErrors = []struct {
+var fileErrors = []struct {
 	name    string
 	content string
 	want    []string
@@ -436,13 +437,13 @@ domains:
 }
 
 func TestEmbeddedFileErrors(t *testing.T) {
-	for _, tc := range embeddedFileErrors {
+	for _, tc := range fileErrors {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := embeddedLoad("east.yaml", []byte(tc.content))
+			_, err := load("east.yaml", []byte(tc.content))
 			if err == nil {
 				t.Fatal("loaded; want errors")
 			}
-			if !errors.Is(err, ErrInvalid) {
+			if !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("error does not wrap ErrInvalid: %v", err)
 			}
 			got := strings.Split(err.Error(), "\n")
@@ -461,11 +462,11 @@ func TestEmbeddedFileErrors(t *testing.T) {
 func TestEmbeddedOpenBrokenFile(t *testing.T) {
 	noLeaks(t)
 	path := filepath.Join(t.TempDir(), "east.yaml")
-	tc := embeddedFileErrors[len(embeddedFileErrors)-1]
+	tc := fileErrors[len(fileErrors)-1]
 	if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := OpenEmbedded(t.Context(), path, nil)
+	_, err := Open(t.Context(), path, nil)
 	if err == nil {
 		t.Fatal("opened a broken file")
 	}
@@ -479,17 +480,17 @@ func TestEmbeddedOpenBrokenFile(t *testing.T) {
 // FuzzEmbeddedLoad checks that no file makes the parser panic, and that a
 // file that loads comes out of a write and a new load the same.
 func FuzzEmbeddedLoad(f *testing.F) {
-	seed, _ := os.ReadFile("testdata/embedded/example.yaml")
+	seed, _ := os.ReadFile("testdata/example.yaml")
 	f.Add(string(seed))
-	for _, tc := range embeddedFileErrors {
+	for _, tc := range fileErrors {
 		f.Add(tc.content)
 	}
 	f.Fuzz(func(t *testing.T, content string) {
-		snap, err := embeddedLoad("east.yaml", []byte(content))
+		snap, err := load("east.yaml", []byte(content))
 		if err != nil {
 			return
 		}
-		again, err := embeddedLoad("east.yaml", snap.canon)
+		again, err := load("east.yaml", snap.canon)
 		if err != nil {
 			t.Fatalf("the canonical form does not load: %v\n%s", err, snap.canon)
 		}
@@ -523,12 +524,12 @@ func TestEmbeddedReload(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s, path := openEmbedded(t, oneRepl, nil)
 			events := watch(t, s)
-			if _, err := s.Lookup(t.Context(), ReplKey("alice", "shop")); !errors.Is(err, ErrNotFound) {
+			if _, err := s.Lookup(t.Context(), store.ReplKey("alice", "shop")); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("before: %v, want ErrNotFound", err)
 			}
 			tc.write(t, path, twoRepls)
 			waitFor(t, "the new repl", func() bool {
-				_, err := s.Lookup(t.Context(), ReplKey("alice", "shop"))
+				_, err := s.Lookup(t.Context(), store.ReplKey("alice", "shop"))
 				return err == nil
 			})
 			wantResync(t, events)
@@ -560,10 +561,10 @@ func TestEmbeddedBadReloadKeepsServing(t *testing.T) {
 	if err := entry.ContextMap()["error"]; !strings.Contains(fmt.Sprint(err), path+":5: repls[2]: id r1 is already used by repls[0] (line 3)") {
 		t.Errorf("logged error = %v, want the problem with its line", err)
 	}
-	if _, err := s.Lookup(t.Context(), ReplKey("alice", "blog")); err != nil {
+	if _, err := s.Lookup(t.Context(), store.ReplKey("alice", "blog")); err != nil {
 		t.Fatalf("the last good data is not served: %v", err)
 	}
-	if _, err := s.Lookup(t.Context(), ReplKey("alice", "shop")); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Lookup(t.Context(), store.ReplKey("alice", "shop")); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("part of the broken file is served: %v", err)
 	}
 
@@ -582,7 +583,7 @@ func TestEmbeddedBadReloadKeepsServing(t *testing.T) {
 
 	writeByRename(t, path, twoRepls)
 	waitFor(t, "the fixed file", func() bool {
-		_, err := s.Lookup(t.Context(), ReplKey("alice", "shop"))
+		_, err := s.Lookup(t.Context(), store.ReplKey("alice", "shop"))
 		return err == nil
 	})
 	wantResync(t, events)
@@ -598,8 +599,8 @@ func TestEmbeddedWriteRefusedWhenBroken(t *testing.T) {
 	if err := os.WriteFile(path, bad, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.CreateRepl(t.Context(), Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002"}})
-	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "is broken and must be fixed first") ||
+	_, err := s.CreateRepl(t.Context(), store.Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002"}})
+	if !errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrInvalid) || !strings.Contains(err.Error(), "is broken and must be fixed first") ||
 		!strings.Contains(err.Error(), path+":4: extra: unknown field") {
 		t.Fatalf("create on a broken file: %v", err)
 	}
@@ -612,7 +613,7 @@ func TestEmbeddedWriteRefusedWhenBroken(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteRepl(t.Context(), "r1"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "create it again") {
+	if err := s.DeleteRepl(t.Context(), "r1"); !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "create it again") {
 		t.Fatalf("delete with the file gone: %v", err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -640,7 +641,7 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 		t.Fatalf("a write that changed nothing rewrote the file:\n%s", after)
 	}
 
-	r, err := s.CreateRepl(ctx, Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002"}})
+	r, err := s.CreateRepl(ctx, store.Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9002"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,13 +650,13 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 		t.Errorf("created_at, updated_at = %v, %v; want %v (UTC, in microseconds)", r.CreatedAt, r.UpdatedAt, want)
 	}
 	// Seen at once, without waiting for the file watcher.
-	if _, err := s.Lookup(ctx, ReplKey("alice", "shop")); err != nil {
+	if _, err := s.Lookup(ctx, store.ReplKey("alice", "shop")); err != nil {
 		t.Fatalf("lookup right after the write: %v", err)
 	}
 	wantResync(t, events)
 
 	raw, _ := os.ReadFile(path)
-	if !bytes.HasPrefix(raw, []byte(embeddedHeader)) || !bytes.Contains(raw, []byte(`created_at: "2026-11-29T09:00:00.123456Z"`)) {
+	if !bytes.HasPrefix(raw, []byte(fileHeader)) || !bytes.Contains(raw, []byte(`created_at: "2026-11-29T09:00:00.123456Z"`)) {
 		t.Errorf("file:\n%s\nwant the header and RFC 3339 UTC timestamps", raw)
 	}
 	if info, _ := os.Stat(path); info.Mode().Perm() != 0o640 {
@@ -669,7 +670,7 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 	}
 
 	// A second instance reads back exactly what was written.
-	other, err := OpenEmbedded(ctx, path, nil)
+	other, err := Open(ctx, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -679,18 +680,18 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 	}
 
 	// Errors wrap the interface's sentinels.
-	_, err = s.CreateRepl(ctx, Repl{ID: "r3", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9003"}})
-	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "owner/slug alice/shop") {
+	_, err = s.CreateRepl(ctx, store.Repl{ID: "r3", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9003"}})
+	if !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "owner/slug alice/shop") {
 		t.Errorf("create with a taken owner/slug: %v", err)
 	}
-	if _, err := s.SetEndpoints(ctx, "r404", []string{"127.0.0.1:1"}); !errors.Is(err, ErrNotFound) {
+	if _, err := s.SetEndpoints(ctx, "r404", []string{"127.0.0.1:1"}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("set endpoints of an unknown repl: %v", err)
 	}
-	if _, err := s.LinkDomain(ctx, Domain{Name: "www.example.com", ReplID: "r2", Token: "bad token"}); !errors.Is(err, ErrInvalid) {
+	if _, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r2", Token: "bad token"}); !errors.Is(err, store.ErrInvalid) {
 		t.Errorf("link with a bad token: %v", err)
 	}
-	d, err := s.LinkDomain(ctx, Domain{Name: "www.example.com", ReplID: "r2"})
-	if err != nil || len(d.Token) != 32 || CheckToken(d.Token) != nil {
+	d, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r2"})
+	if err != nil || len(d.Token) != 32 || store.CheckToken(d.Token) != nil {
 		t.Errorf("link = %+v, %v; want a random hex token", d, err)
 	}
 }
@@ -700,7 +701,7 @@ func TestEmbeddedWriteThrough(t *testing.T) {
 func TestEmbeddedTwoProcesses(t *testing.T) {
 	noLeaks(t)
 	a, path := openEmbedded(t, "", nil)
-	b, err := OpenEmbedded(t.Context(), path, nil)
+	b, err := Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -710,9 +711,9 @@ func TestEmbeddedTwoProcesses(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*each)
 	for i := range each {
-		for name, s := range map[string]*Embedded{"a": a, "b": b} {
+		for name, s := range map[string]*Store{"a": a, "b": b} {
 			wg.Go(func() {
-				_, err := s.CreateRepl(t.Context(), Repl{
+				_, err := s.CreateRepl(t.Context(), store.Repl{
 					ID: fmt.Sprintf("%s%d", name, i), Owner: name, Slug: fmt.Sprintf("app%d", i),
 					Endpoints: []string{fmt.Sprintf("127.0.0.1:%d", 9000+i)},
 				})
@@ -729,14 +730,14 @@ func TestEmbeddedTwoProcesses(t *testing.T) {
 	}
 
 	raw, _ := os.ReadFile(path)
-	snap, err := embeddedLoad(path, raw)
+	snap, err := load(path, raw)
 	if err != nil {
 		t.Fatalf("the file does not load: %v", err)
 	}
 	if len(snap.repls) != 2*each {
 		t.Fatalf("the file holds %d repls, want %d", len(snap.repls), 2*each)
 	}
-	for name, s := range map[string]*Embedded{"a": a, "b": b} {
+	for name, s := range map[string]*Store{"a": a, "b": b} {
 		waitFor(t, name+" to see every repl", func() bool {
 			st, _ := s.Stats(t.Context())
 			return st.Repls == 2*each
@@ -765,7 +766,7 @@ func TestEmbeddedWritesAtomic(t *testing.T) {
 			}
 			raw, err := os.ReadFile(path)
 			if err == nil {
-				_, err = embeddedLoad(path, raw)
+				_, err = load(path, raw)
 			}
 			if err != nil {
 				readErrs = append(readErrs, err)
@@ -775,14 +776,14 @@ func TestEmbeddedWritesAtomic(t *testing.T) {
 	}()
 	for i := range 30 {
 		id := fmt.Sprintf("r%d", i)
-		if _, err := s.CreateRepl(t.Context(), Repl{ID: id, Owner: "alice", Slug: id, Endpoints: []string{"127.0.0.1:9001"}}); err != nil {
+		if _, err := s.CreateRepl(t.Context(), store.Repl{ID: id, Owner: "alice", Slug: id, Endpoints: []string{"127.0.0.1:9001"}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.PutChallenge(t.Context(), Challenge{Name: "_acme-challenge.alice.repl.test", Value: id, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		if err := s.PutChallenge(t.Context(), store.Challenge{Name: "_acme-challenge.alice.repl.test", Value: id, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}
 		raw, _ := os.ReadFile(path)
-		snap, err := embeddedLoad(path, raw)
+		snap, err := load(path, raw)
 		if err != nil || len(snap.repls) != i+1 {
 			t.Fatalf("after write %d the file does not hold it: %v", i, err)
 		}
@@ -800,7 +801,7 @@ func TestEmbeddedWatchAndClose(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := OpenEmbedded(t.Context(), path, nil)
+	s, err := Open(t.Context(), path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -808,17 +809,17 @@ func TestEmbeddedWatchAndClose(t *testing.T) {
 
 	// Several watchers, each told at once, each told of a write.
 	var (
-		chans []chan Event
+		chans []chan store.Event
 		dones []chan error
 	)
 	ctx, cancel := context.WithCancel(t.Context())
 	for range 3 {
-		events, done := make(chan Event, 10), make(chan error, 1)
-		go func() { done <- s.Watch(ctx, func(ev Event) { events <- ev }) }()
+		events, done := make(chan store.Event, 10), make(chan error, 1)
+		go func() { done <- s.Watch(ctx, func(ev store.Event) { events <- ev }) }()
 		wantResync(t, events)
 		chans, dones = append(chans, events), append(dones, done)
 	}
-	if _, err := s.CreateRepl(t.Context(), Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}}); err != nil {
+	if _, err := s.CreateRepl(t.Context(), store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:9001"}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, events := range chans {
@@ -837,19 +838,19 @@ func TestEmbeddedWatchAndClose(t *testing.T) {
 
 	// Close ends the Watch calls still running.
 	done := make(chan error, 1)
-	events := make(chan Event, 10)
-	go func() { done <- s.Watch(t.Context(), func(ev Event) { events <- ev }) }()
+	events := make(chan store.Event, 10)
+	go func() { done <- s.Watch(t.Context(), func(ev store.Event) { events <- ev }) }()
 	wantResync(t, events)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, ErrUnavailable) {
+	if err := <-done; !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("watch across Close returned %v, want ErrUnavailable", err)
 	}
-	if err := s.Watch(t.Context(), func(Event) {}); !errors.Is(err, ErrUnavailable) {
+	if err := s.Watch(t.Context(), func(store.Event) {}); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("watch after Close: %v", err)
 	}
-	if _, err := s.CreateRepl(t.Context(), Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9001"}}); !errors.Is(err, ErrUnavailable) {
+	if _, err := s.CreateRepl(t.Context(), store.Repl{ID: "r2", Owner: "alice", Slug: "shop", Endpoints: []string{"127.0.0.1:9001"}}); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("write after Close: %v", err)
 	}
 	if err := s.Close(); err != nil {
@@ -867,12 +868,12 @@ func BenchmarkEmbeddedLookup(b *testing.B) {
 	if err := os.WriteFile(path, []byte(content.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	s, err := OpenEmbedded(b.Context(), path, nil)
+	s, err := Open(b.Context(), path, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	k := ReplKey("user5000", "app")
+	k := store.ReplKey("user5000", "app")
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

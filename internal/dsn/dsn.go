@@ -1,4 +1,8 @@
-package store
+// Package dsn reads store addresses: it tells a PostgreSQL DSN from the
+// path of an embedded store file, masks passwords for messages, and checks
+// the syntax of postgres:// URLs without side effects. Both the PostgreSQL
+// backend and the cluster registry use it.
+package dsn
 
 import (
 	"fmt"
@@ -6,34 +10,31 @@ import (
 	"strings"
 )
 
-// Store addresses: telling a DSN from a file, masking passwords, and a
-// side-effect-free syntax check of postgres:// URLs.
-
-// IsPostgresDSN reports whether a store address names a PostgreSQL server
+// IsPostgres reports whether a store address names a PostgreSQL server
 // (postgres:// or postgresql://) rather than an embedded store file. The
 // scheme is matched in lower case only, as pgx does.
-func IsPostgresDSN(addr string) bool {
+func IsPostgres(addr string) bool {
 	return strings.HasPrefix(addr, "postgres://") || strings.HasPrefix(addr, "postgresql://")
 }
 
-// RedactDSN returns the DSN with any password replaced by "xxxxx" (for
+// Redact returns the DSN with any password replaced by "xxxxx" (for
 // messages and logs): the password of a URL's user info and the values of
 // password and sslpassword parameters, in URL (scheme://...) and in
 // key=value form. Strings without either, such as file paths, come back
 // unchanged. Malformed input is masked on a best-effort basis, erring
 // toward masking too much.
-func RedactDSN(dsn string) string {
-	if scheme, _, ok := strings.Cut(dsn, "://"); ok && dsnIsScheme(scheme) {
-		return dsnRedactURL(dsn, len(scheme)+len("://"))
+func Redact(dsn string) string {
+	if scheme, _, ok := strings.Cut(dsn, "://"); ok && IsScheme(scheme) {
+		return redactURL(dsn, len(scheme)+len("://"))
 	}
-	return dsnRedactKeywords(dsn)
+	return redactKeywords(dsn)
 }
 
-const dsnMask = "xxxxx"
+const mask = "xxxxx"
 
-// dsnRedactURL masks the passwords of a URL whose authority starts at
+// redactURL masks the passwords of a URL whose authority starts at
 // dsn[start:].
-func dsnRedactURL(dsn string, start int) string {
+func redactURL(dsn string, start int) string {
 	var b strings.Builder
 	b.WriteString(dsn[:start])
 	rest := dsn[start:]
@@ -45,7 +46,7 @@ func dsnRedactURL(dsn string, start int) string {
 		at := strings.LastIndexByte(rest, '@')
 		if colon := strings.IndexByte(rest[:first], ':'); colon >= 0 && colon+1 < at {
 			b.WriteString(rest[:colon+1])
-			b.WriteString(dsnMask)
+			b.WriteString(mask)
 			rest = rest[at:]
 		}
 	}
@@ -62,13 +63,13 @@ func dsnRedactURL(dsn string, start int) string {
 		}
 		key, _, ok := strings.Cut(pair, "=")
 		switch {
-		case ok && dsnIsSecretKey(dsnUnescapeLenient(key)):
+		case ok && isSecretKey(unescapeLenient(key)):
 			b.WriteString(key)
 			b.WriteByte('=')
-			b.WriteString(dsnMask)
+			b.WriteString(mask)
 			secret = true
 		case !ok && secret:
-			b.WriteString(dsnMask)
+			b.WriteString(mask)
 		default:
 			b.WriteString(pair)
 			secret = false
@@ -77,8 +78,8 @@ func dsnRedactURL(dsn string, start int) string {
 	return b.String()
 }
 
-// dsnRedactKeywords masks the password values of a libpq key=value string.
-func dsnRedactKeywords(s string) string {
+// redactKeywords masks the password values of a libpq key=value string.
+func redactKeywords(s string) string {
 	var b strings.Builder
 	for {
 		eq := strings.IndexByte(s, '=')
@@ -96,9 +97,9 @@ func dsnRedactKeywords(s string) string {
 		sp := len(s) - len(strings.TrimLeft(s, " \t\n\r\v\f"))
 		b.WriteString(s[:sp])
 		s = s[sp:]
-		n := dsnKeywordValueLen(s)
-		if dsnIsSecretKey(key) {
-			b.WriteString(dsnMask)
+		n := keywordValueLen(s)
+		if isSecretKey(key) {
+			b.WriteString(mask)
 		} else {
 			b.WriteString(s[:n])
 		}
@@ -106,10 +107,10 @@ func dsnRedactKeywords(s string) string {
 	}
 }
 
-// dsnKeywordValueLen returns the length of the key=value value that starts s:
+// keywordValueLen returns the length of the key=value value that starts s:
 // a quoted string with backslash escapes (to the end of s when it is not
 // closed), or a run of non-space bytes.
-func dsnKeywordValueLen(s string) int {
+func keywordValueLen(s string) int {
 	quoted := strings.HasPrefix(s, "'")
 	i := 0
 	if quoted {
@@ -128,13 +129,13 @@ func dsnKeywordValueLen(s string) int {
 	return len(s)
 }
 
-func dsnIsSecretKey(key string) bool {
+func isSecretKey(key string) bool {
 	key = strings.ToLower(strings.TrimSpace(key))
 	return key == "password" || key == "sslpassword"
 }
 
-// dsnUnescapeLenient decodes the valid percent-escapes of s and keeps the rest.
-func dsnUnescapeLenient(s string) string {
+// unescapeLenient decodes the valid percent-escapes of s and keeps the rest.
+func unescapeLenient(s string) string {
 	if !strings.Contains(s, "%") {
 		return s
 	}
@@ -152,8 +153,8 @@ func dsnUnescapeLenient(s string) string {
 	return b.String()
 }
 
-// dsnIsScheme reports whether s is a URL scheme (RFC 3986).
-func dsnIsScheme(s string) bool {
+// IsScheme reports whether s is a URL scheme (RFC 3986).
+func IsScheme(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -169,9 +170,9 @@ func dsnIsScheme(s string) bool {
 	return true
 }
 
-// dsnLooksLikeKeywords reports whether s starts like a libpq key=value
+// LooksLikeKeywords reports whether s starts like a libpq key=value
 // string ("host=db dbname=x").
-func dsnLooksLikeKeywords(s string) bool {
+func LooksLikeKeywords(s string) bool {
 	key, _, ok := strings.Cut(s, "=")
 	if !ok || key == "" {
 		return false
@@ -184,11 +185,11 @@ func dsnLooksLikeKeywords(s string) bool {
 	return true
 }
 
-// dsnCheckURL checks the syntax of a postgres:// URL the way libpq and
+// CheckURL checks the syntax of a postgres:// URL the way libpq and
 // pgx parse it, without reading the environment or any file (pgconn's
 // ParseConfig does both: it is left to the binary that opens the store).
 // It returns what is wrong, never quoting a password, or "".
-func dsnCheckURL(dsn string) string {
+func CheckURL(dsn string) string {
 	p, ok := strings.CutPrefix(dsn, "postgresql://")
 	if !ok {
 		p, _ = strings.CutPrefix(dsn, "postgres://")
@@ -196,10 +197,10 @@ func dsnCheckURL(dsn string) string {
 	// User info: up to an '@' met before any '/'.
 	if i := strings.IndexAny(p, "@/"); i >= 0 && p[i] == '@' {
 		user, password, _ := strings.Cut(p[:i], ":")
-		if msg := dsnCheckComponent(user); msg != "" {
+		if msg := checkComponent(user); msg != "" {
 			return "the user name " + msg
 		}
-		if msg := dsnCheckComponent(password); msg != "" {
+		if msg := checkComponent(password); msg != "" {
 			return "the password " + msg
 		}
 		p = p[i+1:]
@@ -223,7 +224,7 @@ func dsnCheckURL(dsn string) string {
 			if i < 0 {
 				i = len(p)
 			}
-			if msg := dsnCheckComponent(p[:i]); msg != "" {
+			if msg := checkComponent(p[:i]); msg != "" {
 				return fmt.Sprintf("the host %q %s", p[:i], msg)
 			}
 			p = p[i:]
@@ -248,7 +249,7 @@ func dsnCheckURL(dsn string) string {
 	// Database name.
 	if rest, ok := strings.CutPrefix(p, "/"); ok {
 		db, query, hasQuery := strings.Cut(rest, "?")
-		if msg := dsnCheckComponent(db); msg != "" {
+		if msg := checkComponent(db); msg != "" {
 			return fmt.Sprintf("the database name %q %s", db, msg)
 		}
 		p = ""
@@ -267,14 +268,14 @@ func dsnCheckURL(dsn string) string {
 			case !ok:
 				return fmt.Sprintf(`the parameter %q has no "="; write key=value`, key)
 			}
-			secret = dsnIsSecretKey(dsnUnescapeLenient(key))
+			secret = isSecretKey(unescapeLenient(key))
 			if strings.Contains(value, "=") {
 				return fmt.Sprintf(`the value of %q holds "="; percent-encode it as %%3D`, key)
 			}
-			if msg := dsnCheckComponent(key); msg != "" {
+			if msg := checkComponent(key); msg != "" {
 				return fmt.Sprintf("the parameter name %q %s", key, msg)
 			}
-			if msg := dsnCheckComponent(value); msg != "" {
+			if msg := checkComponent(value); msg != "" {
 				if secret {
 					return fmt.Sprintf("the value of %q %s", key, msg)
 				}
@@ -285,17 +286,17 @@ func dsnCheckURL(dsn string) string {
 	return ""
 }
 
-// dsnCheckComponent checks a percent-encoded URL component as libpq
+// checkComponent checks a percent-encoded URL component as libpq
 // decodes it: escapes of two hex digits, no %00, no space inside. It
 // returns what is wrong (to follow the component's name) or "".
-func dsnCheckComponent(s string) string {
+func checkComponent(s string) string {
 	s = strings.Trim(s, " ")
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
 		case ' ':
 			return "holds a space; percent-encode it as %20"
 		case '%':
-			if i+2 >= len(s) || !dsnIsHex(s[i+1]) || !dsnIsHex(s[i+2]) {
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
 				return "holds a '%' that starts no %XX escape; percent-encode it as %25"
 			}
 			if s[i+1] == '0' && s[i+2] == '0' {
@@ -307,6 +308,6 @@ func dsnCheckComponent(s string) string {
 	return ""
 }
 
-func dsnIsHex(c byte) bool {
+func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }

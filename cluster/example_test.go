@@ -1,12 +1,13 @@
-package store_test
+package cluster_test
 
 import (
 	"fmt"
 
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/dsn"
 )
 
-func ExampleParseRegistry() {
+func ExampleParse() {
 	data := []byte(`
 clusters:
   - name: east
@@ -19,14 +20,14 @@ clusters:
     forward: 10.1.0.10:8443
     store: west.db
 `)
-	r, err := store.ParseRegistry("/etc/replproxy/clusters.yaml", data)
+	r, err := cluster.Parse("/etc/replproxy/clusters.yaml", data)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	for _, c := range r.Clusters {
-		addr := store.RedactDSN(c.Store)
-		if !store.IsPostgresDSN(c.Store) {
+		addr := dsn.Redact(c.Store)
+		if !dsn.IsPostgres(c.Store) {
 			addr = "embedded " + addr
 		}
 		fmt.Println(c.Name, c.ProxyIPv4, c.ProxyIPv6, c.Forward, addr)
