@@ -328,149 +328,184 @@ func (v values) endpoints() []string {
 // check applies the rules of the data model to doc, item by item and
 // across items.
 func (p *parser) check(d *parsedDoc) {
-	// field checks a field: missing, or broken by value.
-	field := func(pos *position, path, key string, hint string, check func() error) {
-		if pos != nil && pos.bad[key] {
-			return
-		}
-		if !pos.given(key) {
-			p.fail(pos.lineOf(), "%s.%s: missing; %s", path, key, hint)
-			return
-		}
-		if err := check(); err != nil {
-			p.fail(pos.at(key), "%s.%s: %v", path, key, err)
-		}
-	}
-	label := func(s string) func() error { return func() error { return store.ValidLabel(s) } }
-	owner := func(s string) func() error { return func() error { return store.ValidOwner(s) } }
-	generation := func(g int64) func() error {
-		return func() error {
-			if g < 1 {
-				return fmt.Errorf("%d: must be 1 or more", g)
-			}
-			return nil
-		}
-	}
-	present := func() error { return nil } // the value was read already
-	name := func(sec, i int) string { return fmt.Sprintf("%s[%d]", sections[sec], i) }
+	c := &checker{p: p, d: d}
+	c.repls()
+	c.tombstones()
+	c.domains()
+	c.challenges()
+}
 
-	type seen struct {
-		path string
-		line int
+// checker is one run of check: what was seen so far, by key, so that
+// duplicates name their first use.
+type checker struct {
+	p     *parser
+	d     *parsedDoc
+	live  map[string]seen // repl id → where
+	tombs map[string]seen // repl id → where
+}
+
+// seen is where an item was given.
+type seen struct {
+	path string
+	line int
+}
+
+// field checks a field: missing, or broken by value.
+func (c *checker) field(pos *position, path, key string, hint string, check func() error) {
+	if pos != nil && pos.bad[key] {
+		return
 	}
-	live := make(map[string]seen, len(d.repls))
-	liveNames := make(map[replName]seen, len(d.repls))
-	for i, r := range d.repls {
-		pos, path := d.at(secRepls, i), name(secRepls, i)
-		if pos != nil && pos.broken {
+	if !pos.given(key) {
+		c.p.fail(pos.lineOf(), "%s.%s: missing; %s", path, key, hint)
+		return
+	}
+	if err := check(); err != nil {
+		c.p.fail(pos.at(key), "%s.%s: %v", path, key, err)
+	}
+}
+
+// unique records key as given at path, or reports that it was given
+// before: what says which rule it breaks ("id %s is already used by").
+func (c *checker) unique(m map[string]seen, key, path string, line int, what string) {
+	if first, dup := m[key]; dup {
+		c.p.fail(line, "%s: %s %s%s", path, what, first.path, also(first.line))
+		return
+	}
+	m[key] = seen{path, line}
+}
+
+// item returns the position and path of item i of section sec, and
+// whether it is to be checked (its shape was not broken already).
+func (c *checker) item(sec, i int) (*position, string, bool) {
+	pos := c.d.at(sec, i)
+	return pos, fmt.Sprintf("%s[%d]", sections[sec], i), pos == nil || !pos.broken
+}
+
+func checkLabel(s string) func() error { return func() error { return store.ValidLabel(s) } }
+func checkOwner(s string) func() error { return func() error { return store.ValidOwner(s) } }
+func checkGeneration(g int64) func() error {
+	return func() error {
+		if g < 1 {
+			return fmt.Errorf("%d: must be 1 or more", g)
+		}
+		return nil
+	}
+}
+
+// present passes a field whose value was read (and checked) already.
+func present() error { return nil }
+
+func (c *checker) repls() {
+	c.live = make(map[string]seen, len(c.d.repls))
+	names := make(map[string]seen, len(c.d.repls))
+	for i, r := range c.d.repls {
+		pos, path, ok := c.item(secRepls, i)
+		if !ok {
 			continue
 		}
-		field(pos, path, "id", "give the repl's id, a DNS label", label(r.ID))
-		field(pos, path, "owner", "give the repl's owner, a DNS label", owner(r.Owner))
-		field(pos, path, "slug", "give the repl's slug, a DNS label", label(r.Slug))
-		field(pos, path, "endpoints", "list the container addresses, e.g. [127.0.0.1:9001]", func() error {
+		c.field(pos, path, "id", "give the repl's id, a DNS label", checkLabel(r.ID))
+		c.field(pos, path, "owner", "give the repl's owner, a DNS label", checkOwner(r.Owner))
+		c.field(pos, path, "slug", "give the repl's slug, a DNS label", checkLabel(r.Slug))
+		c.field(pos, path, "endpoints", "list the container addresses, e.g. [127.0.0.1:9001]", func() error {
 			if len(r.Endpoints) == 0 {
 				return store.CheckEndpoints(nil)
 			}
 			for j, e := range r.Endpoints {
 				if err := store.CheckEndpoints([]string{e}); err != nil {
-					p.fail(pos.elemAt(j), "%s.endpoints[%d]: %v", path, j, err)
+					c.p.fail(pos.elemAt(j), "%s.endpoints[%d]: %v", path, j, err)
 				}
 			}
 			return nil
 		})
-		field(pos, path, "generation", "", generation(r.Generation))
+		c.field(pos, path, "generation", "", checkGeneration(r.Generation))
 
 		if r.ID != "" {
-			if first, dup := live[r.ID]; dup {
-				p.fail(pos.lineOf(), "%s: id %s is already used by %s%s", path, r.ID, first.path, also(first.line))
-			} else {
-				live[r.ID] = seen{path, pos.lineOf()}
-			}
+			c.unique(c.live, r.ID, path, pos.lineOf(), fmt.Sprintf("id %s is already used by", r.ID))
 		}
 		if r.Owner != "" && r.Slug != "" {
-			n := replName{r.Owner, r.Slug}
-			if first, dup := liveNames[n]; dup {
-				p.fail(pos.lineOf(), "%s: owner/slug %s/%s is already used by %s%s", path, r.Owner, r.Slug, first.path, also(first.line))
-			} else {
-				liveNames[n] = seen{path, pos.lineOf()}
-			}
+			c.unique(names, r.Owner+"/"+r.Slug, path, pos.lineOf(), fmt.Sprintf("owner/slug %s/%s is already used by", r.Owner, r.Slug))
 		}
 	}
+}
 
-	tombs := make(map[string]seen, len(d.tombstones))
-	for i, t := range d.tombstones {
-		pos, path := d.at(secTombstones, i), name(secTombstones, i)
-		if pos != nil && pos.broken {
+func (c *checker) tombstones() {
+	c.tombs = make(map[string]seen, len(c.d.tombstones))
+	for i, t := range c.d.tombstones {
+		pos, path, ok := c.item(secTombstones, i)
+		if !ok {
 			continue
 		}
-		field(pos, path, "repl_id", "give the id of the repl that moved", label(t.ReplID))
-		field(pos, path, "owner", "give the repl's owner", owner(t.Owner))
-		field(pos, path, "slug", "give the repl's slug", label(t.Slug))
-		field(pos, path, "cluster", "give the cluster the repl moved to", label(t.Cluster))
-		field(pos, path, "generation", "give the repl's generation in that cluster", generation(t.Generation))
-		field(pos, path, "moved_at", "give the time of the move (RFC 3339), e.g. 2026-11-29T10:00:00Z", present)
+		c.field(pos, path, "repl_id", "give the id of the repl that moved", checkLabel(t.ReplID))
+		c.field(pos, path, "owner", "give the repl's owner", checkOwner(t.Owner))
+		c.field(pos, path, "slug", "give the repl's slug", checkLabel(t.Slug))
+		c.field(pos, path, "cluster", "give the cluster the repl moved to", checkLabel(t.Cluster))
+		c.field(pos, path, "generation", "give the repl's generation in that cluster", checkGeneration(t.Generation))
+		c.field(pos, path, "moved_at", "give the time of the move (RFC 3339), e.g. 2026-11-29T10:00:00Z", present)
 
 		if t.ReplID == "" {
 			continue
 		}
-		if first, dup := tombs[t.ReplID]; dup {
-			p.fail(pos.lineOf(), "%s: repl %s already has a tombstone, %s%s; keep one", path, t.ReplID, first.path, also(first.line))
+		if first, dup := c.tombs[t.ReplID]; dup {
+			c.p.fail(pos.lineOf(), "%s: repl %s already has a tombstone, %s%s; keep one", path, t.ReplID, first.path, also(first.line))
 		} else {
-			tombs[t.ReplID] = seen{path, pos.lineOf()}
+			c.tombs[t.ReplID] = seen{path, pos.lineOf()}
 		}
-		if l, ok := live[t.ReplID]; ok {
-			p.fail(pos.lineOf(), "%s: repl %s is both live, as %s%s, and tombstoned; remove one of them",
+		if l, ok := c.live[t.ReplID]; ok {
+			c.p.fail(pos.lineOf(), "%s: repl %s is both live, as %s%s, and tombstoned; remove one of them",
 				path, t.ReplID, l.path, also(l.line))
 		}
 	}
+}
 
-	domains := make(map[string]seen, len(d.domains))
-	for i, dom := range d.domains {
-		pos, path := d.at(secDomains, i), name(secDomains, i)
-		if pos != nil && pos.broken {
+func (c *checker) domains() {
+	names := make(map[string]seen, len(c.d.domains))
+	for i, dom := range c.d.domains {
+		pos, path, ok := c.item(secDomains, i)
+		if !ok {
 			continue
 		}
-		field(pos, path, "name", "give the custom domain, e.g. www.example.com", func() error { return store.ValidDomain(dom.Name) })
-		field(pos, path, "repl_id", "give the id of the repl the domain is linked to", label(dom.ReplID))
-		field(pos, path, "token", "give a verification token of 1 to 128 of A-Z, a-z, 0-9, '_' and '-', e.g. "+store.NewToken(),
+		c.field(pos, path, "name", "give the custom domain, e.g. www.example.com", func() error { return store.ValidDomain(dom.Name) })
+		c.field(pos, path, "repl_id", "give the id of the repl the domain is linked to", checkLabel(dom.ReplID))
+		c.field(pos, path, "token", "give a verification token of 1 to 128 of A-Z, a-z, 0-9, '_' and '-', e.g. "+store.NewToken(),
 			func() error { return store.CheckToken(dom.Token) })
 
 		if dom.Name != "" {
-			if first, dup := domains[dom.Name]; dup {
-				p.fail(pos.lineOf(), "%s: domain %s is already linked by %s%s; keep one", path, dom.Name, first.path, also(first.line))
+			if first, dup := names[dom.Name]; dup {
+				c.p.fail(pos.lineOf(), "%s: domain %s is already linked by %s%s; keep one", path, dom.Name, first.path, also(first.line))
 			} else {
-				domains[dom.Name] = seen{path, pos.lineOf()}
+				names[dom.Name] = seen{path, pos.lineOf()}
 			}
 		}
-		if _, isLive := live[dom.ReplID]; dom.ReplID != "" && !isLive {
-			if _, tombstoned := tombs[dom.ReplID]; !tombstoned {
-				p.fail(pos.at("repl_id"), "%s: repl %s is neither live nor tombstoned here; link the domain to a repl in this file", path, dom.ReplID)
+		if _, isLive := c.live[dom.ReplID]; dom.ReplID != "" && !isLive {
+			if _, tombstoned := c.tombs[dom.ReplID]; !tombstoned {
+				c.p.fail(pos.at("repl_id"), "%s: repl %s is neither live nor tombstoned here; link the domain to a repl in this file", path, dom.ReplID)
 			}
 		}
 	}
+}
 
-	challenges := make(map[challengeKey]seen, len(d.challenges))
-	for i, c := range d.challenges {
-		pos, path := d.at(secChallenges, i), name(secChallenges, i)
-		if pos != nil && pos.broken {
+func (c *checker) challenges() {
+	records := make(map[challengeKey]seen, len(c.d.challenges))
+	for i, ch := range c.d.challenges {
+		pos, path, ok := c.item(secChallenges, i)
+		if !ok {
 			continue
 		}
 		// CheckChallenge checks both; give each half the other's
 		// good example so that each problem gets its own line.
-		field(pos, path, "name", "give the record's name, e.g. _acme-challenge.alice.repl.test", func() error {
-			return store.CheckChallenge(store.Challenge{Name: c.Name, Value: "x"})
+		c.field(pos, path, "name", "give the record's name, e.g. _acme-challenge.alice.repl.test", func() error {
+			return store.CheckChallenge(store.Challenge{Name: ch.Name, Value: "x"})
 		})
-		field(pos, path, "value", "give the record's value", func() error {
-			return store.CheckChallenge(store.Challenge{Name: store.ChallengePrefix + "x", Value: c.Value})
+		c.field(pos, path, "value", "give the record's value", func() error {
+			return store.CheckChallenge(store.Challenge{Name: store.ChallengePrefix + "x", Value: ch.Value})
 		})
-		field(pos, path, "expires_at", "give the record's expiry (RFC 3339), e.g. 2026-11-29T11:00:00Z", present)
+		c.field(pos, path, "expires_at", "give the record's expiry (RFC 3339), e.g. 2026-11-29T11:00:00Z", present)
 
-		k := challengeKey{c.Name, c.Value}
-		if first, dup := challenges[k]; dup {
-			p.fail(pos.lineOf(), "%s: the record %s %q is already given as %s%s; keep one", path, c.Name, c.Value, first.path, also(first.line))
+		k := challengeKey{ch.Name, ch.Value}
+		if first, dup := records[k]; dup {
+			c.p.fail(pos.lineOf(), "%s: the record %s %q is already given as %s%s; keep one", path, ch.Name, ch.Value, first.path, also(first.line))
 		} else {
-			challenges[k] = seen{path, pos.lineOf()}
+			records[k] = seen{path, pos.lineOf()}
 		}
 	}
 }
