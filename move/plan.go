@@ -135,24 +135,7 @@ func makePlan(st State, req Request) (Plan, error) {
 	}
 	dst, _ := st.Row(req.To)
 	p := Plan{ReplID: st.ReplID, Owner: cur.Live.Owner, Slug: cur.Live.Slug, To: req.To}
-
-	// The destination is current when an earlier run did step 1: it has the
-	// highest generation and no tombstone names anything else at it.
-	current := dst.Live != nil
-	for _, r := range st.Rows {
-		if !current {
-			break
-		}
-		if r.Cluster == dst.Cluster {
-			continue
-		}
-		if r.Live != nil && r.Live.Generation >= dst.Live.Generation {
-			current = false
-		}
-		if t := r.Tombstone; t != nil && (t.Generation > dst.Live.Generation || t.Generation == dst.Live.Generation && t.Cluster != dst.Cluster) {
-			current = false
-		}
-	}
+	current := activated(st, dst)
 	if current {
 		p.Generation = dst.Live.Generation
 		p.Endpoints = slices.Clone(dst.Live.Endpoints)
@@ -160,97 +143,11 @@ func makePlan(st State, req Request) (Plan, error) {
 		p.Generation = st.MaxGeneration() + 1
 		p.Endpoints = slices.Clone(req.Endpoints)
 	}
+	p.From = source(st, dst, p.Generation)
 
-	// From: the live row with the highest generation other than the
-	// destination's, else the newest tombstone to the destination.
-	var fromGen int64
-	var fromMoved time.Time
-	for _, r := range st.Rows {
-		if r.Cluster == dst.Cluster {
-			continue
-		}
-		if r.Live != nil && r.Live.Generation > fromGen {
-			p.From, fromGen = r.Cluster, r.Live.Generation
-		}
-	}
-	if p.From == "" {
-		for _, r := range st.Rows {
-			if t := r.Tombstone; t != nil && r.Cluster != dst.Cluster && t.Cluster == dst.Cluster && t.Generation == p.Generation && t.MovedAt.After(fromMoved) {
-				p.From, fromMoved = r.Cluster, t.MovedAt
-			}
-		}
-	}
-
-	// Step 1: activate, then the domains.
-	act := Action{Step: StepActivate, Cluster: dst.Cluster, kind: doActivate, Status: StatusPending,
-		What: fmt.Sprintf("make live at generation %d with endpoints %s", p.Generation, strings.Join(p.Endpoints, ", "))}
-	if current {
-		act.Status = StatusAlreadyDone
-	} else if dst.Tombstone != nil {
-		act.What += fmt.Sprintf(", removing its tombstone to %s", dst.Tombstone.Cluster)
-	}
-	p.Actions = append(p.Actions, act)
-	have := map[string]store.Domain{}
-	for _, d := range dst.Domains {
-		have[d.Name] = d
-	}
-	wanted := map[string]store.Domain{}
-	var names []string
-	if from, ok := st.Row(p.From); ok {
-		for _, d := range from.Domains {
-			wanted[d.Name] = d
-			names = append(names, d.Name)
-		}
-	}
-	for _, r := range st.Rows {
-		if r.Cluster == dst.Cluster {
-			continue
-		}
-		for _, d := range r.Domains {
-			if _, ok := wanted[d.Name]; !ok {
-				wanted[d.Name] = d
-				names = append(names, d.Name)
-			}
-		}
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		d := wanted[name]
-		got, ok := have[name]
-		switch {
-		case !ok:
-			p.Actions = append(p.Actions, Action{Step: StepActivate, Cluster: dst.Cluster, kind: doLink, domain: d, Status: StatusPending,
-				What: "link custom domain " + name})
-		case got.VerifiedAt.IsZero() && !d.VerifiedAt.IsZero():
-			p.Actions = append(p.Actions, Action{Step: StepActivate, Cluster: dst.Cluster, kind: doMarkVerified, domain: d, Status: StatusPending,
-				What: "mark custom domain " + name + " verified"})
-		}
-	}
-
-	// Step 2: repoint the tombstones of every other cluster.
-	for _, r := range st.Rows {
-		t := r.Tombstone
-		if r.Cluster == dst.Cluster || t == nil || r.Live != nil {
-			continue
-		}
-		a := Action{Step: StepRepoint, Cluster: r.Cluster, kind: doRepoint, Status: StatusPending,
-			What: fmt.Sprintf("repoint tombstone from %s (generation %d) to %s at generation %d", t.Cluster, t.Generation, dst.Cluster, p.Generation)}
-		if t.Cluster == dst.Cluster && t.Generation >= p.Generation {
-			a.Status = StatusAlreadyDone
-			a.What = fmt.Sprintf("tombstone names %s at generation %d", dst.Cluster, t.Generation)
-		}
-		p.Actions = append(p.Actions, a)
-	}
-
-	// Step 3: retire every live row but the destination's: the source's,
-	// and any left by an earlier move that was abandoned after step 1.
-	for _, r := range st.Rows {
-		if r.Cluster == dst.Cluster || r.Live == nil {
-			continue
-		}
-		p.Actions = append(p.Actions, Action{Step: StepRetire, Cluster: r.Cluster, kind: doRetire, Status: StatusPending,
-			What: fmt.Sprintf("replace the live row (generation %d) with a tombstone to %s at generation %d", r.Live.Generation, dst.Cluster, p.Generation)})
-	}
+	p.activate(st, dst, current)
+	p.repoint(st, dst)
+	p.retire(st, dst)
 
 	pending := slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Status == StatusPending })
 	if current && !sameEndpoints(dst.Live.Endpoints, req.Endpoints) {
@@ -272,6 +169,125 @@ func makePlan(st State, req Request) (Plan, error) {
 		p.AlreadyDone = true
 	}
 	return p, nil
+}
+
+// activated reports whether an earlier run did step 1 in dst: it has the
+// highest generation and no tombstone names anything else at it.
+func activated(st State, dst Row) bool {
+	if dst.Live == nil {
+		return false
+	}
+	for _, r := range st.Rows {
+		if r.Cluster == dst.Cluster {
+			continue
+		}
+		if r.Live != nil && r.Live.Generation >= dst.Live.Generation {
+			return false
+		}
+		if t := r.Tombstone; t != nil && (t.Generation > dst.Live.Generation || t.Generation == dst.Live.Generation && t.Cluster != dst.Cluster) {
+			return false
+		}
+	}
+	return true
+}
+
+// source returns the cluster the move is from: the live row with the
+// highest generation other than the destination's, else the newest
+// tombstone to the destination at generation, else "".
+func source(st State, dst Row, generation int64) string {
+	from, fromGen := "", int64(0)
+	for _, r := range st.Rows {
+		if r.Cluster != dst.Cluster && r.Live != nil && r.Live.Generation > fromGen {
+			from, fromGen = r.Cluster, r.Live.Generation
+		}
+	}
+	if from != "" {
+		return from
+	}
+	var fromMoved time.Time
+	for _, r := range st.Rows {
+		if t := r.Tombstone; t != nil && r.Cluster != dst.Cluster && t.Cluster == dst.Cluster && t.Generation == generation && t.MovedAt.After(fromMoved) {
+			from, fromMoved = r.Cluster, t.MovedAt
+		}
+	}
+	return from
+}
+
+// activate adds step 1: the live row in dst, then the custom domains it
+// lacks (the source's, then any other cluster's), by name.
+func (p *Plan) activate(st State, dst Row, current bool) {
+	act := Action{Step: StepActivate, Cluster: dst.Cluster, kind: doActivate, Status: StatusPending,
+		What: fmt.Sprintf("make live at generation %d with endpoints %s", p.Generation, strings.Join(p.Endpoints, ", "))}
+	if current {
+		act.Status = StatusAlreadyDone
+	} else if dst.Tombstone != nil {
+		act.What += fmt.Sprintf(", removing its tombstone to %s", dst.Tombstone.Cluster)
+	}
+	p.Actions = append(p.Actions, act)
+	have := map[string]store.Domain{}
+	for _, d := range dst.Domains {
+		have[d.Name] = d
+	}
+	wanted := map[string]store.Domain{}
+	var names []string
+	want := func(r Row) {
+		for _, d := range r.Domains {
+			if _, ok := wanted[d.Name]; !ok {
+				wanted[d.Name] = d
+				names = append(names, d.Name)
+			}
+		}
+	}
+	if from, ok := st.Row(p.From); ok {
+		want(from)
+	}
+	for _, r := range st.Rows {
+		if r.Cluster != dst.Cluster {
+			want(r)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		d := wanted[name]
+		got, ok := have[name]
+		switch {
+		case !ok:
+			p.Actions = append(p.Actions, Action{Step: StepActivate, Cluster: dst.Cluster, kind: doLink, domain: d, Status: StatusPending,
+				What: "link custom domain " + name})
+		case got.VerifiedAt.IsZero() && !d.VerifiedAt.IsZero():
+			p.Actions = append(p.Actions, Action{Step: StepActivate, Cluster: dst.Cluster, kind: doMarkVerified, domain: d, Status: StatusPending,
+				What: "mark custom domain " + name + " verified"})
+		}
+	}
+}
+
+// repoint adds step 2: the tombstones of every other cluster name dst.
+func (p *Plan) repoint(st State, dst Row) {
+	for _, r := range st.Rows {
+		t := r.Tombstone
+		if r.Cluster == dst.Cluster || t == nil || r.Live != nil {
+			continue
+		}
+		a := Action{Step: StepRepoint, Cluster: r.Cluster, kind: doRepoint, Status: StatusPending,
+			What: fmt.Sprintf("repoint tombstone from %s (generation %d) to %s at generation %d", t.Cluster, t.Generation, dst.Cluster, p.Generation)}
+		if t.Cluster == dst.Cluster && t.Generation >= p.Generation {
+			a.Status = StatusAlreadyDone
+			a.What = fmt.Sprintf("tombstone names %s at generation %d", dst.Cluster, t.Generation)
+		}
+		p.Actions = append(p.Actions, a)
+	}
+}
+
+// retire adds step 3: every live row but dst's becomes a tombstone: the
+// source's, and any left by an earlier move abandoned after step 1.
+func (p *Plan) retire(st State, dst Row) {
+	for _, r := range st.Rows {
+		if r.Cluster == dst.Cluster || r.Live == nil {
+			continue
+		}
+		p.Actions = append(p.Actions, Action{Step: StepRetire, Cluster: r.Cluster, kind: doRetire, Status: StatusPending,
+			What: fmt.Sprintf("replace the live row (generation %d) with a tombstone to %s at generation %d", r.Live.Generation, dst.Cluster, p.Generation)})
+	}
 }
 
 func sameEndpoints(a, b []string) bool {
