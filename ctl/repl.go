@@ -287,130 +287,144 @@ func replShowCommand() command {
 		summary: "Shows the repl in every cluster (live, a tombstone, or nothing), its custom domains, and\n" +
 			"whether every lookup of it reaches it in at most one hop. A move that stopped part way shows\n" +
 			"here: the repl is live in two clusters, or a tombstone names the wrong cluster.",
-		run: func(ctx context.Context, a *app, args []string) error {
-			all, closeAll, err := a.openStores(ctx)
-			if err != nil {
-				return err
+		run: func(ctx context.Context, a *app, args []string) error { return a.replShow(ctx, args[0]) },
+	}
+}
+
+// replShow is repl show: the survey, its checks, and the report.
+func (a *app) replShow(ctx context.Context, name string) error {
+	all, closeAll, err := a.openStores(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	reachable := map[string]store.Store{}
+	var down []string
+	for _, o := range all {
+		if o.err == nil {
+			reachable[o.cluster.Name] = o.store
+		} else {
+			down = append(down, o.cluster.Name)
+		}
+	}
+	id, err := a.replID(ctx, reachable, name)
+	if errors.Is(err, store.ErrNotFound) && len(down) > 0 {
+		return fmt.Errorf("%v in the clusters that could be reached; %w: %s could not", err, store.ErrUnavailable, join(down))
+	}
+	if err != nil {
+		return err
+	}
+	out, st, errs := surveyRepl(ctx, all, id)
+	if !slices.ContainsFunc(st.Rows, move.Row.Known) {
+		if len(errs) > 0 {
+			return fmt.Errorf("repl %s is in no reachable cluster:\n%w", id, errors.Join(errs...))
+		}
+		return fmt.Errorf("%w: no cluster has a repl %s", store.ErrNotFound, id)
+	}
+	out.Owner, out.Slug = st.Name()
+	out.Names = a.names(id, out.Owner, out.Slug)
+	out.LiveIn = append(out.LiveIn, st.Live()...)
+	if cur, ok := st.Current(); ok {
+		out.Serving = cur.Cluster
+	}
+	for _, d := range st.Domains() {
+		var in []string
+		for _, r := range st.Rows {
+			if slices.ContainsFunc(r.Domains, func(x store.Domain) bool { return x.Name == d.Name }) {
+				in = append(in, r.Cluster)
 			}
-			defer closeAll()
-			reachable := map[string]store.Store{}
-			var down []string
-			for _, o := range all {
-				if o.err == nil {
-					reachable[o.cluster.Name] = o.store
-				} else {
-					down = append(down, o.cluster.Name)
-				}
+		}
+		out.Domains = append(out.Domains, domainOut(d, in))
+	}
+	if len(errs) == 0 {
+		reg, _ := a.registry()
+		if err := move.CheckSettled(ctx, reg, reachable, id); err != nil {
+			for p := range strings.SplitSeq(err.Error(), "\n") {
+				out.Problems = append(out.Problems, p)
 			}
-			id, err := a.replID(ctx, reachable, args[0])
-			if errors.Is(err, store.ErrNotFound) && len(down) > 0 {
-				return fmt.Errorf("%v in the clusters that could be reached; %w: %s could not", err, store.ErrUnavailable, join(down))
-			}
-			if err != nil {
-				return err
-			}
-			out := replShow{ID: id, Clusters: []replInCluster{}, Domains: []domainJSON{}, LiveIn: []string{}}
-			st := move.State{ReplID: id}
-			var errs []error
-			for _, o := range all {
-				c := replInCluster{Cluster: o.cluster.Name, State: "none"}
-				var r move.Row
-				if o.err == nil {
-					r, err = move.SurveyCluster(ctx, o.cluster.Name, o.store, id)
-					o.err = err
-				}
-				switch {
-				case o.err != nil:
-					c.State, c.Error = "unreachable", o.err.Error()
-					errs = append(errs, o.err)
-				case r.Live != nil:
-					c.State, c.Generation, c.Endpoints, c.Since = "live", r.Live.Generation, r.Live.Endpoints, timePtr(r.Live.UpdatedAt)
-				case r.Tombstone != nil:
-					c.State, c.Generation, c.To, c.Since = "tombstone", r.Tombstone.Generation, r.Tombstone.Cluster, timePtr(r.Tombstone.MovedAt)
-				}
-				out.Clusters = append(out.Clusters, c)
-				st.Rows = append(st.Rows, r)
-			}
-			if !slices.ContainsFunc(st.Rows, move.Row.Known) {
-				if len(errs) > 0 {
-					return fmt.Errorf("repl %s is in no reachable cluster:\n%w", id, errors.Join(errs...))
-				}
-				return fmt.Errorf("%w: no cluster has a repl %s", store.ErrNotFound, id)
-			}
-			out.Owner, out.Slug = st.Name()
-			out.Names = a.names(id, out.Owner, out.Slug)
-			out.LiveIn = append(out.LiveIn, st.Live()...)
-			if cur, ok := st.Current(); ok {
-				out.Serving = cur.Cluster
-			}
-			for _, d := range st.Domains() {
-				var in []string
-				for _, r := range st.Rows {
-					if slices.ContainsFunc(r.Domains, func(x store.Domain) bool { return x.Name == d.Name }) {
-						in = append(in, r.Cluster)
-					}
-				}
-				out.Domains = append(out.Domains, domainOut(d, in))
-			}
-			if len(errs) == 0 {
-				reg, _ := a.registry()
-				if err := move.CheckSettled(ctx, reg, reachable, id); err != nil {
-					for p := range strings.SplitSeq(err.Error(), "\n") {
-						out.Problems = append(out.Problems, p)
-					}
-				} else {
-					out.Settled = true
-				}
-			}
-			err = a.emit(out, func(w io.Writer) {
-				fmt.Fprintf(w, "repl %s (%s/%s)\n", out.ID, out.Owner, out.Slug)
-				if len(out.Names) > 0 {
-					fmt.Fprintf(w, "names: %s\n", join(out.Names))
-				}
-				fmt.Fprintln(w)
-				row(w, "CLUSTER", "STATE", "GENERATION", "ENDPOINTS / TO", "SINCE")
-				for _, c := range out.Clusters {
-					where := join(c.Endpoints)
-					if c.State == "tombstone" {
-						where = "-> " + c.To
-					}
-					gen := fmt.Sprint(c.Generation)
-					if c.Generation == 0 {
-						gen = ""
-					}
-					row(w, c.Cluster, c.State, gen, where, stamp(deref(c.Since)))
-				}
-				if len(out.Domains) > 0 {
-					fmt.Fprintln(w)
-					row(w, "DOMAIN", "IN", "VERIFIED", "TOKEN")
-					for _, d := range out.Domains {
-						row(w, d.Name, join(d.Clusters), stamp(deref(d.VerifiedAt)), d.Token)
-					}
-				}
-				fmt.Fprintln(w)
-				switch {
-				case len(errs) > 0:
-					fmt.Fprintln(w, "routing: not checked: a cluster is unreachable")
-				case out.Settled:
-					fmt.Fprintf(w, "routing: ok: served by %s; every lookup reaches it in at most one hop\n", out.Serving)
-				default:
-					fmt.Fprintf(w, "routing: NOT SETTLED (served by %s):\n", out.Serving)
-					for _, p := range out.Problems {
-						fmt.Fprintf(w, "  %s\n", p)
-					}
-					if len(out.LiveIn) > 1 || out.Serving != "" {
-						fmt.Fprintf(w, "A move that stopped part way is finished by running it again: replctl move %s --to %s --endpoint ...\n", out.ID, out.Serving)
-					}
-				}
-			})
-			if err != nil {
-				return err
-			}
-			if len(errs) > 0 {
-				return fmt.Errorf("repl show is incomplete:\n%w", errors.Join(errs...))
-			}
-			return nil
-		},
+		} else {
+			out.Settled = true
+		}
+	}
+	if err := a.emit(out, func(w io.Writer) { out.print(w, len(errs) > 0) }); err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("repl show is incomplete:\n%w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// surveyRepl reads the repl's rows in every cluster: what each holds, as
+// shown and as the move package sees it, and the clusters that failed.
+func surveyRepl(ctx context.Context, all []opened, id string) (replShow, move.State, []error) {
+	out := replShow{ID: id, Clusters: []replInCluster{}, Domains: []domainJSON{}, LiveIn: []string{}}
+	st := move.State{ReplID: id}
+	var errs []error
+	for _, o := range all {
+		c := replInCluster{Cluster: o.cluster.Name, State: "none"}
+		var r move.Row
+		if o.err == nil {
+			var err error
+			r, err = move.SurveyCluster(ctx, o.cluster.Name, o.store, id)
+			o.err = err
+		}
+		switch {
+		case o.err != nil:
+			c.State, c.Error = "unreachable", o.err.Error()
+			errs = append(errs, o.err)
+		case r.Live != nil:
+			c.State, c.Generation, c.Endpoints, c.Since = "live", r.Live.Generation, r.Live.Endpoints, timePtr(r.Live.UpdatedAt)
+		case r.Tombstone != nil:
+			c.State, c.Generation, c.To, c.Since = "tombstone", r.Tombstone.Generation, r.Tombstone.Cluster, timePtr(r.Tombstone.MovedAt)
+		}
+		out.Clusters = append(out.Clusters, c)
+		st.Rows = append(st.Rows, r)
+	}
+	return out, st, errs
+}
+
+// print writes the report for a terminal; unreachable says that routing
+// could not be checked.
+func (out replShow) print(w io.Writer, unreachable bool) {
+	fmt.Fprintf(w, "repl %s (%s/%s)\n", out.ID, out.Owner, out.Slug)
+	if len(out.Names) > 0 {
+		fmt.Fprintf(w, "names: %s\n", join(out.Names))
+	}
+	fmt.Fprintln(w)
+	row(w, "CLUSTER", "STATE", "GENERATION", "ENDPOINTS / TO", "SINCE")
+	for _, c := range out.Clusters {
+		where := join(c.Endpoints)
+		if c.State == "tombstone" {
+			where = "-> " + c.To
+		}
+		gen := fmt.Sprint(c.Generation)
+		if c.Generation == 0 {
+			gen = ""
+		}
+		row(w, c.Cluster, c.State, gen, where, stamp(deref(c.Since)))
+	}
+	if len(out.Domains) > 0 {
+		fmt.Fprintln(w)
+		row(w, "DOMAIN", "IN", "VERIFIED", "TOKEN")
+		for _, d := range out.Domains {
+			row(w, d.Name, join(d.Clusters), stamp(deref(d.VerifiedAt)), d.Token)
+		}
+	}
+	fmt.Fprintln(w)
+	switch {
+	case unreachable:
+		fmt.Fprintln(w, "routing: not checked: a cluster is unreachable")
+	case out.Settled:
+		fmt.Fprintf(w, "routing: ok: served by %s; every lookup reaches it in at most one hop\n", out.Serving)
+	default:
+		fmt.Fprintf(w, "routing: NOT SETTLED (served by %s):\n", out.Serving)
+		for _, p := range out.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		if len(out.LiveIn) > 1 || out.Serving != "" {
+			fmt.Fprintf(w, "A move that stopped part way is finished by running it again: replctl move %s --to %s --endpoint ...\n", out.ID, out.Serving)
+		}
 	}
 }
 
