@@ -48,8 +48,6 @@ func (a *app) openStores(ctx context.Context, names ...string) ([]opened, func()
 	for i, c := range clusters {
 		out[i].cluster = c
 		wg.Go(func() {
-			// On error store.Open returns a nil pointer in a non-nil
-			// interface: keep only a store that opened.
 			s, err := cluster.Open(ctx, c.Store, cluster.OpenOptions{Logger: a.logger})
 			if err != nil {
 				out[i].err = fmt.Errorf("cluster %s: %w", c.Name, err)

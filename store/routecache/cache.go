@@ -484,7 +484,8 @@ func (c *Cache) apply(ev store.Event) {
 	}
 }
 
-// Invalidate drops what the cache holds for k.
+// invalidate drops what the cache holds for k, and bumps the shard's
+// sequence so that a load that overlapped it is kept only as stale.
 func (c *Cache) invalidate(k store.Key) {
 	h, i := c.hashKey(k)
 	for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
