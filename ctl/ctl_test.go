@@ -147,6 +147,15 @@ func TestUsage(t *testing.T) {
 			t.Errorf("%v", r)
 		}
 	})
+	t.Run("an empty variable counts as not set", func(t *testing.T) {
+		t.Setenv("REPLCTL_REGISTRY", f.registry)
+		t.Setenv("REPLCTL_O", "")
+		t.Setenv("REPLCTL_TIMEOUT", "")
+		r := runCtl(t, "repl", "list")
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "CLUSTER") {
+			t.Errorf("want the default table output; %v", r)
+		}
+	})
 	t.Run("bad registry", func(t *testing.T) {
 		r := runCtl(t, "-registry", f.registry+".missing", "repl", "list")
 		if r.code != 1 || !strings.Contains(r.stderr, "load registry") {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
@@ -23,7 +22,8 @@ import (
 )
 
 // envPrefix starts the environment variables of the global flags:
-// REPLCTL_REGISTRY, REPLCTL_ZONE, ...
+// REPLCTL_REGISTRY, REPLCTL_ZONE, ... (internal/cli: a variable set to the
+// empty string counts as not set).
 const envPrefix = "REPLCTL"
 
 const usage = `Usage: replctl -registry FILE [global flags] COMMAND [arguments] [flags]
@@ -59,7 +59,9 @@ REPL is a repl id (r1a2b3), OWNER/SLUG (alice/blog), or a name under -zone
 (blog.alice.repl.co, r1a2b3.id.repl.co). Flags may follow the arguments.
 "replctl COMMAND -h" describes a command.
 
-Global flags (also accepted after the command):
+Global flags (also accepted after the command). Each can also be set in the
+environment variable shown beside it; the command line wins, and a variable
+set to the empty string counts as not set:
 %s
 Exit status:
   0  success
@@ -179,7 +181,7 @@ func (a *app) run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("replctl", flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
 	a.register(fs)
-	fs.VisitAll(func(f *flag.Flag) { f.Usage += " (env " + cli.EnvName(envPrefix, f.Name) + ")" })
+	cli.AddEnvUsage(fs, envPrefix)
 	fs.Usage = func() {
 		var b strings.Builder
 		fs.SetOutput(&b)
@@ -262,20 +264,9 @@ func (a *app) run(ctx context.Context, args []string) error {
 // setup applies the environment to the global flags not given, checks
 // them, and builds the logger.
 func (a *app) setup(fs *flag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if a.set[f.Name] || err != nil {
-			return
-		}
-		env := cli.EnvName(envPrefix, f.Name)
-		if v, ok := os.LookupEnv(env); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = usagef("environment variable %s=%q: %v", env, v, e)
-			}
-		}
-	})
-	if err != nil {
-		return err
+	given := func(name string) bool { return a.set[name] }
+	if err := cli.ApplyEnv(fs, envPrefix, given, os.LookupEnv); err != nil {
+		return usagef("%v", err)
 	}
 	if a.output != "table" && a.output != "json" {
 		return usagef("-o %q: want table or json", a.output)
@@ -284,18 +275,17 @@ func (a *app) setup(fs *flag.FlagSet) error {
 		return usagef("-timeout %s: want a positive duration", a.timeout)
 	}
 	if a.zone != "" {
+		var err error
 		if a.zoneV, err = store.NewZone(a.zone); err != nil {
 			return usagef("-zone: %v", err)
 		}
 		a.hasZone = true
 	}
-	lvl, lerr := zapcore.ParseLevel(a.logLevel)
-	if lerr != nil {
-		return usagef("-log-level %q: want debug, info, warn or error", a.logLevel)
+	logger, err := cli.NewLoggerTo(a.stderr, a.logLevel, "console")
+	if err != nil {
+		return usagef("%v", err)
 	}
-	enc := zap.NewDevelopmentEncoderConfig()
-	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	a.logger = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(a.stderr), lvl))
+	a.logger = logger
 	return nil
 }
 

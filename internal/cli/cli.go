@@ -1,10 +1,18 @@
-// Package cli holds what the three commands share: flags that can also be
-// set from the environment, and the logger.
+// Package cli holds what the commands share: flags that can also be set
+// from the environment, and the logger.
+//
+// Every flag -some-name of a command with the prefix REPLNS is also read
+// from the variable REPLNS_SOME_NAME; the command line wins over the
+// environment. A variable set to the empty string counts as not set (so
+// that FOO= in a compose file or a systemd unit "unsets" it): the flag
+// keeps its default. To give a flag an empty value, write it on the
+// command line.
 package cli
 
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -14,52 +22,114 @@ import (
 
 // EnvName is the environment variable that sets flag name for a command
 // with the given prefix: prefix "REPLPROXY", flag "hop-secret-file" →
-// REPLPROXY_HOP_SECRET_FILE.
+// REPLPROXY_HOP_SECRET_FILE. A trailing "_" on the prefix is ignored.
 func EnvName(prefix, name string) string {
-	return prefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	return strings.TrimSuffix(prefix, "_") + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
+// EnvRule is one sentence for a command's usage text: how the environment
+// sets flags.
+const EnvRule = "Every flag can also be set in the environment variable shown beside it; the\n" +
+	"command line wins, and a variable set to the empty string counts as not set."
+
 // Parse parses args into fs, after which every flag not given on the
-// command line takes its environment variable, when set. The usage
-// message lists the variables. Errors name the flag or the variable.
+// command line takes its environment variable, when set and not empty
+// (os.LookupEnv). Positional arguments are refused. The usage message
+// lists the variables. Errors name the flag or the variable.
 func Parse(fs *flag.FlagSet, prefix string, args []string) error {
-	fs.VisitAll(func(f *flag.Flag) {
-		f.Usage += " (env " + EnvName(prefix, f.Name) + ")"
-	})
+	return ParseEnv(fs, prefix, args, os.LookupEnv)
+}
+
+// ParseEnv is Parse with the environment read through lookup (os.LookupEnv,
+// or a map in tests).
+func ParseEnv(fs *flag.FlagSet, prefix string, args []string, lookup func(string) (string, bool)) error {
+	AddEnvUsage(fs, prefix)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q: flags are written -name value", fs.Arg(0))
+		return fmt.Errorf("unexpected arguments %q: every setting is a flag, written -name value (see -h)", fs.Args())
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return ApplyEnv(fs, prefix, func(name string) bool { return given[name] }, lookup)
+}
+
+// AddEnvUsage appends each flag's variable to its usage: " (env
+// PREFIX_NAME)". Parse calls it; a command that parses in stages calls it
+// once itself.
+func AddEnvUsage(fs *flag.FlagSet, prefix string) {
+	fs.VisitAll(func(f *flag.Flag) {
+		f.Usage += " (env " + EnvName(prefix, f.Name) + ")"
+	})
+}
+
+// ApplyEnv sets every flag of fs for which given reports false from its
+// environment variable, read through lookup, when set and not empty. It
+// stops at the first value a flag refuses, with an error naming the
+// variable, the flag and what the flag wants.
+func ApplyEnv(fs *flag.FlagSet, prefix string, given func(name string) bool, lookup func(string) (string, bool)) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil {
+		if err != nil || given(f.Name) {
 			return
 		}
 		env := EnvName(prefix, f.Name)
-		if v, ok := os.LookupEnv(env); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("environment variable %s=%q: %w", env, v, e)
-			}
+		v, ok := lookup(env)
+		if !ok || v == "" {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("environment variable %s=%q (flag -%s): %s", env, v, f.Name, want(f, e))
 		}
 	})
 	return err
 }
 
-// NewLogger returns a production JSON logger at level ("debug", "info",
-// "warn", "error").
+// want says what a flag accepts, for an error about a value it refused.
+func want(f *flag.Flag, err error) string {
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+		return "want true or false"
+	}
+	switch name, _ := flag.UnquoteUsage(f); name {
+	case "duration":
+		return "want a duration such as 90s, 5m or 24h"
+	case "int", "uint":
+		return "want a whole number"
+	case "float":
+		return "want a number"
+	}
+	return err.Error()
+}
+
+// NewLogger returns the daemons' logger: JSON lines on stderr at level
+// ("debug", "info", "warn", "error"), the time under "time" in ISO 8601,
+// no sampling.
 func NewLogger(level string) (*zap.Logger, error) {
+	return NewLoggerTo(os.Stderr, level, "json")
+}
+
+// NewLoggerTo returns a logger writing to w at level, in format "json"
+// (as NewLogger) or "console" (the same fields, for people: tab-separated,
+// colourless).
+func NewLoggerTo(w io.Writer, level, format string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
 	}
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.Sampling = nil
-	cfg.EncoderConfig.TimeKey = "time"
-	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	return cfg.Build()
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "time"
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	var encoder zapcore.Encoder
+	switch format {
+	case "json":
+		encoder = zapcore.NewJSONEncoder(enc)
+	case "console":
+		enc.EncodeLevel = zapcore.CapitalLevelEncoder
+		encoder = zapcore.NewConsoleEncoder(enc)
+	default:
+		return nil, fmt.Errorf("-log-format %q: want json or console", format)
+	}
+	core := zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(w)), lvl)
+	return zap.New(core, zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel), zap.ErrorOutput(zapcore.Lock(os.Stderr))), nil
 }
