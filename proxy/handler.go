@@ -15,13 +15,22 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // Routes resolves routable keys: the route cache (routecache.Cache) in
 // production.
 type Routes interface {
+	// Lookup resolves k, from the cache when it can.
 	Lookup(ctx context.Context, k store.Key) (store.Route, error)
+	// Refresh drops what is cached for k and asks the store again. The
+	// handler calls it only when the cached route is in doubt: a request
+	// forwarded here that the cache would not serve locally, and a forward
+	// that came back as a loop naming this cluster.
+	Refresh(ctx context.Context, k store.Key) (store.Route, error)
 }
+
+var _ Routes = (*routecache.Cache)(nil)
 
 // LoopHeader, on a 508, names the cluster the answering proxy's tombstone
 // points to.
@@ -36,9 +45,8 @@ var errStaleForward = errors.New("forwarded on a stale tombstone")
 // asks the store again and, when the repl is live here and the request
 // has no body to replay, serves it locally; otherwise it passes the 508 on.
 func (h *Handler) staleForward(w http.ResponseWriter, r *http.Request, ex *exchange) {
-	rf, ok := h.routes.(refresher)
-	if ok && (r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "") {
-		if route, err := rf.Refresh(r.Context(), ex.key); err == nil && route.Kind == store.RouteLocal {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "" {
+		if route, err := h.routes.Refresh(r.Context(), ex.key); err == nil && route.Kind == store.RouteLocal {
 			ex.route = routeLocal
 			ex.target = route.Endpoints[int(h.next.Add(1)%uint64(len(route.Endpoints)))]
 			ex.upstreamAt = time.Time{}
@@ -52,12 +60,6 @@ func (h *Handler) staleForward(w http.ResponseWriter, r *http.Request, ex *excha
 		"This repl's tombstone here and the cluster it names disagree about where it lives. A request is forwarded at most once.")
 }
 
-// refresher is a Routes that can drop a cached route and ask the store
-// again (routecache.Cache).
-type refresher interface {
-	Refresh(ctx context.Context, k store.Key) (store.Route, error)
-}
-
 // Handler is the proxy's http.Handler.
 type Handler struct {
 	cfg      Config
@@ -67,6 +69,7 @@ type Handler struct {
 	hop      hopSigner
 	ids      *requestIDs
 	upgrades *upgrades
+	upstream *upstream
 	proxy    *httputil.ReverseProxy
 	buffers  *bufferPool
 	next     atomic.Uint64 // round-robin over a repl's endpoints
@@ -91,9 +94,10 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 	h.hop.secret, h.hop.now = cfg.HopSecret, cfg.Now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
+	h.upstream = newUpstream(&h.cfg)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      newUpstream(&h.cfg),
+		Transport:      h.upstream,
 		BufferPool:     h.buffers,
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.upstreamFailed,
@@ -101,6 +105,31 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 	}
 	return h, nil
 }
+
+// UpgradedConns returns the number of open upgraded (WebSocket)
+// connections.
+func (h *Handler) UpgradedConns() int { return h.upgrades.Len() }
+
+// DrainUpgraded waits until every upgraded connection has closed or ctx is
+// done, then closes those still open and returns how many it closed:
+// http.Server.Shutdown does not wait for hijacked connections.
+func (h *Handler) DrainUpgraded(ctx context.Context) int {
+	for h.upgrades.Len() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n := h.upgrades.Len()
+	if n > 0 {
+		h.upgrades.closeAll()
+	}
+	return n
+}
+
+// CloseIdleConnections closes the idle connections to containers and peer
+// proxies.
+func (h *Handler) CloseIdleConnections() { h.upstream.CloseIdleConnections() }
 
 // exchange is the state of one request, carried in its context from
 // ServeHTTP to the ReverseProxy's callbacks.
@@ -175,9 +204,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// tombstone says the repl lives here. If our cache disagrees, it
 		// may be older than our store (the two clusters' change
 		// notifications race during a move): ask the store once.
-		if rf, ok := h.routes.(refresher); ok {
-			route, err = rf.Refresh(r.Context(), key)
-		}
+		route, err = h.routes.Refresh(r.Context(), key)
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):

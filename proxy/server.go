@@ -256,7 +256,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	s.logger.Info("draining", zap.Duration("deadline", s.cfg.ShutdownTimeout),
-		zap.Int("upgraded_connections", s.handler.upgrades.Len()))
+		zap.Int("upgraded_connections", s.handler.UpgradedConns()))
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -272,15 +272,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
-	for s.handler.upgrades.Len() > 0 && drainCtx.Err() == nil {
-		select {
-		case <-drainCtx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	if n := s.handler.upgrades.Len(); n > 0 {
+	if n := s.handler.DrainUpgraded(drainCtx); n > 0 {
 		s.logger.Warn("drain deadline passed; closing upgraded connections", zap.Int("count", n))
-		s.handler.upgrades.closeAll()
 	}
 	if admin := servers["admin"]; admin != nil {
 		_ = admin.Close()
@@ -291,7 +284,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			serveErr = err
 		}
 	}
-	s.handler.proxy.Transport.(*upstream).CloseIdleConnections()
+	s.handler.CloseIdleConnections()
 	s.logger.Info("stopped")
 	return serveErr
 }

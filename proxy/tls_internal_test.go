@@ -34,6 +34,10 @@ func (r routeSet) Lookup(_ context.Context, k store.Key) (store.Route, error) {
 	return store.Route{}, store.ErrNotFound
 }
 
+func (r routeSet) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
+	return r.Lookup(ctx, k)
+}
+
 func testManager(t *testing.T, tweak func(*CertConfig)) (*CertManager, *embedded.Store) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "cluster.yaml")
