@@ -73,6 +73,7 @@ type Stats struct {
 	LoadErrors   uint64 // backend calls that failed
 	Evictions    uint64 // entries dropped for room
 	Invalidation uint64 // entries dropped by change notifications
+	Screened     uint64 // misses answered not found by the name index, without the backend
 	Entries      int    // found routes held
 	Negative     int    // not-found and challenge entries held
 }
@@ -102,7 +103,9 @@ type Cache struct {
 	byReplMu sync.Mutex
 	byRepl   map[string]map[store.Key]struct{} // repl id → cached domain keys routing to it
 
-	hits, misses, stale, loads, loadErrors, evictions, invalidations atomic.Uint64
+	index *Index // nil unless made by NewIndexed
+
+	hits, misses, stale, loads, loadErrors, evictions, invalidations, screened atomic.Uint64
 }
 
 const cacheShards = 64
@@ -151,13 +154,28 @@ func New(r store.Reader, cfg Config, logger *zap.Logger) *Cache {
 	return c
 }
 
+// NewIndexed returns a cache in front of st with a name index (Index): a
+// miss for a name the index knows nobody hosts is answered ErrNotFound
+// without a backend call and without a cache entry, so random names cost
+// the store nothing and cannot crowd the cache. Run keeps both current
+// from one Watch.
+func NewIndexed(st Lister, cfg Config, logger *zap.Logger) *Cache {
+	c := New(st, cfg, logger)
+	c.index = NewIndex(st, logger)
+	return c
+}
+
+// Index returns the cache's name index; nil when it was made by New.
+func (c *Cache) Index() *Index { return c.index }
+
 // coarseTick is how often Run refreshes the cache's clock: reading it is
 // far cheaper than time.Now on every hit, and TTLs are seconds long.
 const coarseTick = 20 * time.Millisecond
 
-// Run applies the reader's change notifications to the cache until ctx is
-// done, and returns ctx's error. While it runs, the cache reads a clock it
-// refreshes every 20 ms instead of calling time.Now on every lookup.
+// Run applies the reader's change notifications to the cache (and to its
+// index) until ctx is done, and returns ctx's error. While it runs, the
+// cache reads a clock it refreshes every 20 ms instead of calling time.Now
+// on every lookup.
 func (c *Cache) Run(ctx context.Context) error {
 	if !c.userClock {
 		c.coarse.Store(time.Now().UnixNano())
@@ -181,7 +199,18 @@ func (c *Cache) Run(ctx context.Context) error {
 			c.coarse.Store(0)
 		}()
 	}
-	return c.r.Watch(ctx, c.apply)
+	if c.index == nil {
+		return c.r.Watch(ctx, c.apply)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { _ = c.index.Run(ctx) })
+	return c.r.Watch(ctx, func(ev store.Event) {
+		c.apply(ev)
+		c.index.Apply(ev)
+	})
 }
 
 // now returns the time in unix nanoseconds.
@@ -204,6 +233,9 @@ func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 		c.hits.Add(1)
 		return e.route, e.err
 	}
+	if c.screen(k) {
+		return store.Route{}, errNotHosted
+	}
 	e, err := c.load(ctx, k, e)
 	if err != nil {
 		return store.Route{}, err
@@ -211,10 +243,25 @@ func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 	return e.route, e.err
 }
 
+// errNotHosted is the answer for a name the index knows nobody hosts.
+var errNotHosted = fmt.Errorf("%w: no repl has this name", store.ErrNotFound)
+
+// screen reports whether the index knows that nobody hosts k, counting it.
+func (c *Cache) screen(k store.Key) bool {
+	if c.index == nil || c.index.Knows(k) != KnownNo {
+		return false
+	}
+	c.screened.Add(1)
+	return true
+}
+
 // Refresh drops what the cache holds for k and looks it up in the backend:
 // for a caller that has reason to think the cached route is older than the
 // store (a change notification still on its way).
 func (c *Cache) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
+	if c.screen(k) {
+		return store.Route{}, errNotHosted
+	}
 	c.invalidate(k)
 	return c.Lookup(ctx, k)
 }
@@ -510,6 +557,7 @@ func (c *Cache) Stats() Stats {
 		LoadErrors:   c.loadErrors.Load(),
 		Evictions:    c.evictions.Load(),
 		Invalidation: c.invalidations.Load(),
+		Screened:     c.screened.Load(),
 	}
 	for i := range c.found {
 		s.Entries += c.found[i].len()

@@ -1,0 +1,447 @@
+package routecache
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/store"
+)
+
+// Lister is what an Index reads to build itself and to follow changes.
+// Every store.Store is one.
+type Lister interface {
+	store.Reader
+	ListRepls(ctx context.Context, owner string) ([]store.Repl, error)
+	ListTombstones(ctx context.Context) ([]store.Tombstone, error)
+	ListDomains(ctx context.Context, replID string) ([]store.Domain, error)
+	GetRepl(ctx context.Context, id string) (store.Repl, error)
+	GetTombstone(ctx context.Context, replID string) (store.Tombstone, error)
+	GetDomain(ctx context.Context, name string) (store.Domain, error)
+}
+
+var _ Lister = store.Store(nil)
+
+// Knowledge is what an Index says about a name.
+type Knowledge uint8
+
+const (
+	// KnownNo: the index is current and does not have the name.
+	KnownNo Knowledge = iota
+	// KnownYes: the index has the name.
+	KnownYes
+	// KnownUnsure: the index does not have the name but may be behind
+	// (rebuilding, or a change to the name is being read).
+	KnownUnsure
+)
+
+// Index is one cluster's set of names in memory: every live repl and every
+// tombstone (by owner/slug and by id, with its generation and, for a
+// tombstone, the cluster it moved to), the owners that have repls, and the
+// custom domains. It is kept current by the store's change notifications
+// (Apply, then Run re-reads what changed), so that a name nobody hosts is
+// answered without a cache entry or a store query: a flood of random names
+// costs the store nothing and cannot grow the cache.
+//
+// After an EventResync (the store reconnected and may have missed changes)
+// and until it is rebuilt, the index is not current: a name it lacks is then
+// KnownUnsure, and so is a name whose change is being read, so callers look
+// those up the ordinary way and a repl just created is never refused.
+type Index struct {
+	st     Lister
+	logger *zap.Logger
+
+	mu      sync.RWMutex
+	byName  map[replName]IndexEntry
+	byID    map[string]IndexEntry
+	domains map[string]string    // custom domain → repl id
+	owners  map[string]int       // repls (live or tombstoned) per owner
+	pending map[store.Key]uint64 // names whose change is still to be read → its latest seq
+	seq     uint64               // numbers the notifications given to Apply
+	current bool
+	built   bool // current at least once
+
+	queue   eventQueue
+	queries atomic.Uint64 // store calls made
+}
+
+type replName struct{ owner, slug string }
+
+// IndexEntry is what the index holds for one repl.
+type IndexEntry struct {
+	ID, Owner, Slug string
+	Generation      int64
+	MovedTo         string // for a tombstone: the cluster it names; "" when live
+}
+
+func (e IndexEntry) claim() store.Claim {
+	return store.Claim{Live: e.MovedTo == "", Generation: e.Generation, ReplID: e.ID}
+}
+
+// NewIndex returns an empty index of st, not current until Run has built
+// it.
+func NewIndex(st Lister, logger *zap.Logger) *Index {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Index{
+		st:      st,
+		logger:  logger.Named("index"),
+		byName:  make(map[replName]IndexEntry),
+		byID:    make(map[string]IndexEntry),
+		domains: make(map[string]string),
+		owners:  make(map[string]int),
+		pending: make(map[store.Key]uint64),
+		queue:   eventQueue{wake: make(chan struct{}, 1)},
+	}
+}
+
+// Knows says whether the index has the name k (KeyRepl, KeyReplID,
+// KeyDomain; any other kind is KnownUnsure).
+func (x *Index) Knows(k store.Key) Knowledge {
+	kn, _ := x.Repl(k)
+	return kn
+}
+
+// Repl says whether the index has the repl named by k (KeyRepl, KeyReplID,
+// or KeyDomain for the repl a custom domain is linked to), and when it does
+// its entry. It makes no allocation.
+func (x *Index) Repl(k store.Key) (Knowledge, IndexEntry) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var (
+		e  IndexEntry
+		ok bool
+	)
+	switch k.Kind {
+	case store.KeyRepl:
+		e, ok = x.byName[replName{k.Owner, k.Slug}]
+	case store.KeyReplID:
+		e, ok = x.byID[k.ID]
+	case store.KeyDomain:
+		var id string
+		if id, ok = x.domains[k.Name]; ok {
+			e, ok = x.byID[id]
+		}
+	default:
+		return KnownUnsure, IndexEntry{}
+	}
+	switch {
+	case ok:
+		return KnownYes, e
+	case !x.current || len(x.pending) > 0 && x.pending[k] != 0:
+		return KnownUnsure, IndexEntry{}
+	}
+	return KnownNo, IndexEntry{}
+}
+
+// Owner says whether owner has repls (live or tombstoned).
+func (x *Index) Owner(owner string) Knowledge {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	switch {
+	case x.owners[owner] > 0:
+		return KnownYes
+	case x.current:
+		return KnownNo
+	}
+	return KnownUnsure
+}
+
+// IndexStats counts what an index holds and did.
+type IndexStats struct {
+	Repls   int    // live repls and tombstones, by id
+	Domains int    // custom domains
+	Current bool   // built and not behind a resync
+	Built   bool   // current at least once
+	Queries uint64 // store calls made to build and follow it
+}
+
+// Stats returns what the index holds.
+func (x *Index) Stats() IndexStats {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return IndexStats{Repls: len(x.byID), Domains: len(x.domains), Current: x.current, Built: x.built, Queries: x.queries.Load()}
+}
+
+// Apply takes one change notification; it never blocks. The names it
+// touches are KnownUnsure until Run has read them again.
+func (x *Index) Apply(ev store.Event) {
+	if ev.Kind != store.EventResync && ev.Kind != store.EventRepl && ev.Kind != store.EventDomain {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seq++
+	if ev.Kind == store.EventResync {
+		x.current = false
+	}
+	for _, k := range eventKeys(ev) {
+		x.pending[k] = x.seq
+	}
+	x.queue.push(queued{ev, x.seq}) // under mu: Run takes the queue and seq together
+}
+
+// eventKeys returns the names an event is about.
+func eventKeys(ev store.Event) []store.Key {
+	switch ev.Kind {
+	case store.EventRepl:
+		if ev.Owner == "" {
+			return []store.Key{store.ReplIDKey(ev.ReplID)}
+		}
+		return []store.Key{store.ReplIDKey(ev.ReplID), store.ReplKey(ev.Owner, ev.Slug)}
+	case store.EventDomain:
+		return []store.Key{store.DomainKey(ev.Name)}
+	}
+	return nil
+}
+
+// doneLocked marks the names of notification seq and of every earlier one
+// read.
+func (x *Index) doneLocked(keys []store.Key, seq uint64) {
+	for _, k := range keys {
+		if s, ok := x.pending[k]; ok && s <= seq {
+			delete(x.pending, k)
+		}
+	}
+}
+
+// Backoff of rebuilds while the store fails.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 10 * time.Second
+)
+
+// Run keeps the index current from the notifications given to Apply until
+// ctx is done, and returns ctx's error: it rebuilds the index from full
+// lists after every EventResync (and when more changes queue up than it
+// holds), and otherwise re-reads each changed name.
+func (x *Index) Run(ctx context.Context) error {
+	backoff := minBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-x.queue.wake:
+		}
+		x.mu.Lock()
+		resync, events := x.queue.take()
+		taken := x.seq
+		x.mu.Unlock()
+		if resync {
+			if err := x.rebuild(ctx, taken); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				wait := backoff/2 + rand.N(backoff/2+1)
+				backoff = min(2*backoff, maxBackoff)
+				x.logger.Warn("cannot rebuild the name index; looking names up in the store meanwhile",
+					zap.Duration("retry_in", wait), zap.Error(err))
+				x.queue.push(queued{store.Event{Kind: store.EventResync}, 0})
+				if !sleep(ctx, wait) {
+					return ctx.Err()
+				}
+				continue
+			}
+			backoff = minBackoff
+			continue // the lists already reflect the events taken with them
+		}
+		for _, q := range events {
+			if err := x.read(ctx, q); err != nil {
+				// The store failed: rebuild the whole index once it answers
+				// (which also settles the events not read).
+				x.mu.Lock()
+				x.current = false
+				x.queue.push(queued{store.Event{Kind: store.EventResync}, 0})
+				x.mu.Unlock()
+				break
+			}
+		}
+	}
+}
+
+// rebuild replaces the index with the store's full lists, read after
+// notification taken: the names of that one and every earlier one are
+// settled by them.
+func (x *Index) rebuild(ctx context.Context, taken uint64) error {
+	x.queries.Add(3)
+	repls, err := x.st.ListRepls(ctx, "")
+	if err != nil {
+		return err
+	}
+	tombstones, err := x.st.ListTombstones(ctx)
+	if err != nil {
+		return err
+	}
+	domains, err := x.st.ListDomains(ctx, "")
+	if err != nil {
+		return err
+	}
+	byName := make(map[replName]IndexEntry, len(repls)+len(tombstones))
+	byID := make(map[string]IndexEntry, len(repls)+len(tombstones))
+	owners := make(map[string]int)
+	add := func(e IndexEntry) {
+		n := replName{e.Owner, e.Slug}
+		if old, ok := byName[n]; !ok || store.Prefer(e.claim(), old.claim()) {
+			byName[n] = e
+		}
+		byID[e.ID] = e
+		owners[e.Owner]++
+	}
+	for _, t := range tombstones {
+		add(IndexEntry{ID: t.ReplID, Owner: t.Owner, Slug: t.Slug, Generation: t.Generation, MovedTo: t.Cluster})
+	}
+	for _, r := range repls {
+		add(IndexEntry{ID: r.ID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation})
+	}
+	byDomain := make(map[string]string, len(domains))
+	for _, d := range domains {
+		byDomain[d.Name] = d.ReplID
+	}
+	x.mu.Lock()
+	x.byName, x.byID, x.owners, x.domains = byName, byID, owners, byDomain
+	x.current, x.built = true, true
+	for k, s := range x.pending {
+		if s <= taken {
+			delete(x.pending, k)
+		}
+	}
+	x.mu.Unlock()
+	x.logger.Debug("index rebuilt", zap.Int("repls", len(byID)), zap.Int("domains", len(byDomain)))
+	return nil
+}
+
+// read applies one change: it reads the changed repl or domain again.
+func (x *Index) read(ctx context.Context, q queued) error {
+	ev := q.ev
+	switch ev.Kind {
+	case store.EventRepl:
+		x.queries.Add(1)
+		r, err := x.st.GetRepl(ctx, ev.ReplID)
+		if err == nil {
+			x.update(q, func() { x.putLocked(IndexEntry{ID: r.ID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation}) })
+			return nil
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			x.queries.Add(1)
+			var t store.Tombstone
+			if t, err = x.st.GetTombstone(ctx, ev.ReplID); err == nil {
+				x.update(q, func() {
+					x.putLocked(IndexEntry{ID: t.ReplID, Owner: t.Owner, Slug: t.Slug, Generation: t.Generation, MovedTo: t.Cluster})
+				})
+				return nil
+			}
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			x.update(q, func() { x.removeLocked(ev.ReplID) })
+			return nil
+		}
+		return err
+	case store.EventDomain:
+		x.queries.Add(1)
+		d, err := x.st.GetDomain(ctx, ev.Name)
+		switch {
+		case err == nil:
+			x.update(q, func() { x.domains[d.Name] = d.ReplID })
+		case errors.Is(err, store.ErrNotFound):
+			x.update(q, func() { delete(x.domains, ev.Name) })
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// update applies fn and marks q's names read, in one critical section.
+func (x *Index) update(q queued, fn func()) {
+	x.mu.Lock()
+	fn()
+	x.doneLocked(eventKeys(q.ev), q.seq)
+	x.mu.Unlock()
+}
+
+// putLocked records e, replacing what the index held for its id; it takes
+// the name only when store.Prefer picks it over the name's holder.
+func (x *Index) putLocked(e IndexEntry) {
+	x.removeLocked(e.ID)
+	n := replName{e.Owner, e.Slug}
+	if cur, ok := x.byName[n]; !ok || store.Prefer(e.claim(), cur.claim()) {
+		x.byName[n] = e
+	}
+	x.byID[e.ID] = e
+	x.owners[e.Owner]++
+}
+
+// removeLocked forgets the repl id.
+func (x *Index) removeLocked(id string) {
+	e, ok := x.byID[id]
+	if !ok {
+		return
+	}
+	delete(x.byID, id)
+	n := replName{e.Owner, e.Slug}
+	if cur, ok := x.byName[n]; ok && cur.ID == id {
+		delete(x.byName, n)
+	}
+	if x.owners[e.Owner]--; x.owners[e.Owner] <= 0 {
+		delete(x.owners, e.Owner)
+	}
+}
+
+// queued is a notification with its number.
+type queued struct {
+	ev  store.Event
+	seq uint64
+}
+
+// eventQueue hands change notifications from Apply, which must not block,
+// to Run. An EventResync, or more events than it holds, collapses into
+// one rebuild.
+type eventQueue struct {
+	mu     sync.Mutex
+	events []queued
+	resync bool
+	wake   chan struct{}
+}
+
+const maxQueuedEvents = 10000
+
+func (q *eventQueue) push(e queued) {
+	q.mu.Lock()
+	switch {
+	case e.ev.Kind == store.EventResync || len(q.events) >= maxQueuedEvents:
+		q.resync, q.events = true, nil
+	case !q.resync:
+		q.events = append(q.events, e)
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *eventQueue) take() (resync bool, events []queued) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	resync, events = q.resync, q.events
+	q.resync, q.events = false, nil
+	return resync, events
+}
+
+// sleep waits d or until ctx is done, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
