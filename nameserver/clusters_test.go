@@ -118,7 +118,7 @@ func waitAnswer(t testing.TB, addr, name, want string, limit time.Duration) time
 func TestRandomNamesTouchNoStore(t *testing.T) {
 	cfg, count := counting(nil)
 	c := startClusters(t, defaultWorld(t), cfg)
-	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestRandomNamesTouchNoStore(t *testing.T) {
 func TestCreatedReplResolves(t *testing.T) {
 	path := defaultWorld(t)
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestTombstonePointsTheWay(t *testing.T) {
 		"west.yaml": "",
 	})
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

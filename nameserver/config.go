@@ -22,7 +22,8 @@ type Config struct {
 	NameServers []NameServer
 	// SOA holds the zone's SOA fields.
 	SOA SOA
-	// Apex holds static records at the zone's apex.
+	// Apex holds static records at the zone's apex. Empty means none
+	// besides the SOA and NS.
 	Apex Apex
 
 	// TTL of the A and AAAA answers for repls. Zero means 60 s.
@@ -49,11 +50,14 @@ type Config struct {
 	// "query"). Zero means no query log.
 	QueryLogEvery int
 
-	// Metrics, when set, counts queries, latency and rate-limited replies.
-	Metrics *Metrics
 	// Now is the clock, for cookies and rate limits. Nil means time.Now.
 	Now func() time.Time
 }
+
+// Off turns off a setting whose zero value means its default: RRLConfig's
+// Rate (no rate limiting) and Slip (no truncated replies: drop them all).
+// replns's flags say it the same way (-rrl-rate -1), and take 0 as well.
+const Off = -1
 
 // NameServer is one NS record of the zone, and its glue.
 type NameServer struct {
@@ -109,13 +113,13 @@ type CAA struct {
 // returns a valid server cookie (its address is proven).
 type RRLConfig struct {
 	// Rate is replies per second per client network. Zero means 200;
-	// negative turns rate limiting off.
+	// Off (any negative) turns rate limiting off.
 	Rate int
 	// Burst is how many replies over Rate a network may send at once.
 	// Zero means Rate.
 	Burst int
 	// Slip: every Slip-th limited reply is sent truncated. Zero means 2;
-	// 1 sends every one truncated; negative drops them all.
+	// 1 sends every one truncated; Off (any negative) drops them all.
 	Slip int
 	// IPv4Prefix and IPv6Prefix are the sizes of a client network. Zero
 	// means 24 and 56.
@@ -125,11 +129,13 @@ type RRLConfig struct {
 	Buckets int
 }
 
-// Defaults.
+// Defaults: what the zero values of Config and RRLConfig mean.
 const (
 	DefaultTTL          = 60 * time.Second
 	DefaultChallengeTTL = 10 * time.Second
 	DefaultMaxUDPSize   = 1232
+	DefaultRRLRate      = 200
+	DefaultRRLSlip      = 2
 )
 
 // withDefaults returns a copy of c with zero values replaced, checked.
@@ -219,7 +225,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.QueryLogEvery < 0 {
 		bad("query log every %d: must be 0 (off) or more", c.QueryLogEvery)
 	}
-	c.RRL = c.RRL.withDefaults(bad)
+	if c.RRL, err = c.RRL.withDefaults(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -331,18 +339,21 @@ func checkHostname(name string) error {
 	return nil
 }
 
-func (r RRLConfig) withDefaults(bad func(string, ...any)) RRLConfig {
+// withDefaults returns a copy of r with zero values replaced, checked.
+func (r RRLConfig) withDefaults() (RRLConfig, error) {
 	if r.Rate < 0 {
-		return RRLConfig{Rate: -1} // off
+		return RRLConfig{Rate: Off}, nil
 	}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if r.Rate == 0 {
-		r.Rate = 200
+		r.Rate = DefaultRRLRate
 	}
 	if r.Burst == 0 {
 		r.Burst = r.Rate
 	}
 	if r.Slip == 0 {
-		r.Slip = 2
+		r.Slip = DefaultRRLSlip
 	}
 	if r.IPv4Prefix == 0 {
 		r.IPv4Prefix = 24
@@ -365,5 +376,5 @@ func (r RRLConfig) withDefaults(bad func(string, ...any)) RRLConfig {
 	if r.Buckets < 1 || r.Buckets > 1<<24 {
 		bad("rate limit table of %d buckets: must be 1 to 16777216", r.Buckets)
 	}
-	return r
+	return r, errors.Join(errs...)
 }

@@ -37,7 +37,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good()
 			tc.change(&c)
-			_, err := NewHandler(c, emptySource{}, nil)
+			_, err := NewHandler(c, emptySource{}, nil, nil)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("unexpected error: %v", err)
@@ -96,7 +96,7 @@ func TestValidationZone(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
 	cfg := testConfig()
 	cfg.ValidationZone = "acme.example.net"
-	h, err := NewHandler(cfg, c, zaptest.NewLogger(t))
+	h, err := NewHandler(cfg, c, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@
 //	h, _ := nameserver.NewHandler(nameserver.Config{
 //		Zone:        "repl.co",
 //		NameServers: []nameserver.NameServer{{Name: "ns1.repl.co", Addrs: addrs}},
-//	}, clusters, logger)
+//	}, clusters, nameserver.NewMetrics(prometheus.DefaultRegisterer), logger)
 //	srv, _ := nameserver.NewServer(nameserver.ServerConfig{Addr: "192.0.2.53:53"}, h, logger)
 //	err := srv.Serve(ctx)
 package nameserver

@@ -74,9 +74,10 @@ type scratch struct {
 	txt    []string
 }
 
-// NewHandler checks cfg and returns a Handler answering from src. A nil
+// NewHandler checks cfg and returns a Handler answering from src, counting
+// queries, latency and rate-limited replies in metrics (nil: none). A nil
 // logger means zap.NewNop().
-func NewHandler(cfg Config, src Source, logger *zap.Logger) (*Handler, error) {
+func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*Handler, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -94,7 +95,7 @@ func NewHandler(cfg Config, src Source, logger *zap.Logger) (*Handler, error) {
 		qlog:         logger.Named("query"),
 		cookies:      newCookieKey(cfg.CookieSecret),
 		rrl:          newLimiter(cfg.RRL),
-		metrics:      cfg.Metrics,
+		metrics:      metrics,
 		ttl:          seconds(cfg.TTL),
 		challengeTTL: seconds(cfg.ChallengeTTL),
 		soaTTL:       seconds(cfg.SOA.TTL),
@@ -272,75 +273,14 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 
 	b := builder{buf: sc.resp[:0]}
 	b.header(q)
-
 	if !tcp && h.rrl != nil && !validCookie {
 		if a := h.rrl.take(client, now.UnixNano()); a != rrlAllow {
-			h.metrics.rateLimited(a)
-			if a == rrlDrop {
-				h.metrics.observe(q.qtype, -1, h.cfg.Now().Sub(now))
-				return nil
-			}
-			// Slip: an empty truncated reply; a real client retries over TCP.
-			if q.qname != nil {
-				b.question(q)
-			}
-			if q.edns {
-				b.opt(uint16(h.cfg.MaxUDPSize), 0, q.do, cookie)
-			}
-			b.flags(q, flagTC, rcodeSuccess)
-			out := b.finish()
-			sc.resp = out
-			h.metrics.observe(q.qtype, rcodeSuccess, h.cfg.Now().Sub(now))
-			return out
+			return h.limited(sc, &b, a, cookie, now)
 		}
 	}
 
-	limit := 65535
-	if !tcp {
-		limit = minUDPSize
-		if q.edns {
-			limit = min(max(int(q.udpSize), minUDPSize), h.cfg.MaxUDPSize)
-		}
-	}
-
-	var (
-		rcode int
-		flags uint16
-	)
-	switch {
-	case q.rcode != 0:
-		rcode = q.rcode
-		if q.qname != nil {
-			b.question(q)
-		}
-	case q.opcode != 0:
-		rcode = rcodeNotImp
-		if q.qname != nil {
-			b.question(q)
-		}
-	case q.edns && q.ednsVersion != 0:
-		rcode = rcodeBadVers // RFC 6891, 6.1.3
-		if q.qname != nil {
-			b.question(q)
-		}
-	case q.qname == nil:
-		// No question: only a cookie exchange is valid (RFC 7873, 5.4).
-		if cookie == nil {
-			rcode = rcodeFormErr
-		}
-	default:
-		b.question(q)
-		rcode, flags = h.answer(ctx, &b, q, sc)
-	}
-
-	optLen := 0
-	if q.edns {
-		optLen = 11
-		if cookie != nil {
-			optLen += 4 + len(cookie)
-		}
-	}
-	if len(b.buf)+optLen > limit {
+	rcode, flags := h.reply(ctx, &b, q, sc, cookie)
+	if len(b.buf)+optLen(q, cookie) > h.sizeLimit(q, tcp) {
 		// Too big: nothing but the question and the OPT record, and TC.
 		b.truncate(q)
 		flags |= flagTC
@@ -354,21 +294,101 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 
 	d := h.cfg.Now().Sub(now)
 	h.metrics.observe(q.qtype, rcode, d)
-	if every := uint64(h.cfg.QueryLogEvery); every > 0 && h.queryN.Add(1)%every == 0 {
-		if ce := h.qlog.Check(zap.InfoLevel, "query"); ce != nil {
-			ce.Write(
-				zap.Stringer("client", client),
-				zap.Bool("tcp", tcp),
-				zap.String("qname", string(sc.name)),
-				zap.Uint16("qtype", q.qtype),
-				zap.Int("rcode", rcode),
-				zap.Int("size", len(out)),
-				zap.Bool("truncated", flags&flagTC != 0),
-				zap.Duration("duration", d),
-			)
-		}
-	}
+	h.logQuery(sc, client, tcp, rcode, len(out), flags&flagTC != 0, d)
 	return out
+}
+
+// limited handles a UDP query over the rate limit: no reply (drop), or an
+// empty truncated one (slip) so that a real client retries over TCP.
+func (h *Handler) limited(sc *scratch, b *builder, a rrlAction, cookie []byte, start time.Time) []byte {
+	q := &sc.q
+	h.metrics.rateLimited(a)
+	if a == rrlDrop {
+		h.metrics.observe(q.qtype, -1, h.cfg.Now().Sub(start))
+		return nil
+	}
+	if q.qname != nil {
+		b.question(q)
+	}
+	if q.edns {
+		b.opt(uint16(h.cfg.MaxUDPSize), 0, q.do, cookie)
+	}
+	b.flags(q, flagTC, rcodeSuccess)
+	out := b.finish()
+	sc.resp = out
+	h.metrics.observe(q.qtype, rcodeSuccess, h.cfg.Now().Sub(start))
+	return out
+}
+
+// reply writes the question and the answer into b, or the error reply a
+// malformed or unsupported query gets, and returns its rcode and flags.
+func (h *Handler) reply(ctx context.Context, b *builder, q *query, sc *scratch, cookie []byte) (rcode int, flags uint16) {
+	switch {
+	case q.rcode != 0:
+		rcode = q.rcode
+	case q.opcode != 0:
+		rcode = rcodeNotImp
+	case q.edns && q.ednsVersion != 0:
+		rcode = rcodeBadVers // RFC 6891, 6.1.3
+	case q.qname == nil:
+		// No question: only a cookie exchange is valid (RFC 7873, 5.4).
+		if cookie == nil {
+			rcode = rcodeFormErr
+		}
+		return rcode, 0
+	default:
+		b.question(q)
+		return h.answer(ctx, b, q, sc)
+	}
+	if q.qname != nil {
+		b.question(q)
+	}
+	return rcode, 0
+}
+
+// sizeLimit is the largest reply q may get: 65535 octets over TCP; over
+// UDP 512, or what its EDNS advertises up to MaxUDPSize.
+func (h *Handler) sizeLimit(q *query, tcp bool) int {
+	switch {
+	case tcp:
+		return 65535
+	case q.edns:
+		return min(max(int(q.udpSize), minUDPSize), h.cfg.MaxUDPSize)
+	}
+	return minUDPSize
+}
+
+// optLen is the size of the OPT record a reply to q carries.
+func optLen(q *query, cookie []byte) int {
+	if !q.edns {
+		return 0
+	}
+	n := 11
+	if cookie != nil {
+		n += 4 + len(cookie)
+	}
+	return n
+}
+
+// logQuery writes one line of the query log for one query in
+// QueryLogEvery.
+func (h *Handler) logQuery(sc *scratch, client netip.Addr, tcp bool, rcode, size int, truncated bool, d time.Duration) {
+	every := uint64(h.cfg.QueryLogEvery)
+	if every == 0 || h.queryN.Add(1)%every != 0 {
+		return
+	}
+	if ce := h.qlog.Check(zap.InfoLevel, "query"); ce != nil {
+		ce.Write(
+			zap.Stringer("client", client),
+			zap.Bool("tcp", tcp),
+			zap.String("qname", string(sc.name)),
+			zap.Uint16("qtype", sc.q.qtype),
+			zap.Int("rcode", rcode),
+			zap.Int("size", size),
+			zap.Bool("truncated", truncated),
+			zap.Duration("duration", d),
+		)
+	}
 }
 
 // logFailure logs a lookup failure (a SERVFAIL) at most once a second.

@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the Prometheus metrics of a Handler (Config.Metrics): queries
+// Metrics are the Prometheus metrics of a Handler (given to NewHandler): queries
 // by type and reply code, latency, and rate-limited replies.
 type Metrics struct {
 	queries  [len(metricTypes) + 1][len(metricRcodes)]prometheus.Counter

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/miekg/dns"
 	"go.uber.org/zap/zaptest"
 
@@ -74,7 +75,7 @@ clusters:
 `, dsns[0], dsns[1])})
 	cfg, count := counting(nil)
 	c := startClusters(t, path, cfg)
-	h, err := NewHandler(testConfig(), c, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +84,26 @@ clusters:
 	if got := answerA(ask(t, addr, "blog.alice.repl.test.", dns.TypeA)); got != "192.0.2.10" {
 		t.Fatalf("blog.alice: %s", got)
 	}
+
+	t.Run("one LISTEN connection per cluster", func(t *testing.T) {
+		// The route cache and the index share one change feed.
+		for i, dsn := range dsns {
+			conn, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			err = conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+				WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&n)
+			conn.Close(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 {
+				t.Errorf("cluster %d: %d LISTEN connections, want 1", i, n)
+			}
+		}
+	})
 
 	t.Run("created repl resolves within 1 s", func(t *testing.T) {
 		const name = "fresh.dave.repl.test."

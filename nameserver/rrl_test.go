@@ -36,7 +36,7 @@ func TestRateLimit(t *testing.T) {
 	cfg := testConfig()
 	cfg.RRL = RRLConfig{Rate: 10, Slip: 2}
 	cfg.Now = clk.now
-	h, err := NewHandler(cfg, emptySource{}, zaptest.NewLogger(t))
+	h, err := NewHandler(cfg, emptySource{}, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,10 @@ func TestRateLimitSlip(t *testing.T) {
 		{"never", -1, 0, 10},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := RRLConfig{Rate: 1, Burst: 1, Slip: tc.slip}.withDefaults(func(string, ...any) {})
+			cfg, err := RRLConfig{Rate: 1, Burst: 1, Slip: tc.slip}.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
 			l := newLimiter(cfg)
 			ip := netip.MustParseAddr("192.0.2.1")
 			l.take(ip, 0)

@@ -63,9 +63,8 @@ func run(args []string) error {
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	o.dns.Metrics = nameserver.NewMetrics(metrics)
 	nameserver.RegisterClusters(metrics, clusters)
-	h, err := nameserver.NewHandler(o.dns, clusters, logger)
+	h, err := nameserver.NewHandler(o.dns, clusters, nameserver.NewMetrics(metrics), logger)
 	if err != nil {
 		return err
 	}
