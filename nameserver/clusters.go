@@ -66,7 +66,7 @@ type member struct {
 	index *index
 	// queries counts the store calls the index makes.
 	queries atomic.Uint64
-	synced  atomic.Bool // the cache's first resync came
+	synced  atomic.Bool // the change feed's first resync came
 }
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
@@ -279,7 +279,10 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 		}
 	}()
 
-	cache := routecache.New(st, c.cfg.Cache, logger)
+	// One change feed (one LISTEN connection for PostgreSQL) feeds both
+	// the cache and the index: the cache's Run watches through sharedFeed.
+	q := newEventQueue()
+	cache := routecache.New(sharedFeed{Reader: st, also: q.push}, c.cfg.Cache, logger)
 	cl.cache.Store(cache)
 	logger.Info("store open")
 
@@ -289,7 +292,7 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 	defer cancel()
 	wg.Go(func() {
 		if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
-			logger.Error("change notifications for the cache stopped", zap.Error(err))
+			logger.Error("change notifications stopped", zap.Error(err))
 		}
 	})
 	wg.Go(func() {
@@ -299,13 +302,22 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 		case <-ctx.Done():
 		}
 	})
-	q := newEventQueue()
-	wg.Go(func() {
-		if err := st.Watch(ctx, q.push); err != nil && ctx.Err() == nil {
-			logger.Error("change notifications for the index stopped", zap.Error(err))
-		}
-	})
 	c.maintain(ctx, cl, st, q, logger)
+}
+
+// sharedFeed is a cluster's store as its route cache sees it: the cache's
+// Watch is the cluster's only one, and every event it gets goes to also
+// (the index's queue) too, after the cache has applied it.
+type sharedFeed struct {
+	store.Reader
+	also func(store.Event)
+}
+
+func (f sharedFeed) Watch(ctx context.Context, fn func(store.Event)) error {
+	return f.Reader.Watch(ctx, func(ev store.Event) {
+		fn(ev)
+		f.also(ev)
+	})
 }
 
 // maintain keeps cl's index current from the events in q.
