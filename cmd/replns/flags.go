@@ -7,16 +7,18 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/nameserver"
 	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // options is everything the command line (or the environment) sets.
 type options struct {
-	clusters  string
+	clusters  string // the registry file
 	zoneFile  string
 	admin     string
 	logLevel  string
@@ -28,11 +30,7 @@ type options struct {
 }
 
 // envPrefix: every flag -some-name is also read from REPLNS_SOME_NAME.
-const envPrefix = "REPLNS_"
-
-func envName(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+const envPrefix = "REPLNS"
 
 const usageHead = `replns is the authoritative DNS server of a replproxy platform's zone. It
 answers A/AAAA for <slug>.<owner>.<zone> and <repl-id>.id.<zone> with the
@@ -46,134 +44,130 @@ Usage:
     -ns ns1.repl.co=192.0.2.53+2001:db8::53,ns2.repl.co=198.51.100.53 \
     -listen 192.0.2.53:53
 
-Every flag can also be set in the environment: -rrl-rate as REPLNS_RRL_RATE,
-and so on; the command line wins. Durations are like 60s, 5m, 24h.
+` + cli.EnvRule + `
+Durations are like 60s, 5m, 24h.
 
 Flags:
 `
 
-// parseFlags reads the command line, then the environment for flags not
-// given. It returns flag.ErrHelp after printing the usage for -h.
+// parseFlags reads the command line, then the environment (through
+// getenv; empty means not set) for flags not given. It returns
+// flag.ErrHelp after printing the usage for -h.
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (*options, error) {
 	o := &options{}
+	var raw rawFlags
 	fs := flag.NewFlagSet("replns", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
 		fmt.Fprint(out, usageHead)
-		fs.VisitAll(func(f *flag.Flag) {
-			name, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(out, "  -%s %s\n    \t%s", f.Name, name, strings.ReplaceAll(usage, "\n", "\n    \t"))
-			if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" {
-				fmt.Fprintf(out, " (default %s)", f.DefValue)
-			}
-			fmt.Fprintf(out, "\n    \t[%s]\n", envName(f.Name))
-		})
+		fs.PrintDefaults()
 	}
+	o.zoneFlags(fs, &raw)
+	o.serverFlags(fs)
+	o.cacheFlags(fs)
+	o.operationFlags(fs)
 
-	var (
-		zone, ns, mbox, cookie              string
-		serial                              uint
-		rrlRate, rrlSlip, queryLog, udpSize int
-	)
-	fs.StringVar(&zone, "zone", "", "the zone served, e.g. `repl.co` (required)")
+	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
+	if err := cli.ParseEnv(fs, envPrefix, args, lookup); err != nil {
+		return nil, err
+	}
+	return o, raw.apply(o)
+}
+
+// rawFlags are the flags written in a form the Config does not take.
+type rawFlags struct {
+	ns     string
+	serial uint
+	cookie string
+}
+
+// zoneFlags are what the zone answers: its names, records and TTLs.
+func (o *options) zoneFlags(fs *flag.FlagSet, raw *rawFlags) {
+	d := &o.dns
+	fs.StringVar(&d.Zone, "zone", "", "the zone served, e.g. `repl.co` (required)")
 	fs.StringVar(&o.clusters, "registry", "", "the cluster registry `file` (required): each cluster's addresses and store")
-	fs.StringVar(&ns, "ns", "", "the zone's name servers, a comma-separated `list`, the SOA's primary first; one under the\n"+
+	fs.StringVar(&raw.ns, "ns", "", "the zone's name servers, a comma-separated `list`, the SOA's primary first; one under the\n"+
 		"zone takes its addresses after '=', joined by '+': ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net (required)")
 	fs.StringVar(&o.zoneFile, "zone-file", "", "a YAML `file` of static apex records (a, aaaa, txt, mx, caa); see the README, section replns")
-	fs.StringVar(&mbox, "soa-mbox", "", "the SOA mailbox in DNS form, e.g. `hostmaster.repl.co` (default hostmaster.<zone>)")
-	fs.UintVar(&serial, "soa-serial", 1, "the SOA serial")
-	fs.DurationVar(&o.dns.SOA.Refresh, "soa-refresh", 4*time.Hour, "the SOA refresh timer")
-	fs.DurationVar(&o.dns.SOA.Retry, "soa-retry", time.Hour, "the SOA retry timer")
-	fs.DurationVar(&o.dns.SOA.Expire, "soa-expire", 14*24*time.Hour, "the SOA expire timer")
-	fs.DurationVar(&o.dns.SOA.Minimum, "soa-minimum", time.Minute, "the SOA minimum: NXDOMAIN and NODATA are cached for min(this, -soa-ttl)")
-	fs.DurationVar(&o.dns.SOA.TTL, "soa-ttl", time.Hour, "the TTL of the SOA, NS, glue and static apex records")
-	fs.DurationVar(&o.dns.TTL, "ttl", nameserver.DefaultTTL, "the TTL of repls' A and AAAA answers")
-	fs.DurationVar(&o.dns.ChallengeTTL, "challenge-ttl", nameserver.DefaultChallengeTTL, "the TTL of _acme-challenge answers")
-	fs.StringVar(&o.dns.ValidationZone, "validation-zone", "", "answer every _acme-challenge name with a CNAME into this `zone`\n"+
+	fs.StringVar(&d.SOA.Mbox, "soa-mbox", "", "the SOA mailbox in DNS form, e.g. `hostmaster.repl.co` (default hostmaster.<zone>)")
+	fs.UintVar(&raw.serial, "soa-serial", 1, "the SOA serial")
+	fs.DurationVar(&d.SOA.Refresh, "soa-refresh", 4*time.Hour, "the SOA refresh timer")
+	fs.DurationVar(&d.SOA.Retry, "soa-retry", time.Hour, "the SOA retry timer")
+	fs.DurationVar(&d.SOA.Expire, "soa-expire", 14*24*time.Hour, "the SOA expire timer")
+	fs.DurationVar(&d.SOA.Minimum, "soa-minimum", time.Minute, "the SOA minimum: NXDOMAIN and NODATA are cached for min(this, -soa-ttl)")
+	fs.DurationVar(&d.SOA.TTL, "soa-ttl", time.Hour, "the TTL of the SOA, NS, glue and static apex records")
+	fs.DurationVar(&d.TTL, "ttl", nameserver.DefaultTTL, "the TTL of repls' A and AAAA answers")
+	fs.DurationVar(&d.ChallengeTTL, "challenge-ttl", nameserver.DefaultChallengeTTL, "the TTL of _acme-challenge answers")
+	fs.StringVar(&d.ValidationZone, "validation-zone", "", "answer every _acme-challenge name with a CNAME into this `zone`\n"+
 		"(_acme-challenge.alice.<zone> -> _acme-challenge.alice.<validation-zone>) instead of TXT from the stores")
-	fs.IntVar(&udpSize, "max-udp-size", nameserver.DefaultMaxUDPSize, "the largest UDP reply, advertised in EDNS (512-4096)")
-	fs.StringVar(&cookie, "cookie-secret", "", "the DNS cookie secret, 32 hex digits; give every server behind one address the same\n"+
+	fs.IntVar(&d.MaxUDPSize, "max-udp-size", nameserver.DefaultMaxUDPSize, "the largest UDP reply, advertised in EDNS (512-4096)")
+	fs.StringVar(&raw.cookie, "cookie-secret", "", "the DNS cookie secret, 32 hex digits; give every server behind one address the same\n"+
 		"(default: random at start)")
+}
 
-	fs.StringVar(&o.server.Addr, "listen", ":53", "the `host:port` answered on, UDP and TCP")
-	fs.IntVar(&o.server.UDPSockets, "udp-sockets", 0, "UDP sockets sharing the address with SO_REUSEPORT (default GOMAXPROCS)")
-	fs.IntVar(&o.server.UDPReaders, "udp-readers", 16, "goroutines answering on each UDP socket: the bound on UDP queries in progress")
-	fs.IntVar(&o.server.ReadBuffer, "udp-read-buffer", 8<<20, "each UDP socket's receive buffer, in `bytes`")
-	fs.IntVar(&o.server.MaxTCPConns, "tcp-max-conns", 1000, "TCP connections open at once")
-	fs.DurationVar(&o.server.TCPIdleTimeout, "tcp-idle-timeout", 10*time.Second, "close idle TCP connections after this")
-	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown waits for queries in progress")
+// serverFlags are the sockets and their bounds, and response rate limiting.
+func (o *options) serverFlags(fs *flag.FlagSet) {
+	s, rrl := &o.server, &o.dns.RRL
+	fs.StringVar(&s.Addr, "listen", ":53", "the `host:port` answered on, UDP and TCP")
+	fs.IntVar(&s.UDPSockets, "udp-sockets", 0, "UDP sockets sharing the address with SO_REUSEPORT (default GOMAXPROCS)")
+	fs.IntVar(&s.UDPReaders, "udp-readers", 16, "goroutines answering on each UDP socket: the bound on UDP queries in progress")
+	fs.IntVar(&s.ReadBuffer, "udp-read-buffer", 8<<20, "each UDP socket's receive buffer, in `bytes`")
+	fs.IntVar(&s.MaxTCPConns, "tcp-max-conns", 1000, "TCP connections open at once")
+	fs.DurationVar(&s.TCPIdleTimeout, "tcp-idle-timeout", 10*time.Second, "close idle TCP connections after this")
+	fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown waits for queries in progress")
 
-	fs.IntVar(&rrlRate, "rrl-rate", 200, "response rate limit: UDP replies per second per client network; 0 turns it off")
-	fs.IntVar(&o.dns.RRL.Burst, "rrl-burst", 0, "replies a network may send at once beyond the rate (default the rate)")
-	fs.IntVar(&rrlSlip, "rrl-slip", 2, "every n-th limited reply is sent empty with TC so real clients retry over TCP; 0: drop them all")
-	fs.IntVar(&o.dns.RRL.IPv4Prefix, "rrl-ipv4-prefix", 24, "the IPv4 prefix length of a client network")
-	fs.IntVar(&o.dns.RRL.IPv6Prefix, "rrl-ipv6-prefix", 56, "the IPv6 prefix length of a client network")
-	fs.IntVar(&o.dns.RRL.Buckets, "rrl-buckets", 65536, "the size of the rate limiter's fixed table")
+	fs.Var(offInt(&rrl.Rate, nameserver.DefaultRRLRate), "rrl-rate", "response rate limit: `n` UDP replies per second per client network; 0 or -1 turns it off")
+	fs.IntVar(&rrl.Burst, "rrl-burst", 0, "replies a network may send at once beyond the rate (default the rate)")
+	fs.Var(offInt(&rrl.Slip, nameserver.DefaultRRLSlip), "rrl-slip", "every `n`-th limited reply is sent empty with TC so real clients retry over TCP; 0 or -1: drop them all")
+	fs.IntVar(&rrl.IPv4Prefix, "rrl-ipv4-prefix", 24, "the IPv4 prefix length of a client network")
+	fs.IntVar(&rrl.IPv6Prefix, "rrl-ipv6-prefix", 56, "the IPv6 prefix length of a client network")
+	fs.IntVar(&rrl.Buckets, "rrl-buckets", 65536, "the size of the rate limiter's fixed table")
+}
 
-	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a cached route is trusted without a change notification")
-	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for not-found names and challenge records")
-	fs.IntVar(&o.cache.MaxEntries, "cache-max-entries", 1_000_000, "found routes cached, per cluster")
-	fs.IntVar(&o.cache.MaxNegative, "cache-max-negative", 100_000, "not-found and challenge entries cached, per cluster")
-	fs.DurationVar(&o.cache.LoadTimeout, "cache-load-timeout", 2*time.Second, "how long one store lookup may take")
+// cacheFlags tune each cluster's route cache.
+func (o *options) cacheFlags(fs *flag.FlagSet) {
+	c := &o.cache
+	fs.DurationVar(&c.TTL, "cache-ttl", 60*time.Second, "how long a cached route is trusted without a change notification")
+	fs.DurationVar(&c.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for not-found names and challenge records")
+	fs.IntVar(&c.MaxEntries, "cache-max-entries", 1_000_000, "found routes cached, per cluster")
+	fs.IntVar(&c.MaxNegative, "cache-max-negative", 100_000, "not-found and challenge entries cached, per cluster")
+	fs.DurationVar(&c.LoadTimeout, "cache-load-timeout", 2*time.Second, "how long one store lookup may take")
+}
 
-	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9153", "the `host:port` of the admin HTTP listener (/metrics, /healthz, /readyz,\n/debug/pprof/); empty turns it off")
-	fs.IntVar(&queryLog, "query-log-every", 0, "log one query in `n` (1: every query); 0: no query log")
+// operationFlags are the admin listener and the logs.
+func (o *options) operationFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9153", "the `host:port` of the admin HTTP listener (/metrics, /healthz, /readyz,\n/debug/pprof/); empty (on the command line) turns it off")
+	fs.IntVar(&o.dns.QueryLogEvery, "query-log-every", 0, "log one query in `n` (1: every query); 0: no query log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or console")
+}
 
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments %q; every setting is a flag (see -h)", fs.Args())
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+// apply checks the required flags and puts the raw ones into o.
+func (raw *rawFlags) apply(o *options) error {
 	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
-			return
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %w", envName(f.Name), v, err))
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-
-	if zone == "" {
+	if o.dns.Zone == "" {
 		errs = append(errs, errors.New("-zone is required: the zone to serve, e.g. -zone repl.co"))
 	}
 	if o.clusters == "" {
 		errs = append(errs, errors.New("-registry is required: the cluster registry file"))
 	}
-	nss, err := parseNameServers(ns)
+	nss, err := parseNameServers(raw.ns)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if serial > 1<<32-1 {
-		errs = append(errs, fmt.Errorf("-soa-serial %d: the largest serial is 4294967295", serial))
+	o.dns.NameServers = nss
+	if raw.serial > 1<<32-1 {
+		errs = append(errs, fmt.Errorf("-soa-serial %d: the largest serial is 4294967295", raw.serial))
 	}
-	o.dns.Zone, o.dns.NameServers, o.dns.SOA.Mbox, o.dns.SOA.Serial = zone, nss, mbox, uint32(serial)
-	o.dns.MaxUDPSize, o.dns.QueryLogEvery = udpSize, queryLog
-	o.dns.RRL.Rate, o.dns.RRL.Slip = rrlRate, rrlSlip
-	if rrlRate <= 0 {
-		o.dns.RRL.Rate = -1
-	}
-	if rrlSlip <= 0 {
-		o.dns.RRL.Slip = -1
-	}
-	if cookie != "" {
-		b, err := hex.DecodeString(cookie)
+	o.dns.SOA.Serial = uint32(raw.serial)
+	if raw.cookie != "" {
+		b, err := hex.DecodeString(raw.cookie)
 		if err != nil || len(b) != 16 {
 			errs = append(errs, errors.New("-cookie-secret: want 32 hex digits (16 bytes), e.g. from: openssl rand -hex 16"))
 		}
 		o.dns.CookieSecret = b
 	}
-	return o, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // parseNameServers reads "ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net".
@@ -197,4 +191,33 @@ func parseNameServers(s string) ([]nameserver.NameServer, error) {
 		out = append(out, ns)
 	}
 	return out, nil
+}
+
+// offValue is an int flag for a Config field where nameserver.Off (-1)
+// means off: it stores what it is given, and 0, which the flag has always
+// taken for off, as Off too.
+type offValue struct{ p *int }
+
+func offInt(p *int, value int) offValue {
+	*p = value
+	return offValue{p}
+}
+
+func (v offValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a whole number; 0 or -1 turns it off")
+	}
+	if n <= 0 {
+		n = nameserver.Off
+	}
+	*v.p = n
+	return nil
+}
+
+func (v offValue) String() string {
+	if v.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(*v.p)
 }

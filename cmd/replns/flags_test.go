@@ -49,6 +49,15 @@ func TestParseFlags(t *testing.T) {
 			t.Errorf("%q %v: error %v, want %q", tc.args, tc.env, err, tc.want)
 		}
 	}
+	// An empty variable counts as not set; -1 is off like 0.
+	env = map[string]string{"REPLNS_ZONE": "repl.test", "REPLNS_REGISTRY": "c.yaml", "REPLNS_NS": "a.b", "REPLNS_LISTEN": "", "REPLNS_RRL_SLIP": ""}
+	o, err = parseFlags([]string{"-rrl-rate", "-1"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.server.Addr != ":53" || o.dns.RRL.Rate != -1 || o.dns.RRL.Slip != 2 {
+		t.Errorf("listen %q rrl rate %d slip %d: want the defaults, and the rate off", o.server.Addr, o.dns.RRL.Rate, o.dns.RRL.Slip)
+	}
 	if _, err := parseFlags([]string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
 	}
