@@ -8,10 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // HopHeader carries the hop mark of a request forwarded by a tombstone.
@@ -93,4 +97,29 @@ func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
 		return "", fmt.Errorf("%w: bad signature", errHop)
 	}
 	return f.Source, nil
+}
+
+// checkHop verifies and strips the hop mark, and settles the request id.
+func (h *Handler) checkHop(r *http.Request, ex *exchange) {
+	mark := r.Header.Get(HopHeader)
+	if mark != "" {
+		r.Header.Del(HopHeader)
+		src, err := h.hop.verify(mark, hopFields{
+			Host:      r.Host,
+			For:       strings.Join(r.Header.Values("X-Forwarded-For"), ", "),
+			Proto:     r.Header.Get("X-Forwarded-Proto"),
+			FHost:     r.Header.Get("X-Forwarded-Host"),
+			RequestID: r.Header.Get("X-Request-Id"),
+		})
+		if err == nil {
+			ex.trusted, ex.source = true, src
+		} else if ce := h.logger.Check(zapcore.DebugLevel, "hop mark ignored"); ce != nil {
+			ce.Write(zap.String("host", r.Host), zap.String("remote", r.RemoteAddr), zap.Error(err))
+		}
+	}
+	if id := r.Header.Get("X-Request-Id"); ex.trusted && validRequestID(id) {
+		ex.id = id
+	} else {
+		ex.id = h.ids.next()
+	}
 }

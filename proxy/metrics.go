@@ -9,16 +9,6 @@ import (
 	"github.com/replproxy/replproxy/store/routecache"
 )
 
-// Route kinds, as logged and as the "route" label of the metrics.
-const (
-	routeLocal       = "local"
-	routeForwarded   = "forwarded"
-	routeNotFound    = "not-found"
-	routeBadHost     = "bad-host"
-	routeLoop        = "loop"
-	routeUnavailable = "unavailable"
-)
-
 // Metrics are the proxy's Prometheus metrics.
 type Metrics struct {
 	requests       *prometheus.CounterVec

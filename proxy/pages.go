@@ -7,10 +7,6 @@ import (
 	"strings"
 )
 
-// StatusClientClosedRequest is logged (never sent) when the client went
-// away before the response, as nginx does.
-const StatusClientClosedRequest = 499
-
 // writePage answers with an error page: HTML for browsers, plain text for
 // other clients. title is the short reason, detail a sentence for a human.
 func writePage(w http.ResponseWriter, r *http.Request, status int, title, detail string) {
@@ -42,4 +38,17 @@ func wantsHTML(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// writeNotFound answers 404 for a host no repl has.
+func writeNotFound(w http.ResponseWriter, r *http.Request) {
+	writePage(w, r, http.StatusNotFound, "Not Found", "There is no repl at "+hostForPage(r.Host)+".")
+}
+
+// hostForPage shortens a Host for an error page.
+func hostForPage(host string) string {
+	if len(host) > 100 {
+		return host[:100] + "…"
+	}
+	return host
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -66,71 +65,3 @@ func (rec *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (rec *recorder) Unwrap() http.ResponseWriter { return rec.ResponseWriter }
-
-// upgrades tracks the connections handed over to protocol upgrades
-// (WebSocket): http.Server.Shutdown does not wait for them.
-type upgrades struct {
-	mu     sync.Mutex
-	conns  map[*trackedConn]struct{}
-	onOpen func(delta int)
-}
-
-func newUpgrades(onChange func(delta int)) *upgrades {
-	return &upgrades{conns: make(map[*trackedConn]struct{}), onOpen: onChange}
-}
-
-func (u *upgrades) track(c net.Conn) net.Conn {
-	tc := &trackedConn{Conn: c, u: u}
-	u.mu.Lock()
-	u.conns[tc] = struct{}{}
-	u.mu.Unlock()
-	if u.onOpen != nil {
-		u.onOpen(1)
-	}
-	return tc
-}
-
-func (u *upgrades) done(tc *trackedConn) {
-	u.mu.Lock()
-	_, ok := u.conns[tc]
-	delete(u.conns, tc)
-	u.mu.Unlock()
-	if ok && u.onOpen != nil {
-		u.onOpen(-1)
-	}
-}
-
-// Len returns the number of open upgraded connections.
-func (u *upgrades) Len() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.conns)
-}
-
-// closeAll closes every upgraded connection (at the end of a drain).
-func (u *upgrades) closeAll() {
-	u.mu.Lock()
-	conns := make([]*trackedConn, 0, len(u.conns))
-	for tc := range u.conns {
-		conns = append(conns, tc)
-	}
-	u.mu.Unlock()
-	for _, tc := range conns {
-		_ = tc.Close()
-	}
-}
-
-type trackedConn struct {
-	net.Conn
-	u    *upgrades
-	once sync.Once
-}
-
-func (tc *trackedConn) Close() error {
-	err := tc.Conn.Close()
-	tc.once.Do(func() { tc.u.done(tc) })
-	if errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
-}

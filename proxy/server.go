@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme"
 )
@@ -188,36 +186,6 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 	return srv
 }
 
-func (s *Server) adminMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if s.ready != nil {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			defer cancel()
-			if err := s.ready(ctx); err != nil {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
-				return
-			}
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	if s.gather != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
-	}
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
-}
-
 // Serve serves on the bound listeners until ctx is cancelled, then drains:
 // it stops accepting, waits up to ShutdownTimeout for in-flight requests
 // and upgraded connections, closes what is left, and returns nil. A
@@ -255,6 +223,24 @@ func (s *Server) Serve(ctx context.Context) error {
 		pending--
 	}
 
+	s.drain(ctx, servers)
+	// Collect the serve goroutines.
+	for ; pending > 0; pending-- {
+		if err := <-errc; err != nil && serveErr == nil {
+			serveErr = err
+		}
+	}
+	s.handler.CloseIdleConnections()
+	s.logger.Info("stopped")
+	return serveErr
+}
+
+// drain shuts the servers down within ShutdownTimeout: every listener but
+// the admin one (metrics and health keep answering) stops accepting and
+// waits for its in-flight requests, then the upgraded connections get what
+// is left of the deadline; whatever is still open then is closed, and the
+// admin server last.
+func (s *Server) drain(ctx context.Context, servers map[string]*http.Server) {
 	s.logger.Info("draining", zap.Duration("deadline", s.cfg.ShutdownTimeout),
 		zap.Int("upgraded_connections", s.handler.UpgradedConns()))
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
@@ -278,13 +264,4 @@ func (s *Server) Serve(ctx context.Context) error {
 	if admin := servers["admin"]; admin != nil {
 		_ = admin.Close()
 	}
-	// Collect the serve goroutines.
-	for ; pending > 0; pending-- {
-		if err := <-errc; err != nil && serveErr == nil {
-			serveErr = err
-		}
-	}
-	s.handler.CloseIdleConnections()
-	s.logger.Info("stopped")
-	return serveErr
 }

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -168,4 +170,93 @@ func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64) error 
 			big = nil
 		}
 	}
+}
+
+// UpgradedConns returns the number of open upgraded (WebSocket)
+// connections.
+func (h *Handler) UpgradedConns() int { return h.upgrades.Len() }
+
+// DrainUpgraded waits until every upgraded connection has closed or ctx is
+// done, then closes those still open and returns how many it closed:
+// http.Server.Shutdown does not wait for hijacked connections.
+func (h *Handler) DrainUpgraded(ctx context.Context) int {
+	for h.upgrades.Len() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n := h.upgrades.Len()
+	if n > 0 {
+		h.upgrades.closeAll()
+	}
+	return n
+}
+
+// upgrades tracks the connections handed over to protocol upgrades
+// (WebSocket): http.Server.Shutdown does not wait for them.
+type upgrades struct {
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{}
+	onChange func(delta int)
+}
+
+func newUpgrades(onChange func(delta int)) *upgrades {
+	return &upgrades{conns: make(map[*trackedConn]struct{}), onChange: onChange}
+}
+
+func (u *upgrades) track(c net.Conn) net.Conn {
+	tc := &trackedConn{Conn: c, u: u}
+	u.mu.Lock()
+	u.conns[tc] = struct{}{}
+	u.mu.Unlock()
+	if u.onChange != nil {
+		u.onChange(1)
+	}
+	return tc
+}
+
+func (u *upgrades) done(tc *trackedConn) {
+	u.mu.Lock()
+	_, ok := u.conns[tc]
+	delete(u.conns, tc)
+	u.mu.Unlock()
+	if ok && u.onChange != nil {
+		u.onChange(-1)
+	}
+}
+
+// Len returns the number of open upgraded connections.
+func (u *upgrades) Len() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.conns)
+}
+
+// closeAll closes every upgraded connection (at the end of a drain).
+func (u *upgrades) closeAll() {
+	u.mu.Lock()
+	conns := make([]*trackedConn, 0, len(u.conns))
+	for tc := range u.conns {
+		conns = append(conns, tc)
+	}
+	u.mu.Unlock()
+	for _, tc := range conns {
+		_ = tc.Close()
+	}
+}
+
+type trackedConn struct {
+	net.Conn
+	u    *upgrades
+	once sync.Once
+}
+
+func (tc *trackedConn) Close() error {
+	err := tc.Conn.Close()
+	tc.once.Do(func() { tc.u.done(tc) })
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }

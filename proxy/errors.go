@@ -1,0 +1,56 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// StatusClientClosedRequest is logged (never sent) when the client went
+// away before the response, as nginx does.
+const StatusClientClosedRequest = 499
+
+// upstreamFailed maps an upstream failure to a status: the client went
+// away → 499 (logged, nothing sent, not the upstream's fault); a timeout
+// → 504; anything else (refused, unreachable, reset) → 502.
+func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
+	ex := exchangeOf(r.Context())
+	if errors.Is(err, errUpgraded) {
+		return
+	}
+	if errors.Is(err, errStaleForward) {
+		h.staleForward(w, r, ex)
+		return
+	}
+	if !ex.upstreamAt.IsZero() {
+		ex.upstreamDur = time.Since(ex.upstreamAt)
+	}
+	if r.Context().Err() != nil {
+		ex.status = StatusClientClosedRequest
+		return
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		h.metrics.upstreamError(ex.route, "timeout")
+		h.logger.Warn("upstream timed out", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
+		writePage(w, r, http.StatusGatewayTimeout, "Gateway Timeout", "The repl did not answer in time.")
+	default:
+		kind := "other"
+		if isRefused(err) {
+			kind = "refused"
+		}
+		h.metrics.upstreamError(ex.route, kind)
+		h.logger.Warn("upstream failed", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
+		writePage(w, r, http.StatusBadGateway, "Bad Gateway", "The repl could not be reached.")
+	}
+}
+
+func isRefused(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}

@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"time"
+)
+
+// rewrite builds the upstream request: the target, the Host kept, our
+// forwarding headers, and a hop mark when forwarding to another cluster.
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	ex := exchangeOf(pr.In.Context())
+	in, out := pr.In, pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = ex.target
+	out.Host = in.Host
+
+	clientIP, _, err := net.SplitHostPort(in.RemoteAddr)
+	if err != nil {
+		clientIP = in.RemoteAddr
+	}
+	var xff, proto, fhost string
+	if ex.trusted {
+		// The proxy that forwarded the request vouched for these (the hop
+		// mark signs them) and set them as it would have for its own
+		// container; the hop between clusters is not the client's, so the
+		// container sees what it would have seen there.
+		xff = strings.Join(in.Header.Values("X-Forwarded-For"), ", ")
+		proto = in.Header.Get("X-Forwarded-Proto")
+		fhost = in.Header.Get("X-Forwarded-Host")
+	} else {
+		xff = clientIP
+		proto = "http"
+		if in.TLS != nil {
+			proto = "https"
+		}
+		fhost = in.Host
+	}
+	oh := out.Header
+	oh["X-Forwarded-For"] = []string{xff}
+	oh["X-Forwarded-Proto"] = []string{proto}
+	oh["X-Forwarded-Host"] = []string{fhost}
+	oh["X-Request-Id"] = []string{ex.id}
+	via := "1.1 replproxy"
+	if in.ProtoMajor == 2 {
+		via = "2 replproxy"
+	}
+	oh["Via"] = append(in.Header.Values("Via"), via)
+	oh.Del(HopHeader)
+
+	if ex.route == routeForwarded {
+		oh[HopHeader] = []string{h.hop.sign(hopFields{
+			Source:    h.cfg.Cluster,
+			Host:      out.Host,
+			For:       xff,
+			Proto:     proto,
+			FHost:     fhost,
+			RequestID: ex.id,
+		})}
+	}
+	ex.upstreamAt = time.Now()
+}
+
+// modifyResponse times the upstream, stamps the request id, and hands a
+// forward that came back as a stale loop (staleForward) and a protocol
+// switch (takeOver) on.
+func (h *Handler) modifyResponse(resp *http.Response) error {
+	ex := exchangeOf(resp.Request.Context())
+	ex.upstreamDur = time.Since(ex.upstreamAt)
+	h.metrics.upstreamTime(ex.route, ex.upstreamDur)
+	resp.Header.Set("X-Request-Id", ex.id)
+	if ex.route == routeForwarded && resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(LoopHeader) == h.cfg.Cluster {
+		return errStaleForward
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return h.takeOver(ex, resp)
+	}
+	return nil
+}

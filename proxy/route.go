@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
+)
+
+// Routes resolves routable keys: the route cache (routecache.Cache) in
+// production.
+type Routes interface {
+	// Lookup resolves k, from the cache when it can.
+	Lookup(ctx context.Context, k store.Key) (store.Route, error)
+	// Refresh drops what is cached for k and asks the store again. The
+	// handler calls it only when the cached route is in doubt: a request
+	// forwarded here that the cache would not serve locally, and a forward
+	// that came back as a loop naming this cluster.
+	Refresh(ctx context.Context, k store.Key) (store.Route, error)
+}
+
+var _ Routes = (*routecache.Cache)(nil)
+
+// Route kinds, as logged and as the "route" label of the metrics.
+const (
+	routeLocal       = "local"
+	routeForwarded   = "forwarded"
+	routeNotFound    = "not-found"
+	routeBadHost     = "bad-host"
+	routeLoop        = "loop"
+	routeUnavailable = "unavailable"
+)
+
+// route resolves the request's Host. When there is nothing to proxy to it
+// answers (400, 404 or 503) and returns false.
+func (h *Handler) route(w http.ResponseWriter, r *http.Request, ex *exchange) (store.Route, bool) {
+	key, err := h.cfg.Zone.ParseName(r.Host)
+	if err != nil {
+		ex.route = routeBadHost
+		writePage(w, r, http.StatusBadRequest, "Bad Host", err.Error())
+		return store.Route{}, false
+	}
+	if !key.Routable() {
+		ex.route = routeNotFound
+		writeNotFound(w, r)
+		return store.Route{}, false
+	}
+	route, err := h.routes.Lookup(r.Context(), key)
+	if ex.trusted && (err != nil || route.Kind != store.RouteLocal) {
+		// A proxy of another cluster forwarded this here because its
+		// tombstone says the repl lives here. If our cache disagrees, it
+		// may be older than our store (the two clusters' change
+		// notifications race during a move): ask the store once.
+		route, err = h.routes.Refresh(r.Context(), key)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		ex.route = routeNotFound
+		writeNotFound(w, r)
+		return store.Route{}, false
+	case err != nil:
+		ex.route = routeUnavailable
+		h.logger.Warn("route lookup failed", zap.String("host", r.Host), zap.String("request_id", ex.id), zap.Error(err))
+		w.Header().Set("Retry-After", "5")
+		writePage(w, r, http.StatusServiceUnavailable, "Service Unavailable", "The routing table cannot be read right now; try again in a few seconds.")
+		return store.Route{}, false
+	}
+	ex.replID, ex.key = route.ReplID, key
+	return route, true
+}
+
+// endpoint picks one of a local route's endpoints, round-robin.
+func (h *Handler) endpoint(route store.Route) string {
+	return route.Endpoints[int(h.next.Add(1)%uint64(len(route.Endpoints)))]
+}
