@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/store"
@@ -51,9 +53,10 @@ var apps = []struct {
 const appPort = 9101
 
 func main() {
-	bin := flag.String("bin", "bin", "the folder with the replproxy, replns and replctl binaries")
-	usePostgres := flag.Bool("postgres", false, "run on two throw-away PostgreSQL servers instead of the embedded store")
-	flag.Parse()
+	fs := flag.NewFlagSet("demo", flag.ExitOnError)
+	bin := fs.String("bin", "bin", "the folder with the replproxy, replns and replctl binaries")
+	usePostgres := fs.Bool("postgres", false, "run on two throw-away PostgreSQL servers instead of the embedded store")
+	_ = fs.Parse(os.Args[1:]) // ExitOnError
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *bin, *usePostgres); err != nil {
@@ -62,75 +65,132 @@ func main() {
 	}
 }
 
+// run sets the demo up in a temporary folder, runs it until ctx is done
+// (or a sample app fails), then stops everything and removes the folder.
 func run(ctx context.Context, bin string, usePostgres bool) error {
-	bin, err := filepath.Abs(bin)
+	bin, err := findBinaries(bin)
 	if err != nil {
 		return err
-	}
-	for _, name := range []string{"replproxy", "replns", "replctl"} {
-		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
-			return fmt.Errorf("%s is not built: run `make build` first (%w)", name, err)
-		}
 	}
 	dir, err := os.MkdirTemp("", "replproxy-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-
-	// The stores: embedded files, or one PostgreSQL server per cluster.
-	addrs := map[string]string{}
-	if usePostgres {
-		fmt.Println("starting two throw-away PostgreSQL servers...")
-		servers, stopPG, err := pgtest.Launch(len(clusters))
-		defer func() {
-			if err := stopPG(); err != nil {
-				fmt.Fprintln(os.Stderr, "demo: stop PostgreSQL:", err)
-			}
-		}()
-		if err != nil {
-			return err
-		}
-		for i, c := range clusters {
-			addrs[c.name] = servers[i].DSN()
-		}
-	} else {
-		for _, c := range clusters {
-			addrs[c.name] = filepath.Join(dir, c.name+".yaml")
-			if err := os.WriteFile(addrs[c.name], nil, 0o644); err != nil {
-				return err
-			}
-		}
-	}
-	registry := filepath.Join(dir, "clusters.yaml")
-	reg := "clusters:\n"
-	for _, c := range clusters {
-		reg += fmt.Sprintf("  - name: %s\n    proxy_ipv4: [%s]\n    forward: %s:%s\n    store: %q\n", c.name, c.ip, c.ip, proxyPort, addrs[c.name])
-	}
-	secret := filepath.Join(dir, "hop.secret")
-	if err := os.WriteFile(registry, []byte(reg), 0o644); err != nil {
+	addrs, stopStores, err := openStores(dir, usePostgres)
+	defer stopStores()
+	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(secret, []byte("demo hop secret: use 32 random bytes in production\n"), 0o600); err != nil {
+	registry, secret, err := writeConfig(dir, addrs)
+	if err != nil {
 		return err
 	}
 	if err := seed(ctx, addrs); err != nil {
 		return err
 	}
 
-	// The sample apps, in both clusters.
-	var servers []*http.Server
-	defer func() {
+	g, gctx := errgroup.WithContext(ctx)
+	var (
+		servers []*http.Server
+		procs   []*child
+	)
+	stopAll := func() error {
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop()
+		}
 		for _, s := range servers {
 			_ = s.Close()
 		}
-	}()
+		return g.Wait()
+	}
+	if servers, err = startApps(g); err != nil {
+		_ = stopAll()
+		return err
+	}
+	if procs, err = startDaemons(gctx, bin, dir, registry, secret); err != nil {
+		_ = stopAll()
+		return err
+	}
+	printGuide(bin, dir, registry)
+	<-gctx.Done()
+	fmt.Println("\nstopping...")
+	return stopAll()
+}
+
+// findBinaries returns the absolute path of the folder bin, once it holds
+// the three binaries.
+func findBinaries(bin string) (string, error) {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return "", err
+	}
+	for _, name := range []string{"replproxy", "replns", "replctl"} {
+		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
+			return "", fmt.Errorf("%s is not built: run `make build` first (%w)", name, err)
+		}
+	}
+	return bin, nil
+}
+
+// openStores makes each cluster's store: an embedded file in dir, or a
+// throw-away PostgreSQL server. It returns their addresses, by cluster,
+// and what stops the servers (also after an error).
+func openStores(dir string, usePostgres bool) (map[string]string, func(), error) {
+	addrs := map[string]string{}
+	if !usePostgres {
+		for _, c := range clusters {
+			addrs[c.name] = filepath.Join(dir, c.name+".yaml")
+			if err := os.WriteFile(addrs[c.name], nil, 0o644); err != nil {
+				return nil, func() {}, err
+			}
+		}
+		return addrs, func() {}, nil
+	}
+	fmt.Println("starting two throw-away PostgreSQL servers...")
+	servers, stopPG, err := pgtest.Launch(len(clusters))
+	stop := func() {
+		if err := stopPG(); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: stop PostgreSQL:", err)
+		}
+	}
+	if err != nil {
+		return nil, stop, err
+	}
+	for i, c := range clusters {
+		addrs[c.name] = servers[i].DSN()
+	}
+	return addrs, stop, nil
+}
+
+// writeConfig writes the cluster registry and the hop secret into dir and
+// returns their paths.
+func writeConfig(dir string, addrs map[string]string) (registry, secret string, err error) {
+	registry = filepath.Join(dir, "clusters.yaml")
+	reg := "clusters:\n"
+	for _, c := range clusters {
+		reg += fmt.Sprintf("  - name: %s\n    proxy_ipv4: [%s]\n    forward: %s:%s\n    store: %q\n", c.name, c.ip, c.ip, proxyPort, addrs[c.name])
+	}
+	secret = filepath.Join(dir, "hop.secret")
+	if err := os.WriteFile(registry, []byte(reg), 0o644); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(secret, []byte("demo hop secret: use 32 random bytes in production\n"), 0o600); err != nil {
+		return "", "", err
+	}
+	return registry, secret, nil
+}
+
+// startApps starts the sample apps, in both clusters, each serving in g.
+// It returns the servers (to close), also after an error.
+func startApps(g *errgroup.Group) ([]*http.Server, error) {
+	var servers []*http.Server
 	for _, c := range clusters {
 		for i, a := range apps {
 			addr := fmt.Sprintf("%s:%d", c.ip, appPort+i)
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
-				return fmt.Errorf("sample app %s on %s: %w", a.slug, addr, err)
+				return servers, fmt.Errorf("sample app %s on %s: %w", a.slug, addr, err)
 			}
 			msg := fmt.Sprintf("hello from %s/%s (repl %s), served in cluster %s\n", a.owner, a.slug, a.id, c.name)
 			s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -138,17 +198,22 @@ func run(ctx context.Context, bin string, usePostgres bool) error {
 				fmt.Fprintf(w, "  Host: %s  X-Forwarded-For: %s  X-Request-Id: %s\n", r.Host, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Request-Id"))
 			}), ReadHeaderTimeout: 5 * time.Second}
 			servers = append(servers, s)
-			go func() { _ = s.Serve(ln) }()
+			g.Go(func() error {
+				if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+					return fmt.Errorf("sample app %s on %s: %w", a.slug, addr, err)
+				}
+				return nil
+			})
 		}
 	}
+	return servers, nil
+}
 
-	// replns and the two proxies.
+// startDaemons starts replns and the two proxies, logging into dir, and
+// waits until each is ready. It returns the processes (to stop), also
+// after an error.
+func startDaemons(ctx context.Context, bin, dir, registry, secret string) ([]*child, error) {
 	var procs []*child
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].stop()
-		}
-	}()
 	start := func(name string, args ...string) error {
 		c, err := startChild(dir, name, filepath.Join(bin, args[0]), args[1:]...)
 		if err == nil {
@@ -158,23 +223,20 @@ func run(ctx context.Context, bin string, usePostgres bool) error {
 	}
 	if err := start("replns", "replns", "-zone", zone, "-registry", registry, "-ns", "ns1."+zone+"=127.0.0.1",
 		"-listen", nsAddr, "-admin-listen", "127.0.0.1:9153", "-log-format", "console"); err != nil {
-		return err
+		return procs, err
 	}
 	for _, c := range clusters {
 		if err := start("replproxy-"+c.name, "replproxy", "-zone", zone, "-cluster", c.name, "-registry", registry,
 			"-hop-secret-file", secret, "-listen", c.ip+":"+proxyPort, "-admin-listen", c.ip+":9090"); err != nil {
-			return err
+			return procs, err
 		}
 	}
 	for _, ready := range []string{"http://127.0.0.1:9153/readyz", "http://127.0.0.1:9090/readyz", "http://127.0.0.2:9090/readyz"} {
 		if err := waitReady(ctx, ready, procs); err != nil {
-			return err
+			return procs, err
 		}
 	}
-	printGuide(bin, dir, registry)
-	<-ctx.Done()
-	fmt.Println("\nstopping...")
-	return nil
+	return procs, nil
 }
 
 // seed writes the sample repls into their home clusters.
