@@ -40,10 +40,11 @@ type Source interface {
 
 // ClustersConfig tunes Clusters. The zero value is usable.
 type ClustersConfig struct {
-	// Cache configures each cluster's route cache.
+	// Cache configures each cluster's route cache; its zero values mean
+	// routecache's defaults.
 	Cache routecache.Config
-	// Open opens a cluster's store. Nil means store.Open without
-	// migrations (replns only reads).
+	// Open opens a cluster's store. Nil means cluster.Open without
+	// migrations (replns only reads), logging as "store".
 	Open func(ctx context.Context, addr string) (store.Store, error)
 }
 
