@@ -49,9 +49,10 @@ type ClustersConfig struct {
 }
 
 // Clusters reads every cluster of the registry: each store through a
-// routecache.Cache kept current by change notifications, beside an index of the
-// cluster's live repls that turns names no cluster has into NXDOMAIN
-// without a database query. Run opens the stores and keeps both current.
+// routecache.Cache with its name index (routecache.NewIndexed), kept
+// current by the store's change notifications, so that names no cluster
+// has are NXDOMAIN without a database query. Run opens the stores and
+// keeps both current.
 type Clusters struct {
 	list   []cluster.Cluster
 	cs     []*member
@@ -62,12 +63,20 @@ type Clusters struct {
 var _ Source = (*Clusters)(nil)
 
 type member struct {
-	info  cluster.Cluster
-	cache atomic.Pointer[routecache.Cache] // nil until the store is open
-	index *index
-	// queries counts the store calls the index makes.
-	queries atomic.Uint64
-	synced  atomic.Bool // the change feed's first resync came
+	info   cluster.Cluster
+	cache  atomic.Pointer[routecache.Cache] // with its index; nil until the store is open
+	synced atomic.Bool                      // the change feed's first resync came
+}
+
+// repl is what cl's index says about the repl named by k: KnownUnsure
+// until the store is open.
+func (cl *member) repl(k store.Key) (routecache.Knowledge, routecache.IndexEntry, *routecache.Cache) {
+	cache := cl.cache.Load()
+	if cache == nil {
+		return routecache.KnownUnsure, routecache.IndexEntry{}, nil
+	}
+	known, e := cache.Index().Repl(k)
+	return known, e, cache
 }
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
@@ -87,7 +96,7 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) 
 		}
 	}
 	for _, info := range c.list {
-		c.cs = append(c.cs, &member{info: info, index: newIndex()})
+		c.cs = append(c.cs, &member{info: info})
 	}
 	return c, nil
 }
@@ -104,39 +113,32 @@ func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
 	best, bestGen := -1, int64(0)
 	var failed error
 	for i, cl := range c.cs {
-		known, gen, movedTo := cl.index.repl(k)
-		if known == knownNo {
+		known, e, cache := cl.repl(k)
+		if known == routecache.KnownNo {
 			continue
 		}
-		target := i
-		cache := cl.cache.Load()
+		target, gen, movedTo := i, e.Generation, e.MovedTo
 		if cache == nil {
-			if known != knownYes {
-				failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
-				continue
-			}
+			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
+			continue
+		}
+		r, err := cache.Lookup(ctx, k)
+		switch {
+		case err == nil && r.Kind == store.RouteLocal:
+			gen = r.Generation
+		case err == nil && r.Kind == store.RouteTombstone:
+			target, gen = c.indexOf(r.Cluster), r.Generation
+		case errors.Is(err, store.ErrNotFound):
+			continue // the index is a moment ahead
+		case known == routecache.KnownYes:
+			// The store is down and the cache never held this name:
+			// answer from the index.
 			if movedTo != "" {
 				target = c.indexOf(movedTo)
 			}
-		} else {
-			r, err := cache.Lookup(ctx, k)
-			switch {
-			case err == nil && r.Kind == store.RouteLocal:
-				gen = r.Generation
-			case err == nil && r.Kind == store.RouteTombstone:
-				target, gen = c.indexOf(r.Cluster), r.Generation
-			case errors.Is(err, store.ErrNotFound):
-				continue // the index is a moment ahead
-			case known == knownYes:
-				// The store is down and the cache never held this name:
-				// answer from the index.
-				if movedTo != "" {
-					target = c.indexOf(movedTo)
-				}
-			default:
-				failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
-				continue
-			}
+		default:
+			failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
+			continue
 		}
 		if target >= 0 && (best < 0 || gen > bestGen) {
 			best, bestGen = target, gen
@@ -165,7 +167,8 @@ func (c *Clusters) indexOf(name string) int {
 // HasOwner implements Source.
 func (c *Clusters) HasOwner(owner string) bool {
 	for _, cl := range c.cs {
-		if cl.index.owner(owner) != knownNo {
+		cache := cl.cache.Load()
+		if cache == nil || cache.Index().Owner(owner) != routecache.KnownNo {
 			return true
 		}
 	}
@@ -205,7 +208,7 @@ type ClusterStatus struct {
 	// Open: the store is open. Synced: change notifications flow and the
 	// index was built at least once. Current: the index is current now.
 	Open, Synced, Current bool
-	Indexed               int    // live repls in the index
+	Indexed               int    // repls in the index, live or tombstoned
 	IndexQueries          uint64 // store calls made to keep the index
 	Cache                 routecache.Stats
 }
@@ -214,12 +217,12 @@ type ClusterStatus struct {
 func (c *Clusters) Status() []ClusterStatus {
 	out := make([]ClusterStatus, 0, len(c.cs))
 	for _, cl := range c.cs {
-		n, current, built := cl.index.size()
-		s := ClusterStatus{Name: cl.info.Name, Indexed: n, Current: current, IndexQueries: cl.queries.Load()}
+		s := ClusterStatus{Name: cl.info.Name}
 		if cache := cl.cache.Load(); cache != nil {
-			s.Open = true
-			s.Cache = cache.Stats()
-			s.Synced = built && cl.synced.Load()
+			x := cache.Index().Stats()
+			s.Open, s.Cache = true, cache.Stats()
+			s.Indexed, s.Current, s.IndexQueries = x.Repls, x.Current, x.Queries
+			s.Synced = x.Built && cl.synced.Load()
 		}
 		out = append(out, s)
 	}
@@ -280,10 +283,9 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 		}
 	}()
 
-	// One change feed (one LISTEN connection for PostgreSQL) feeds both
-	// the cache and the index: the cache's Run watches through sharedFeed.
-	q := newEventQueue()
-	cache := routecache.New(sharedFeed{Reader: st, also: q.push}, c.cfg.Cache, logger)
+	// One change feed (one LISTEN connection for PostgreSQL) keeps both
+	// the cache and its index current: the cache's Run.
+	cache := routecache.NewIndexed(st, c.cfg.Cache, logger)
 	cl.cache.Store(cache)
 	logger.Info("store open")
 
@@ -292,137 +294,13 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() {
-		if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
-			logger.Error("change notifications stopped", zap.Error(err))
-		}
-	})
-	wg.Go(func() {
 		select {
 		case <-cache.Synced():
 			cl.synced.Store(true)
 		case <-ctx.Done():
 		}
 	})
-	c.maintain(ctx, cl, st, q, logger)
-}
-
-// sharedFeed is a cluster's store as its route cache sees it: the cache's
-// Watch is the cluster's only one, and every event it gets goes to also
-// (the index's queue) too, after the cache has applied it.
-type sharedFeed struct {
-	store.Reader
-	also func(store.Event)
-}
-
-func (f sharedFeed) Watch(ctx context.Context, fn func(store.Event)) error {
-	return f.Reader.Watch(ctx, func(ev store.Event) {
-		fn(ev)
-		f.also(ev)
-	})
-}
-
-// maintain keeps cl's index current from the events in q.
-func (c *Clusters) maintain(ctx context.Context, cl *member, st store.Store, q *eventQueue, logger *zap.Logger) {
-	backoff := minBackoff
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-q.wake:
-		}
-		resync, events := q.take()
-		if resync {
-			cl.index.stale()
-			cl.queries.Add(1)
-			repls, err := st.ListRepls(ctx, "")
-			var tombstones []store.Tombstone
-			if err == nil {
-				tombstones, err = st.ListTombstones(ctx)
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				wait := jitter(backoff)
-				backoff = min(2*backoff, maxBackoff)
-				logger.Warn("cannot rebuild the index of live repls; looking names up in the store meanwhile",
-					zap.Duration("retry_in", wait), zap.Error(err))
-				q.requeue()
-				if !sleep(ctx, wait) {
-					return
-				}
-				continue
-			}
-			backoff = minBackoff
-			cl.index.replace(repls, tombstones)
-			logger.Debug("index rebuilt", zap.Int("repls", len(repls)))
-			continue // the list already reflects the events taken with it
-		}
-		for _, ev := range events {
-			if ev.Kind != store.EventRepl {
-				continue
-			}
-			cl.queries.Add(1)
-			r, err := st.GetRepl(ctx, ev.ReplID)
-			if err == nil {
-				cl.index.put(r)
-				continue
-			}
-			if errors.Is(err, store.ErrNotFound) {
-				var t store.Tombstone
-				t, err = st.GetTombstone(ctx, ev.ReplID)
-				if err == nil {
-					cl.index.putTombstone(t)
-					continue
-				}
-			}
-			if errors.Is(err, store.ErrNotFound) {
-				cl.index.remove(ev.ReplID)
-				continue
-			}
-			// The store failed: rebuild the whole index once it answers.
-			q.requeue()
-			break
-		}
+	if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
+		logger.Error("change notifications stopped", zap.Error(err))
 	}
-}
-
-// eventQueue hands change notifications from Watch, whose callback must
-// not block, to the goroutine that keeps the index. An EventResync, or more
-// events than it holds, collapses into one rebuild.
-type eventQueue struct {
-	mu     sync.Mutex
-	events []store.Event
-	resync bool
-	wake   chan struct{}
-}
-
-const maxQueuedEvents = 10000
-
-func newEventQueue() *eventQueue { return &eventQueue{wake: make(chan struct{}, 1)} }
-
-func (q *eventQueue) push(ev store.Event) {
-	q.mu.Lock()
-	switch {
-	case ev.Kind == store.EventResync || len(q.events) >= maxQueuedEvents:
-		q.resync, q.events = true, nil
-	case ev.Kind == store.EventRepl && !q.resync:
-		q.events = append(q.events, ev)
-	}
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// requeue asks for a rebuild.
-func (q *eventQueue) requeue() { q.push(store.Event{Kind: store.EventResync}) }
-
-func (q *eventQueue) take() (resync bool, events []store.Event) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	resync, events = q.resync, q.events
-	q.resync, q.events = false, nil
-	return resync, events
 }

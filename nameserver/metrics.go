@@ -1,9 +1,11 @@
 package nameserver
 
 import (
+	"iter"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // Metrics are the Prometheus metrics of a Handler (given to NewHandler): queries
@@ -109,9 +111,21 @@ func (m *Metrics) rateLimited(a rrlAction) {
 }
 
 // RegisterClusters registers metrics describing each cluster's store,
-// route cache and index, read from c when scraped.
+// route cache and index, read from c when scraped: readiness and the
+// index here, the cache through routecache's collector (replns_route_cache_*).
 func RegisterClusters(reg prometheus.Registerer, c *Clusters) {
-	reg.MustRegister(clustersCollector{c})
+	reg.MustRegister(clustersCollector{c}, routecache.NewCollector("replns", c.caches))
+}
+
+// caches yields each open cluster's route cache by name.
+func (c *Clusters) caches() iter.Seq2[string, *routecache.Cache] {
+	return func(yield func(string, *routecache.Cache) bool) {
+		for _, cl := range c.cs {
+			if !yield(cl.info.Name, cl.cache.Load()) {
+				return
+			}
+		}
+	}
 }
 
 type clustersCollector struct{ c *Clusters }
@@ -120,18 +134,13 @@ var (
 	descReady = prometheus.NewDesc("replns_cluster_ready",
 		"1 when the cluster's store is open, change notifications flow and its index is current.", []string{"cluster"}, nil)
 	descIndexed = prometheus.NewDesc("replns_index_repls",
-		"Live repls in the cluster's in-memory index.", []string{"cluster"}, nil)
+		"Repls, live or tombstoned, in the cluster's in-memory index.", []string{"cluster"}, nil)
 	descIndexQueries = prometheus.NewDesc("replns_index_store_queries_total",
 		"Store calls made to keep the cluster's index current.", []string{"cluster"}, nil)
-	descCache = prometheus.NewDesc("replns_cache_events_total",
-		"Route cache counters: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, invalidation.",
-		[]string{"cluster", "event"}, nil)
-	descCacheEntries = prometheus.NewDesc("replns_cache_entries",
-		"Route cache entries held: found routes, and not-found or challenge entries.", []string{"cluster", "kind"}, nil)
 )
 
 func (clustersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReady, descIndexed, descIndexQueries, descCache, descCacheEntries} {
+	for _, d := range []*prometheus.Desc{descReady, descIndexed, descIndexQueries} {
 		ch <- d
 	}
 }
@@ -145,16 +154,5 @@ func (cc clustersCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, s.Name)
 		ch <- prometheus.MustNewConstMetric(descIndexed, prometheus.GaugeValue, float64(s.Indexed), s.Name)
 		ch <- prometheus.MustNewConstMetric(descIndexQueries, prometheus.CounterValue, float64(s.IndexQueries), s.Name)
-		for _, e := range []struct {
-			name string
-			v    uint64
-		}{
-			{"hit", s.Cache.Hits}, {"miss", s.Cache.Misses}, {"stale", s.Cache.Stale}, {"load", s.Cache.Loads},
-			{"load_error", s.Cache.LoadErrors}, {"eviction", s.Cache.Evictions}, {"invalidation", s.Cache.Invalidation},
-		} {
-			ch <- prometheus.MustNewConstMetric(descCache, prometheus.CounterValue, float64(e.v), s.Name, e.name)
-		}
-		ch <- prometheus.MustNewConstMetric(descCacheEntries, prometheus.GaugeValue, float64(s.Cache.Entries), s.Name, "found")
-		ch <- prometheus.MustNewConstMetric(descCacheEntries, prometheus.GaugeValue, float64(s.Cache.Negative), s.Name, "negative")
 	}
 }
