@@ -9,8 +9,8 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
-// Config is what a Handler needs besides its routes and logger. Zero
-// durations take the defaults named on each field.
+// Config is what a Handler needs besides its routes, metrics, clock and
+// logger. A zero (or negative) field takes the default named on it.
 type Config struct {
 	// Zone is the platform's zone, e.g. repl.co. Required.
 	Zone store.Zone
@@ -24,24 +24,23 @@ type Config struct {
 	HopSecret []byte
 
 	// DialTimeout bounds connecting to a container or another cluster's
-	// proxy. Default 5 s.
+	// proxy. Zero means 5 s.
 	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for the upstream's response
-	// headers after the request was written (a 504 after it). Default 60 s.
+	// headers after the request was written (a 504 after it). Zero means
+	// 60 s.
 	ResponseHeaderTimeout time.Duration
-	// IdleConnTimeout closes idle upstream connections. Default 90 s.
+	// IdleConnTimeout closes idle upstream connections. Zero means 90 s.
 	IdleConnTimeout time.Duration
 	// MaxIdleConnsPerHost is the idle upstream connections kept per
-	// container or peer proxy. Default 256 (Go's default is 2).
+	// container or peer proxy. Zero means 256 (Go's default is 2).
 	MaxIdleConnsPerHost int
-	// AccessLog writes one log line per request.
+	// AccessLog writes one log line per request. False means none.
 	AccessLog bool
-
-	// Now is the clock (hop marks). Nil means time.Now.
-	Now func() time.Time
 }
 
-func (c *Config) validate() error {
+// withDefaults checks c and returns it with the defaults filled in.
+func (c Config) withDefaults() (Config, error) {
 	var errs []error
 	if c.Zone.Name() == "" {
 		errs = append(errs, errors.New("no zone: set the platform's zone, e.g. -zone repl.co"))
@@ -54,10 +53,9 @@ func (c *Config) validate() error {
 	if len(c.HopSecret) < 32 {
 		errs = append(errs, fmt.Errorf("hop secret is %d bytes, need at least 32: write one with `head -c 32 /dev/urandom | base64 > hop.secret` and give the same file to every cluster", len(c.HopSecret)))
 	}
-	return errors.Join(errs...)
-}
-
-func (c *Config) setDefaults() {
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second
 	}
@@ -70,7 +68,74 @@ func (c *Config) setDefaults() {
 	if c.MaxIdleConnsPerHost <= 0 {
 		c.MaxIdleConnsPerHost = 256
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	return c, nil
+}
+
+// ServerConfig says where a Server listens. A zero (or negative) field
+// takes the default named on it; HSTSMaxAge is the one that can be off,
+// and zero turns it off.
+type ServerConfig struct {
+	// Listen is the plain HTTP address, e.g. ":80". Required unless
+	// TLSListen is set.
+	Listen string
+	// TLSListen is the HTTPS address, e.g. ":443", served with the static
+	// certificate in TLSCertFile and TLSKeyFile, or with certificates on
+	// demand (NewServer's onDemand), which make the static one optional:
+	// it then serves the names on demand does not (no server name, the
+	// apex). Empty means no HTTPS.
+	TLSListen   string
+	TLSCertFile string
+	TLSKeyFile  string
+	// ForwardListen is where requests forwarded by other clusters' proxies
+	// arrive (the cluster's forward address in the registry points here).
+	// Empty means they arrive on Listen.
+	ForwardListen string
+	// AdminListen serves /metrics, /healthz, /readyz and /debug/pprof/.
+	// Keep it off the public network. Empty means no admin listener.
+	AdminListen string
+	// H2C accepts HTTP/2 without TLS (prior knowledge) on the plain
+	// listeners. False means HTTP/1 only there.
+	H2C bool
+	// ReadHeaderTimeout bounds reading a request's headers. Zero means
+	// 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle client connections. Zero means 120 s.
+	IdleTimeout time.Duration
+	// ShutdownTimeout bounds the drain after the context is cancelled:
+	// in-flight requests and upgraded connections get this long, then are
+	// closed. Zero means 30 s.
+	ShutdownTimeout time.Duration
+
+	// With certificates on demand, plain HTTP requests for hosts with a
+	// certificate are redirected to HTTPS on HTTPSPort (zero means the
+	// port TLSListen is bound to), and HTTPS responses for them carry
+	// Strict-Transport-Security with HSTSMaxAge (zero means no header).
+	HTTPSPort  int
+	HSTSMaxAge time.Duration
+}
+
+// withDefaults checks c and returns it with the defaults filled in.
+func (c ServerConfig) withDefaults() (ServerConfig, error) {
+	if c.Listen == "" && c.TLSListen == "" {
+		return c, errors.New("no listen address: set -listen (HTTP) or -listen-tls (HTTPS)")
 	}
+	if c.TLSListen != "" && (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return c, errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 120 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.HTTPSPort < 0 {
+		c.HTTPSPort = 0
+	}
+	if c.HSTSMaxAge < 0 {
+		c.HSTSMaxAge = 0
+	}
+	return c, nil
 }

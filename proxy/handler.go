@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httputil"
 	"sync/atomic"
@@ -30,12 +31,20 @@ type Handler struct {
 	next     atomic.Uint64 // round-robin over a repl's endpoints
 }
 
-// NewHandler validates cfg and returns a Handler. metrics may be nil.
-func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger) (*Handler, error) {
-	if err := cfg.validate(); err != nil {
+// NewHandler validates cfg and returns a Handler over routes. metrics may
+// be nil; a nil now (the clock of hop marks) means time.Now, a nil logger
+// logs nothing.
+func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Time, logger *zap.Logger) (*Handler, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
-	cfg.setDefaults()
+	if routes == nil {
+		return nil, errors.New("proxy: no routes")
+	}
+	if now == nil {
+		now = time.Now
+	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -46,7 +55,7 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, logger *zap.Logger)
 		metrics: metrics,
 		ids:     newRequestIDs(),
 	}
-	h.hop.secret, h.hop.now = cfg.HopSecret, cfg.Now
+	h.hop.secret, h.hop.now = cfg.HopSecret, now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
 	h.upstream = newUpstream(&h.cfg)

@@ -100,9 +100,10 @@ func embeddedStore(t testing.TB) (store.Store, string) {
 }
 
 type clusterOpts struct {
-	tweak  func(*proxy.Config)
-	server func(*proxy.ServerConfig)
-	cache  routecache.Config
+	tweak    func(*proxy.Config)
+	server   func(*proxy.ServerConfig)
+	onDemand proxy.OnDemand
+	cache    routecache.Config
 }
 
 // startCluster runs a proxy for cluster name on addr over st.
@@ -125,7 +126,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 		o.tweak(&cfg)
 	}
 	metrics := prometheus.NewRegistry()
-	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cache), logger)
+	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cache), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	if o.server != nil {
 		o.server(&scfg)
 	}
-	srv, err := proxy.NewServer(scfg, h, proxy.Ready(st, cache), metrics, logger)
+	srv, err := proxy.NewServer(scfg, h, o.onDemand, proxy.Ready(st, cache), metrics, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

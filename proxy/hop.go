@@ -99,18 +99,34 @@ func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
 	return f.Source, nil
 }
 
+// forwarded reports whether r carries a hop mark that verifies: another
+// cluster's proxy forwarded it. It leaves the mark for checkHop.
+func (h *Handler) forwarded(r *http.Request) bool {
+	mark := r.Header.Get(HopHeader)
+	if mark == "" {
+		return false
+	}
+	_, err := h.hop.verify(mark, receivedHopFields(r))
+	return err == nil
+}
+
+// hopFieldsOf returns what a received request's hop mark must vouch for.
+func receivedHopFields(r *http.Request) hopFields {
+	return hopFields{
+		Host:      r.Host,
+		For:       strings.Join(r.Header.Values("X-Forwarded-For"), ", "),
+		Proto:     r.Header.Get("X-Forwarded-Proto"),
+		FHost:     r.Header.Get("X-Forwarded-Host"),
+		RequestID: r.Header.Get("X-Request-Id"),
+	}
+}
+
 // checkHop verifies and strips the hop mark, and settles the request id.
 func (h *Handler) checkHop(r *http.Request, ex *exchange) {
 	mark := r.Header.Get(HopHeader)
 	if mark != "" {
 		r.Header.Del(HopHeader)
-		src, err := h.hop.verify(mark, hopFields{
-			Host:      r.Host,
-			For:       strings.Join(r.Header.Values("X-Forwarded-For"), ", "),
-			Proto:     r.Header.Get("X-Forwarded-Proto"),
-			FHost:     r.Header.Get("X-Forwarded-Host"),
-			RequestID: r.Header.Get("X-Request-Id"),
-		})
+		src, err := h.hop.verify(mark, receivedHopFields(r))
 		if err == nil {
 			ex.trusted, ex.source = true, src
 		} else if ce := h.logger.Check(zapcore.DebugLevel, "hop mark ignored"); ce != nil {

@@ -52,7 +52,7 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 		{"a refresh that finds the tombstone again: a loop", stale, http.StatusLoopDetected},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "west", Registry: reg, HopSecret: testSecret}, tc.routes, nil, nil)
+			h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "west", Registry: reg, HopSecret: testSecret}, tc.routes, nil, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +98,7 @@ func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
 		name   string
 		routes proxy.Routes
 	}{{east, "east", eastRoutes}, {west, "west", westRoutes}} {
-		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret}, c.routes, nil, nil)
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret}, c.routes, nil, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,82 +16,45 @@ import (
 	"golang.org/x/crypto/acme"
 )
 
-// ServerConfig says where a Server listens. Zero durations take the
-// defaults named on each field.
-type ServerConfig struct {
-	// Listen is the plain HTTP address, e.g. ":80". Required unless
-	// TLSListen is set.
-	Listen string
-	// TLSListen is the HTTPS address, e.g. ":443", served with the static
-	// certificate in TLSCertFile and TLSKeyFile.
-	TLSListen   string
-	TLSCertFile string
-	TLSKeyFile  string
-	// OnDemand, when set, gives the HTTPS listener its certificates on
-	// demand (TLS-ALPN-01 included), answers ACME HTTP-01 challenges on
-	// Listen and redirects requests there to HTTPS for hosts that have a
-	// certificate. The static certificate is then optional: it serves the
-	// names OnDemand does not (no server name, the apex).
-	OnDemand *CertManager
-	// ForwardListen is where requests forwarded by other clusters' proxies
-	// arrive (the cluster's forward address in the registry points here).
-	// Empty means they arrive on Listen.
-	ForwardListen string
-	// AdminListen serves /metrics, /healthz, /readyz and /debug/pprof/.
-	// Keep it off the public network. Empty means no admin listener.
-	AdminListen string
-	// H2C accepts HTTP/2 without TLS (prior knowledge) on the plain
-	// listeners.
-	H2C bool
-	// ReadHeaderTimeout bounds reading a request's headers. Default 10 s.
-	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes idle client connections. Default 120 s.
-	IdleTimeout time.Duration
-	// ShutdownTimeout bounds the drain after the context is cancelled:
-	// in-flight requests and upgraded connections get this long, then are
-	// closed. Default 30 s.
-	ShutdownTimeout time.Duration
-}
-
 // Server runs a Handler on its listeners, and the admin endpoints.
 type Server struct {
-	cfg     ServerConfig
-	handler *Handler
-	logger  *zap.Logger
-	ready   func(context.Context) error
-	gather  prometheus.Gatherer
+	cfg      ServerConfig
+	handler  *Handler
+	onDemand OnDemand // nil: static certificates only
+	hsts     string   // the Strict-Transport-Security value; "": none
+	logger   *zap.Logger
+	ready    func(context.Context) error
+	gather   prometheus.Gatherer
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener // by role: "http", "https", "forward", "admin"
 	servers   map[string]*http.Server
 }
 
-// NewServer returns a Server for h. ready tells /readyz whether the proxy
-// can route (nil: always ready); gather serves /metrics (nil: none).
-func NewServer(cfg ServerConfig, h *Handler, ready func(context.Context) error, gather prometheus.Gatherer, logger *zap.Logger) (*Server, error) {
-	if cfg.Listen == "" && cfg.TLSListen == "" {
-		return nil, errors.New("no listen address: set -listen (HTTP) or -listen-tls (HTTPS)")
-	}
-	if cfg.TLSListen != "" && cfg.OnDemand == nil && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
+// NewServer returns a Server for h. onDemand, when not nil, gives the
+// HTTPS listener its certificates (see OnDemand); ready tells /readyz
+// whether the proxy can route (nil: always ready); gather serves /metrics
+// (nil: none).
+func NewServer(cfg ServerConfig, h *Handler, onDemand OnDemand, ready func(context.Context) error, gather prometheus.Gatherer, logger *zap.Logger) (*Server, error) {
+	if cfg.TLSListen != "" && onDemand == nil && (cfg.TLSCertFile == "" || cfg.TLSKeyFile == "") {
 		return nil, errors.New("-listen-tls needs -tls-cert and -tls-key (PEM files), or -tls-on-demand")
 	}
-	if cfg.TLSListen != "" && (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-		return nil, errors.New("-tls-cert and -tls-key go together")
+	if onDemand != nil && cfg.TLSListen == "" {
+		return nil, errors.New("-tls-on-demand needs -listen-tls")
 	}
-	if cfg.ReadHeaderTimeout <= 0 {
-		cfg.ReadHeaderTimeout = 10 * time.Second
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = 120 * time.Second
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = 30 * time.Second
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	return &Server{cfg: cfg, handler: h, logger: logger, ready: ready, gather: gather,
-		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}, nil
+	s := &Server{cfg: cfg, handler: h, onDemand: onDemand, logger: logger, ready: ready, gather: gather,
+		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}
+	if cfg.HSTSMaxAge > 0 {
+		s.hsts = "max-age=" + strconv.FormatInt(int64(cfg.HSTSMaxAge/time.Second), 10)
+	}
+	return s, nil
 }
 
 // Listen binds every configured address. After it returns, Addr reports
@@ -98,20 +62,9 @@ func NewServer(cfg ServerConfig, h *Handler, ready func(context.Context) error, 
 func (s *Server) Listen() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var tlsConfig *tls.Config
-	if s.cfg.TLSListen != "" {
-		tlsConfig = &tls.Config{NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
-		if s.cfg.TLSCertFile != "" || s.cfg.OnDemand == nil {
-			cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
-			if err != nil {
-				return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
-			}
-			tlsConfig.Certificates = []tls.Certificate{cert}
-		}
-		if s.cfg.OnDemand != nil {
-			tlsConfig.GetCertificate = s.cfg.OnDemand.GetCertificate
-			tlsConfig.NextProtos = append(tlsConfig.NextProtos, acme.ALPNProto)
-		}
+	tlsConfig, err := s.tlsConfig()
+	if err != nil {
+		return err
 	}
 	for _, l := range []struct{ role, addr string }{
 		{"http", s.cfg.Listen}, {"https", s.cfg.TLSListen}, {"forward", s.cfg.ForwardListen}, {"admin", s.cfg.AdminListen},
@@ -125,12 +78,38 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
 		}
 		if l.role == "https" {
+			if s.cfg.HTTPSPort == 0 {
+				s.cfg.HTTPSPort = ln.Addr().(*net.TCPAddr).Port
+			}
 			ln = tls.NewListener(ln, tlsConfig)
 		}
 		s.listeners[l.role] = ln
-		s.servers[l.role] = s.httpServer(l.role, tlsConfig)
+	}
+	for role := range s.listeners {
+		s.servers[role] = s.httpServer(role, tlsConfig)
 	}
 	return nil
+}
+
+// tlsConfig is the HTTPS listener's: the static certificate, certificates
+// on demand, or both; nil without TLSListen.
+func (s *Server) tlsConfig() (*tls.Config, error) {
+	if s.cfg.TLSListen == "" {
+		return nil, nil
+	}
+	tlsConfig := &tls.Config{NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
+	if s.cfg.TLSCertFile != "" || s.onDemand == nil {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
+	}
+	if s.onDemand != nil {
+		tlsConfig.GetCertificate = s.onDemand.GetCertificate
+		tlsConfig.NextProtos = append(tlsConfig.NextProtos, acme.ALPNProto)
+	}
+	return tlsConfig, nil
 }
 
 func (s *Server) closeListeners() {
@@ -162,8 +141,8 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 	}
 	switch role {
 	case "https":
-		if s.cfg.OnDemand != nil {
-			srv.Handler = s.cfg.OnDemand.HTTPSHandler(s.handler)
+		if s.onDemand != nil {
+			srv.Handler = s.withHSTS(s.handler)
 		}
 		srv.TLSConfig = tlsConfig
 		var p http.Protocols
@@ -173,8 +152,8 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 	case "admin":
 		srv.Handler = s.adminMux()
 	default:
-		if role == "http" && s.cfg.OnDemand != nil {
-			srv.Handler = s.cfg.OnDemand.HTTPHandler(s.handler)
+		if role == "http" && s.onDemand != nil {
+			srv.Handler = s.onDemand.HTTPHandler(s.toHTTPS(s.handler))
 		}
 		if s.cfg.H2C {
 			var p http.Protocols

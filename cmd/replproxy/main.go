@@ -13,11 +13,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,11 +24,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme/autocert"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/routecache"
 )
@@ -58,7 +58,7 @@ type options struct {
 	// Certificates on demand.
 	tlsOnDemand            bool
 	acmeCARoot, dns01Check string
-	certs                  proxy.CertConfig
+	certs                  ondemand.Config
 }
 
 func parse(args []string) (*options, error) {
@@ -108,9 +108,9 @@ Flags:
 	fs.StringVar(&o.acmeCARoot, "acme-ca-root", "", "PEM file of the CA that signs the ACME server's HTTPS certificate (a test CA such as Pebble's); empty: the system's roots")
 	fs.StringVar(&o.dns01Check, "acme-dns01-check", "", "comma-separated host:port of the nameservers (replns) that must answer a DNS-01 record before the CA is asked to validate it")
 	fs.DurationVar(&o.certs.HandshakeWait, "acme-handshake-wait", 10*time.Second, "how long a TLS handshake for a name without a certificate waits for one")
-	fs.Float64Var(&o.certs.OrdersPerHour, "acme-orders-per-hour", 100, "limit on new certificate orders (burst 20)")
-	fs.DurationVar(&o.certs.HSTSMaxAge, "hsts-max-age", 365*24*time.Hour, "Strict-Transport-Security max-age on HTTPS responses for hosts with a certificate; 0: no header")
-	fs.IntVar(&o.certs.HTTPSPort, "https-port", 0, "the port HTTP requests are redirected to (default: the port of -listen-tls)")
+	fs.Float64Var(&o.certs.OrdersPerHour, "acme-orders-per-hour", 100, "limit on new certificate orders (burst 20); 0: no limit")
+	fs.DurationVar(&o.server.HSTSMaxAge, "hsts-max-age", 365*24*time.Hour, "Strict-Transport-Security max-age on HTTPS responses for hosts with a certificate; 0: no header")
+	fs.IntVar(&o.server.HTTPSPort, "https-port", 0, "the port HTTP requests are redirected to (default: the port of -listen-tls)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&o.gcPercent, "gc-percent", 400, "Go's GOGC: the proxy's live heap is small, so collecting less often saves CPU for little memory")
 	if err := cli.Parse(fs, "REPLPROXY", args); err != nil {
@@ -128,21 +128,15 @@ Flags:
 	return &o, nil
 }
 
-func run(ctx context.Context, args []string) error {
-	o, err := parse(args)
-	if err != nil {
-		return err
-	}
-	logger, err := cli.NewLogger(o.logLevel)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = logger.Sync() }()
-	debug.SetGCPercent(o.gcPercent)
-
+// load reads what the flags name: the zone, the registry, the hop secret
+// and, for certificates on demand, the ACME CA's roots and the DNS-01
+// checkers.
+func (o *options) load() error {
+	var err error
 	if o.proxy.Zone, err = store.NewZone(o.zone); err != nil {
 		return fmt.Errorf("-zone: %w", err)
 	}
+	o.certs.Zone = o.proxy.Zone
 	if o.proxy.Registry, err = cluster.Load(o.registry); err != nil {
 		return err
 	}
@@ -159,6 +153,38 @@ func run(ctx context.Context, args []string) error {
 		}
 		o.storeAddr = c.Store
 	}
+	if o.acmeCARoot != "" {
+		pem, err := os.ReadFile(o.acmeCARoot)
+		if err != nil {
+			return fmt.Errorf("-acme-ca-root: %w", err)
+		}
+		o.certs.CARoots = x509.NewCertPool()
+		if !o.certs.CARoots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-acme-ca-root %s: no PEM certificate in it", o.acmeCARoot)
+		}
+	}
+	for _, ns := range strings.Split(o.dns01Check, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			o.certs.DNS01Check = append(o.certs.DNS01Check, ns)
+		}
+	}
+	return nil
+}
+
+func run(ctx context.Context, args []string) error {
+	o, err := parse(args)
+	if err != nil {
+		return err
+	}
+	logger, err := cli.NewLogger(o.logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+	debug.SetGCPercent(o.gcPercent)
+	if err := o.load(); err != nil {
+		return err
+	}
 
 	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Logger: logger, Migrate: o.migrate})
 	if err != nil {
@@ -169,72 +195,40 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, cache), logger.Named("proxy"))
+	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, cache), nil, logger.Named("proxy"))
 	if err != nil {
 		return err
 	}
+	var certs *ondemand.Manager
+	var onDemand proxy.OnDemand // a nil *ondemand.Manager in it would not be nil
 	if o.tlsOnDemand {
-		if o.server.OnDemand, err = certManager(o, st, cache, reg, logger); err != nil {
+		cs, ok := st.(ondemand.Store)
+		if !ok {
+			return fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
+		}
+		if certs, err = ondemand.New(o.certs, cs, cache, ondemand.NewMetrics(reg), nil, logger); err != nil {
 			return err
 		}
-		certsCtx, stopCerts := context.WithCancel(context.WithoutCancel(ctx))
-		certsDone := make(chan struct{})
-		go func() { defer close(certsDone); _ = o.server.OnDemand.Run(certsCtx) }()
-		defer func() { stopCerts(); <-certsDone }()
+		onDemand = certs
 	}
-	srv, err := proxy.NewServer(o.server, h, proxy.Ready(st, cache), reg, logger)
+	srv, err := proxy.NewServer(o.server, h, onDemand, proxy.Ready(st, cache), reg, logger)
 	if err != nil {
 		return err
 	}
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-
-	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); _ = cache.Run(watchCtx) }()
-	defer func() { stopWatch(); <-watchDone }()
-
 	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)))
-	return srv.Serve(ctx)
-}
 
-// certManager builds the certificates on demand from the flags.
-func certManager(o *options, st store.Store, routes proxy.Routes, reg prometheus.Registerer, logger *zap.Logger) (*proxy.CertManager, error) {
-	if o.server.TLSListen == "" {
-		return nil, errors.New("-tls-on-demand needs -listen-tls")
+	// The route cache and the certificates keep working while the server
+	// drains, and stop once it has; both return only then (the cache with
+	// its context's error, which is no failure).
+	background, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { defer stopBackground(); return srv.Serve(gctx) })
+	g.Go(func() error { _ = cache.Run(background); return nil })
+	if certs != nil {
+		g.Go(func() error { return certs.Run(background) })
 	}
-	cs, ok := st.(proxy.CertStore)
-	if !ok {
-		return nil, fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
-	}
-	o.certs.Zone = o.proxy.Zone
-	if o.acmeCARoot != "" {
-		pem, err := os.ReadFile(o.acmeCARoot)
-		if err != nil {
-			return nil, fmt.Errorf("-acme-ca-root: %w", err)
-		}
-		o.certs.CARoots = x509.NewCertPool()
-		if !o.certs.CARoots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("-acme-ca-root %s: no PEM certificate in it", o.acmeCARoot)
-		}
-	}
-	for _, ns := range strings.Split(o.dns01Check, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			o.certs.DNS01Check = append(o.certs.DNS01Check, ns)
-		}
-	}
-	if o.certs.HSTSMaxAge == 0 {
-		o.certs.HSTSMaxAge = -1 // the flag's 0 means none; the Config's zero means the default
-	}
-	if o.certs.HTTPSPort == 0 {
-		_, port, err := net.SplitHostPort(o.server.TLSListen)
-		if err != nil {
-			return nil, fmt.Errorf("-listen-tls %q: %w", o.server.TLSListen, err)
-		}
-		if o.certs.HTTPSPort, err = strconv.Atoi(port); err != nil {
-			return nil, fmt.Errorf("-listen-tls %q: numeric port needed", o.server.TLSListen)
-		}
-	}
-	return proxy.NewCertManager(o.certs, cs, routes, proxy.NewCertMetrics(reg), logger)
+	return g.Wait()
 }

@@ -1,4 +1,4 @@
-package proxy_test
+package ondemand_test
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/internal/pgtest"
-	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -275,7 +275,7 @@ func TestTLSOnDemand(t *testing.T) {
 		// Another proxy finds the lease held for the backoff: it orders
 		// nothing, and after its own wait fails at once too.
 		c := e.proxy(t, false, func(o *tlsProxyOpts) {
-			o.tweak = func(c *proxy.CertConfig) { c.HandshakeWait, c.OrderTimeout = time.Second, 2*time.Second }
+			o.tweak = func(c *ondemand.Config) { c.HandshakeWait, c.OrderTimeout = time.Second, 2*time.Second }
 		})
 		if _, err := handshake(t, c.HTTPS, "app.bob.repl.test", e.roots); err == nil {
 			t.Fatal("handshake on another proxy succeeded")
@@ -410,7 +410,7 @@ func TestTLSRenewal(t *testing.T) {
 	}
 	e.dns.SetHost("www.example.com", "127.0.0.1")
 	fast := func(o *tlsProxyOpts) {
-		o.tweak = func(c *proxy.CertConfig) { c.RenewCheck, c.Backoff = 200*time.Millisecond, time.Second }
+		o.tweak = func(c *ondemand.Config) { c.RenewCheck, c.Backoff = 200*time.Millisecond, time.Second }
 	}
 	a := e.proxy(t, true, fast)
 	b := e.proxy(t, false, fast)

@@ -1,4 +1,4 @@
-package proxy
+package ondemand
 
 import (
 	"sync/atomic"
@@ -7,9 +7,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// CertMetrics are the Prometheus metrics of certificates on demand. A nil
-// *CertMetrics counts nothing.
-type CertMetrics struct {
+// Metrics are the Prometheus metrics of certificates on demand. A nil
+// *Metrics counts nothing.
+type Metrics struct {
 	issued, renewed, failed *prometheus.CounterVec
 	fromCache, fromStore    *prometheus.CounterVec
 	orders                  *prometheus.CounterVec
@@ -19,16 +19,16 @@ type CertMetrics struct {
 	// once.
 	fromCacheWildcard, fromCacheDomain prometheus.Counter
 
-	manager atomic.Pointer[CertManager] // for the gauges, read at scrape time
+	manager atomic.Pointer[Manager] // for the gauges, read at scrape time
 }
 
-// NewCertMetrics registers the metrics of certificates on demand with reg.
-func NewCertMetrics(reg prometheus.Registerer) *CertMetrics {
+// NewMetrics registers the metrics of certificates on demand with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	kind := []string{"kind"}
 	counter := func(name, help string, labels []string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
 	}
-	m := &CertMetrics{
+	m := &Metrics{
 		issued:  counter("replproxy_tls_certificates_issued_total", "Certificates obtained for a name that had none, by kind (wildcard, domain).", kind),
 		renewed: counter("replproxy_tls_certificates_renewed_total", "Certificates obtained to replace one due for renewal, by kind.", kind),
 		failed:  counter("replproxy_tls_certificate_failures_total", "Failed attempts to obtain a certificate (the name then backs off), by kind.", kind),
@@ -54,13 +54,13 @@ func NewCertMetrics(reg prometheus.Registerer) *CertMetrics {
 	return m
 }
 
-func (m *CertMetrics) attach(cm *CertManager) {
+func (m *Metrics) attach(cm *Manager) {
 	if m != nil {
 		m.manager.Store(cm)
 	}
 }
 
-func (m *CertMetrics) servedFromCache(kind string) {
+func (m *Metrics) servedFromCache(kind string) {
 	if m == nil {
 		return
 	}
@@ -71,62 +71,62 @@ func (m *CertMetrics) servedFromCache(kind string) {
 	}
 }
 
-func (m *CertMetrics) inc(v *prometheus.CounterVec, label string) {
+func (m *Metrics) inc(v *prometheus.CounterVec, label string) {
 	if m != nil {
 		v.WithLabelValues(label).Inc()
 	}
 }
 
-func (m *CertMetrics) loadedFromStore(kind string) {
+func (m *Metrics) loadedFromStore(kind string) {
 	if m != nil {
 		m.inc(m.fromStore, kind)
 	}
 }
 
-func (m *CertMetrics) issue(kind string) {
+func (m *Metrics) issue(kind string) {
 	if m != nil {
 		m.inc(m.issued, kind)
 	}
 }
 
-func (m *CertMetrics) renewal(kind string) {
+func (m *Metrics) renewal(kind string) {
 	if m != nil {
 		m.inc(m.renewed, kind)
 	}
 }
 
-func (m *CertMetrics) failure(kind string) {
+func (m *Metrics) failure(kind string) {
 	if m != nil {
 		m.inc(m.failed, kind)
 	}
 }
 
-func (m *CertMetrics) order(kind string) {
+func (m *Metrics) order(kind string) {
 	if m != nil {
 		m.inc(m.orders, kind)
 	}
 }
 
-func (m *CertMetrics) refusal(reason string) {
+func (m *Metrics) refusal(reason string) {
 	if m != nil {
 		m.inc(m.refused, reason)
 	}
 }
 
-func (m *CertMetrics) backoffRefusal(kind string) {
+func (m *Metrics) backoffRefusal(kind string) {
 	if m != nil {
 		m.inc(m.backoff, kind)
 	}
 }
 
-func (m *CertMetrics) issueTime(kind string, d time.Duration) {
+func (m *Metrics) issueTime(kind string, d time.Duration) {
 	if m != nil {
 		m.issueSeconds.WithLabelValues(kind).Observe(d.Seconds())
 	}
 }
 
 // certGauges reports the certificates a proxy serves, read at scrape time.
-type certGauges struct{ m *CertMetrics }
+type certGauges struct{ m *Metrics }
 
 var (
 	certsServedDesc = prometheus.NewDesc("replproxy_tls_certificates", "Certificates this proxy serves, by kind.", []string{"kind"}, nil)

@@ -1,16 +1,11 @@
-package proxy
+package ondemand
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,126 +18,20 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
-// CertConfig configures certificates on demand. Zero values take the
-// defaults named on each field.
-type CertConfig struct {
-	// Zone is the platform's zone. Required.
-	Zone store.Zone
-	// Directory is the ACME server's directory URL. Default: Let's
-	// Encrypt's production server.
-	Directory string
-	// Email is the ACME account's contact address (optional).
-	Email string
-	// CARoots verifies the ACME server's HTTPS certificate. Nil means the
-	// system's roots.
-	CARoots *x509.CertPool
-	// DNS01Check lists nameservers (host:port, normally replns) that must
-	// answer a DNS-01 challenge record before the CA is asked to look at
-	// it, within DNS01Wait (default 2 min). Empty means the CA is asked at
-	// once.
-	DNS01Check []string
-	DNS01Wait  time.Duration
-
-	// HandshakeWait bounds how long a TLS handshake for a name with no
-	// certificate yet waits for one; the order goes on after it, and a
-	// later handshake gets the certificate. Default 10 s.
-	HandshakeWait time.Duration
-	// OrderTimeout bounds one order, validation included. Default 5 min.
-	OrderTimeout time.Duration
-	// LeaseTTL is how long a proxy's lease on a name lasts if it dies
-	// mid-order. Default 10 min; at least OrderTimeout.
-	LeaseTTL time.Duration
-	// Backoff is how long a name whose order failed is left alone; it
-	// doubles with each failure in a row, up to MaxBackoff. The failing
-	// proxy keeps the name's lease that long, so the other proxies of the
-	// cluster wait too. Defaults 1 min and 6 h.
-	Backoff    time.Duration
-	MaxBackoff time.Duration
-	// OrdersPerHour and OrderBurst limit new orders overall (a token
-	// bucket). Defaults 100 and 20 (Let's Encrypt allows an account 300
-	// new orders per 3 hours).
-	OrdersPerHour float64
-	OrderBurst    int
-	// RenewCheck is how often the certificates this proxy serves are
-	// checked for renewal, which starts with a third of their lifetime
-	// left. Default 10 min.
-	RenewCheck time.Duration
-	// IdleEvict drops from memory the wildcards no handshake used for this
-	// long (they stay in the store). Default 24 h.
-	IdleEvict time.Duration
-	// IndexRefresh is how often the list of stored certificates, which
-	// decides the HTTP → HTTPS redirects, is read again. Default 1 min.
-	IndexRefresh time.Duration
-	// HSTSMaxAge is the max-age of the Strict-Transport-Security header on
-	// HTTPS responses for hosts with a certificate. Default 365 days;
-	// negative: no header.
-	HSTSMaxAge time.Duration
-	// HTTPSPort is the port HTTP requests are redirected to. Default 443.
-	HTTPSPort int
-	// Holder names this proxy in the cluster's leases. Default
-	// "<hostname>/<pid>/<random>".
-	Holder string
-	// Now is the clock. Nil means time.Now.
-	Now func() time.Time
-}
-
-func (c *CertConfig) setDefaults() error {
-	if c.Zone.Name() == "" {
-		return errors.New("certificates on demand: no zone")
-	}
-	if c.Directory == "" {
-		c.Directory = autocert.DefaultACMEDirectory
-	}
-	defaults := []struct {
-		d   *time.Duration
-		def time.Duration
-	}{
-		{&c.HandshakeWait, 10 * time.Second},
-		{&c.OrderTimeout, 5 * time.Minute},
-		{&c.DNS01Wait, 2 * time.Minute},
-		{&c.LeaseTTL, 10 * time.Minute},
-		{&c.Backoff, time.Minute},
-		{&c.MaxBackoff, 6 * time.Hour},
-		{&c.RenewCheck, 10 * time.Minute},
-		{&c.IndexRefresh, time.Minute},
-		{&c.IdleEvict, 24 * time.Hour},
-		{&c.HSTSMaxAge, 365 * 24 * time.Hour},
-	}
-	for _, d := range defaults {
-		if *d.d == 0 {
-			*d.d = d.def
-		}
-	}
-	c.LeaseTTL = max(c.LeaseTTL, c.OrderTimeout)
-	c.MaxBackoff = max(c.MaxBackoff, c.Backoff)
-	if c.OrdersPerHour <= 0 {
-		c.OrdersPerHour = 100
-	}
-	if c.OrderBurst <= 0 {
-		c.OrderBurst = 20
-	}
-	if c.HTTPSPort == 0 {
-		c.HTTPSPort = 443
-	}
-	if c.Holder == "" {
-		host, _ := os.Hostname()
-		var r [4]byte
-		_, _ = rand.Read(r[:])
-		c.Holder = fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(r[:]))
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	return nil
-}
-
-// CertStore is what a CertManager needs of the cluster's store: the
-// certificate storage, and the DNS-01 challenge records replns serves.
-// Both store backends have it.
-type CertStore interface {
+// Store is what a Manager needs of the cluster's store: the certificate
+// storage, and the DNS-01 challenge records replns serves. Both store
+// backends have it.
+type Store interface {
 	store.Certs
 	PutChallenge(ctx context.Context, c store.Challenge) error
 	DeleteChallenge(ctx context.Context, name, value string) error
+}
+
+// Routes tells which names are hosted here: the route cache
+// (routecache.Cache) in production. Only names it finds get a
+// certificate.
+type Routes interface {
+	Lookup(ctx context.Context, k store.Key) (store.Route, error)
 }
 
 // Kinds of certificates, as the "kind" label of the metrics says them.
@@ -151,8 +40,8 @@ const (
 	kindDomain   = "domain"   // a linked custom domain: autocert
 )
 
-// CertManager obtains, stores, serves and renews the proxy's TLS
-// certificates on demand (DESIGN.md, "The proxy", item 6):
+// Manager obtains, stores, serves and renews the proxy's TLS certificates
+// on demand (DESIGN.md, "The proxy", item 6):
 //
 //   - A handshake for <slug>.<owner>.<zone> or <id>.id.<zone> is served
 //     with *.<owner>.<zone> or *.id.<zone>, ordered through DNS-01 with
@@ -162,26 +51,26 @@ const (
 //     (TLS-ALPN-01, or HTTP-01 through HTTPHandler) whose host policy
 //     admits the domains linked in this cluster, from the route cache.
 //
-// Certificates live in the cluster's store (CertCache), so every proxy of
+// Certificates live in the cluster's store (certCache), so every proxy of
 // the cluster serves what one of them obtained, and a restart keeps them.
 // Only names that route are ordered; at most one proxy of the cluster
 // orders a name at a time (a lease in the store); a handshake waits at
 // most HandshakeWait; failures back off per name; orders are rate-limited
 // overall. Private keys are never logged.
-type CertManager struct {
-	cfg     CertConfig
-	st      CertStore
+type Manager struct {
+	cfg     Config
+	st      Store
 	routes  Routes
-	metrics *CertMetrics
+	clock   func() time.Time
+	metrics *Metrics
 	logger  *zap.Logger
 
-	cache     *CertCache
+	cache     *certCache
 	account   *acmeAccount
 	auto      *autocert.Manager
 	gate      *orderGate
 	transport *http.Transport
-	limiter   *tokenBucket
-	hsts      string
+	limiter   *tokenBucket // nil: no limit
 
 	base   context.Context // ends when Run does
 	cancel context.CancelFunc
@@ -223,23 +112,29 @@ func (sc *servedCert) used(now time.Time) {
 	}
 }
 
-// NewCertManager returns a CertManager over the cluster's store st. routes
-// (the route cache) decides which names may get a certificate. metrics may
-// be nil. Call Run to start its background work.
-func NewCertManager(cfg CertConfig, st CertStore, routes Routes, metrics *CertMetrics, logger *zap.Logger) (*CertManager, error) {
-	if err := cfg.setDefaults(); err != nil {
+// New returns a Manager over the cluster's store st. routes (the route
+// cache) decides which names may get a certificate. metrics may be nil;
+// a nil now means time.Now, a nil logger logs nothing. Call Run to start
+// its background work.
+func New(cfg Config, st Store, routes Routes, metrics *Metrics, now func() time.Time, logger *zap.Logger) (*Manager, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
 	if st == nil || routes == nil {
 		return nil, errors.New("certificates on demand: no store or routes")
 	}
+	if now == nil {
+		now = time.Now
+	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	m := &CertManager{
+	m := &Manager{
 		cfg:      cfg,
 		st:       st,
 		routes:   routes,
+		clock:    now,
 		metrics:  metrics,
 		logger:   logger.Named("tls"),
 		certs:    map[string]*servedCert{},
@@ -247,10 +142,9 @@ func NewCertManager(cfg CertConfig, st CertStore, routes Routes, metrics *CertMe
 		failures: map[string]failure{},
 		orders:   map[string]time.Time{},
 		index:    map[string]time.Time{},
-		limiter:  newTokenBucket(cfg.OrdersPerHour/3600, float64(cfg.OrderBurst), cfg.Now()),
 	}
-	if cfg.HSTSMaxAge > 0 {
-		m.hsts = "max-age=" + strconv.FormatInt(int64(cfg.HSTSMaxAge/time.Second), 10)
+	if cfg.OrdersPerHour > 0 {
+		m.limiter = newTokenBucket(cfg.OrdersPerHour/3600, float64(cfg.OrderBurst), now())
 	}
 	m.base, m.cancel = context.WithCancel(context.Background())
 	m.transport = &http.Transport{
@@ -267,7 +161,7 @@ func NewCertManager(cfg CertConfig, st CertStore, routes Routes, metrics *CertMe
 		UserAgent:    "replproxy",
 	}
 	m.account = &acmeAccount{client: client, certs: st, holder: cfg.Holder, email: cfg.Email}
-	m.cache = NewCertCache(st)
+	m.cache = newCertCache(st)
 	m.cache.stored = m.stored
 	m.auto = &autocert.Manager{
 		Prompt:     autocert.AcceptTOS,
@@ -283,7 +177,7 @@ func NewCertManager(cfg CertConfig, st CertStore, routes Routes, metrics *CertMe
 // Run does the background work until ctx is done: renewals and the index
 // of stored certificates. Then it stops the orders in flight, waits for
 // them, and returns nil.
-func (m *CertManager) Run(ctx context.Context) error {
+func (m *Manager) Run(ctx context.Context) error {
 	defer m.stop()
 	m.refreshIndex(ctx)
 	renew := time.NewTicker(m.cfg.RenewCheck)
@@ -305,20 +199,20 @@ func (m *CertManager) Run(ctx context.Context) error {
 	}
 }
 
-func (m *CertManager) stop() {
+func (m *Manager) stop() {
 	m.cancel()
 	m.wg.Wait()
 	m.gate.close()
 	m.transport.CloseIdleConnections()
 }
 
-func (m *CertManager) now() time.Time { return m.cfg.Now() }
+func (m *Manager) now() time.Time { return m.clock() }
 
 // GetCertificate is the HTTPS listener's tls.Config.GetCertificate. It
 // answers TLS-ALPN-01 challenges, serves wildcards and custom domains, and
 // returns nil, nil for names it does not serve (no server name, the apex,
 // ...), so that the listener's static certificate, if any, is used.
-func (m *CertManager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
 		return m.auto.GetCertificate(hello) // autocert finds the token certificate, also in the store
 	}
@@ -370,7 +264,7 @@ func (m *CertManager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certifica
 
 // certName is the certificate that serves a key: the owner's or the id
 // wildcard, or the custom domain; "" for names we do not serve.
-func (m *CertManager) certName(k store.Key) string {
+func (m *Manager) certName(k store.Key) string {
 	switch k.Kind {
 	case store.KeyRepl:
 		return "*." + k.Owner + "." + m.cfg.Zone.Name()
@@ -404,7 +298,7 @@ func ecdsaHello(name string) *tls.ClientHelloInfo {
 // hostPolicy is autocert's HostPolicy, called on every handshake for a
 // custom domain and every HTTP-01 request: linked domains only, answered
 // by the route cache.
-func (m *CertManager) hostPolicy(ctx context.Context, host string) error {
+func (m *Manager) hostPolicy(ctx context.Context, host string) error {
 	key, err := m.cfg.Zone.ParseName(host)
 	if err != nil {
 		return err
@@ -419,7 +313,7 @@ func (m *CertManager) hostPolicy(ctx context.Context, host string) error {
 }
 
 // install records a certificate this proxy serves.
-func (m *CertManager) install(name, kind string, cert *tls.Certificate) {
+func (m *Manager) install(name, kind string, cert *tls.Certificate) {
 	leaf := cert.Leaf
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
 	sc := &servedCert{kind: kind, notAfter: leaf.NotAfter}
@@ -436,9 +330,10 @@ func (m *CertManager) install(name, kind string, cert *tls.Certificate) {
 	m.indexMu.Unlock()
 }
 
-// hasCert reports whether host has a certificate (not expired) in this
-// proxy or in the store's index, for the redirect to HTTPS and HSTS.
-func (m *CertManager) hasCert(host string) bool {
+// HasCertificate reports whether host has a certificate (not expired) in
+// this proxy or in the store's index: the proxy redirects such hosts from
+// HTTP to HTTPS and sends them HSTS.
+func (m *Manager) HasCertificate(host string) bool {
 	key, err := m.cfg.Zone.ParseName(host)
 	if err != nil {
 		return false
@@ -461,7 +356,7 @@ func (m *CertManager) hasCert(host string) bool {
 }
 
 // refreshIndex reads the list of stored certificates.
-func (m *CertManager) refreshIndex(ctx context.Context) {
+func (m *Manager) refreshIndex(ctx context.Context) {
 	entries, err := m.st.ListCerts(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -482,10 +377,8 @@ func (m *CertManager) refreshIndex(ctx context.Context) {
 
 // HTTPHandler wraps the plain listener's handler: it answers ACME HTTP-01
 // challenges for custom domains (from any proxy's order: the answers are
-// in the store), and redirects to HTTPS the requests for hosts that have a
-// certificate. Requests forwarded by another cluster's proxy (with a hop
-// mark) are never redirected: their client is that proxy.
-func (m *CertManager) HTTPHandler(next http.Handler) http.Handler {
+// in the store) and hands every other request to next.
+func (m *Manager) HTTPHandler(next http.Handler) http.Handler {
 	m.httpOnce.Do(func() { m.acmeHandler = m.auto.HTTPHandler(http.NotFoundHandler()) })
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
@@ -493,38 +386,6 @@ func (m *CertManager) HTTPHandler(next http.Handler) http.Handler {
 				m.acmeHandler.ServeHTTP(w, r)
 				return
 			}
-		}
-		if r.Header.Get(HopHeader) == "" && m.hasCert(r.Host) {
-			m.redirect(w, r)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func (m *CertManager) redirect(w http.ResponseWriter, r *http.Request) {
-	key, _ := m.cfg.Zone.ParseName(r.Host) // hasCert parsed it already
-	host := m.cfg.Zone.Format(key)
-	if m.cfg.HTTPSPort != 443 {
-		host += ":" + strconv.Itoa(m.cfg.HTTPSPort)
-	}
-	code := http.StatusMovedPermanently
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		code = http.StatusPermanentRedirect // keeps the method and body
-	}
-	http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), code)
-}
-
-// HTTPSHandler wraps the HTTPS listener's handler: responses for hosts
-// with a certificate carry Strict-Transport-Security (set before the repl
-// answers, so it comes first and wins over one the repl sends).
-func (m *CertManager) HTTPSHandler(next http.Handler) http.Handler {
-	if m.hsts == "" {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil && m.hasCert(r.Host) {
-			w.Header().Set("Strict-Transport-Security", m.hsts)
 		}
 		next.ServeHTTP(w, r)
 	})

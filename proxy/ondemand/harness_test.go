@@ -1,4 +1,4 @@
-package proxy_test
+package ondemand_test
 
 import (
 	"context"
@@ -18,14 +18,24 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/embedded"
+	"github.com/replproxy/replproxy/store/postgres"
 	"github.com/replproxy/replproxy/store/routecache"
+)
+
+var (
+	_ proxy.OnDemand  = (*ondemand.Manager)(nil)
+	_ ondemand.Routes = (*routecache.Cache)(nil)
+	_ ondemand.Store  = (*postgres.Store)(nil)
+	_ ondemand.Store  = (*embedded.Store)(nil)
 )
 
 // tlsProxy is one proxy with certificates on demand.
 type tlsProxy struct {
 	Store   store.Store
-	Certs   *proxy.CertManager
+	Certs   *ondemand.Manager
 	HTTP    string // plain listener
 	HTTPS   string // TLS listener
 	Metrics *prometheus.Registry
@@ -39,7 +49,7 @@ type tlsProxyOpts struct {
 	forward     string // the registry's forward address of the cluster
 	pebble      *acmetest.Pebble
 	dns         *acmetest.DNS
-	tweak       func(*proxy.CertConfig)
+	tweak       func(*ondemand.Config)
 	// staticCert and staticKey serve the names on-demand does not.
 	staticCert, staticKey string
 }
@@ -84,11 +94,9 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 	if o.forward == "" {
 		o.forward = o.http
 	}
-	_, httpsPort, _ := net.SplitHostPort(o.https)
-	port, _ := strconv.Atoi(httpsPort)
 	reg := registryFor(t, map[string][2]string{"east": {o.forward, o.storeAddr}})
 	metrics := prometheus.NewRegistry()
-	ccfg := proxy.CertConfig{
+	ccfg := ondemand.Config{
 		Zone:          testZone,
 		Directory:     o.pebble.Directory,
 		CARoots:       o.pebble.CARoots,
@@ -96,26 +104,26 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 		DNS01Check:    []string{o.dns.Addr},
 		HandshakeWait: 45 * time.Second,
 		OrderTimeout:  45 * time.Second,
-		HTTPSPort:     port,
+		OrdersPerHour: 100, // replproxy's default
 	}
 	if o.tweak != nil {
 		o.tweak(&ccfg)
 	}
-	cs, ok := st.(proxy.CertStore)
+	cs, ok := st.(ondemand.Store)
 	if !ok {
-		t.Fatalf("%T is not a proxy.CertStore", st)
+		t.Fatalf("%T is not an ondemand.Store", st)
 	}
-	certs, err := proxy.NewCertManager(ccfg, cs, cache, proxy.NewCertMetrics(metrics), logger)
+	certs, err := ondemand.New(ccfg, cs, cache, ondemand.NewMetrics(metrics), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wg.Go(func() { _ = certs.Run(ctx) })
-	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret}, cache, proxy.NewMetrics(metrics, cache), logger)
+	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret}, cache, proxy.NewMetrics(metrics, cache), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := proxy.NewServer(proxy.ServerConfig{Listen: o.http, TLSListen: o.https, OnDemand: certs, ShutdownTimeout: 5 * time.Second,
-		TLSCertFile: o.staticCert, TLSKeyFile: o.staticKey}, h, nil, metrics, logger)
+	srv, err := proxy.NewServer(proxy.ServerConfig{Listen: o.http, TLSListen: o.https, ShutdownTimeout: 5 * time.Second,
+		TLSCertFile: o.staticCert, TLSKeyFile: o.staticKey, HSTSMaxAge: 365 * 24 * time.Hour}, h, certs, nil, metrics, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

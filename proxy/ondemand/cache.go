@@ -1,4 +1,4 @@
-package proxy
+package ondemand
 
 import (
 	"context"
@@ -10,26 +10,26 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
-// CertCache is an autocert.Cache over the cluster's certificate storage,
+// certCache is an autocert.Cache over the cluster's certificate storage,
 // so that every proxy of the cluster finds what one of them stored: the
 // ACME account key, certificates with their keys, and autocert's
 // challenge answers (a TLS-ALPN-01 or HTTP-01 validation may reach any
 // proxy behind the load balancer).
-type CertCache struct {
+type certCache struct {
 	certs store.Certs
 	// stored, when set, is told of every certificate stored: the
-	// CertManager counts it and releases the order's lease.
+	// Manager counts it and releases the order's lease.
 	stored func(ctx context.Context, name string, data, previous []byte)
 }
 
-var _ autocert.Cache = (*CertCache)(nil)
+var _ autocert.Cache = (*certCache)(nil)
 
-// NewCertCache returns an autocert.Cache over certs.
-func NewCertCache(certs store.Certs) *CertCache { return &CertCache{certs: certs} }
+// newCertCache returns an autocert.Cache over certs.
+func newCertCache(certs store.Certs) *certCache { return &certCache{certs: certs} }
 
 // Get implements autocert.Cache: autocert.ErrCacheMiss when nothing is
 // stored under name.
-func (c *CertCache) Get(ctx context.Context, name string) ([]byte, error) {
+func (c *certCache) Get(ctx context.Context, name string) ([]byte, error) {
 	data, err := c.certs.GetCert(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, autocert.ErrCacheMiss
@@ -43,7 +43,7 @@ func (c *CertCache) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 // Put implements autocert.Cache.
-func (c *CertCache) Put(ctx context.Context, name string, data []byte) error {
+func (c *certCache) Put(ctx context.Context, name string, data []byte) error {
 	var previous []byte
 	isCert := c.stored != nil && isCertName(name)
 	if isCert {
@@ -59,7 +59,7 @@ func (c *CertCache) Put(ctx context.Context, name string, data []byte) error {
 }
 
 // Delete implements autocert.Cache.
-func (c *CertCache) Delete(ctx context.Context, name string) error {
+func (c *certCache) Delete(ctx context.Context, name string) error {
 	return c.certs.DeleteCert(ctx, name)
 }
 

@@ -1,4 +1,4 @@
-package proxy_test
+package ondemand_test
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/pgtest"
-	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -21,7 +21,7 @@ func BenchmarkFirstHandshakePebble(b *testing.B) {
 	srv := pgtest.Start(b)
 	e := newTLSEnv(b, tlsEnvOpts{storeAddr: srv.NewDatabase(b)})
 	p := e.proxy(b, true, func(o *tlsProxyOpts) {
-		o.tweak = func(c *proxy.CertConfig) { c.OrdersPerHour, c.OrderBurst = 1e6, 1000 }
+		o.tweak = func(c *ondemand.Config) { c.OrdersPerHour, c.OrderBurst = 1e6, 1000 }
 	})
 	for _, kind := range []string{"wildcard", "domain"} {
 		b.Run(kind, func(b *testing.B) {

@@ -1,4 +1,4 @@
-package proxy
+package ondemand
 
 import (
 	"bytes"
@@ -34,11 +34,9 @@ func (r routeSet) Lookup(_ context.Context, k store.Key) (store.Route, error) {
 	return store.Route{}, store.ErrNotFound
 }
 
-func (r routeSet) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
-	return r.Lookup(ctx, k)
-}
-
-func testManager(t *testing.T, tweak func(*CertConfig)) (*CertManager, *embedded.Store) {
+// testManager returns a Manager over an empty embedded store that routes
+// www.example.com. A nil now is time.Now.
+func testManager(t *testing.T, now func() time.Time, tweak func(*Config)) (*Manager, *embedded.Store) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "cluster.yaml")
 	if err := os.WriteFile(path, nil, 0o644); err != nil {
@@ -50,11 +48,11 @@ func testManager(t *testing.T, tweak func(*CertConfig)) (*CertManager, *embedded
 	}
 	t.Cleanup(func() { st.Close() })
 	zone, _ := store.NewZone("repl.test")
-	cfg := CertConfig{Zone: zone, Directory: "https://127.0.0.1:1/dir", Holder: "me"}
+	cfg := Config{Zone: zone, Directory: "https://127.0.0.1:1/dir", Holder: "me"}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	m, err := NewCertManager(cfg, st, routeSet{store.DomainKey("www.example.com"): true}, nil, nil)
+	m, err := New(cfg, st, routeSet{store.DomainKey("www.example.com"): true}, nil, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +65,7 @@ func TestOrderGateAdmits(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		names []string
-		setup func(*testing.T, *CertManager, *embedded.Store)
+		setup func(*testing.T, *Manager, *embedded.Store)
 		want  error
 	}{
 		{"an owner's wildcard", []string{"*.alice.repl.test"}, nil, nil},
@@ -78,24 +76,24 @@ func TestOrderGateAdmits(t *testing.T) {
 		{"a wildcard too deep", []string{"*.blog.alice.repl.test"}, nil, errNotOurs},
 		{"the apex wildcard", []string{"*.repl.test"}, nil, errNotOurs},
 		{"one bad name spoils the order", []string{"*.alice.repl.test", "evil.example.com"}, nil, errNotOurs},
-		{"another proxy holds the lease", []string{"*.alice.repl.test"}, func(t *testing.T, _ *CertManager, st *embedded.Store) {
+		{"another proxy holds the lease", []string{"*.alice.repl.test"}, func(t *testing.T, _ *Manager, st *embedded.Store) {
 			if got, err := st.AcquireCertLease(ctx, "*.alice.repl.test", "other", time.Minute); err != nil || !got {
 				t.Fatal(got, err)
 			}
 		}, errLeaseHeld},
-		{"our own lease", []string{"*.alice.repl.test"}, func(t *testing.T, m *CertManager, st *embedded.Store) {
+		{"our own lease", []string{"*.alice.repl.test"}, func(t *testing.T, m *Manager, st *embedded.Store) {
 			if got, err := st.AcquireCertLease(ctx, "*.alice.repl.test", m.cfg.Holder, time.Minute); err != nil || !got {
 				t.Fatal(got, err)
 			}
 		}, nil},
-		{"the rate limit", []string{"*.bob.repl.test"}, func(t *testing.T, m *CertManager, _ *embedded.Store) {
+		{"the rate limit", []string{"*.bob.repl.test"}, func(t *testing.T, m *Manager, _ *embedded.Store) {
 			if err := m.admitOrder(ctx, []string{"*.alice.repl.test"}); err != nil {
 				t.Fatal(err)
 			}
 		}, errRateLimited},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, st := testManager(t, func(c *CertConfig) { c.OrderBurst, c.OrdersPerHour = 1, 1 })
+			m, st := testManager(t, nil, func(c *Config) { c.OrderBurst, c.OrdersPerHour = 1, 1 })
 			if tc.setup != nil {
 				tc.setup(t, m, st)
 			}
@@ -218,7 +216,7 @@ func TestTokenBucket(t *testing.T) {
 }
 
 func TestCertCacheMapsMisses(t *testing.T) {
-	m, _ := testManager(t, nil)
+	m, _ := testManager(t, nil, nil)
 	c := m.cache
 	ctx := t.Context()
 	if _, err := c.Get(ctx, "www.example.com"); !errors.Is(err, autocert.ErrCacheMiss) {
@@ -243,8 +241,8 @@ func TestCertCacheMapsMisses(t *testing.T) {
 
 func TestBackoffDoubles(t *testing.T) {
 	now := time.Date(2026, 11, 29, 10, 0, 0, 0, time.UTC)
-	m, _ := testManager(t, func(c *CertConfig) {
-		c.Backoff, c.MaxBackoff, c.Now = time.Minute, 5*time.Minute, func() time.Time { return now }
+	m, _ := testManager(t, func() time.Time { return now }, func(c *Config) {
+		c.Backoff, c.MaxBackoff = time.Minute, 5*time.Minute
 	})
 	ctx := t.Context()
 	for _, want := range []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 5 * time.Minute, 5 * time.Minute} {
@@ -264,8 +262,8 @@ func TestBackoffDoubles(t *testing.T) {
 
 func TestIdleWildcardsAreForgotten(t *testing.T) {
 	now := time.Now()
-	m, _ := testManager(t, func(c *CertConfig) {
-		c.IdleEvict, c.Now = time.Hour, func() time.Time { return now }
+	m, _ := testManager(t, func() time.Time { return now }, func(c *Config) {
+		c.IdleEvict = time.Hour
 	})
 	data := selfSignedPEM(t, "*.alice.repl.test", now.Add(-time.Hour), now.Add(89*24*time.Hour))
 	cert, err := parseCertPEM(data, "x.alice.repl.test", now)
