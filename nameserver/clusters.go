@@ -285,7 +285,7 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 
 	// One change feed (one LISTEN connection for PostgreSQL) keeps both
 	// the cache and its index current: the cache's Run.
-	cache := routecache.NewIndexed(st, c.cfg.Cache, logger)
+	cache := routecache.NewIndexed(st, c.cfg.Cache, nil, logger)
 	cl.cache.Store(cache)
 	logger.Info("store open")
 

@@ -111,7 +111,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	cache := routecache.New(st, o.cache, logger)
+	cache := routecache.New(st, o.cache, nil, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = cache.Run(ctx) }()

@@ -78,7 +78,7 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 	t.Cleanup(stop)
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	cache := routecache.New(st, routecache.Config{}, logger)
+	cache := routecache.New(st, routecache.Config{}, nil, logger)
 	wg.Go(func() { _ = cache.Run(ctx) })
 	select {
 	case <-cache.Synced():

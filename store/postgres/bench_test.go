@@ -82,7 +82,7 @@ func BenchmarkLookup(b *testing.B) {
 	})
 	// The cache runs as in the daemons: watching the store, on its own
 	// clock.
-	c := routecache.New(pg, routecache.Config{}, nil)
+	c := routecache.New(pg, routecache.Config{}, nil, nil)
 	watchCtx, stop := context.WithCancel(ctx)
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = c.Run(watchCtx) }()

@@ -36,11 +36,11 @@ type Config struct {
 	// (ErrUnavailable) instead of calling it again; one call per period
 	// probes it. Zero means 1 s.
 	RetryAfter time.Duration
-	// Now is the clock. Nil means time.Now.
-	Now func() time.Time
 }
 
-func (c *Config) setDefaults() {
+// withDefaults returns c with every zero (or negative) field set to its
+// default. Nothing in a Config can be wrong.
+func (c Config) withDefaults() Config {
 	if c.TTL <= 0 {
 		c.TTL = 60 * time.Second
 	}
@@ -59,9 +59,7 @@ func (c *Config) setDefaults() {
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = time.Second
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	return c
 }
 
 // Stats counts what a Cache did since it was made.
@@ -92,7 +90,8 @@ type Cache struct {
 	group    singleflight.Group
 
 	seed      uint64        // of hashKey
-	userClock bool          // cfg.Now was given: always use it
+	clock     func() time.Time // the clock New was given; time.Now when nil
+	userClock bool             // a clock was given: always use it
 	coarse    atomic.Int64  // unix nanoseconds, kept by Run; 0 when not running
 	epoch     atomic.Uint64 // bumped by EventResync; older entries are stale
 	downUntil atomic.Int64  // unix nanoseconds; misses fail fast until then
@@ -131,10 +130,14 @@ type entry struct {
 	epoch      uint64
 }
 
-// New returns a cache in front of r. Call Run to keep it current.
-func New(r store.Reader, cfg Config, logger *zap.Logger) *Cache {
-	userClock := cfg.Now != nil
-	cfg.setDefaults()
+// New returns a cache in front of r. Call Run to keep it current. now is
+// the clock; nil means time.Now, read coarsely while Run runs.
+func New(r store.Reader, cfg Config, now func() time.Time, logger *zap.Logger) *Cache {
+	userClock := now != nil
+	if now == nil {
+		now = time.Now
+	}
+	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -145,6 +148,7 @@ func New(r store.Reader, cfg Config, logger *zap.Logger) *Cache {
 		synced:    make(chan struct{}),
 		byRepl:    make(map[string]map[store.Key]struct{}),
 		seed:      rand.Uint64(),
+		clock:     now,
 		userClock: userClock,
 	}
 	for i := range c.found {
@@ -159,8 +163,8 @@ func New(r store.Reader, cfg Config, logger *zap.Logger) *Cache {
 // without a backend call and without a cache entry, so random names cost
 // the store nothing and cannot crowd the cache. Run keeps both current
 // from one Watch.
-func NewIndexed(st Lister, cfg Config, logger *zap.Logger) *Cache {
-	c := New(st, cfg, logger)
+func NewIndexed(st Lister, cfg Config, now func() time.Time, logger *zap.Logger) *Cache {
+	c := New(st, cfg, now, logger)
 	c.index = NewIndex(st, logger)
 	return c
 }
@@ -218,7 +222,7 @@ func (c *Cache) now() int64 {
 	if t := c.coarse.Load(); t != 0 {
 		return t
 	}
-	return c.cfg.Now().UnixNano()
+	return c.clock().UnixNano()
 }
 
 // Synced is closed once change notifications flow (the first EventResync).

@@ -107,7 +107,13 @@ var (
 
 func newTestCache(t *testing.T, r store.Reader, cfg routecache.Config, logger *zap.Logger) *routecache.Cache {
 	t.Helper()
-	c := routecache.New(r, cfg, logger)
+	return newClockedCache(t, r, cfg, nil, logger)
+}
+
+// newClockedCache is newTestCache with a clock (nil: the real one).
+func newClockedCache(t *testing.T, r store.Reader, cfg routecache.Config, now func() time.Time, logger *zap.Logger) *routecache.Cache {
+	t.Helper()
+	c := routecache.New(r, cfg, now, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -189,7 +195,7 @@ func TestCacheConcurrentMissesMakeOneCall(t *testing.T) {
 func TestCacheNegativeEntriesAndTTL(t *testing.T) {
 	r := newCountingReader()
 	clock := newFakeClock()
-	c := newTestCache(t, r, routecache.Config{TTL: time.Minute, NegativeTTL: 5 * time.Second, Now: clock.Now}, nil)
+	c := newClockedCache(t, r, routecache.Config{TTL: time.Minute, NegativeTTL: 5 * time.Second}, clock.Now, nil)
 
 	for range 2 {
 		if _, err := lookup(t, c, blogKey); !errors.Is(err, store.ErrNotFound) {
@@ -246,7 +252,7 @@ func TestCacheInvalidation(t *testing.T) {
 	r.set(blogKey, blogRoute)
 	r.set(store.ReplIDKey("r1"), blogRoute)
 	r.set(domain, blogRoute)
-	c := routecache.New(r, routecache.Config{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -299,7 +305,7 @@ func TestCacheDoesNotKeepAnswerOlderThanAnInvalidation(t *testing.T) {
 	gate := make(chan struct{})
 	r.gate = gate
 	r.entered = make(chan struct{}, 1)
-	c := routecache.New(r, routecache.Config{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -333,7 +339,7 @@ func TestCacheServesStaleWhenBackendFails(t *testing.T) {
 	r.set(blogKey, blogRoute)
 	core, logs := observer.New(zap.WarnLevel)
 	clock := newFakeClock()
-	c := routecache.New(r, routecache.Config{Now: clock.Now, RetryAfter: time.Second}, zap.New(core))
+	c := routecache.New(r, routecache.Config{RetryAfter: time.Second}, clock.Now, zap.New(core))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
@@ -435,7 +441,7 @@ func TestCacheChallenges(t *testing.T) {
 	clock := newFakeClock()
 	name := "_acme-challenge.alice.repl.test"
 	r.challenges[name] = []store.Challenge{{Name: name, Value: "v", ExpiresAt: clock.Now().Add(3 * time.Second)}}
-	c := newTestCache(t, r, routecache.Config{NegativeTTL: 10 * time.Second, Now: clock.Now}, nil)
+	c := newClockedCache(t, r, routecache.Config{NegativeTTL: 10 * time.Second}, clock.Now, nil)
 	for range 2 {
 		cs, err := c.Challenges(t.Context(), name)
 		if err != nil || len(cs) != 1 {
@@ -457,7 +463,7 @@ func TestCacheChallenges(t *testing.T) {
 func BenchmarkCacheHit(b *testing.B) {
 	r := newCountingReader()
 	r.set(blogKey, blogRoute)
-	c := routecache.New(r, routecache.Config{}, nil)
+	c := routecache.New(r, routecache.Config{}, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()

@@ -58,7 +58,7 @@ func indexBackends(t *testing.T) map[string]func(t *testing.T) store.Store {
 func runIndexed(t *testing.T, s store.Store) (*routecache.Cache, *countingStore) {
 	t.Helper()
 	cs := &countingStore{Store: s}
-	c := routecache.NewIndexed(cs, routecache.Config{}, nil)
+	c := routecache.NewIndexed(cs, routecache.Config{}, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
