@@ -2,41 +2,14 @@ package ctl_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/store"
 )
-
-// certPEM is a self-signed certificate for names, valid until notAfter,
-// with its key, as a proxy stores it.
-func certPEM(t *testing.T, notAfter time.Time, names ...string) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: names[0]}, Issuer: pkix.Name{CommonName: "test CA"},
-		DNSNames: names, NotBefore: notAfter.Add(-90 * 24 * time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-}
 
 func TestCertsList(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
@@ -53,7 +26,7 @@ func TestCertsList(t *testing.T) {
 		if !ok {
 			t.Fatalf("the %s store keeps no certificates", backend)
 		}
-		if err := certs.PutCert(ctx, "*.alice.repl.test", certPEM(t, notAfter, "*.alice.repl.test")); err != nil {
+		if err := certs.PutCert(ctx, "*.alice.repl.test", testbed.CertPEM(t, notAfter, "*.alice.repl.test")); err != nil {
 			t.Fatal(err)
 		}
 		r := f.ok(t, "certs", "list")

@@ -3,10 +3,10 @@ package nameserver
 import (
 	"fmt"
 	"net/http"
-	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/replproxy/replproxy/internal/admin"
 )
 
 // NewAdminHandler serves the operator's endpoints, for a listener apart
@@ -51,10 +51,6 @@ func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handl
 			fmt.Fprintln(w, l)
 		}
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	admin.HandlePprof(mux)
 	return mux
 }

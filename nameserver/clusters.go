@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/backoff"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/routecache"
 )
@@ -248,32 +248,18 @@ const (
 	maxBackoff = 5 * time.Second
 )
 
-// sleep waits d, or less when ctx is done; it reports whether ctx is live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
-
 func (c *Clusters) run(ctx context.Context, cl *member) {
 	logger := c.logger.With(zap.String("cluster", cl.info.Name))
 	var st store.Store
-	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
+	for delay := minBackoff; ; delay = min(2*delay, maxBackoff) {
 		var err error
 		if st, err = c.cfg.Open(ctx, cl.info.Store); err == nil {
 			break
 		}
-		wait := jitter(backoff)
+		wait := backoff.Jitter(delay)
 		logger.Warn("cannot open the cluster's store; its repls are not answered until it opens",
 			zap.Duration("retry_in", wait), zap.Error(err))
-		if !sleep(ctx, wait) {
+		if !backoff.Sleep(ctx, wait) {
 			return
 		}
 	}

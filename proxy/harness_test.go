@@ -2,13 +2,11 @@ package proxy_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/routecache"
@@ -62,28 +61,6 @@ type testCluster struct {
 // URL returns the proxy URL for a path; the Host is set per request.
 func (c *testCluster) URL(path string) string { return "http://" + c.Addr + path }
 
-// registryFor writes a registry naming the clusters with their forward
-// addresses and store addresses.
-func registryFor(t testing.TB, clusters map[string][2]string) *cluster.Registry {
-	t.Helper()
-	var b strings.Builder
-	b.WriteString("clusters:\n")
-	i := 10
-	for name, v := range clusters {
-		fmt.Fprintf(&b, "  - name: %s\n    proxy_ipv4: [192.0.2.%d]\n    forward: %s\n    store: %q\n", name, i, v[0], v[1])
-		i++
-	}
-	path := filepath.Join(t.TempDir(), "clusters.yaml")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := cluster.Load(path)
-	if err != nil {
-		t.Fatalf("registry:\n%s\n%v", b.String(), err)
-	}
-	return reg
-}
-
 // embeddedStore returns an empty embedded store.
 func embeddedStore(t testing.TB) (store.Store, string) {
 	t.Helper()
@@ -126,7 +103,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 		o.tweak(&cfg)
 	}
 	metrics := prometheus.NewRegistry()
-	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cache), nil, logger)
+	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cfg.Cluster, cache), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,19 +145,9 @@ func oneCluster(t testing.TB, o clusterOpts) *testCluster {
 	t.Helper()
 	st, path := embeddedStore(t)
 	addr := freeAddr(t)
-	reg := registryFor(t, map[string][2]string{"east": {addr, path}, "west": {"127.0.0.1:1", path + ".west"}})
+	reg := testbed.Registry(t, map[string][2]string{"east": {addr, path}, "west": {"127.0.0.1:1", path + ".west"}})
 	return startCluster(t, "east", addr, st, reg, o)
 }
-
-func createRepl(t testing.TB, st store.Store, id, owner, slug string, endpoints ...string) {
-	t.Helper()
-	if _, err := st.CreateRepl(context.Background(), store.Repl{ID: id, Owner: owner, Slug: slug, Endpoints: endpoints}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// hostOf returns the host:port of a test server URL.
-func hostOf(url string) string { return strings.TrimPrefix(url, "http://") }
 
 // get sends a request with the given Host through the proxy.
 func get(t testing.TB, c *testCluster, host, path string, header http.Header) (*http.Response, string) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 )
 
@@ -38,12 +39,12 @@ func (f fakeOnDemand) HTTPHandler(next http.Handler) http.Handler {
 // proxy forwarded it (a hop mark that verifies; a spoofed one does not
 // count), and HTTPS responses for it carry HSTS.
 func TestHTTPSRedirectAndHSTS(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t, "*.alice.repl.test")
+	certFile, keyFile, pool := testbed.SelfSigned(t, "*.alice.repl.test")
 	c := oneCluster(t, clusterOpts{onDemand: fakeOnDemand{"blog.alice.repl.test": true}, server: func(s *proxy.ServerConfig) {
 		s.TLSListen, s.TLSCertFile, s.TLSKeyFile, s.HSTSMaxAge = "127.0.0.1:0", certFile, keyFile, time.Hour
 	}})
-	createRepl(t, c.Store, "r1", "alice", "blog", hostOf(echoServer(t, "blog").URL))
-	createRepl(t, c.Store, "r2", "alice", "shop", hostOf(echoServer(t, "shop").URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(testbed.EchoServer(t, "blog").URL))
+	testbed.CreateRepl(t, c.Store, "r2", "alice", "shop", testbed.HostOf(testbed.EchoServer(t, "shop").URL))
 	_, httpsPort, _ := net.SplitHostPort(c.Server.Addr("https"))
 
 	forwarded := func(mark string) http.Header {

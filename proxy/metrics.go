@@ -35,9 +35,10 @@ func routeIndex(route string) int {
 	return -1
 }
 
-// NewMetrics registers the proxy's metrics with reg, and the route cache's
-// counters, read at scrape time from cache.
-func NewMetrics(reg prometheus.Registerer, cache *routecache.Cache) *Metrics {
+// NewMetrics registers the proxy's metrics with reg, and, when cache is
+// not nil, the route cache's (routecache.NewCollector: replproxy_route_cache_*,
+// labelled with cluster), read at scrape time.
+func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cache) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "replproxy_requests_total",
@@ -67,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer, cache *routecache.Cache) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded)
 	if cache != nil {
-		reg.MustRegister(cacheCollector{cache})
+		reg.MustRegister(routecache.NewCollector("replproxy", routecache.One(cluster, cache)))
 	}
 	return m
 }
@@ -118,33 +119,4 @@ func (m *Metrics) upgradedDelta(d int) {
 	if m != nil {
 		m.upgraded.Add(float64(d))
 	}
-}
-
-// cacheCollector exports the route cache's counters.
-type cacheCollector struct{ c *routecache.Cache }
-
-var (
-	cacheHitsDesc   = prometheus.NewDesc("replproxy_route_cache_hits_total", "Route lookups answered from a fresh cache entry.", nil, nil)
-	cacheMissDesc   = prometheus.NewDesc("replproxy_route_cache_misses_total", "Route lookups that asked the store (or failed fast).", nil, nil)
-	cacheStaleDesc  = prometheus.NewDesc("replproxy_route_cache_stale_total", "Route lookups answered from an old entry because the store failed.", nil, nil)
-	cacheErrDesc    = prometheus.NewDesc("replproxy_route_cache_load_errors_total", "Store lookups that failed.", nil, nil)
-	cacheEntryDesc  = prometheus.NewDesc("replproxy_route_cache_entries", "Entries held, by kind (found, negative).", []string{"kind"}, nil)
-	cacheInvalidDsc = prometheus.NewDesc("replproxy_route_cache_invalidations_total", "Entries dropped by change notifications.", nil, nil)
-)
-
-func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{cacheHitsDesc, cacheMissDesc, cacheStaleDesc, cacheErrDesc, cacheEntryDesc, cacheInvalidDsc} {
-		ch <- d
-	}
-}
-
-func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
-	s := cc.c.Stats()
-	ch <- prometheus.MustNewConstMetric(cacheHitsDesc, prometheus.CounterValue, float64(s.Hits))
-	ch <- prometheus.MustNewConstMetric(cacheMissDesc, prometheus.CounterValue, float64(s.Misses))
-	ch <- prometheus.MustNewConstMetric(cacheStaleDesc, prometheus.CounterValue, float64(s.Stale))
-	ch <- prometheus.MustNewConstMetric(cacheErrDesc, prometheus.CounterValue, float64(s.LoadErrors))
-	ch <- prometheus.MustNewConstMetric(cacheInvalidDsc, prometheus.CounterValue, float64(s.Invalidation))
-	ch <- prometheus.MustNewConstMetric(cacheEntryDesc, prometheus.GaugeValue, float64(s.Entries), "found")
-	ch <- prometheus.MustNewConstMetric(cacheEntryDesc, prometheus.GaugeValue, float64(s.Negative), "negative")
 }

@@ -3,22 +3,12 @@ package proxy_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -26,46 +16,16 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
 )
 
-// echo is a container that answers with what it received, as JSON.
-type echoed struct {
-	Name    string      `json:"name"`
-	Method  string      `json:"method"`
-	Host    string      `json:"host"`
-	Path    string      `json:"path"`
-	Header  http.Header `json:"header"`
-	BodyLen int64       `json:"body_len"`
-}
-
-func echoServer(t testing.TB, name string) *httptest.Server {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n, _ := io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Backend", name)
-		_ = json.NewEncoder(w).Encode(echoed{Name: name, Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(), Header: r.Header, BodyLen: n})
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-func decode(t testing.TB, body string) echoed {
-	t.Helper()
-	var e echoed
-	if err := json.Unmarshal([]byte(body), &e); err != nil {
-		t.Fatalf("decode %q: %v", body, err)
-	}
-	return e
-}
-
 func TestRoutingByHost(t *testing.T) {
 	c := oneCluster(t, clusterOpts{})
-	blog, shop := echoServer(t, "blog"), echoServer(t, "shop")
-	createRepl(t, c.Store, "r1", "alice", "blog", hostOf(blog.URL))
-	createRepl(t, c.Store, "r2", "bob", "shop", hostOf(shop.URL))
+	blog, shop := testbed.EchoServer(t, "blog"), testbed.EchoServer(t, "shop")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(blog.URL))
+	testbed.CreateRepl(t, c.Store, "r2", "bob", "shop", testbed.HostOf(shop.URL))
 	if _, err := c.Store.LinkDomain(context.Background(), store.Domain{Name: "www.example.com", ReplID: "r2"}); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +60,7 @@ func TestRoutingByHost(t *testing.T) {
 				t.Error("no X-Request-Id in the response")
 			}
 			if tc.status == 200 {
-				e := decode(t, body)
+				e := testbed.Decode(t, body)
 				if e.Name != tc.backend || e.Host != tc.host || e.Path != "/x?y=1" {
 					t.Fatalf("reached %+v, want backend %s with the same Host and path", e, tc.backend)
 				}
@@ -122,8 +82,8 @@ func TestRoutingByHost(t *testing.T) {
 
 func TestForwardingHeaders(t *testing.T) {
 	c := oneCluster(t, clusterOpts{})
-	blog := echoServer(t, "blog")
-	createRepl(t, c.Store, "r1", "alice", "blog", hostOf(blog.URL))
+	blog := testbed.EchoServer(t, "blog")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(blog.URL))
 	resp, body := get(t, c, "blog.alice.repl.test", "/", http.Header{
 		"X-Forwarded-For":   {"6.6.6.6"},
 		"X-Forwarded-Proto": {"https"},
@@ -134,7 +94,7 @@ func TestForwardingHeaders(t *testing.T) {
 		"X-Secret":          {"hop-by-hop"},
 		"Via":               {"1.1 somewhere"},
 	})
-	e := decode(t, body)
+	e := testbed.Decode(t, body)
 	h := e.Header
 	for name, want := range map[string]string{
 		"X-Forwarded-For":   "127.0.0.1",
@@ -186,7 +146,7 @@ func TestWebSocketEcho(t *testing.T) {
 		}
 	}))
 	defer ws.Close()
-	createRepl(t, c.Store, "r1", "alice", "chat", hostOf(ws.URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "chat", testbed.HostOf(ws.URL))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -216,7 +176,7 @@ func TestWebSocketEcho(t *testing.T) {
 		}
 	}
 	conn.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, 5*time.Second, "the upgraded connection to be closed and logged", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the upgraded connection to be closed and logged", func() bool {
 		return openUpgrades(t, c) == 0 && len(c.Logs.FilterMessage("upgraded connection closed").All()) == 1
 	})
 	f := c.Logs.FilterMessage("upgraded connection closed").All()[0].ContextMap()
@@ -254,7 +214,7 @@ func TestServerSentEventsAreFlushedAtOnce(t *testing.T) {
 	}))
 	defer sse.Close()
 	defer close(release)
-	createRepl(t, c.Store, "r1", "alice", "feed", hostOf(sse.URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "feed", testbed.HostOf(sse.URL))
 
 	req, _ := http.NewRequest(http.MethodGet, c.URL("/events"), nil)
 	req.Host = "feed.alice.repl.test"
@@ -296,8 +256,8 @@ func TestLargeUploadIsStreamed(t *testing.T) {
 		t.Skip("200 MB upload")
 	}
 	c := oneCluster(t, clusterOpts{})
-	up := echoServer(t, "upload")
-	createRepl(t, c.Store, "r1", "alice", "files", hostOf(up.URL))
+	up := testbed.EchoServer(t, "upload")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "files", testbed.HostOf(up.URL))
 
 	const size = 200 << 20
 	var before, after runtime.MemStats
@@ -313,7 +273,7 @@ func TestLargeUploadIsStreamed(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	runtime.ReadMemStats(&after)
-	if e := decode(t, string(body)); e.BodyLen != size {
+	if e := testbed.Decode(t, string(body)); e.BodyLen != size {
 		t.Fatalf("container received %d bytes, want %d", e.BodyLen, size)
 	}
 	// Client, proxy and container all run in this process: everything
@@ -335,8 +295,8 @@ func TestUpstreamFailures(t *testing.T) {
 		}
 	}))
 	defer slow.Close()
-	createRepl(t, c.Store, "r1", "alice", "down", freeAddr(t)) // nothing listens there
-	createRepl(t, c.Store, "r2", "alice", "slow", hostOf(slow.URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "down", freeAddr(t)) // nothing listens there
+	testbed.CreateRepl(t, c.Store, "r2", "alice", "slow", testbed.HostOf(slow.URL))
 
 	if resp, body := get(t, c, "down.alice.repl.test", "/", nil); resp.StatusCode != http.StatusBadGateway {
 		t.Errorf("refused: status %d %q, want 502", resp.StatusCode, body)
@@ -397,7 +357,7 @@ func TestExpectContinueAndTrailers(t *testing.T) {
 		w.Header().Set("X-Sum", fmt.Sprint(n*2))
 	}))
 	defer backend.Close()
-	createRepl(t, c.Store, "r1", "alice", "t", hostOf(backend.URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "t", testbed.HostOf(backend.URL))
 
 	tr := &http.Transport{ExpectContinueTimeout: 5 * time.Second, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
@@ -419,12 +379,12 @@ func TestExpectContinueAndTrailers(t *testing.T) {
 }
 
 func TestHTTP2FromClients(t *testing.T) {
-	certFile, keyFile, pool := selfSigned(t, "*.alice.repl.test")
+	certFile, keyFile, pool := testbed.SelfSigned(t, "*.alice.repl.test")
 	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) {
 		s.TLSListen, s.TLSCertFile, s.TLSKeyFile = "127.0.0.1:0", certFile, keyFile
 	}})
-	blog := echoServer(t, "blog")
-	createRepl(t, c.Store, "r1", "alice", "blog", hostOf(blog.URL))
+	blog := testbed.EchoServer(t, "blog")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(blog.URL))
 
 	tr := &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: "blog.alice.repl.test"},
@@ -443,47 +403,8 @@ func TestHTTP2FromClients(t *testing.T) {
 	if resp.ProtoMajor != 2 {
 		t.Fatalf("client spoke %s, want HTTP/2", resp.Proto)
 	}
-	e := decode(t, string(body))
+	e := testbed.Decode(t, string(body))
 	if e.Name != "blog" || e.Header.Get("X-Forwarded-Proto") != "https" || e.Header.Get("Via") != "2 replproxy" {
 		t.Fatalf("reached %+v", e)
 	}
-}
-
-// selfSigned writes a self-signed ECDSA certificate for name and returns
-// the files and a pool that trusts it.
-func selfSigned(t testing.TB, name string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     []string{name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
 )
@@ -37,11 +38,11 @@ func (s refreshingRoutes) Refresh(context.Context, store.Key) (store.Route, erro
 // stale tombstone; the destination asks its store again instead of
 // answering 508.
 func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
-	app := echoServer(t, "app")
-	reg := registryFor(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}, "west": {"127.0.0.1:2", "west.yaml"}})
+	app := testbed.EchoServer(t, "app")
+	reg := testbed.Registry(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}, "west": {"127.0.0.1:2", "west.yaml"}})
 	stale := &staleRoutes{
 		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 2},
-		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{hostOf(app.URL)}, Generation: 3},
+		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
 	}
 	for _, tc := range []struct {
 		name   string
@@ -84,13 +85,13 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 // 508 naming east. East then asks its store, finds the repl live, and
 // serves the request itself: the client never sees the 508.
 func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
-	app := echoServer(t, "east-app")
+	app := testbed.EchoServer(t, "east-app")
 	east := httptest.NewUnstartedServer(nil)
 	west := httptest.NewUnstartedServer(nil)
-	reg := registryFor(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
+	reg := testbed.Registry(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
 	eastRoutes := refreshingRoutes{&staleRoutes{
 		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2},
-		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{hostOf(app.URL)}, Generation: 3},
+		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
 	}}
 	westRoutes := &staleRoutes{cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 3}}
 	for _, c := range []struct {
@@ -110,7 +111,7 @@ func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
 		req, _ := http.NewRequest(method, east.URL+"/page", nil)
 		req.Host = "blog.alice.repl.test"
 		resp, body := doBody(t, req)
-		if resp.StatusCode != http.StatusOK || decode(t, body).Name != "east-app" {
+		if resp.StatusCode != http.StatusOK || testbed.Decode(t, body).Name != "east-app" {
 			t.Fatalf("%s: status %d %q, want east's container", method, resp.StatusCode, body)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 )
 
@@ -43,7 +44,7 @@ func TestGracefulShutdown(t *testing.T) {
 		_, _ = io.WriteString(w, "finished")
 	}))
 	defer slow.Close()
-	createRepl(t, c.Store, "r1", "alice", "slow", hostOf(slow.URL))
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "slow", testbed.HostOf(slow.URL))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -73,7 +74,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 
 	c.Cancel() // the drain starts
-	waitFor(t, 5*time.Second, "the listener to close", func() bool {
+	testbed.WaitFor(t, 5*time.Second, "the listener to close", func() bool {
 		conn, err := net.DialTimeout("tcp", c.Addr, 200*time.Millisecond)
 		if err != nil {
 			return true

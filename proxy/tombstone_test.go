@@ -13,6 +13,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/routecache"
@@ -25,7 +26,7 @@ func twoClusters(t *testing.T, o clusterOpts) (east, west *testCluster, servers 
 	servers = pgtest.StartN(t, 2)
 	dsns := [2]string{servers[0].NewDatabase(t), servers[1].NewDatabase(t)}
 	addrs := [2]string{freeAddr(t), freeAddr(t)}
-	reg := registryFor(t, map[string][2]string{"east": {addrs[0], dsns[0]}, "west": {addrs[1], dsns[1]}})
+	reg := testbed.Registry(t, map[string][2]string{"east": {addrs[0], dsns[0]}, "west": {addrs[1], dsns[1]}})
 	var cs [2]*testCluster
 	for i, name := range []string{"east", "west"} {
 		st, err := cluster.Open(context.Background(), dsns[i], cluster.OpenOptions{Migrate: true})
@@ -78,8 +79,8 @@ func do(t *testing.T, client *http.Client, addr, host string, header http.Header
 
 func TestTombstoneForwarding(t *testing.T) {
 	east, west, _ := twoClusters(t, clusterOpts{})
-	app := echoServer(t, "west-app")
-	moveTo(t, east, west, "r1", "alice", "blog", hostOf(app.URL), 2)
+	app := testbed.EchoServer(t, "west-app")
+	moveTo(t, east, west, "r1", "alice", "blog", testbed.HostOf(app.URL), 2)
 	client := clientFrom("127.0.0.3")
 
 	direct, directBody := do(t, client, west.Addr, "blog.alice.repl.test", nil)
@@ -89,12 +90,12 @@ func TestTombstoneForwarding(t *testing.T) {
 	if direct.StatusCode != 200 || forwarded.StatusCode != 200 {
 		t.Fatalf("status direct %d, forwarded %d (%s)", direct.StatusCode, forwarded.StatusCode, fwdBody)
 	}
-	d, f := decode(t, directBody), decode(t, fwdBody)
+	d, f := testbed.Decode(t, directBody), testbed.Decode(t, fwdBody)
 	if f.Name != "west-app" || f.Host != d.Host || f.Path != d.Path || f.Method != d.Method {
 		t.Fatalf("forwarded request reached %+v, direct %+v", f, d)
 	}
 	// The container sees the client, not the east proxy, and not the spoof.
-	for _, e := range []echoed{d, f} {
+	for _, e := range []testbed.Echoed{d, f} {
 		if got := e.Header.Get("X-Forwarded-For"); got != "127.0.0.3" {
 			t.Errorf("container saw X-Forwarded-For %q, want the client 127.0.0.3", got)
 		}
@@ -123,7 +124,7 @@ func TestTombstoneForwarding(t *testing.T) {
 		_, _ = w.Write([]byte("the same bytes"))
 	}))
 	defer static.Close()
-	moveTo(t, east, west, "r2", "alice", "static", hostOf(static.URL), 2)
+	moveTo(t, east, west, "r2", "alice", "static", testbed.HostOf(static.URL), 2)
 	direct, directBody = do(t, client, west.Addr, "static.alice.repl.test", nil)
 	forwarded, fwdBody = do(t, client, east.Addr, "static.alice.repl.test", nil)
 	for _, h := range []string{"X-Request-Id", "Date"} { // per request
@@ -177,8 +178,8 @@ func TestForwardingLoopGets508(t *testing.T) {
 
 func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 	east, west, _ := twoClusters(t, clusterOpts{})
-	app := echoServer(t, "app")
-	createRepl(t, west.Store, "r1", "alice", "blog", hostOf(app.URL))
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, west.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
 	// A well-formed mark signed with another secret, and one replayed
 	// from long ago: both stripped, with the headers they claim to vouch for.
 	for name, mark := range map[string]string{
@@ -191,7 +192,7 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 				proxy.HopHeader: {mark}, "X-Forwarded-For": {"6.6.6.6"}, "X-Forwarded-Proto": {"https"},
 				"X-Forwarded-Host": {"evil"}, "X-Request-Id": {"id-1"},
 			})
-			e := decode(t, body)
+			e := testbed.Decode(t, body)
 			if e.Header.Get("X-Forwarded-For") != "127.0.0.3" || e.Header.Get("X-Forwarded-Proto") != "http" ||
 				e.Header.Get("X-Forwarded-Host") != "blog.alice.repl.test" || resp.Header.Get("X-Request-Id") == "id-1" {
 				t.Fatalf("spoofed headers got through: %v (request id %q)", e.Header, resp.Header.Get("X-Request-Id"))
@@ -204,7 +205,7 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 		proxy.HopHeader: {good}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"https"},
 		"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-2"},
 	})
-	if e := decode(t, body); e.Header.Get("X-Forwarded-For") != "203.0.113.7" || e.Header.Get("X-Forwarded-Proto") != "https" || resp.Header.Get("X-Request-Id") != "id-2" {
+	if e := testbed.Decode(t, body); e.Header.Get("X-Forwarded-For") != "203.0.113.7" || e.Header.Get("X-Forwarded-Proto") != "https" || resp.Header.Get("X-Request-Id") != "id-2" {
 		t.Fatalf("valid hop mark not honoured: %v", e.Header)
 	}
 	_ = east
@@ -213,32 +214,32 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 func TestRouteChangeTakesEffectWithoutRestart(t *testing.T) {
 	// A long TTL: only the change notification can make the proxy see it.
 	east, _, _ := twoClusters(t, clusterOpts{cache: routecache.Config{TTL: time.Hour, NegativeTTL: time.Hour}})
-	one, two := echoServer(t, "one"), echoServer(t, "two")
-	createRepl(t, east.Store, "r1", "alice", "blog", hostOf(one.URL))
-	if _, body := get(t, east, "blog.alice.repl.test", "/", nil); decode(t, body).Name != "one" {
+	one, two := testbed.EchoServer(t, "one"), testbed.EchoServer(t, "two")
+	testbed.CreateRepl(t, east.Store, "r1", "alice", "blog", testbed.HostOf(one.URL))
+	if _, body := get(t, east, "blog.alice.repl.test", "/", nil); testbed.Decode(t, body).Name != "one" {
 		t.Fatal("not routed to the first endpoint")
 	}
 	if resp, _ := get(t, east, "new.alice.repl.test", "/", nil); resp.StatusCode != 404 {
 		t.Fatal("unknown repl not 404")
 	}
 	start := time.Now()
-	if _, err := east.Store.SetEndpoints(context.Background(), "r1", []string{hostOf(two.URL)}); err != nil {
+	if _, err := east.Store.SetEndpoints(context.Background(), "r1", []string{testbed.HostOf(two.URL)}); err != nil {
 		t.Fatal(err)
 	}
-	createRepl(t, east.Store, "r2", "alice", "new", hostOf(two.URL))
-	waitFor(t, 5*time.Second, "the new endpoint and the new repl", func() bool {
+	testbed.CreateRepl(t, east.Store, "r2", "alice", "new", testbed.HostOf(two.URL))
+	testbed.WaitFor(t, 5*time.Second, "the new endpoint and the new repl", func() bool {
 		_, body := get(t, east, "blog.alice.repl.test", "/", nil)
 		resp, _ := get(t, east, "new.alice.repl.test", "/", nil)
-		return decode(t, body).Name == "two" && resp.StatusCode == 200
+		return testbed.Decode(t, body).Name == "two" && resp.StatusCode == 200
 	})
 	t.Logf("route change seen after %v", time.Since(start).Round(time.Millisecond))
 }
 
 func TestDatabaseOutage(t *testing.T) {
 	east, _, servers := twoClusters(t, clusterOpts{})
-	app := echoServer(t, "app")
-	createRepl(t, east.Store, "r1", "alice", "blog", hostOf(app.URL))
-	createRepl(t, east.Store, "r2", "alice", "later", hostOf(app.URL))
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, east.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	testbed.CreateRepl(t, east.Store, "r2", "alice", "later", testbed.HostOf(app.URL))
 	if resp, _ := get(t, east, "blog.alice.repl.test", "/", nil); resp.StatusCode != 200 {
 		t.Fatal("not serving before the outage")
 	}
@@ -254,19 +255,8 @@ func TestDatabaseOutage(t *testing.T) {
 		}
 	}
 	servers[0].Restart(t)
-	waitFor(t, 20*time.Second, "service to recover", func() bool {
+	testbed.WaitFor(t, 20*time.Second, "service to recover", func() bool {
 		resp, _ := get(t, east, "later.alice.repl.test", "/", nil)
 		return resp.StatusCode == 200
 	})
-}
-
-func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -195,7 +195,7 @@ func run(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, cache), nil, logger.Named("proxy"))
+	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, o.proxy.Cluster, cache), nil, logger.Named("proxy"))
 	if err != nil {
 		return err
 	}

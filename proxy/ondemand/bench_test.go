@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
 )
@@ -31,7 +32,7 @@ func BenchmarkFirstHandshakePebble(b *testing.B) {
 				b.StopTimer()
 				i++
 				id := fmt.Sprintf("%s%d", kind, i)
-				createRepl(b, e.st, id, id, "app", e.backend)
+				testbed.CreateRepl(b, e.st, id, id, "app", e.backend)
 				name := "app." + id + ".repl.test"
 				if kind == "domain" {
 					name = id + ".example.com"

@@ -17,6 +17,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
@@ -94,7 +95,7 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 	if o.forward == "" {
 		o.forward = o.http
 	}
-	reg := registryFor(t, map[string][2]string{"east": {o.forward, o.storeAddr}})
+	reg := testbed.Registry(t, map[string][2]string{"east": {o.forward, o.storeAddr}})
 	metrics := prometheus.NewRegistry()
 	ccfg := ondemand.Config{
 		Zone:          testZone,
@@ -118,7 +119,7 @@ func startTLSProxy(t testing.TB, o tlsProxyOpts) *tlsProxy {
 		t.Fatal(err)
 	}
 	wg.Go(func() { _ = certs.Run(ctx) })
-	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret}, cache, proxy.NewMetrics(metrics, cache), nil, logger)
+	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret}, cache, proxy.NewMetrics(metrics, "east", cache), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

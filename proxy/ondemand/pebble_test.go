@@ -16,6 +16,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
 )
@@ -65,7 +66,7 @@ func newTLSEnv(t testing.TB, o tlsEnvOpts) *tlsEnv {
 	}
 	e.pebble = acmetest.StartPebble(t, pc)
 	e.roots = e.pebble.IssuerRoots(t)
-	e.backend = hostOf(echoServer(t, "app").URL)
+	e.backend = testbed.HostOf(testbed.EchoServer(t, "app").URL)
 	return e
 }
 
@@ -102,7 +103,7 @@ func TestTLSOnDemand(t *testing.T) {
 	srv := pgtest.Start(t)
 	e := newTLSEnv(t, tlsEnvOpts{storeAddr: srv.NewDatabase(t)})
 	ctx := t.Context()
-	createRepl(t, e.st, "r1", "alice", "blog", e.backend)
+	testbed.CreateRepl(t, e.st, "r1", "alice", "blog", e.backend)
 	if _, err := e.st.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +127,7 @@ func TestTLSOnDemand(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if got := decode(t, string(body)); resp.StatusCode != 200 || got.Name != "app" || got.Header.Get("X-Forwarded-Proto") != "https" {
+		if got := testbed.Decode(t, string(body)); resp.StatusCode != 200 || got.Name != "app" || got.Header.Get("X-Forwarded-Proto") != "https" {
 			t.Fatalf("GET over the new certificate: %s %s", resp.Status, body)
 		}
 		if cs, _ := e.st.Challenges(ctx, "_acme-challenge.alice.repl.test"); len(cs) != 0 {
@@ -201,7 +202,7 @@ func TestTLSOnDemand(t *testing.T) {
 	})
 
 	t.Run("concurrent first handshakes on two proxies make one order", func(t *testing.T) {
-		createRepl(t, e.st, "r2", "dave", "shop", e.backend)
+		testbed.CreateRepl(t, e.st, "r2", "dave", "shop", e.backend)
 		before := orders(t, a, b)
 		var (
 			wg    sync.WaitGroup
@@ -238,7 +239,7 @@ func TestTLSOnDemand(t *testing.T) {
 	})
 
 	t.Run("a name whose validation fails backs off instead of retrying", func(t *testing.T) {
-		createRepl(t, e.st, "r3", "bob", "app", e.backend)
+		testbed.CreateRepl(t, e.st, "r3", "bob", "app", e.backend)
 		e.dns.HideTXT("_acme-challenge.bob.repl.test") // from Pebble only: the proxy's check passes
 		if _, err := e.st.LinkDomain(ctx, store.Domain{Name: "broken.example.com", ReplID: "r3"}); err != nil {
 			t.Fatal(err)
@@ -280,7 +281,7 @@ func TestTLSOnDemand(t *testing.T) {
 		if _, err := handshake(t, c.HTTPS, "app.bob.repl.test", e.roots); err == nil {
 			t.Fatal("handshake on another proxy succeeded")
 		}
-		waitFor(t, 30*time.Second, "the other proxy to give up waiting", func() bool {
+		testbed.WaitFor(t, 30*time.Second, "the other proxy to give up waiting", func() bool {
 			return metric(t, c.Metrics, "replproxy_tls_certificate_failures_total", nil) == 1
 		})
 		start := time.Now()
@@ -358,13 +359,13 @@ func TestTLSOnDemandEmbeddedHTTP01(t *testing.T) {
 	// Pebble's TLS-ALPN-01 port is not the proxy's: custom domains can only
 	// pass HTTP-01, answered on the proxy's plain listener.
 	e := newTLSEnv(t, tlsEnvOpts{storeAddr: path, noTLSALPN: true})
-	createRepl(t, e.st, "r1", "alice", "blog", e.backend)
+	testbed.CreateRepl(t, e.st, "r1", "alice", "blog", e.backend)
 	if _, err := e.st.LinkDomain(t.Context(), store.Domain{Name: "shop.example.org", ReplID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
 	e.dns.SetHost("shop.example.org", "127.0.0.1")
 
-	certFile, keyFile, static := selfSigned(t, "repl.test")
+	certFile, keyFile, static := testbed.SelfSigned(t, "repl.test")
 	withStatic := func(o *tlsProxyOpts) { o.staticCert, o.staticKey = certFile, keyFile }
 	a := e.proxy(t, true, withStatic)
 	// Names on-demand does not serve get the static certificate.
@@ -404,7 +405,7 @@ func TestTLSRenewal(t *testing.T) {
 	srv := pgtest.Start(t)
 	// Certificates that live 30 s are due for renewal after 20 s.
 	e := newTLSEnv(t, tlsEnvOpts{storeAddr: srv.NewDatabase(t), certValidity: 30 * time.Second})
-	createRepl(t, e.st, "r1", "alice", "blog", e.backend)
+	testbed.CreateRepl(t, e.st, "r1", "alice", "blog", e.backend)
 	if _, err := e.st.LinkDomain(t.Context(), store.Domain{Name: "www.example.com", ReplID: "r1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -424,10 +425,10 @@ func TestTLSRenewal(t *testing.T) {
 			return err == nil && leaf.SerialNumber.Cmp(old.SerialNumber) != 0 && leaf.NotAfter.After(old.NotAfter)
 		}
 	}
-	waitFor(t, time.Until(first.NotAfter), "both proxies to serve a renewed wildcard before the old one expires", func() bool {
+	testbed.WaitFor(t, time.Until(first.NotAfter), "both proxies to serve a renewed wildcard before the old one expires", func() bool {
 		return renewed(a, "blog.alice.repl.test", first)() && renewed(b, "blog.alice.repl.test", first)()
 	})
-	waitFor(t, time.Until(domain.NotAfter), "autocert to renew the custom domain before it expires", renewed(a, "www.example.com", domain))
+	testbed.WaitFor(t, time.Until(domain.NotAfter), "autocert to renew the custom domain before it expires", renewed(a, "www.example.com", domain))
 	next := mustHandshake(t, a.HTTPS, "blog.alice.repl.test", e.roots)
 	sameCert(t, "the other proxy's renewed wildcard", mustHandshake(t, b.HTTPS, "blog.alice.repl.test", e.roots), next)
 	wildcardOrders := metric(t, a.Metrics, "replproxy_tls_orders_total", map[string]string{"kind": "wildcard"}) +

@@ -3,13 +3,13 @@ package routecache
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/internal/backoff"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -214,7 +214,7 @@ func (x *Index) doneLocked(keys []store.Key, seq uint64) {
 // Backoff of rebuilds while the store fails.
 const (
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = 10 * time.Second
+	maxBackoff = 5 * time.Second
 )
 
 // Run keeps the index current from the notifications given to Apply until
@@ -222,7 +222,7 @@ const (
 // lists after every EventResync (and when more changes queue up than it
 // holds), and otherwise re-reads each changed name.
 func (x *Index) Run(ctx context.Context) error {
-	backoff := minBackoff
+	delay := minBackoff
 	for {
 		select {
 		case <-ctx.Done():
@@ -238,17 +238,17 @@ func (x *Index) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				wait := backoff/2 + rand.N(backoff/2+1)
-				backoff = min(2*backoff, maxBackoff)
+				wait := backoff.Jitter(delay)
+				delay = min(2*delay, maxBackoff)
 				x.logger.Warn("cannot rebuild the name index; looking names up in the store meanwhile",
 					zap.Duration("retry_in", wait), zap.Error(err))
 				x.queue.push(queued{store.Event{Kind: store.EventResync}, 0})
-				if !sleep(ctx, wait) {
+				if !backoff.Sleep(ctx, wait) {
 					return ctx.Err()
 				}
 				continue
 			}
-			backoff = minBackoff
+			delay = minBackoff
 			continue // the lists already reflect the events taken with them
 		}
 		for _, q := range events {
@@ -432,16 +432,4 @@ func (q *eventQueue) take() (resync bool, events []queued) {
 	resync, events = q.resync, q.events
 	q.resync, q.events = false, nil
 	return resync, events
-}
-
-// sleep waits d or until ctx is done, and reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

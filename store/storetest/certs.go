@@ -3,20 +3,14 @@ package storetest
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -33,35 +27,6 @@ func RunCerts(t *testing.T, open func(t *testing.T) (a, b store.Certs)) {
 	}
 }
 
-// CertPEM returns autocert's format: an EC private key, then a
-// self-signed certificate for names valid until notAfter.
-func CertPEM(t testing.TB, notAfter time.Time, names ...string) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    notAfter.Add(-90 * 24 * time.Hour),
-		NotAfter:     notAfter,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	_ = pem.Encode(&b, &pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return b.Bytes()
-}
-
 type certCase struct {
 	name string
 	run  func(t *testing.T, ctx context.Context, a, b store.Certs)
@@ -71,7 +36,7 @@ var certCases = []certCase{
 	{"put, get, replace and delete, seen by the other handle", func(t *testing.T, ctx context.Context, a, b store.Certs) {
 		_, err := a.GetCert(ctx, "www.example.com")
 		wantErr(t, "get missing", err, store.ErrNotFound)
-		v1 := CertPEM(t, time.Now().Add(time.Hour), "www.example.com")
+		v1 := testbed.CertPEM(t, time.Now().Add(time.Hour), "www.example.com")
 		if err := a.PutCert(ctx, "www.example.com", v1); err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +44,7 @@ var certCases = []certCase{
 		if err != nil || !bytes.Equal(got, v1) {
 			t.Fatalf("get from the other handle = %d bytes, %v; want what was put", len(got), err)
 		}
-		v2 := CertPEM(t, time.Now().Add(2*time.Hour), "www.example.com")
+		v2 := testbed.CertPEM(t, time.Now().Add(2*time.Hour), "www.example.com")
 		if err := b.PutCert(ctx, "www.example.com", v2); err != nil {
 			t.Fatal(err)
 		}
@@ -133,9 +98,9 @@ var certCases = []certCase{
 		exp2 := time.Now().Add(30 * 24 * time.Hour).Truncate(time.Second).UTC()
 		before := time.Now().Add(-time.Minute)
 		for name, data := range map[string][]byte{
-			"*.alice.repl.test":     CertPEM(t, exp1, "*.alice.repl.test"),
-			"www.example.com":       CertPEM(t, exp2, "www.example.com"),
-			"www.example.com+token": CertPEM(t, exp2, "www.example.com"),
+			"*.alice.repl.test":     testbed.CertPEM(t, exp1, "*.alice.repl.test"),
+			"www.example.com":       testbed.CertPEM(t, exp2, "www.example.com"),
+			"www.example.com+token": testbed.CertPEM(t, exp2, "www.example.com"),
 			"acme_account+key":      []byte("-----BEGIN EC PRIVATE KEY-----\nAA==\n-----END EC PRIVATE KEY-----\n"),
 			"tok+http-01":           []byte("tok.thumbprint"),
 		} {
