@@ -89,13 +89,13 @@ type Cache struct {
 	negative [cacheShards]shard
 	group    singleflight.Group
 
-	seed      uint64        // of hashKey
+	seed      uint64           // of hashKey
 	clock     func() time.Time // the clock New was given; time.Now when nil
 	userClock bool             // a clock was given: always use it
-	coarse    atomic.Int64  // unix nanoseconds, kept by Run; 0 when not running
-	epoch     atomic.Uint64 // bumped by EventResync; older entries are stale
-	downUntil atomic.Int64  // unix nanoseconds; misses fail fast until then
-	failing   atomic.Bool   // an incident is in progress (logged once)
+	coarse    atomic.Int64     // unix nanoseconds, kept by Run; 0 when not running
+	epoch     atomic.Uint64    // bumped by EventResync; older entries are stale
+	downUntil atomic.Int64     // unix nanoseconds; misses fail fast until then
+	failing   atomic.Bool      // an incident is in progress (logged once)
 	synced    chan struct{}
 	syncOnce  sync.Once
 
