@@ -35,6 +35,13 @@ type Config struct {
 	// MaxIdleConnsPerHost is the idle upstream connections kept per
 	// container or peer proxy. Zero means 256 (Go's default is 2).
 	MaxIdleConnsPerHost int
+	// MaxIdleConns bounds the idle upstream connections kept across all
+	// containers and peer proxies; beyond it the least recently used is
+	// closed. Zero means 4096.
+	MaxIdleConns int
+	// UpgradeIdleTimeout closes an upgraded (WebSocket) connection when
+	// nothing has passed either way for that long. Zero means 1 h.
+	UpgradeIdleTimeout time.Duration
 	// AccessLog writes one log line per request. False means none.
 	AccessLog bool
 }
@@ -67,6 +74,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxIdleConnsPerHost <= 0 {
 		c.MaxIdleConnsPerHost = 256
+	}
+	if c.MaxIdleConns <= 0 {
+		c.MaxIdleConns = 4096
+	}
+	if c.UpgradeIdleTimeout <= 0 {
+		c.UpgradeIdleTimeout = time.Hour
 	}
 	return c, nil
 }

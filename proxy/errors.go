@@ -15,7 +15,8 @@ import (
 const StatusClientClosedRequest = 499
 
 // upstreamFailed maps an upstream failure to a status: the client went
-// away → 499 (logged, nothing sent, not the upstream's fault); a timeout
+// away → 499 (logged; the connection is closed, nothing sent; not the
+// upstream's fault); a timeout
 // → 504; anything else (refused, unreachable, reset) → 502.
 func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
 	ex := exchangeOf(r.Context())
@@ -23,15 +24,19 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err err
 		return
 	}
 	if errors.Is(err, errStaleForward) {
-		h.staleForward(w, r, ex)
+		h.staleForward(w, ex)
 		return
 	}
 	if !ex.upstreamAt.IsZero() {
 		ex.upstreamDur = time.Since(ex.upstreamAt)
 	}
 	if r.Context().Err() != nil {
+		// The client went away, or half-closed its side (net/http cannot
+		// tell the two apart). Either way nothing the container said is
+		// there to pass on, and returning would make net/http answer an
+		// empty 200 in the container's name: abort the response instead.
 		ex.status = StatusClientClosedRequest
-		return
+		panic(http.ErrAbortHandler)
 	}
 	var ne net.Error
 	switch {

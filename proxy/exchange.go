@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ type exchange struct {
 	status      int // set when the response was not written (499)
 	rec         *recorder
 	key         store.Key
+	in          *http.Request // the request as it came in, for a second dispatch
 }
 
 type exchangeKey struct{}

@@ -102,6 +102,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
 	}
+	ex.in = r
 	h.proxy.ServeHTTP(rec, r)
 }
 

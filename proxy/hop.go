@@ -54,22 +54,48 @@ type hopFields struct {
 var errHop = errors.New("invalid hop mark")
 
 func (s *hopSigner) mac(ts int64, f hopFields) string {
+	fields := [...]string{"v1", f.Source, strconv.FormatInt(ts, 10), f.Host, f.For, f.Proto, f.FHost, f.RequestID}
+	return s.sum(fields[:])
+}
+
+// sum is the keyed HMAC-SHA256 of fields, base64url. Every field is
+// length-prefixed, so no two different field lists write the same bytes;
+// the first field names what is signed, so a mark of one kind never
+// verifies as another.
+func (s *hopSigner) sum(fields []string) string {
 	m, _ := s.macs.Get().(hash.Hash)
 	if m == nil {
 		m = hmac.New(sha256.New, s.secret)
 	}
 	defer func() { m.Reset(); s.macs.Put(m) }()
-	// Every field is length-prefixed, so no two different field sets can
-	// write the same bytes.
 	var buf [512]byte
 	b := buf[:0]
-	for _, v := range [...]string{"v1", f.Source, strconv.FormatInt(ts, 10), f.Host, f.For, f.Proto, f.FHost, f.RequestID} {
+	for _, v := range fields {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
 		b = append(b, v...)
 	}
 	m.Write(b)
 	var sum [sha256.Size]byte
 	return base64.RawURLEncoding.EncodeToString(m.Sum(sum[:0]))
+}
+
+// signLoop returns the LoopHeader value that says, for the request with
+// id requestID, that this proxy's tombstone names cluster:
+// "loop1;<cluster>;<signature>". Bound to the request id, it cannot be
+// replayed for another request, and no container can make one.
+func (s *hopSigner) signLoop(cluster, requestID string) string {
+	return "loop1;" + cluster + ";" + s.sum([]string{"loop1", cluster, requestID})
+}
+
+// verifyLoop returns the cluster a LoopHeader value names, when it was
+// signed by a peer for the request with id requestID; "" otherwise.
+func (s *hopSigner) verifyLoop(v, requestID string) string {
+	kind, rest, _ := strings.Cut(v, ";")
+	cluster, sig, ok := strings.Cut(rest, ";")
+	if kind != "loop1" || !ok || !hmac.Equal([]byte(s.sum([]string{"loop1", cluster, requestID})), []byte(sig)) {
+		return ""
+	}
+	return cluster
 }
 
 // sign returns the hop header value for f, stamped now.

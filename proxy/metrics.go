@@ -24,7 +24,7 @@ type Metrics struct {
 }
 
 // routeKinds lists the route labels; a route's index is its position.
-var routeKinds = [...]string{routeLocal, routeForwarded, routeNotFound, routeBadHost, routeLoop, routeUnavailable}
+var routeKinds = [...]string{routeLocal, routeForwarded, routeNotFound, routeBadHost, routeLoop, routeBounced, routeUnavailable}
 
 func routeIndex(route string) int {
 	for i, r := range routeKinds {
@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cac
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "replproxy_requests_total",
-			Help: "Requests served, by route kind (local, forwarded, not-found, bad-host, loop, unavailable) and status code (499: the client went away).",
+			Help: "Requests served, by route kind (local, forwarded, not-found, bad-host, loop, bounced, unavailable) and status code (499: the client went away).",
 		}, []string{"route", "code"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "replproxy_upstream_seconds",

@@ -63,19 +63,41 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	ex.upstreamAt = time.Now()
 }
 
-// modifyResponse times the upstream, stamps the request id, and hands a
-// forward that came back as a stale loop (staleForward) and a protocol
-// switch (takeOver) on.
+// modifyResponse times the upstream, keeps the response from speaking for
+// the proxy, adds Via, and hands a forward that came back as a stale loop
+// (staleForward) and a protocol switch (takeOver) on.
 func (h *Handler) modifyResponse(resp *http.Response) error {
 	ex := exchangeOf(resp.Request.Context())
 	ex.upstreamDur = time.Since(ex.upstreamAt)
 	h.metrics.upstreamTime(ex.route, ex.upstreamDur)
-	resp.Header.Set("X-Request-Id", ex.id)
-	if ex.route == routeForwarded && resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(LoopHeader) == h.cfg.Cluster {
+	var loopTo string
+	if ex.route == routeForwarded && resp.StatusCode == http.StatusLoopDetected {
+		loopTo = h.hop.verifyLoop(resp.Header.Get(LoopHeader), ex.id)
+	}
+	stripProxyHeaders(resp.Header)
+	if ex.route != routeForwarded {
+		// A peer proxy's answer has its Via already: the client sees one
+		// replproxy, as if it had asked the right cluster.
+		resp.Header["Via"] = append(resp.Header["Via"], "1.1 replproxy")
+	}
+	if loopTo == h.cfg.Cluster {
 		return errStaleForward
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		return h.takeOver(ex, resp)
 	}
 	return nil
+}
+
+// stripProxyHeaders removes what only this proxy may say from an upstream
+// response: every Replproxy-* header (hop and loop marks: a container must
+// not be able to forge them, and a peer's are read before this), and
+// X-Request-Id, which ServeHTTP set already (the response would carry two).
+func stripProxyHeaders(h http.Header) {
+	for k := range h {
+		if len(k) >= len("Replproxy-") && strings.EqualFold(k[:len("Replproxy-")], "Replproxy-") {
+			delete(h, k)
+		}
+	}
+	delete(h, "X-Request-Id")
 }

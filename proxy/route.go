@@ -32,6 +32,7 @@ const (
 	routeNotFound    = "not-found"
 	routeBadHost     = "bad-host"
 	routeLoop        = "loop"
+	routeBounced     = "bounced" // a forwarded request sent back to its source (a move back)
 	routeUnavailable = "unavailable"
 )
 

@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -15,7 +18,7 @@ func newTransport(cfg *Config) *http.Transport {
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                  nil, // never an environment proxy
-		DialContext:            dialer.DialContext,
+		DialContext:            retryRefused(dialer.DialContext),
 		MaxIdleConns:           0, // no overall limit; per host below
 		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:        cfg.IdleConnTimeout,
@@ -26,6 +29,32 @@ func newTransport(cfg *Config) *http.Transport {
 		MaxResponseHeaderBytes: 1 << 20,
 		// Read and write buffers stay at 4 KiB: an upgraded (WebSocket)
 		// connection keeps them for its whole life.
+	}
+}
+
+// dialRetries are the waits before dialling again an address that refused
+// the connection, or reset it while it was being made (a listener closing
+// with connections in its queue): a container that restarts is back
+// within them, and nothing was sent, so any request may wait for it.
+var dialRetries = [...]time.Duration{25 * time.Millisecond, 75 * time.Millisecond, 200 * time.Millisecond}
+
+// retryRefused returns dial, dialling again after each of dialRetries
+// while the address refuses (or resets) and ctx allows.
+func retryRefused(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		for i := 0; ; i++ {
+			conn, err := dial(ctx, network, addr)
+			if err == nil || i == len(dialRetries) || !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.ECONNRESET) {
+				return conn, err
+			}
+			t := time.NewTimer(dialRetries[i])
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, err
+			case <-t.C:
+			}
+		}
 	}
 }
 

@@ -93,6 +93,8 @@ func (h *Handler) takeOver(ex *exchange, resp *http.Response) error {
 	}
 	j := &joined{h: h, client: client, backend: backend, id: ex.id, host: resp.Request.Host, replID: ex.replID, start: time.Now()}
 	j.running.Store(2)
+	j.touch()
+	j.idle = time.AfterFunc(h.cfg.UpgradeIdleTimeout, j.checkIdle)
 	go j.copy(backend, client, early, &j.up)
 	go j.copy(client, backend, nil, &j.down)
 	return errUpgraded
@@ -107,22 +109,29 @@ type joined struct {
 	start           time.Time
 	up, down        atomic.Int64 // bytes client→upstream, upstream→client
 	running         atomic.Int32
+	last            atomic.Int64 // unix nanoseconds of the last bytes either way
+	idle            *time.Timer  // closes both when nothing passes for UpgradeIdleTimeout
+	closeOnce       sync.Once
 }
 
-// copy copies src to dst until either side ends, then closes both (as
-// ReverseProxy does: a WebSocket ends as a whole); the last copier out
-// logs the connection.
+// copy copies src to dst. When src ends cleanly (the peer half-closed) it
+// half-closes dst and leaves the other direction running, as TCP does;
+// when src fails, or dst cannot be half-closed, it closes both. When both
+// directions have ended, the last one out closes both and logs the
+// connection.
 func (j *joined) copy(dst io.Writer, src io.Reader, early []byte, count *atomic.Int64) {
 	if len(early) > 0 {
 		n, _ := dst.Write(early)
 		count.Add(int64(n))
 	}
-	_ = j.h.pipe(dst, src, count)
-	_ = j.client.Close()
-	_ = j.backend.Close()
+	err := j.h.pipe(dst, src, count, j.touch)
+	if cw, ok := dst.(interface{ CloseWrite() error }); err != nil || !ok || cw.CloseWrite() != nil {
+		j.close()
+	}
 	if j.running.Add(-1) > 0 {
 		return
 	}
+	j.close()
 	if ce := j.h.logger.Check(zapcore.InfoLevel, "upgraded connection closed"); ce != nil && j.h.cfg.AccessLog {
 		ce.Write(zap.String("host", j.host), zap.String("repl_id", j.replID), zap.String("request_id", j.id),
 			zap.Int64("bytes_up", j.up.Load()), zap.Int64("bytes_down", j.down.Load()),
@@ -130,12 +139,35 @@ func (j *joined) copy(dst io.Writer, src io.Reader, early []byte, count *atomic.
 	}
 }
 
+// touch records that bytes passed.
+func (j *joined) touch() { j.last.Store(time.Now().UnixNano()) }
+
+// checkIdle closes both connections when nothing passed for
+// UpgradeIdleTimeout, and otherwise looks again when it would be.
+func (j *joined) checkIdle() {
+	quiet := time.Since(time.Unix(0, j.last.Load()))
+	if left := j.h.cfg.UpgradeIdleTimeout - quiet; left > 0 {
+		j.idle.Reset(left)
+		return
+	}
+	j.close()
+}
+
+// close closes both connections, once.
+func (j *joined) close() {
+	j.closeOnce.Do(func() {
+		j.idle.Stop()
+		_ = j.client.Close()
+		_ = j.backend.Close()
+	})
+}
+
 // smallCopy is the buffer an idle direction holds.
 const smallCopy = 512
 
 // pipe copies with a small buffer, and borrows a pooled 32 KiB one while
 // reads keep filling the small one (a bulk transfer).
-func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64) error {
+func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64, touch func()) error {
 	small := make([]byte, smallCopy)
 	var big []byte
 	defer func() {
@@ -150,6 +182,7 @@ func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64) error 
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
+			touch()
 			w, werr := dst.Write(buf[:n])
 			count.Add(int64(w))
 			if werr != nil {
@@ -250,6 +283,14 @@ type trackedConn struct {
 	net.Conn
 	u    *upgrades
 	once sync.Once
+}
+
+// CloseWrite half-closes the client connection when it can (TCP, TLS).
+func (tc *trackedConn) CloseWrite() error {
+	if cw, ok := tc.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (tc *trackedConn) Close() error {

@@ -2,139 +2,208 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"sync"
+	"syscall"
 	"time"
 )
 
-// upstream is the proxy's RoundTripper. Requests without a body and
-// without an upgrade (most of them) take a lean HTTP/1.1 path: the request
-// is written and the response read on the calling goroutine, over pooled
-// keep-alive connections, so there is no hand-off to per-connection read
-// and write goroutines as in http.Transport. Everything else (bodies,
-// upgrades) goes through the tuned http.Transport.
+// upstream is the proxy's RoundTripper. Requests without a body or with a
+// small one (most of them, upgrades included) take a lean HTTP/1.1 path:
+// the request is written and the response read on the calling goroutine,
+// over pooled keep-alive connections, so there is no hand-off to
+// per-connection read and write goroutines as in http.Transport. Requests
+// with a large or unsized body go through the tuned http.Transport.
+//
+// Every container runs a stranger's code, so the lean path trusts nothing
+// it reads: response headers (1xx included) are bounded, 1xx responses are
+// counted, a connection goes back to the pool only when its server sent
+// exactly one response, and an idle connection is checked for life and
+// for stray bytes before it is used again (pool).
 type upstream struct {
-	slow        *http.Transport
-	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
-	headerWait  time.Duration // ResponseHeaderTimeout
-	idleTimeout time.Duration
-	maxIdle     int // per address
-
-	mu   sync.Mutex
-	idle map[string][]*upConn // by host:port, most recently used last
+	slow       *http.Transport
+	slowFresh  *http.Transport // the same, with no idle connections: for requests not replayable
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
+	headerWait time.Duration // ResponseHeaderTimeout
+	maxHeader  int64         // MaxResponseHeaderBytes
+	pool       *pool
 }
 
-type upConn struct {
-	conn      net.Conn
-	br        *bufio.Reader
-	bw        *bufio.Writer
-	idleSince time.Time
-	reused    bool
-}
+// Bounds on what a container may send before its final response headers,
+// as http.Transport has them.
+const (
+	maxResponseHeaderBytes = 1 << 20
+	max1xxResponses        = 5
+)
 
 func newUpstream(cfg *Config) *upstream {
 	t := newTransport(cfg)
+	fresh := newTransport(cfg)
+	fresh.DisableKeepAlives = true
 	return &upstream{
-		slow:        t,
-		dial:        t.DialContext,
-		headerWait:  cfg.ResponseHeaderTimeout,
-		idleTimeout: cfg.IdleConnTimeout,
-		maxIdle:     cfg.MaxIdleConnsPerHost,
-		idle:        make(map[string][]*upConn),
+		slow:       t,
+		slowFresh:  fresh,
+		dial:       t.DialContext,
+		headerWait: cfg.ResponseHeaderTimeout,
+		maxHeader:  maxResponseHeaderBytes,
+		pool:       newPool(cfg.IdleConnTimeout, cfg.MaxIdleConnsPerHost, cfg.MaxIdleConns, time.Now),
 	}
 }
+
+// leanBody is the largest request body the lean path sends: one the
+// kernel's buffers take whole, so that a container answering early (a 413
+// before reading the body) is still heard. Larger and unsized bodies go
+// through http.Transport, which writes and reads at once.
+const leanBody = 64 << 10
 
 // lean reports whether req can take the lean path.
 func lean(req *http.Request) bool {
-	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" &&
-		req.Method != http.MethodConnect && upgradeType(req.Header) == "" && req.Header.Get("Expect") == ""
+	return (req.Body == nil || req.Body == http.NoBody || req.ContentLength > 0 && req.ContentLength <= leanBody) &&
+		req.URL.Scheme == "http" && req.Method != http.MethodConnect && req.Header.Get("Expect") == ""
 }
 
-// replayable requests may be sent again on a fresh connection when a
-// pooled one turns out to have been closed by the server.
+// replayable requests may be sent again when the connection they were
+// sent on turns out to have been closed by the server: idempotent methods
+// (RFC 9110 §9.2.2), and requests that say they may be.
 func replayable(req *http.Request) bool {
 	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}
-	return false
+	return req.Header.Get("Idempotency-Key") != "" || req.Header.Get("X-Idempotency-Key") != ""
 }
 
 func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !lean(req) {
+		if !replayable(req) {
+			return u.slowFresh.RoundTrip(req)
+		}
 		return u.slow.RoundTrip(req)
 	}
-	for attempt := 0; ; attempt++ {
-		c, err := u.get(req.Context(), req.URL.Host)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := u.exchange(c, req)
-		if err != nil && c.reused && attempt == 0 && replayable(req) && req.Context().Err() == nil && staleConn(err) {
-			continue // the server closed the pooled connection: once more on a new one
-		}
+	body, err := holdBody(req)
+	if err != nil {
+		return nil, err
+	}
+	addr := req.URL.Host
+	var c *upConn
+	if replayable(req) {
+		c, err = u.get(req.Context(), addr)
+	} else {
+		// A request that must not be sent twice never takes an idle
+		// connection: the server may be closing it at this very moment
+		// (a restart closes idle connections), and then whether it acted
+		// on the request cannot be told. A connection of its own can.
+		c, err = u.dialFresh(req.Context(), addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp, err := u.exchange(c, req)
+	if err == nil || !c.reused || req.Context().Err() != nil || !staleConn(err) || c.read > 0 {
 		return resp, err
 	}
+	// The server had closed the pooled connection before answering (only
+	// replayable requests take pooled ones): it likely
+	// closed the others to it too (a restart). Drop them, and try once
+	// more on a connection of its own.
+	u.pool.dropAddr(addr)
+	if c, err = u.dialFresh(req.Context(), addr); err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	return u.exchange(c, req)
+}
+
+// holdBody reads a lean request's (small) body, so that it can be sent
+// again, and gives req a reader of it.
+func holdBody(req *http.Request) ([]byte, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, req.ContentLength+1))
+	req.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read the request body: %w", err)
+	}
+	if int64(len(body)) != req.ContentLength {
+		return nil, fmt.Errorf("request body of %d bytes, Content-Length %d", len(body), req.ContentLength)
+	}
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	return body, nil
 }
 
 // staleConn reports whether err is what a request on a connection the
 // server had already closed gets.
 func staleConn(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, errConnReset)
+		errors.Is(err, errConnReset) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
 
 var errConnReset = errors.New("connection reset")
 
+// get returns a live pooled connection to addr, or a new one.
 func (u *upstream) get(ctx context.Context, addr string) (*upConn, error) {
-	now := time.Now()
-	u.mu.Lock()
-	for list := u.idle[addr]; len(list) > 0; list = u.idle[addr] {
-		c := list[len(list)-1]
-		u.idle[addr] = list[:len(list)-1]
-		if now.Sub(c.idleSince) < u.idleTimeout {
-			u.mu.Unlock()
-			c.reused = true
-			return c, nil
-		}
-		c.conn.Close()
+	if c := u.pool.get(addr); c != nil {
+		return c, nil
 	}
-	u.mu.Unlock()
+	return u.dialFresh(ctx, addr)
+}
+
+// dialFresh dials a new connection to addr (waiting for one that
+// refuses for a moment: retryRefused).
+func (u *upstream) dialFresh(ctx context.Context, addr string) (*upConn, error) {
 	conn, err := u.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &upConn{conn: conn, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}, nil
-}
-
-func (u *upstream) put(addr string, c *upConn) {
-	c.idleSince = time.Now()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if len(u.idle[addr]) >= u.maxIdle {
-		c.conn.Close()
-		return
-	}
-	u.idle[addr] = append(u.idle[addr], c)
+	c := &upConn{conn: conn, addr: addr, readLimit: math.MaxInt64}
+	c.br = bufio.NewReader(limitedConn{c})
+	c.bw = bufio.NewWriter(conn)
+	return c, nil
 }
 
 // CloseIdleConnections closes every pooled connection.
 func (u *upstream) CloseIdleConnections() {
-	u.mu.Lock()
-	for addr, list := range u.idle {
-		for _, c := range list {
-			c.conn.Close()
-		}
-		delete(u.idle, addr)
-	}
-	u.mu.Unlock()
+	u.pool.closeAll()
 	u.slow.CloseIdleConnections()
+	u.slowFresh.CloseIdleConnections()
+}
+
+// Errors of a container that broke the bounds.
+var (
+	errHeaderTooLarge = fmt.Errorf("upstream response headers exceed %d bytes (1xx responses included)", maxResponseHeaderBytes)
+	errTooMany1xx     = fmt.Errorf("upstream sent more than %d informational (1xx) responses", max1xxResponses)
+)
+
+// limitedConn is what a connection's reader reads through: while
+// c.readLimit is finite (response headers being read), reading past it is
+// errHeaderTooLarge.
+type limitedConn struct{ c *upConn }
+
+func (l limitedConn) Read(p []byte) (int, error) {
+	c := l.c
+	if c.readLimit <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > c.readLimit {
+		p = p[:c.readLimit]
+	}
+	n, err := c.conn.Read(p)
+	c.read += int64(n)
+	if c.readLimit != math.MaxInt64 {
+		c.readLimit -= int64(n)
+	}
+	return n, err
 }
 
 // exchange writes req on c and reads the response headers.
@@ -154,6 +223,7 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 		}
 		return nil, err
 	}
+	c.read = 0
 	if err := req.Write(c.bw); err != nil {
 		return fail(err)
 	}
@@ -163,8 +233,9 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 	if u.headerWait > 0 {
 		_ = c.conn.SetReadDeadline(time.Now().Add(u.headerWait))
 	}
+	c.readLimit = u.maxHeader
 	var resp *http.Response
-	for {
+	for informational := 0; ; informational++ {
 		var err error
 		resp, err = http.ReadResponse(c.br, req)
 		if err != nil {
@@ -172,6 +243,9 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 		}
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
+		}
+		if informational == max1xxResponses {
+			return fail(errTooMany1xx)
 		}
 		// An informational response (103 Early Hints): pass it on the way
 		// http.Transport does, then read the final one.
@@ -181,10 +255,16 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 			}
 		}
 	}
+	c.readLimit = math.MaxInt64
 	if u.headerWait > 0 {
 		_ = c.conn.SetReadDeadline(time.Time{})
 	}
-	b := &upBody{u: u, c: c, addr: req.URL.Host, body: resp.Body, stop: stop, reuse: !resp.Close && !req.Close}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		stop()
+		resp.Body = &switchedConn{c: c}
+		return resp, nil
+	}
+	b := &upBody{u: u, c: c, body: resp.Body, stop: stop, reuse: !resp.Close && !req.Close}
 	if resp.Body == http.NoBody {
 		b.finish(true)
 		return resp, nil
@@ -203,7 +283,6 @@ func isReset(err error) bool {
 type upBody struct {
 	u     *upstream
 	c     *upConn
-	addr  string
 	body  io.ReadCloser
 	stop  func() bool
 	reuse bool
@@ -233,12 +312,31 @@ func (b *upBody) Close() error {
 
 // finish ends the exchange: the connection goes back to the pool when the
 // body was read whole, no cancellation fired, and neither side asked to
-// close; else it is closed.
+// close (the pool still refuses it when more bytes came than the
+// response); else it is closed.
 func (b *upBody) finish(complete bool) {
 	b.done = true
 	if b.stop() && complete && b.reuse {
-		b.u.put(b.addr, b.c)
+		b.u.pool.put(b.c)
 		return
 	}
 	b.c.conn.Close()
+}
+
+// switchedConn is the body of a 101 response: the connection itself, for
+// the upgraded protocol, reading first what the reader holds already.
+// It is never pooled.
+type switchedConn struct{ c *upConn }
+
+func (s *switchedConn) Read(p []byte) (int, error)  { return s.c.br.Read(p) }
+func (s *switchedConn) Write(p []byte) (int, error) { return s.c.conn.Write(p) }
+func (s *switchedConn) Close() error                { return s.c.conn.Close() }
+
+// CloseWrite half-closes the connection, when it is TCP: the container
+// reads the end of what the client sent and may still answer.
+func (s *switchedConn) CloseWrite() error {
+	if cw, ok := s.c.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return s.c.conn.Close()
 }

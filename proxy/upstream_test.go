@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -31,7 +32,7 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 }
 
 func testUpstream(headerWait time.Duration) *upstream {
-	return newUpstream(&Config{DialTimeout: time.Second, ResponseHeaderTimeout: headerWait, IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 4})
+	return newUpstream(&Config{DialTimeout: time.Second, ResponseHeaderTimeout: headerWait, IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 4, MaxIdleConns: 16})
 }
 
 func roundTrip(t *testing.T, u *upstream, ctx context.Context, method, url string) (*http.Response, string, error) {
@@ -156,5 +157,166 @@ func TestUpstreamTimeoutsAndCancel(t *testing.T) {
 	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
 	if _, _, err := roundTrip(t, u, ctx, "GET", srv.URL+"/"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled request: %v, want context.Canceled", err)
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T, ln net.Listener) (client, server net.Conn) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func pooled(conn net.Conn, addr string) *upConn {
+	return &upConn{conn: conn, addr: addr, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
+}
+
+func TestPool(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	t.Run("idle connections are reaped and their addresses forgotten", func(t *testing.T) {
+		p := newPool(50*time.Millisecond, 4, 100, time.Now)
+		defer p.closeAll()
+		for _, addr := range []string{"a:1", "b:1", "c:1"} {
+			c, _ := tcpPair(t, ln)
+			p.put(pooled(c, addr))
+		}
+		if n, addrs := p.idle(); n != 3 || addrs != 3 {
+			t.Fatalf("idle = %d conns, %d addresses; want 3, 3", n, addrs)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for n, addrs := p.idle(); n != 0 || addrs != 0; n, addrs = p.idle() {
+			if time.Now().After(deadline) {
+				t.Fatalf("after the idle timeout: %d conns, %d addresses left", n, addrs)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	t.Run("the pool's bound closes the least recently used, of any address", func(t *testing.T) {
+		p := newPool(time.Minute, 4, 2, time.Now)
+		defer p.closeAll()
+		var servers []net.Conn
+		for _, addr := range []string{"a:1", "b:1", "c:1"} {
+			c, s := tcpPair(t, ln)
+			servers = append(servers, s)
+			p.put(pooled(c, addr))
+		}
+		if n, addrs := p.idle(); n != 2 || addrs != 2 {
+			t.Fatalf("idle = %d conns, %d addresses; want 2, 2", n, addrs)
+		}
+		_ = servers[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := servers[0].Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Fatalf("the oldest connection: %v, want it closed", err)
+		}
+		if p.get("a:1") != nil || p.get("c:1") == nil {
+			t.Fatal("wrong connection evicted")
+		}
+	})
+	t.Run("a connection with stray bytes, or closed by its server, is not handed out", func(t *testing.T) {
+		p := newPool(time.Minute, 4, 100, time.Now)
+		defer p.closeAll()
+		c1, s1 := tcpPair(t, ln)
+		c2, s2 := tcpPair(t, ln)
+		p.put(pooled(c1, "a:1"))
+		p.put(pooled(c2, "a:1"))
+		_, _ = io.WriteString(s1, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+		s2.Close()
+		time.Sleep(50 * time.Millisecond)
+		if c := p.get("a:1"); c != nil {
+			t.Fatalf("handed out %v", c.conn.LocalAddr())
+		}
+		if n, addrs := p.idle(); n != 0 || addrs != 0 {
+			t.Fatalf("idle = %d, %d; want nothing left", n, addrs)
+		}
+	})
+	t.Run("a connection holding bytes beyond its response is not pooled", func(t *testing.T) {
+		p := newPool(time.Minute, 4, 100, time.Now)
+		defer p.closeAll()
+		c, s := tcpPair(t, ln)
+		_, _ = io.WriteString(s, "xy")
+		uc := pooled(c, "a:1")
+		if _, err := uc.br.ReadByte(); err != nil {
+			t.Fatal(err)
+		}
+		p.put(uc)
+		if n, _ := p.idle(); n != 0 {
+			t.Fatal("pooled a connection with a byte still buffered")
+		}
+	})
+}
+
+// TestUpstreamRestartedServer: after a server restart every pooled
+// connection is dead; the first request that meets one retries on a fresh
+// connection (whatever its method, when nothing was written, and for
+// idempotent methods in any case) and the rest of them are dropped.
+func TestUpstreamRestartedServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	serve := func(ln net.Listener) *http.Server {
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, "ok "+r.Method)
+		})}
+		go func() { _ = srv.Serve(ln) }()
+		return srv
+	}
+	srv := serve(ln)
+	u := testUpstream(time.Second)
+	defer u.CloseIdleConnections()
+	ctx := context.Background()
+	// Four pooled connections.
+	var resps []*http.Response
+	for range 4 {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+		resp, err := u.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resps = append(resps, resp)
+	}
+	for _, resp := range resps {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if n, _ := u.pool.idle(); n != 4 {
+		t.Fatalf("%d pooled connections, want 4", n)
+	}
+	_ = srv.Close() // closes the pooled connections' other ends
+	ln2, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot listen on %s again: %v", addr, err)
+	}
+	srv2 := serve(ln2)
+	defer srv2.Close()
+	for _, m := range []string{"DELETE", "POST", "GET"} {
+		resp, body, err := roundTrip(t, u, ctx, m, "http://"+addr+"/")
+		if err != nil || resp.StatusCode != 200 || body != "ok "+m {
+			t.Fatalf("%s after the restart: %v %q", m, err, body)
+		}
+	}
+	// The dead ones are gone; DELETE's (replayable: a pooled connection)
+	// and POST's (never a pooled one: its own) are pooled now.
+	if n, _ := u.pool.idle(); n != 2 {
+		t.Errorf("%d pooled connections after the restart, want 2 (the dead ones dropped)", n)
 	}
 }

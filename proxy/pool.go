@@ -1,0 +1,281 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pool holds the lean path's idle upstream connections: per address the
+// most recently used is handed out first (it is the likeliest to be
+// alive), across all addresses the least recently used is closed first
+// when the pool is full, and a timer closes those idle longer than
+// idleTimeout, so that connections to containers nobody asks for any more
+// do not stay open. Every connection is checked for life (and for bytes
+// its server should not have sent) before it is handed out again.
+type pool struct {
+	idleTimeout time.Duration
+	maxPerHost  int
+	maxTotal    int
+	now         func() time.Time
+
+	mu     sync.Mutex
+	byAddr map[string]*idleList // no empty lists: a key goes with its last connection
+	all    idleList             // every idle connection, least recently used first
+	total  int
+	reaper *time.Timer // armed while the pool is not empty
+}
+
+// idleList is an intrusive doubly linked list of idle connections; a
+// connection is on two of them at once (its address's, and the pool's).
+type idleList struct {
+	head, tail *upConn
+	n          int
+}
+
+type upConn struct {
+	conn      net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	addr      string
+	idleSince time.Time
+	reused    bool  // came from the pool
+	readLimit int64 // bytes br may still read; math.MaxInt64 outside headers
+
+	read int64 // bytes of the current response read: a failure before any may be retried
+
+	// Links in the address's list and in the pool's list.
+	prev, next       *upConn
+	allPrev, allNext *upConn
+}
+
+// newPool returns an empty pool; maxPerHost and maxTotal are at least 1.
+func newPool(idleTimeout time.Duration, maxPerHost, maxTotal int, now func() time.Time) *pool {
+	maxPerHost, maxTotal = max(maxPerHost, 1), max(maxTotal, 1)
+	return &pool{idleTimeout: idleTimeout, maxPerHost: maxPerHost, maxTotal: maxTotal, now: now, byAddr: make(map[string]*idleList)}
+}
+
+// get returns a live idle connection to addr, or nil. Connections found
+// expired, closed by their server, or holding bytes nobody asked for are
+// closed on the way.
+func (p *pool) get(addr string) *upConn {
+	now := p.now()
+	for {
+		p.mu.Lock()
+		l := p.byAddr[addr]
+		if l == nil {
+			p.mu.Unlock()
+			return nil
+		}
+		c := l.tail
+		p.removeLocked(c)
+		p.mu.Unlock()
+		if now.Sub(c.idleSince) < p.idleTimeout && quiet(c.conn) {
+			c.reused = true
+			return c
+		}
+		c.conn.Close()
+	}
+}
+
+// put returns c to the pool, or closes it when the pool cannot take it:
+// it holds bytes beyond the response it carried, or its address has
+// maxPerHost idle already. When the pool is full
+// the least recently used connection of any address makes room.
+func (p *pool) put(c *upConn) {
+	if c.br.Buffered() > 0 {
+		c.conn.Close() // the server sent more than the response: never reuse
+		return
+	}
+	c.idleSince = p.now()
+	p.mu.Lock()
+	l := p.byAddr[c.addr]
+	if l != nil && l.n >= p.maxPerHost {
+		p.mu.Unlock()
+		c.conn.Close()
+		return
+	}
+	var evicted *upConn
+	if p.total >= p.maxTotal {
+		evicted = p.all.head
+		p.removeLocked(evicted)
+		l = p.byAddr[c.addr] // removing may have dropped the list
+	}
+	if l == nil {
+		l = &idleList{}
+		p.byAddr[c.addr] = l
+	}
+	l.pushBack(c)
+	p.all.pushBackAll(c)
+	p.total++
+	if p.reaper == nil {
+		p.reaper = time.AfterFunc(p.idleTimeout, p.reap)
+	}
+	p.mu.Unlock()
+	if evicted != nil {
+		evicted.conn.Close()
+	}
+}
+
+// removeLocked takes c off both lists, dropping its address's list when it
+// was the last.
+func (p *pool) removeLocked(c *upConn) {
+	l := p.byAddr[c.addr]
+	l.remove(c)
+	if l.n == 0 {
+		delete(p.byAddr, c.addr)
+	}
+	p.all.removeAll(c)
+	p.total--
+}
+
+// reap closes the connections idle for idleTimeout or longer, and arms
+// the timer again for the oldest one left.
+func (p *pool) reap() {
+	now := p.now()
+	var expired []*upConn
+	p.mu.Lock()
+	for c := p.all.head; c != nil && now.Sub(c.idleSince) >= p.idleTimeout; c = p.all.head {
+		p.removeLocked(c)
+		expired = append(expired, c)
+	}
+	p.reaper = nil
+	if oldest := p.all.head; oldest != nil {
+		p.reaper = time.AfterFunc(p.idleTimeout-now.Sub(oldest.idleSince), p.reap)
+	}
+	p.mu.Unlock()
+	for _, c := range expired {
+		c.conn.Close()
+	}
+}
+
+// dropAddr closes every idle connection to addr: one of them was found
+// dead, so its server has likely gone and taken the others with it.
+func (p *pool) dropAddr(addr string) {
+	var dead []*upConn
+	p.mu.Lock()
+	for l := p.byAddr[addr]; l != nil; l = p.byAddr[addr] {
+		c := l.head
+		p.removeLocked(c)
+		dead = append(dead, c)
+	}
+	p.mu.Unlock()
+	for _, c := range dead {
+		c.conn.Close()
+	}
+}
+
+// closeAll closes every idle connection.
+func (p *pool) closeAll() {
+	p.mu.Lock()
+	var all []*upConn
+	for c := p.all.head; c != nil; c = p.all.head {
+		p.removeLocked(c)
+		all = append(all, c)
+	}
+	if p.reaper != nil {
+		p.reaper.Stop()
+		p.reaper = nil
+	}
+	p.mu.Unlock()
+	for _, c := range all {
+		c.conn.Close()
+	}
+}
+
+// idle returns how many connections are idle in all, and for how many
+// addresses.
+func (p *pool) idle() (conns, addrs int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total, len(p.byAddr)
+}
+
+func (l *idleList) pushBack(c *upConn) {
+	c.prev, c.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	l.n++
+}
+
+func (l *idleList) remove(c *upConn) {
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		l.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		l.tail = c.prev
+	}
+	c.prev, c.next = nil, nil
+	l.n--
+}
+
+func (l *idleList) pushBackAll(c *upConn) {
+	c.allPrev, c.allNext = l.tail, nil
+	if l.tail != nil {
+		l.tail.allNext = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+	l.n++
+}
+
+func (l *idleList) removeAll(c *upConn) {
+	if c.allPrev != nil {
+		c.allPrev.allNext = c.allNext
+	} else {
+		l.head = c.allNext
+	}
+	if c.allNext != nil {
+		c.allNext.allPrev = c.allPrev
+	} else {
+		l.tail = c.allPrev
+	}
+	c.allPrev, c.allNext = nil, nil
+	l.n--
+}
+
+// quiet reports whether an idle connection is fit for another request:
+// still open, and with nothing to read (a server sends nothing unasked on
+// an idle HTTP/1.1 connection; bytes there are an extra response or the
+// end of the connection). It peeks without blocking: one recvfrom(2).
+func quiet(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return true // not a socket (tests): the exchange finds out
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var buf [1]byte
+	fit := false
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case errors.Is(err, unix.EAGAIN):
+				fit = true // open, and nothing to read
+			default:
+				fit = false // n > 0: unsolicited bytes; n == 0: closed; or an error
+			}
+			return true
+		}
+	})
+	return err == nil && fit
+}
