@@ -99,6 +99,8 @@ Flags:
 	fs.DurationVar(&o.proxy.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "bound on waiting for an upstream's response headers (then 504)")
 	fs.DurationVar(&o.proxy.IdleConnTimeout, "upstream-idle-timeout", 90*time.Second, "close idle upstream connections after this long")
 	fs.IntVar(&o.proxy.MaxIdleConnsPerHost, "upstream-idle-per-host", 256, "idle upstream connections kept per container")
+	fs.IntVar(&o.proxy.MaxIdleConns, "upstream-idle-max", 4096, "idle upstream connections kept in all (the least recently used is closed first)")
+	fs.DurationVar(&o.proxy.UpgradeIdleTimeout, "upgrade-idle-timeout", time.Hour, "close an upgraded (WebSocket) connection after this long with no traffic either way")
 	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
