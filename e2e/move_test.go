@@ -26,6 +26,7 @@ import (
 // and replproxy process, plus replns, running the real binaries.
 type platform struct {
 	registry       string
+	secret         string                    // the hop secret file
 	proxies        map[string]*replproxyProc // by cluster
 	byLB           map[string]string         // load-balancer IP (what replns answers) → proxy address
 	ns             *replns
@@ -89,9 +90,9 @@ func startPlatform(t *testing.T) *platform {
 		p.apps[name] = strings.TrimPrefix(app.URL, "http://")
 	}
 	dir := writeFiles(t, map[string]string{"clusters.yaml": reg.String(), "hop.secret": "the e2e move test's shared hop secret, 32+ bytes\n"})
-	p.registry = filepath.Join(dir, "clusters.yaml")
+	p.registry, p.secret = filepath.Join(dir, "clusters.yaml"), filepath.Join(dir, "hop.secret")
 	for _, name := range names {
-		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, filepath.Join(dir, "hop.secret"))
+		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secret)
 	}
 	p.ns = startReplns(t, "-zone", "repl.test", "-registry", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
 	p.replctl = buildBinary(t, "replctl")

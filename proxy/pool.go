@@ -47,7 +47,8 @@ type upConn struct {
 	reused    bool  // came from the pool
 	readLimit int64 // bytes br may still read; math.MaxInt64 outside headers
 
-	read int64 // bytes of the current response read: a failure before any may be retried
+	read  int64 // bytes of the current response read: a failure before any may be retried
+	reset bool  // the current exchange failed with a connection reset
 
 	// Links in the address's list and in the pool's list.
 	prev, next       *upConn

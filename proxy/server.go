@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme"
+	"golang.org/x/sys/unix"
 )
 
 // Server runs a Handler on its listeners, and the admin endpoints.
@@ -72,7 +74,7 @@ func (s *Server) Listen() error {
 		if l.addr == "" {
 			continue
 		}
-		ln, err := net.Listen("tcp", l.addr)
+		ln, err := reusePort.Listen(context.Background(), "tcp", l.addr)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
@@ -244,3 +246,17 @@ func (s *Server) drain(ctx context.Context, servers map[string]*http.Server) {
 		_ = admin.Close()
 	}
 }
+
+// reusePort listens with SO_REUSEPORT, so that a new replproxy can take
+// over the addresses of a running one without a moment when connections
+// are refused: start it, wait for its /readyz, then SIGTERM the old one,
+// which drains. (Linux lets only processes of the same user share a port.)
+var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); cerr != nil {
+		return cerr
+	}
+	return err
+}}

@@ -107,13 +107,16 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := u.exchange(c, req)
-	if err == nil || !c.reused || req.Context().Err() != nil || !staleConn(err) || c.read > 0 {
+	if err == nil || req.Context().Err() != nil || !staleConn(err) || c.read > 0 || !c.reused && !c.reset {
 		return resp, err
 	}
-	// The server had closed the pooled connection before answering (only
-	// replayable requests take pooled ones): it likely
-	// closed the others to it too (a restart). Drop them, and try once
-	// more on a connection of its own.
+	// The server closed the connection before answering: a pooled one
+	// (only replayable requests take those), or any connection it reset
+	// (a socket closed with our request unread, or a listener's queue
+	// dropped, answers RST: the request was never read, so whatever its
+	// method it may be sent again). It likely closed the other
+	// connections to it too (a restart): drop them, and try once more on
+	// a connection of its own.
 	u.pool.dropAddr(addr)
 	if c, err = u.dialFresh(req.Context(), addr); err != nil {
 		return nil, err
@@ -221,9 +224,10 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 		if errors.As(err, &ne) && !ne.Timeout() && isReset(err) {
 			err = errors.Join(errConnReset, err)
 		}
+		c.reset = errors.Is(err, syscall.ECONNRESET)
 		return nil, err
 	}
-	c.read = 0
+	c.read, c.reset = 0, false
 	if err := req.Write(c.bw); err != nil {
 		return fail(err)
 	}
