@@ -2,11 +2,11 @@ package proxy
 
 import (
 	"bufio"
-	"errors"
 	"net"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,6 +50,12 @@ type upConn struct {
 	read  int64 // bytes of the current response read: a failure before any may be retried
 	reset bool  // the current exchange failed with a connection reset
 
+	// For quiet: the socket, and what its peek needs without allocating.
+	raw     syscall.RawConn
+	peekFn  func(fd uintptr) bool
+	peekBuf [1]byte
+	fit     bool
+
 	// Links in the address's list and in the pool's list.
 	prev, next       *upConn
 	allPrev, allNext *upConn
@@ -76,7 +82,7 @@ func (p *pool) get(addr string) *upConn {
 		c := l.tail
 		p.removeLocked(c)
 		p.mu.Unlock()
-		if now.Sub(c.idleSince) < p.idleTimeout && quiet(c.conn) {
+		if now.Sub(c.idleSince) < p.idleTimeout && quiet(c) {
 			c.reused = true
 			return c
 		}
@@ -252,31 +258,39 @@ func (l *idleList) removeAll(c *upConn) {
 // quiet reports whether an idle connection is fit for another request:
 // still open, and with nothing to read (a server sends nothing unasked on
 // an idle HTTP/1.1 connection; bytes there are an extra response or the
-// end of the connection). It peeks without blocking: one recvfrom(2).
-func quiet(conn net.Conn) bool {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
+// end of the connection). It peeks without blocking: one recvfrom(2), and
+// no allocation.
+func quiet(c *upConn) bool {
+	if c.raw == nil {
 		return true // not a socket (tests): the exchange finds out
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var buf [1]byte
-	fit := false
-	err = rc.Read(func(fd uintptr) bool {
-		for {
-			_, _, err := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch {
-			case errors.Is(err, unix.EINTR):
-				continue
-			case errors.Is(err, unix.EAGAIN):
-				fit = true // open, and nothing to read
-			default:
-				fit = false // n > 0: unsolicited bytes; n == 0: closed; or an error
-			}
-			return true
+	c.fit = false
+	return c.raw.Read(c.peekFn) == nil && c.fit
+}
+
+// peek is quiet's look at the socket; it never waits for it.
+func (c *upConn) peek(fd uintptr) bool {
+	for {
+		// recvfrom(2) without a source address: unix.Recvfrom would
+		// allocate one for each call.
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
 		}
-	})
-	return err == nil && fit
+		// EAGAIN: open, and nothing to read. Anything else: bytes nobody
+		// asked for (n > 0), the end of the connection (n == 0), or an
+		// error.
+		c.fit = errno == unix.EAGAIN
+		return true
+	}
+}
+
+// watch prepares quiet for c's connection.
+func (c *upConn) watch() {
+	if sc, ok := c.conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw, c.peekFn = raw, c.peek
+		}
+	}
 }

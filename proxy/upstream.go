@@ -172,6 +172,7 @@ func (u *upstream) dialFresh(ctx context.Context, addr string) (*upConn, error) 
 	c := &upConn{conn: conn, addr: addr, readLimit: math.MaxInt64}
 	c.br = bufio.NewReader(limitedConn{c})
 	c.bw = bufio.NewWriter(conn)
+	c.watch()
 	return c, nil
 }
 

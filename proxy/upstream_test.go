@@ -182,7 +182,9 @@ func tcpPair(t *testing.T, ln net.Listener) (client, server net.Conn) {
 }
 
 func pooled(conn net.Conn, addr string) *upConn {
-	return &upConn{conn: conn, addr: addr, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
+	c := &upConn{conn: conn, addr: addr, br: bufio.NewReader(conn), bw: bufio.NewWriter(conn)}
+	c.watch()
+	return c
 }
 
 func TestPool(t *testing.T) {
@@ -318,5 +320,34 @@ func TestUpstreamRestartedServer(t *testing.T) {
 	// and POST's (never a pooled one: its own) are pooled now.
 	if n, _ := u.pool.idle(); n != 2 {
 		t.Errorf("%d pooled connections after the restart, want 2 (the dead ones dropped)", n)
+	}
+}
+
+// BenchmarkQuiet is what the liveness check costs each reuse of a pooled
+// connection: one non-blocking recvfrom(MSG_PEEK).
+func BenchmarkQuiet(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	c := pooled(conn, "a:1")
+	b.ReportAllocs()
+	for b.Loop() {
+		if !quiet(c) {
+			b.Fatal("a live, quiet connection is not quiet")
+		}
 	}
 }
