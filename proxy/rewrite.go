@@ -16,6 +16,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = "http"
 	out.URL.Host = ex.target
 	out.Host = in.Host
+	if !asciiHost(in.Host) {
+		// A U-label (HTTP/2 lets a client send one): the container, and
+		// the next cluster that checks the hop mark, get the A-label
+		// ParseName read it as. An ASCII Host is passed on as it came.
+		out.Host = h.cfg.Zone.Format(ex.key)
+	}
 
 	clientIP, _, err := net.SplitHostPort(in.RemoteAddr)
 	if err != nil {
@@ -36,12 +42,18 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		if in.TLS != nil {
 			proto = "https"
 		}
-		fhost = in.Host
+		fhost = out.Host
 	}
 	oh := out.Header
+	// Headers that claim to say who the client is, from a client or a
+	// proxy nobody vouches for, are not passed on: the proxy says it.
+	for _, k := range clientIPHeaders {
+		delete(oh, k)
+	}
 	oh["X-Forwarded-For"] = []string{xff}
 	oh["X-Forwarded-Proto"] = []string{proto}
 	oh["X-Forwarded-Host"] = []string{fhost}
+	oh["X-Real-Ip"] = []string{firstHop(xff)}
 	oh["X-Request-Id"] = []string{ex.id}
 	via := "1.1 replproxy"
 	if in.ProtoMajor == 2 {
@@ -61,6 +73,29 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		})}
 	}
 	ex.upstreamAt = time.Now()
+}
+
+// clientIPHeaders are the request headers, besides X-Forwarded-*, that
+// claim to name the client or how it connected; none is passed on as sent.
+var clientIPHeaders = [...]string{"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Client-Ip", "X-Cluster-Client-Ip",
+	"Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Forwarded-Port", "X-Forwarded-Server", "X-Original-Forwarded-For", "Forwarded"}
+
+// firstHop returns the first address of an X-Forwarded-For list.
+func firstHop(xff string) string {
+	if i := strings.IndexByte(xff, ','); i >= 0 {
+		return strings.TrimSpace(xff[:i])
+	}
+	return xff
+}
+
+// asciiHost reports whether a Host is all ASCII.
+func asciiHost(host string) bool {
+	for i := 0; i < len(host); i++ {
+		if host[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // modifyResponse times the upstream, keeps the response from speaking for

@@ -1,0 +1,147 @@
+package proxy_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/replproxy/replproxy/internal/testbed"
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/store"
+)
+
+// The hostile client suite: every client is on the internet.
+
+// TestSpoofedClientIPHeaders: headers in which a client claims to be
+// someone else never reach a container; the proxy says who the client
+// is, locally and through a tombstone.
+func TestSpoofedClientIPHeaders(t *testing.T) {
+	east, west, _ := twoClusters(t, clusterOpts{})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, east.Store, "r1", "alice", "blog", "127.0.0.1:1")
+	moveTo(t, east, west, "r1", "alice", "blog", testbed.HostOf(app.URL), 2)
+	spoof := http.Header{}
+	for _, k := range []string{"X-Real-Ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Forwarded-Port", "X-Forwarded-For"} {
+		spoof.Set(k, "203.0.113.66")
+	}
+	spoof.Set("Forwarded", "for=203.0.113.66;proto=https")
+	client := clientFrom("127.0.0.3")
+	for _, pc := range []*testCluster{west, east} {
+		_, body := do(t, client, pc.Addr, "blog.alice.repl.test", spoof)
+		e := testbed.Decode(t, body)
+		for k, vs := range e.Header {
+			if strings.Contains(strings.Join(vs, ","), "203.0.113.66") {
+				t.Errorf("via %s: the container got %s: %q from the client", pc.Name, k, vs)
+			}
+		}
+		if got := e.Header.Get("X-Real-Ip"); got != "127.0.0.3" {
+			t.Errorf("via %s: X-Real-Ip %q, want the client, 127.0.0.3", pc.Name, got)
+		}
+		if got := e.Header.Get("X-Forwarded-For"); got != "127.0.0.3" {
+			t.Errorf("via %s: X-Forwarded-For %q, want 127.0.0.3", pc.Name, got)
+		}
+	}
+}
+
+// TestIDNHostOverHTTP2ThroughATombstone: a client that sends a U-label
+// :authority over HTTP/2 (which, unlike HTTP/1.1, lets it) reaches the
+// repl through a tombstone: the Host is signed and sent as the A-label
+// ParseName read, so the next cluster verifies the mark and the container
+// sees the client's address.
+func TestIDNHostOverHTTP2ThroughATombstone(t *testing.T) {
+	east, west, _ := twoClusters(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.H2C = true }})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, east.Store, "r1", "alice", "blog", "127.0.0.1:1")
+	if _, err := east.Store.LinkDomain(t.Context(), store.Domain{Name: "xn--bcher-kva.example", ReplID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.Store.CreateRepl(t.Context(), store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := west.Store.LinkDomain(t.Context(), store.Domain{Name: "xn--bcher-kva.example", ReplID: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := east.Store.Retire(t.Context(), "r1", "west", 2); err != nil {
+		t.Fatal(err)
+	}
+	testbed.WaitFor(t, 5*time.Second, "east to forward", func() bool {
+		r, err := east.Cache.Lookup(t.Context(), store.DomainKey("xn--bcher-kva.example"))
+		return err == nil && r.Kind == store.RouteTombstone
+	})
+	status, body := rawH2Get(t, east.Addr, "bücher.example")
+	if status != "200" {
+		t.Fatalf("status %s %q, want the repl", status, body)
+	}
+	e := testbed.Decode(t, body)
+	if e.Host != "xn--bcher-kva.example" {
+		t.Errorf("the container saw Host %q, want the A-label", e.Host)
+	}
+	if got := e.Header.Get("X-Forwarded-For"); got != "127.0.0.3" {
+		t.Errorf("X-Forwarded-For %q, want the client, 127.0.0.3: west did not trust east's mark", got)
+	}
+}
+
+// rawH2Get sends one GET over h2c with :authority exactly as given, which
+// Go's own client would have turned into an A-label, and returns the
+// response's :status and body. It connects from 127.0.0.3.
+func rawH2Get(t *testing.T, addr, authority string) (string, string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", authority}, {":path", "/"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	var status string
+	var body bytes.Buffer
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("read frame: %v (status %q, body %q)", err, status, body.String())
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			status = f.PseudoValue("status")
+			if f.StreamEnded() {
+				return status, body.String()
+			}
+		case *http2.DataFrame:
+			body.Write(f.Data())
+			if f.StreamEnded() {
+				return status, body.String()
+			}
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v", f.ErrCode)
+		case *http2.RSTStreamFrame:
+			t.Fatalf("RST_STREAM %v", f.ErrCode)
+		}
+	}
+}
