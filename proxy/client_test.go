@@ -2,19 +2,25 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/pgtest"
 	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // The hostile client suite: every client is on the internet.
@@ -143,5 +149,61 @@ func rawH2Get(t *testing.T, addr, authority string) (string, string) {
 		case *http2.RSTStreamFrame:
 			t.Fatalf("RST_STREAM %v", f.ErrCode)
 		}
+	}
+}
+
+// lookupCounter counts the route lookups that reach a store.
+type lookupCounter struct {
+	store.Store
+	n atomic.Int64
+}
+
+func (s *lookupCounter) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
+	s.n.Add(1)
+	return s.Store.Lookup(ctx, k)
+}
+
+// TestRandomNamesCostNoStoreQuery: a flood of names nobody hosts, under
+// the zone and outside it, is answered 404 from the proxy's name index
+// without one store lookup, on PostgreSQL; hosted names still route.
+func TestRandomNamesCostNoStoreQuery(t *testing.T) {
+	srv := pgtest.Start(t)
+	st, err := cluster.Open(t.Context(), srv.NewDatabase(t), cluster.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	counted := &lookupCounter{Store: st}
+	addr := freeAddr(t)
+	reg := testbed.Registry(t, map[string][2]string{"east": {addr, "east.yaml"}, "west": {"127.0.0.1:1", "west.yaml"}})
+	c := startCluster(t, "east", addr, counted, reg, clusterOpts{})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	testbed.WaitFor(t, 10*time.Second, "the index to know alice/blog", func() bool {
+		return c.Cache.Index().Knows(store.ReplKey("alice", "blog")) == routecache.KnownYes
+	})
+
+	before := counted.n.Load()
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := range 1000 {
+		for _, host := range []string{fmt.Sprintf("s%d.u%d.repl.test", i, i), fmt.Sprintf("x%d.id.repl.test", i), fmt.Sprintf("www%d.example.net", i)} {
+			req, _ := http.NewRequest("GET", c.URL("/"), nil)
+			req.Host = host
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNotFound {
+				t.Fatalf("%s: status %d, want 404", host, resp.StatusCode)
+			}
+		}
+	}
+	if n := counted.n.Load() - before; n != 0 {
+		t.Errorf("3,000 requests for names nobody hosts made %d store lookups, want 0", n)
+	}
+	if resp, body := get(t, c, "blog.alice.repl.test", "/", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a hosted name: %d %q", resp.StatusCode, body)
 	}
 }

@@ -88,7 +88,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	logger := zap.New(core)
-	cache := routecache.New(st, o.cache, nil, logger)
+	cache := routecache.NewIndexed(st, o.cache, nil, logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
 	go func() { defer close(watchDone); _ = cache.Run(ctx) }()
@@ -121,7 +121,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	served := make(chan struct{})
 	var serveErr error
 	go func() { serveErr = srv.Serve(ctx); close(served) }()
-	c := &testCluster{Name: name, Store: st, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv,
+	c := &testCluster{Name: name, Store: indexedStore{Store: st, t: t, index: cache.Index()}, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv,
 		Cancel: cancel, Served: served}
 	var stopped bool
 	c.stop = func() {
@@ -173,3 +173,60 @@ func get(t testing.TB, c *testCluster, host, path string, header http.Header) (*
 }
 
 var testClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 30 * time.Second}
+
+// indexedStore is a cluster's store as its tests write to it: each write
+// returns once the proxy's name index has seen it, as a platform's
+// container manager would wait for a repl to be routable (the change
+// notification takes a moment; until then the index does not know the
+// name and the proxy answers 404 without asking the store).
+type indexedStore struct {
+	store.Store
+	t     testing.TB
+	index *routecache.Index
+}
+
+// await waits until the index says what want says of k.
+func (s indexedStore) await(k store.Key, want func(routecache.Knowledge, routecache.IndexEntry) bool) {
+	s.t.Helper()
+	testbed.WaitFor(s.t, 10*time.Second, "the name index to see the change to "+k.String(), func() bool {
+		return want(s.index.Repl(k))
+	})
+}
+
+func live(kn routecache.Knowledge, e routecache.IndexEntry) bool {
+	return kn == routecache.KnownYes && e.MovedTo == ""
+}
+
+func (s indexedStore) CreateRepl(ctx context.Context, r store.Repl) (store.Repl, error) {
+	out, err := s.Store.CreateRepl(ctx, r)
+	if err == nil {
+		s.await(store.ReplIDKey(r.ID), live)
+	}
+	return out, err
+}
+
+func (s indexedStore) Activate(ctx context.Context, r store.Repl) (store.Repl, error) {
+	out, err := s.Store.Activate(ctx, r)
+	if err == nil {
+		s.await(store.ReplIDKey(r.ID), live)
+	}
+	return out, err
+}
+
+func (s indexedStore) Retire(ctx context.Context, id, cluster string, gen int64) (store.Tombstone, error) {
+	out, err := s.Store.Retire(ctx, id, cluster, gen)
+	if err == nil {
+		s.await(store.ReplIDKey(id), func(kn routecache.Knowledge, e routecache.IndexEntry) bool {
+			return kn == routecache.KnownYes && e.MovedTo == cluster
+		})
+	}
+	return out, err
+}
+
+func (s indexedStore) LinkDomain(ctx context.Context, d store.Domain) (store.Domain, error) {
+	out, err := s.Store.LinkDomain(ctx, d)
+	if err == nil {
+		s.await(store.DomainKey(d.Name), func(kn routecache.Knowledge, _ routecache.IndexEntry) bool { return kn == routecache.KnownYes })
+	}
+	return out, err
+}

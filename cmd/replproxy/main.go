@@ -193,7 +193,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
-	cache := routecache.New(st, o.cache, nil, logger)
+	cache := routecache.NewIndexed(st, o.cache, nil, logger)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
