@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/ratelog"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -45,8 +46,8 @@ type Handler struct {
 	rname   wireName
 
 	scratch  sync.Pool
-	queryN   atomic.Uint64 // for sampling the query log
-	failLogs atomic.Int64  // unix nanoseconds of the last SERVFAIL logged
+	queryN   atomic.Uint64    // for sampling the query log
+	failLogs *ratelog.Limiter // SERVFAIL lines: one a second
 }
 
 // target is what a repl hosted by one cluster is answered with: its A and
@@ -96,6 +97,7 @@ func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*
 		cookies:      newCookieKey(cfg.CookieSecret),
 		rrl:          newLimiter(cfg.RRL),
 		metrics:      metrics,
+		failLogs:     ratelog.New(time.Second),
 		ttl:          seconds(cfg.TTL),
 		challengeTTL: seconds(cfg.ChallengeTTL),
 		soaTTL:       seconds(cfg.SOA.TTL),
@@ -393,11 +395,10 @@ func (h *Handler) logQuery(sc *scratch, client netip.Addr, tcp bool, rcode, size
 
 // logFailure logs a lookup failure (a SERVFAIL) at most once a second.
 func (h *Handler) logFailure(name string, err error) {
-	now := time.Now().UnixNano()
-	last := h.failLogs.Load()
-	if now-last < int64(time.Second) || !h.failLogs.CompareAndSwap(last, now) {
+	ok, held := h.failLogs.Allow(time.Now())
+	if !ok {
 		return
 	}
 	h.logger.Warn("lookup failed; answering SERVFAIL (logged at most once a second)",
-		zap.String("name", name), zap.Error(err))
+		zap.String("name", name), zap.Error(err), zap.Int64("suppressed", held))
 }

@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -205,5 +208,51 @@ func TestRandomNamesCostNoStoreQuery(t *testing.T) {
 	}
 	if resp, body := get(t, c, "blog.alice.repl.test", "/", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("a hosted name: %d %q", resp.StatusCode, body)
+	}
+}
+
+// failingRoutes is a route cache whose store is down and knows nothing.
+type failingRoutes struct{}
+
+func (failingRoutes) Lookup(context.Context, store.Key) (store.Route, error) {
+	return store.Route{}, store.ErrUnavailable
+}
+func (failingRoutes) Refresh(context.Context, store.Key) (store.Route, error) {
+	return store.Route{}, store.ErrUnavailable
+}
+
+// TestWarningsCannotBeFlooded: while the store is down, every request
+// for a name the cache does not know fails; its warning is written at
+// most once a second, and the next one says how many were held back.
+func TestWarningsCannotBeFlooded(t *testing.T) {
+	reg := testbed.Registry(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}})
+	core, logs := observer.New(zap.DebugLevel)
+	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret}, failingRoutes{}, nil, nil, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	start := time.Now()
+	for i := range 200 {
+		req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+		req.Host = fmt.Sprintf("r%d.u.repl.test", i)
+		resp, body := doBody(t, req)
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("status %d %q, want 503", resp.StatusCode, body)
+		}
+	}
+	elapsed := time.Since(start)
+	lines := logs.FilterMessage("route lookup failed").All()
+	if max := int(elapsed/time.Second) + 1; len(lines) > max {
+		t.Fatalf("200 failing requests in %v wrote %d warnings, want at most %d", elapsed, len(lines), max)
+	}
+	time.Sleep(time.Second - elapsed%time.Second)
+	req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+	req.Host = "last.u.repl.test"
+	doBody(t, req)
+	lines = logs.FilterMessage("route lookup failed").All()
+	if n, _ := lines[len(lines)-1].ContextMap()["suppressed"].(int64); n < 150 {
+		t.Errorf("the next warning says %d were held back, want the ~199 before it", n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/ratelog"
 	"go.uber.org/zap"
 )
 
@@ -42,7 +43,7 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err err
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		h.metrics.upstreamError(ex.route, "timeout")
-		h.logger.Warn("upstream timed out", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
+		h.warn(h.upstreamWarns, "upstream timed out", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
 		writePage(w, r, http.StatusGatewayTimeout, "Gateway Timeout", "The repl did not answer in time.")
 	default:
 		kind := "other"
@@ -50,7 +51,7 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err err
 			kind = "refused"
 		}
 		h.metrics.upstreamError(ex.route, kind)
-		h.logger.Warn("upstream failed", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
+		h.warn(h.upstreamWarns, "upstream failed", zap.String("host", r.Host), zap.String("upstream", ex.target), zap.String("request_id", ex.id), zap.Error(err))
 		writePage(w, r, http.StatusBadGateway, "Bad Gateway", "The repl could not be reached.")
 	}
 }
@@ -58,4 +59,18 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err err
 func isRefused(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// warn writes a warning a request caused, at most one a second per kind
+// (l): any client can cause as many as it likes. A line says how many of
+// its kind were held back since the one before.
+func (h *Handler) warn(l *ratelog.Limiter, msg string, fields ...zap.Field) {
+	ok, held := l.Allow(time.Now())
+	if !ok {
+		return
+	}
+	if held > 0 {
+		fields = append(fields, zap.Int64("suppressed", held))
+	}
+	h.logger.Warn(msg, fields...)
 }

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/internal/ratelog"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -26,9 +27,11 @@ type Handler struct {
 	ids      *requestIDs
 	upgrades *upgrades
 	upstream *upstream
-	proxy    *httputil.ReverseProxy
-	buffers  *bufferPool
-	next     atomic.Uint64 // round-robin over a repl's endpoints
+	// Warnings any request can cause, at most one a second each (warn).
+	lookupWarns, upstreamWarns *ratelog.Limiter
+	proxy                      *httputil.ReverseProxy
+	buffers                    *bufferPool
+	next                       atomic.Uint64 // round-robin over a repl's endpoints
 }
 
 // NewHandler validates cfg and returns a Handler over routes. metrics may
@@ -59,6 +62,7 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
 	h.upstream = newUpstream(&h.cfg)
+	h.lookupWarns, h.upstreamWarns = ratelog.New(time.Second), ratelog.New(time.Second)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      h.upstream,

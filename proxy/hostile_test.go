@@ -156,8 +156,10 @@ func TestHostileOversizedHeaders(t *testing.T) {
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
 		t.Errorf("four requests with 8 MiB headers allocated %d MiB; want the 1 MiB bound to hold", grew>>20)
 	}
-	if n := len(pc.Logs.FilterMessage("upstream failed").FilterFieldKey("error").All()); n != 4 {
-		t.Errorf("%d upstream failures logged, want 4", n)
+	// One line for the four (a line a second at most: any container, or
+	// client, can make the proxy fail as often as it likes).
+	if n := len(pc.Logs.FilterMessage("upstream failed").FilterFieldKey("error").All()); n != 1 {
+		t.Errorf("%d upstream failures logged, want 1", n)
 	}
 	if l := pc.Logs.FilterMessage("upstream failed").All(); len(l) > 0 && !strings.Contains(fmt.Sprint(l[0].ContextMap()["error"]), "headers exceed") {
 		t.Errorf("log line %v does not say the headers were too large", l[0].ContextMap())

@@ -65,7 +65,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, ex *exchange) (s
 		return store.Route{}, false
 	case err != nil:
 		ex.route = routeUnavailable
-		h.logger.Warn("route lookup failed", zap.String("host", r.Host), zap.String("request_id", ex.id), zap.Error(err))
+		h.warn(h.lookupWarns, "route lookup failed", zap.String("host", r.Host), zap.String("request_id", ex.id), zap.Error(err))
 		w.Header().Set("Retry-After", "5")
 		writePage(w, r, http.StatusServiceUnavailable, "Service Unavailable", "The routing table cannot be read right now; try again in a few seconds.")
 		return store.Route{}, false
