@@ -3,11 +3,13 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -255,4 +257,100 @@ func TestWarningsCannotBeFlooded(t *testing.T) {
 	if n, _ := lines[len(lines)-1].ContextMap()["suppressed"].(int64); n < 150 {
 		t.Errorf("the next warning says %d were held back, want the ~199 before it", n)
 	}
+}
+
+// dialFrom opens a TCP connection to addr from the loopback address ip.
+func dialFrom(t *testing.T, ip, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedAtOnce reports whether the proxy closed c without a word.
+func closedAtOnce(c net.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	return n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// TestConnectionCaps: one client network cannot hold more than
+// MaxConnsPerClient connections, nor all clients more than MaxConns; a
+// connection over a bound is closed at once and counted, and the others
+// are served.
+func TestConnectionCaps(t *testing.T) {
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.MaxConns, s.MaxConnsPerClient = 8, 3 }})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	for range 3 {
+		dialFrom(t, "127.0.0.2", c.Addr)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !closedAtOnce(dialFrom(t, "127.0.0.2", c.Addr)) {
+		t.Fatal("a fourth connection from one client was accepted")
+	}
+	for i := 3; i <= 7; i++ { // 3 + 5 = 8 in all
+		dialFrom(t, fmt.Sprintf("127.0.0.%d", i), c.Addr)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if !closedAtOnce(dialFrom(t, "127.0.0.9", c.Addr)) {
+		t.Fatal("a connection beyond the bound in all was accepted")
+	}
+	if n := gauge(t, c, "replproxy_client_connections_refused_total"); n != 2 {
+		t.Errorf("refused connections counted %v, want 2", n)
+	}
+}
+
+// TestSlowBodyIsCut: a request body that brings less than 1 KiB per
+// BodyWindow is cut, with its connection, and its upstream connection.
+func TestSlowBodyIsCut(t *testing.T) {
+	c := oneCluster(t, clusterOpts{tweak: func(cfg *proxy.Config) { cfg.BodyWindow = 300 * time.Millisecond }})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	conn := dialFrom(t, "127.0.0.2", c.Addr)
+	_, _ = io.WriteString(conn, "POST / HTTP/1.1\r\nHost: blog.alice.repl.test\r\nContent-Length: 100000\r\n\r\n")
+	start := time.Now()
+	cut := make(chan time.Duration, 1)
+	var got bytes.Buffer
+	go func() {
+		_, _ = io.Copy(&got, conn)
+		cut <- time.Since(start)
+	}()
+	for range 50 { // a byte every 100 ms: 10 B/s
+		if _, err := io.WriteString(conn, "x"); err != nil {
+			break
+		}
+		select {
+		case d := <-cut:
+			if d > 2*time.Second {
+				t.Fatalf("cut after %v, want about 300 ms", d)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("a body sending 10 B/s was not cut in 5 s (the client got %q)", got.String())
+}
+
+// gauge returns a metric's value from c's registry.
+func gauge(t *testing.T, c *testCluster, name string) float64 {
+	t.Helper()
+	mfs, err := c.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }

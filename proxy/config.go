@@ -42,6 +42,10 @@ type Config struct {
 	// UpgradeIdleTimeout closes an upgraded (WebSocket) connection when
 	// nothing has passed either way for that long. Zero means 1 h.
 	UpgradeIdleTimeout time.Duration
+	// BodyWindow is the floor on how fast a request body arrives: at
+	// least 1 KiB in every BodyWindow, or the request fails and its
+	// connection is cut. Zero means 10 s.
+	BodyWindow time.Duration
 	// AccessLog writes one log line per request. False means none.
 	AccessLog bool
 }
@@ -81,6 +85,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.UpgradeIdleTimeout <= 0 {
 		c.UpgradeIdleTimeout = time.Hour
 	}
+	if c.BodyWindow <= 0 {
+		c.BodyWindow = 10 * time.Second
+	}
 	return c, nil
 }
 
@@ -114,6 +121,16 @@ type ServerConfig struct {
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes idle client connections. Zero means 120 s.
 	IdleTimeout time.Duration
+	// MaxConns bounds the client connections open at once on the HTTP,
+	// HTTPS and forward listeners; beyond it a new connection is closed
+	// as soon as it is accepted, and from 3/4 of it on, keep-alive
+	// connections are closed when they go idle. Zero means 50,000.
+	MaxConns int
+	// MaxConnsPerClient bounds the connections from one client network, a
+	// /32 for IPv4 and a /64 for IPv6, on the HTTP and HTTPS listeners
+	// (not the forward one: a peer cluster's proxy is one address). Zero
+	// means 1,024.
+	MaxConnsPerClient int
 	// ShutdownTimeout bounds the drain after the context is cancelled:
 	// in-flight requests and upgraded connections get this long, then are
 	// closed. Zero means 30 s.
@@ -137,6 +154,12 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		c.ReadHeaderTimeout = 10 * time.Second
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 50_000
+	}
+	if c.MaxConnsPerClient <= 0 {
+		c.MaxConnsPerClient = 1024
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second

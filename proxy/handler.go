@@ -106,6 +106,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		r = r.WithContext(ctx)
+		r.Body = newFloorBody(rec, r, h.cfg.BodyWindow, cancel)
+	}
 	ex.in = r
 	h.proxy.ServeHTTP(rec, r)
 }

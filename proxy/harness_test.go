@@ -115,6 +115,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	if err != nil {
 		t.Fatal(err)
 	}
+	metrics.MustRegister(srv.Collector())
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}

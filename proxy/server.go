@@ -27,6 +27,7 @@ type Server struct {
 	logger   *zap.Logger
 	ready    func(context.Context) error
 	gather   prometheus.Gatherer
+	conns    *connLimits // of the client connections
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener // by role: "http", "https", "forward", "admin"
@@ -52,6 +53,7 @@ func NewServer(cfg ServerConfig, h *Handler, onDemand OnDemand, ready func(conte
 		logger = zap.NewNop()
 	}
 	s := &Server{cfg: cfg, handler: h, onDemand: onDemand, logger: logger, ready: ready, gather: gather,
+		conns:     newConnLimits(cfg.MaxConns, cfg.MaxConnsPerClient),
 		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}
 	if cfg.HSTSMaxAge > 0 {
 		s.hsts = "max-age=" + strconv.FormatInt(int64(cfg.HSTSMaxAge/time.Second), 10)
@@ -78,6 +80,9 @@ func (s *Server) Listen() error {
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
+		}
+		if l.role != "admin" {
+			ln = s.conns.listener(ln, l.role != "forward")
 		}
 		if l.role == "https" {
 			if s.cfg.HTTPSPort == 0 {
@@ -121,6 +126,11 @@ func (s *Server) closeListeners() {
 	}
 }
 
+// Collector returns the client-connection metrics, to register where
+// /metrics gathers: replproxy_client_connections and
+// replproxy_client_connections_refused_total.
+func (s *Server) Collector() prometheus.Collector { return s.conns }
+
 // Addr returns the bound address of a listener ("http", "https",
 // "forward", "admin"), or "" when it is not configured.
 func (s *Server) Addr(role string) string {
@@ -140,6 +150,7 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          serverErrorLog(s.logger.Named("http." + role)),
 		ConnContext:       withConnSlot,
+		ConnState:         s.conns.connState,
 	}
 	switch role {
 	case "https":

@@ -95,12 +95,15 @@ Flags:
 	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and WebSockets may finish before they are closed")
 	fs.DurationVar(&o.server.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "bound on reading a client's request headers")
 	fs.DurationVar(&o.server.IdleTimeout, "idle-timeout", 120*time.Second, "close idle client connections after this long")
+	fs.IntVar(&o.server.MaxConns, "max-conns", 50_000, "client connections open at once; from 3/4 of it, idle keep-alive connections are closed")
+	fs.IntVar(&o.server.MaxConnsPerClient, "max-conns-per-client", 1024, "client connections open at once from one /32 (IPv4) or /64 (IPv6)")
 	fs.DurationVar(&o.proxy.DialTimeout, "dial-timeout", 5*time.Second, "bound on connecting to a container or another cluster's proxy (then 502)")
 	fs.DurationVar(&o.proxy.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "bound on waiting for an upstream's response headers (then 504)")
 	fs.DurationVar(&o.proxy.IdleConnTimeout, "upstream-idle-timeout", 90*time.Second, "close idle upstream connections after this long")
 	fs.IntVar(&o.proxy.MaxIdleConnsPerHost, "upstream-idle-per-host", 256, "idle upstream connections kept per container")
 	fs.IntVar(&o.proxy.MaxIdleConns, "upstream-idle-max", 4096, "idle upstream connections kept in all (the least recently used is closed first)")
 	fs.DurationVar(&o.proxy.UpgradeIdleTimeout, "upgrade-idle-timeout", time.Hour, "close an upgraded (WebSocket) connection after this long with no traffic either way")
+	fs.DurationVar(&o.proxy.BodyWindow, "body-window", 10*time.Second, "a request body must bring at least 1 KiB in each such window, or it is cut")
 	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
@@ -217,6 +220,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(srv.Collector())
 	if err := srv.Listen(); err != nil {
 		return err
 	}

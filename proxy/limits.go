@@ -1,0 +1,191 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// connLimits bounds the client connections a Server holds: in all, and
+// per client network (a /32 for IPv4, a /64 for IPv6: one host, or one
+// customer's allocation), so that no client, and no crowd of them, can
+// hold every file descriptor. A connection beyond either bound is closed
+// as soon as it is accepted and counted. Near the bound in all, idle
+// keep-alive connections are closed when they go idle, to make room.
+type connLimits struct {
+	max, perClient int
+	open           atomic.Int64
+	refused        atomic.Uint64
+	mu             sync.Mutex
+	byClient       map[netip.Prefix]int
+}
+
+func newConnLimits(max, perClient int) *connLimits {
+	return &connLimits{max: max, perClient: perClient, byClient: make(map[netip.Prefix]int)}
+}
+
+// clientNet is the network a client address counts against.
+func clientNet(addr net.Addr) netip.Prefix {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// admit counts a new connection from addr, or reports that it is over a
+// bound (the one per client only when perClient).
+func (l *connLimits) admit(addr net.Addr, perClient bool) (netip.Prefix, bool) {
+	p := clientNet(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if int(l.open.Load()) >= l.max || perClient && l.byClient[p] >= l.perClient {
+		l.refused.Add(1)
+		return p, false
+	}
+	l.byClient[p]++
+	l.open.Add(1)
+	return p, true
+}
+
+func (l *connLimits) release(p netip.Prefix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byClient[p]--; l.byClient[p] <= 0 {
+		delete(l.byClient, p)
+	}
+	l.open.Add(-1)
+}
+
+// crowded reports whether the connections in all are near the bound (3/4
+// of it): idle keep-alive connections then make room.
+func (l *connLimits) crowded() bool { return 4*l.open.Load() >= 3*int64(l.max) }
+
+// listener wraps ln so that every connection it accepts is admitted,
+// counted against its client's bound too when perClient.
+func (l *connLimits) listener(ln net.Listener, perClient bool) net.Listener {
+	return &limitedListener{Listener: ln, l: l, perClient: perClient}
+}
+
+type limitedListener struct {
+	net.Listener
+	l         *connLimits
+	perClient bool
+}
+
+func (ll *limitedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := ll.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		p, ok := ll.l.admit(c.RemoteAddr(), ll.perClient)
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		return &admittedConn{Conn: c, release: func() { ll.l.release(p) }}, nil
+	}
+}
+
+type admittedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *admittedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// CloseWrite half-closes the connection when it can (for upgrades).
+func (c *admittedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// connState closes a connection that goes idle while the server is
+// crowded: the client reconnects when it has something to send.
+func (l *connLimits) connState(c net.Conn, s http.ConnState) {
+	if s == http.StateIdle && l.crowded() {
+		_ = c.Close()
+	}
+}
+
+// minBodyBytes is the least of a request body that must arrive in each
+// Config.BodyWindow, or the read fails and the connection is cut: a
+// client sending a byte every few seconds would otherwise hold a
+// connection here, and one to the container, for ever.
+const minBodyBytes = 1024
+
+// floorBody enforces minBodyBytes per window on a request body by moving
+// the request's read deadline a window on each time that many arrived.
+type floorBody struct {
+	body   interface{ Read([]byte) (int, error) }
+	closer func() error
+	rc     *http.ResponseController
+	cancel func() // ends the request
+	window time.Duration
+	got    int
+}
+
+func newFloorBody(w http.ResponseWriter, r *http.Request, window time.Duration, cancel func()) *floorBody {
+	b := &floorBody{body: r.Body, closer: r.Body.Close, rc: http.NewResponseController(w), window: window, cancel: cancel}
+	_ = b.rc.SetReadDeadline(time.Now().Add(window))
+	return b
+}
+
+func (b *floorBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	switch b.got += n; {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Too slow: the whole request goes, upstream included (a
+		// container waiting for the rest of the body would hold it).
+		b.cancel()
+	case err != nil:
+		// The body is over (or failed): the connection's reads are
+		// net/http's again, which takes a read deadline for a client gone.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	case b.got >= minBodyBytes:
+		b.got = 0
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.window))
+	}
+	return n, err
+}
+
+func (b *floorBody) Close() error { return b.closer() }
+
+// Describe implements prometheus.Collector.
+func (l *connLimits) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descClientConns
+	ch <- descRefusedConns
+}
+
+// Collect implements prometheus.Collector.
+func (l *connLimits) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(l.open.Load()))
+	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(l.refused.Load()))
+}
+
+var (
+	descClientConns  = prometheus.NewDesc("replproxy_client_connections", "Client connections open (HTTP, HTTPS, forward).", nil, nil)
+	descRefusedConns = prometheus.NewDesc("replproxy_client_connections_refused_total",
+		"Client connections closed at once for being over MaxConns, or MaxConnsPerClient from one /32 (IPv4) or /64 (IPv6).", nil, nil)
+)
