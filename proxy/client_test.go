@@ -354,3 +354,79 @@ func gauge(t *testing.T, c *testCluster, name string) float64 {
 	}
 	return -1
 }
+
+// TestHTTP2RapidReset: a client that opens streams and resets them at
+// once, without end, loses its connection within the budget (200 at once,
+// 20 a second after), few of its requests reach the container, and the
+// cancelled ones are counted, not logged.
+func TestHTTP2RapidReset(t *testing.T) {
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.H2C = true }})
+	var reached atomic.Int64
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer app.Close()
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+
+	conn := dialFrom(t, "127.0.0.2", c.Addr)
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { // read (and drop) what the server sends until it closes
+		defer close(closed)
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	}()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "blog.alice.repl.test"}, {":path", "/"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	block := hb.Bytes()
+	sent := 0
+	for id := uint32(1); sent < 100_000; id += 2 {
+		if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true, EndHeaders: true}) != nil ||
+			fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			break
+		}
+		sent++
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the connection is still open after %d reset streams", sent)
+	}
+	if sent >= 100_000 {
+		t.Fatalf("all %d reset streams were taken; want the connection cut", sent)
+	}
+	// The client's writes run ahead of the server in the sockets'
+	// buffers; what counts is how many the server handled before the cut.
+	handled := gauge(t, c, "replproxy_requests_cancelled_early_total")
+	t.Logf("the client wrote %d HEADERS+RST_STREAM pairs before the cut; the proxy handled %v of them; %d requests reached the container", sent, handled, reached.Load())
+	if handled > 1000 {
+		t.Errorf("the proxy handled %v reset streams before cutting the connection, want at most 1,000", handled)
+	}
+	if got := gauge(t, c, "replproxy_connections_closed_for_resets_total"); got != 1 {
+		t.Errorf("connections closed for resets = %v, want 1", got)
+	}
+	if n := reached.Load(); n > resetBudgetForTest {
+		t.Errorf("%d requests reached the container, want at most %d", n, resetBudgetForTest)
+	}
+	if n := len(c.Logs.FilterMessage("request").All()); n > resetBudgetForTest {
+		t.Errorf("%d access-log lines for reset streams, want at most %d", n, resetBudgetForTest)
+	}
+}
+
+// resetBudgetForTest is the proxy's reset budget (resetBurst), and so the
+// most a rapid-reset client can make happen before it is cut.
+const resetBudgetForTest = 200

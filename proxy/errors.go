@@ -37,6 +37,7 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, err err
 		// there to pass on, and returning would make net/http answer an
 		// empty 200 in the container's name: abort the response instead.
 		ex.status = StatusClientClosedRequest
+		h.cancelled(r)
 		panic(http.ErrAbortHandler)
 	}
 	var ne net.Error

@@ -34,13 +34,49 @@ type exchangeKey struct{}
 // such a connection serves one request at a time, so the Server puts one
 // slot in each connection's context (ConnContext) and requests use it
 // instead of a context.WithValue and a Request copy each.
-type connSlot struct{ ex *exchange }
+type connSlot struct {
+	ex *exchange
+
+	// For the HTTP/2 abuse budget (resetBudget): the connection, and the
+	// streams its client cancelled.
+	conn      net.Conn
+	mu        sync.Mutex
+	cancelled float64   // tokens spent, draining at resetRefill a second
+	at        time.Time // when cancelled was last brought up to date
+	cut       bool      // over budget once: the connection is being closed
+}
+
+// Streams a client may cancel (HTTP/2 RST_STREAM, or going away) before
+// the answer: resetBurst at once, resetRefill a second after that. A
+// client that cancels faster (the "rapid reset" attack: HEADERS then
+// RST_STREAM, without end) loses the connection.
+const (
+	resetBurst  = 200
+	resetRefill = 20
+)
+
+// cancel counts a stream the client cancelled, and reports whether the
+// connection has just gone over its budget (once).
+func (s *connSlot) cancel(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.at.IsZero() {
+		s.cancelled = max(0, s.cancelled-now.Sub(s.at).Seconds()*resetRefill)
+	}
+	s.at = now
+	s.cancelled++
+	if s.cut || s.cancelled <= resetBurst {
+		return false
+	}
+	s.cut = true
+	return true
+}
 
 type connSlotKey struct{}
 
 // withConnSlot is the http.Server's ConnContext.
-func withConnSlot(ctx context.Context, _ net.Conn) context.Context {
-	return context.WithValue(ctx, connSlotKey{}, &connSlot{})
+func withConnSlot(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connSlotKey{}, &connSlot{conn: c})
 }
 
 // exchangeOf returns the exchange of a request made by ServeHTTP.

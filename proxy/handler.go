@@ -28,10 +28,10 @@ type Handler struct {
 	upgrades *upgrades
 	upstream *upstream
 	// Warnings any request can cause, at most one a second each (warn).
-	lookupWarns, upstreamWarns *ratelog.Limiter
-	proxy                      *httputil.ReverseProxy
-	buffers                    *bufferPool
-	next                       atomic.Uint64 // round-robin over a repl's endpoints
+	lookupWarns, upstreamWarns, clientWarns *ratelog.Limiter
+	proxy                                   *httputil.ReverseProxy
+	buffers                                 *bufferPool
+	next                                    atomic.Uint64 // round-robin over a repl's endpoints
 }
 
 // NewHandler validates cfg and returns a Handler over routes. metrics may
@@ -62,7 +62,7 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
 	h.upstream = newUpstream(&h.cfg)
-	h.lookupWarns, h.upstreamWarns = ratelog.New(time.Second), ratelog.New(time.Second)
+	h.lookupWarns, h.upstreamWarns, h.clientWarns = ratelog.New(time.Second), ratelog.New(time.Second), ratelog.New(time.Second)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      h.upstream,
@@ -75,6 +75,14 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Context().Err() != nil {
+		// Cancelled before it began (an HTTP/2 stream reset at once): no
+		// route, no upstream, no access-log line; counted, and against
+		// the connection's budget.
+		h.metrics.cancelledEarly()
+		h.cancelled(r)
+		return
+	}
 	ex := exchangePool.Get().(*exchange)
 	rec := newRecorder(w, h.upgrades)
 	*ex = exchange{start: time.Now(), rec: rec}
@@ -114,6 +122,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.in = r
 	h.proxy.ServeHTTP(rec, r)
+}
+
+// cancelled counts a request its client cancelled against its
+// connection's budget, and closes the connection when it is spent.
+func (h *Handler) cancelled(r *http.Request) {
+	slot, ok := r.Context().Value(connSlotKey{}).(*connSlot)
+	if !ok || slot.conn == nil || !slot.cancel(time.Now()) {
+		return
+	}
+	h.metrics.resetClosed()
+	h.warn(h.clientWarns, "client cancels streams faster than allowed; closing its connection",
+		zap.String("remote", r.RemoteAddr), zap.String("proto", r.Proto))
+	_ = slot.conn.Close()
 }
 
 // CloseIdleConnections closes the idle connections to containers and peer

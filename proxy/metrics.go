@@ -17,6 +17,8 @@ type Metrics struct {
 	forwarded      prometheus.Counter
 	loops          prometheus.Counter
 	upgraded       prometheus.Gauge
+	cancelled      prometheus.Counter // requests cancelled before they began
+	resetCloses    prometheus.Counter // connections closed for cancelling too fast
 
 	// counters caches the children of requests by route and status, so
 	// that the request path neither hashes label values nor allocates.
@@ -65,8 +67,16 @@ func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cac
 			Name: "replproxy_upgraded_connections",
 			Help: "Open upgraded (WebSocket) connections.",
 		}),
+		cancelled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "replproxy_requests_cancelled_early_total",
+			Help: "Requests (HTTP/2 streams) their client cancelled before the handler began: not routed, not proxied, not in the access log.",
+		}),
+		resetCloses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "replproxy_connections_closed_for_resets_total",
+			Help: "Client connections closed for cancelling streams faster than the budget (HTTP/2 rapid reset).",
+		}),
 	}
-	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded)
+	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses)
 	if cache != nil {
 		reg.MustRegister(routecache.NewCollector("replproxy", routecache.One(cluster, cache)))
 	}
@@ -106,6 +116,18 @@ func (m *Metrics) upstreamError(route, kind string) {
 func (m *Metrics) forward() {
 	if m != nil {
 		m.forwarded.Inc()
+	}
+}
+
+func (m *Metrics) cancelledEarly() {
+	if m != nil {
+		m.cancelled.Inc()
+	}
+}
+
+func (m *Metrics) resetClosed() {
+	if m != nil {
+		m.resetCloses.Inc()
 	}
 }
 

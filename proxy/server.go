@@ -126,6 +126,10 @@ func (s *Server) closeListeners() {
 	}
 }
 
+// maxConcurrentStreams bounds the open streams of one HTTP/2 client
+// connection (Go's default is 250; browsers open at most about 100).
+const maxConcurrentStreams = 100
+
 // Collector returns the client-connection metrics, to register where
 // /metrics gathers: replproxy_client_connections and
 // replproxy_client_connections_refused_total.
@@ -151,6 +155,10 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 		ErrorLog:          serverErrorLog(s.logger.Named("http." + role)),
 		ConnContext:       withConnSlot,
 		ConnState:         s.conns.connState,
+		// Streams a client may have open on one HTTP/2 connection, set
+		// rather than left to the library: each is a request in flight
+		// here and, most likely, a connection to a container.
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams},
 	}
 	switch role {
 	case "https":
