@@ -214,6 +214,15 @@ func (m *Manager) now() time.Time { return m.clock() }
 // ...), so that the listener's static certificate, if any, is used.
 func (m *Manager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto {
+		// A TLS-ALPN-01 challenge: only for a name the host policy admits
+		// (autocert would look its token up in the store for any name).
+		ctx := hello.Context()
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		if err := m.hostPolicy(ctx, hello.ServerName); err != nil {
+			return nil, err
+		}
 		return m.auto.GetCertificate(hello) // autocert finds the token certificate, also in the store
 	}
 	if hello.ServerName == "" {

@@ -11,13 +11,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 
 	"github.com/replproxy/replproxy/store"
@@ -307,4 +310,44 @@ func selfSignedPEM(t *testing.T, name string, notBefore, notAfter time.Time) []b
 		t.Fatal(err)
 	}
 	return data
+}
+
+// countingCerts counts the certificate lookups that reach the store.
+type countingCerts struct {
+	*embedded.Store
+	gets atomic.Int64
+}
+
+func (c *countingCerts) GetCert(ctx context.Context, name string) ([]byte, error) {
+	c.gets.Add(1)
+	return c.Store.GetCert(ctx, name)
+}
+
+// TestALPNChallengesPassTheHostPolicy: a TLS-ALPN-01 handshake for a name
+// that is not a linked custom domain is refused before the store is asked
+// for its token.
+func TestALPNChallengesPassTheHostPolicy(t *testing.T) {
+	_, st := testManager(t, nil, nil)
+	counted := &countingCerts{Store: st}
+	zone, _ := store.NewZone("repl.test")
+	m, err := New(Config{Zone: zone, Directory: "https://127.0.0.1:1/dir", Holder: "me"}, counted,
+		routeSet{store.DomainKey("www.example.com"): true}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.stop()
+	for i := range 100 {
+		hello := &tls.ClientHelloInfo{ServerName: fmt.Sprintf("random%d.example.net", i), SupportedProtos: []string{acme.ALPNProto}}
+		if cert, err := m.GetCertificate(hello); err == nil || cert != nil {
+			t.Fatalf("acme-tls/1 for a name nobody linked: %v, %v; want refused", cert, err)
+		}
+	}
+	if n := counted.gets.Load(); n != 0 {
+		t.Errorf("100 challenge handshakes for unlinked names made %d store lookups, want 0", n)
+	}
+	hello := &tls.ClientHelloInfo{ServerName: "www.example.com", SupportedProtos: []string{acme.ALPNProto}}
+	_, _ = m.GetCertificate(hello) // a linked one is looked up (and has no token)
+	if n := counted.gets.Load(); n == 0 {
+		t.Error("a linked domain's challenge handshake did not look its token up")
+	}
 }
