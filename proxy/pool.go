@@ -32,11 +32,19 @@ type pool struct {
 }
 
 // idleList is an intrusive doubly linked list of idle connections; a
-// connection is on two of them at once (its address's, and the pool's).
+// connection is on two of them at once (its address's, and the pool's),
+// through the links at returns.
 type idleList struct {
 	head, tail *upConn
 	n          int
+	at         func(*upConn) *links
 }
+
+// links are a connection's place in one idleList.
+type links struct{ prev, next *upConn }
+
+func byAddr(c *upConn) *links { return &c.inAddr }
+func inAll(c *upConn) *links  { return &c.inAll }
 
 type upConn struct {
 	conn      net.Conn
@@ -56,15 +64,15 @@ type upConn struct {
 	peekBuf [1]byte
 	fit     bool
 
-	// Links in the address's list and in the pool's list.
-	prev, next       *upConn
-	allPrev, allNext *upConn
+	// Its places in the address's list and in the pool's list.
+	inAddr, inAll links
 }
 
 // newPool returns an empty pool; maxPerHost and maxTotal are at least 1.
 func newPool(idleTimeout time.Duration, maxPerHost, maxTotal int, now func() time.Time) *pool {
 	maxPerHost, maxTotal = max(maxPerHost, 1), max(maxTotal, 1)
-	return &pool{idleTimeout: idleTimeout, maxPerHost: maxPerHost, maxTotal: maxTotal, now: now, byAddr: make(map[string]*idleList)}
+	return &pool{idleTimeout: idleTimeout, maxPerHost: maxPerHost, maxTotal: maxTotal, now: now,
+		byAddr: make(map[string]*idleList), all: idleList{at: inAll}}
 }
 
 // get returns a live idle connection to addr, or nil. Connections found
@@ -114,11 +122,11 @@ func (p *pool) put(c *upConn) {
 		l = p.byAddr[c.addr] // removing may have dropped the list
 	}
 	if l == nil {
-		l = &idleList{}
+		l = &idleList{at: byAddr}
 		p.byAddr[c.addr] = l
 	}
 	l.pushBack(c)
-	p.all.pushBackAll(c)
+	p.all.pushBack(c)
 	p.total++
 	if p.reaper == nil {
 		p.reaper = time.AfterFunc(p.idleTimeout, p.reap)
@@ -137,7 +145,7 @@ func (p *pool) removeLocked(c *upConn) {
 	if l.n == 0 {
 		delete(p.byAddr, c.addr)
 	}
-	p.all.removeAll(c)
+	p.all.remove(c)
 	p.total--
 }
 
@@ -204,9 +212,10 @@ func (p *pool) idle() (conns, addrs int) {
 }
 
 func (l *idleList) pushBack(c *upConn) {
-	c.prev, c.next = l.tail, nil
+	at := l.at(c)
+	at.prev, at.next = l.tail, nil
 	if l.tail != nil {
-		l.tail.next = c
+		l.at(l.tail).next = c
 	} else {
 		l.head = c
 	}
@@ -215,43 +224,18 @@ func (l *idleList) pushBack(c *upConn) {
 }
 
 func (l *idleList) remove(c *upConn) {
-	if c.prev != nil {
-		c.prev.next = c.next
+	at := l.at(c)
+	if at.prev != nil {
+		l.at(at.prev).next = at.next
 	} else {
-		l.head = c.next
+		l.head = at.next
 	}
-	if c.next != nil {
-		c.next.prev = c.prev
+	if at.next != nil {
+		l.at(at.next).prev = at.prev
 	} else {
-		l.tail = c.prev
+		l.tail = at.prev
 	}
-	c.prev, c.next = nil, nil
-	l.n--
-}
-
-func (l *idleList) pushBackAll(c *upConn) {
-	c.allPrev, c.allNext = l.tail, nil
-	if l.tail != nil {
-		l.tail.allNext = c
-	} else {
-		l.head = c
-	}
-	l.tail = c
-	l.n++
-}
-
-func (l *idleList) removeAll(c *upConn) {
-	if c.allPrev != nil {
-		c.allPrev.allNext = c.allNext
-	} else {
-		l.head = c.allNext
-	}
-	if c.allNext != nil {
-		c.allNext.allPrev = c.allPrev
-	} else {
-		l.tail = c.allPrev
-	}
-	c.allPrev, c.allNext = nil, nil
+	at.prev, at.next = nil, nil
 	l.n--
 }
 
