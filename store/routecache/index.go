@@ -112,12 +112,11 @@ func (x *Index) Knows(k store.Key) Knowledge {
 // or KeyDomain for the repl a custom domain is linked to), and when it does
 // its entry. It makes no allocation.
 func (x *Index) Repl(k store.Key) (Knowledge, IndexEntry) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
 	var (
 		e  IndexEntry
 		ok bool
 	)
+	x.mu.RLock()
 	switch k.Kind {
 	case store.KeyRepl:
 		e, ok = x.byName[replName{k.Owner, k.Slug}]
@@ -129,12 +128,15 @@ func (x *Index) Repl(k store.Key) (Knowledge, IndexEntry) {
 			e, ok = x.byID[id]
 		}
 	default:
+		x.mu.RUnlock()
 		return KnownUnsure, IndexEntry{}
 	}
+	unsure := !ok && (!x.current || len(x.pending) > 0 && x.pending[k] != 0)
+	x.mu.RUnlock()
 	switch {
 	case ok:
 		return KnownYes, e
-	case !x.current || len(x.pending) > 0 && x.pending[k] != 0:
+	case unsure:
 		return KnownUnsure, IndexEntry{}
 	}
 	return KnownNo, IndexEntry{}
