@@ -63,6 +63,12 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, ex *exchange) (s
 		ex.route = routeNotFound
 		writeNotFound(w, r)
 		return store.Route{}, false
+	case err != nil && r.Context().Err() != nil:
+		// The client went away (or half-closed) during the lookup: not
+		// the store's failure, and nothing to answer (see upstreamFailed).
+		ex.route, ex.status = routeUnavailable, StatusClientClosedRequest
+		h.cancelled(r)
+		panic(http.ErrAbortHandler)
 	case err != nil:
 		ex.route = routeUnavailable
 		h.warn(h.lookupWarns, "route lookup failed", zap.String("host", r.Host), zap.String("request_id", ex.id), zap.Error(err))
