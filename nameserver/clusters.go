@@ -68,16 +68,7 @@ type member struct {
 	synced atomic.Bool                      // the change feed's first resync came
 }
 
-// repl is what cl's index says about the repl named by k: KnownUnsure
-// until the store is open.
-func (cl *member) repl(k store.Key) (routecache.Knowledge, routecache.IndexEntry, *routecache.Cache) {
-	cache := cl.cache.Load()
-	if cache == nil {
-		return routecache.KnownUnsure, routecache.IndexEntry{}, nil
-	}
-	known, e := cache.Index().Repl(k)
-	return known, e, cache
-}
+
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
 // until Run.
@@ -113,11 +104,16 @@ func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
 	best, bestGen := -1, int64(0)
 	var failed error
 	for i, cl := range c.cs {
-		known, e, cache := cl.repl(k)
+		// What cl's index says: KnownUnsure until the store is open.
+		known, gen, movedTo := routecache.KnownUnsure, int64(0), ""
+		cache := cl.cache.Load()
+		if cache != nil {
+			known, gen, movedTo = cache.Index().Where(k)
+		}
 		if known == routecache.KnownNo {
 			continue
 		}
-		target, gen, movedTo := i, e.Generation, e.MovedTo
+		target := i
 		if cache == nil {
 			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
 			continue

@@ -104,7 +104,10 @@ func NewIndex(st Lister, logger *zap.Logger) *Index {
 // Knows says whether the index has the name k (KeyRepl, KeyReplID,
 // KeyDomain; any other kind is KnownUnsure).
 func (x *Index) Knows(k store.Key) Knowledge {
-	kn, _ := x.Repl(k)
+	var e IndexEntry
+	x.mu.RLock()
+	kn := x.lookupLocked(k, &e)
+	x.mu.RUnlock()
 	return kn
 }
 
@@ -112,34 +115,47 @@ func (x *Index) Knows(k store.Key) Knowledge {
 // or KeyDomain for the repl a custom domain is linked to), and when it does
 // its entry. It makes no allocation.
 func (x *Index) Repl(k store.Key) (Knowledge, IndexEntry) {
-	var (
-		e  IndexEntry
-		ok bool
-	)
+	var e IndexEntry
 	x.mu.RLock()
+	kn := x.lookupLocked(k, &e)
+	x.mu.RUnlock()
+	return kn, e
+}
+
+// Where is Repl for a caller that needs only where the repl is: its
+// generation and, for a tombstone, the cluster it names. It copies no
+// entry (replns asks it on every answer).
+func (x *Index) Where(k store.Key) (kn Knowledge, generation int64, movedTo string) {
+	var e IndexEntry
+	x.mu.RLock()
+	kn = x.lookupLocked(k, &e)
+	x.mu.RUnlock()
+	return kn, e.Generation, e.MovedTo
+}
+
+// lookupLocked finds k's entry, into e when it is there. x.mu is held.
+func (x *Index) lookupLocked(k store.Key, e *IndexEntry) Knowledge {
+	var ok bool
 	switch k.Kind {
 	case store.KeyRepl:
-		e, ok = x.byName[replName{k.Owner, k.Slug}]
+		*e, ok = x.byName[replName{k.Owner, k.Slug}]
 	case store.KeyReplID:
-		e, ok = x.byID[k.ID]
+		*e, ok = x.byID[k.ID]
 	case store.KeyDomain:
 		var id string
 		if id, ok = x.domains[k.Name]; ok {
-			e, ok = x.byID[id]
+			*e, ok = x.byID[id]
 		}
 	default:
-		x.mu.RUnlock()
-		return KnownUnsure, IndexEntry{}
+		return KnownUnsure
 	}
-	unsure := !ok && (!x.current || len(x.pending) > 0 && x.pending[k] != 0)
-	x.mu.RUnlock()
 	switch {
 	case ok:
-		return KnownYes, e
-	case unsure:
-		return KnownUnsure, IndexEntry{}
+		return KnownYes
+	case !x.current || len(x.pending) > 0 && x.pending[k] != 0:
+		return KnownUnsure
 	}
-	return KnownNo, IndexEntry{}
+	return KnownNo
 }
 
 // Owner says whether owner has repls (live or tombstoned).
