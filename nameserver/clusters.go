@@ -68,8 +68,6 @@ type member struct {
 	synced atomic.Bool                      // the change feed's first resync came
 }
 
-
-
 // NewClusters prepares to read the clusters of reg. Nothing is opened
 // until Run.
 func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) (*Clusters, error) {
