@@ -283,6 +283,15 @@ func (x *Index) Run(ctx context.Context) error {
 	}
 }
 
+// Rebuild replaces the index with the store's full lists now, as Run does
+// after an EventResync (for tools and benchmarks; Run does it itself).
+func (x *Index) Rebuild(ctx context.Context) error {
+	x.mu.Lock()
+	taken := x.seq
+	x.mu.Unlock()
+	return x.rebuild(ctx, taken)
+}
+
 // rebuild replaces the index with the store's full lists, read after
 // notification taken: the names of that one and every earlier one are
 // settled by them.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -252,5 +253,65 @@ func mustCreateRepl(t *testing.T, ctx context.Context, s store.Store, id, owner,
 	t.Helper()
 	if _, err := s.CreateRepl(ctx, store.Repl{ID: id, Owner: owner, Slug: slug, Endpoints: []string{"127.0.0.1:9001"}}); err != nil {
 		t.Fatalf("create repl %s: %v", id, err)
+	}
+}
+
+// listOnly is a Lister of n generated repls, for the index's benchmarks.
+type listOnly struct {
+	*gatedLister
+	repls []store.Repl
+}
+
+func (l listOnly) ListRepls(context.Context, string) ([]store.Repl, error) { return l.repls, nil }
+
+func generatedRepls(n int) []store.Repl {
+	repls := make([]store.Repl, n)
+	for i := range repls {
+		repls[i] = store.Repl{ID: fmt.Sprintf("r%08x", i), Owner: fmt.Sprintf("user%d", i/3), Slug: fmt.Sprintf("app%d", i%3), Generation: 1}
+	}
+	return repls
+}
+
+// BenchmarkIndexBuild builds the index of 1M repls: the time a rebuild
+// takes, and the heap each repl costs once built (bytes/repl).
+func BenchmarkIndexBuild(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("repls=%d", n), func(b *testing.B) {
+			l := listOnly{gatedLister: &gatedLister{countingReader: newCountingReader(), release: make(chan struct{}), held: make(chan struct{})}, repls: generatedRepls(n)}
+			close(l.release)
+			var perRepl float64
+			for b.Loop() {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				x := routecache.NewIndex(l, nil)
+				if err := x.Rebuild(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perRepl = float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+				runtime.KeepAlive(x)
+			}
+			b.ReportMetric(perRepl, "bytes/repl")
+		})
+	}
+}
+
+// BenchmarkIndexKnows is the index's answer for a hosted name and for one
+// nobody hosts: no allocation.
+func BenchmarkIndexKnows(b *testing.B) {
+	l := listOnly{gatedLister: &gatedLister{countingReader: newCountingReader(), release: make(chan struct{}), held: make(chan struct{})}, repls: generatedRepls(100_000)}
+	close(l.release)
+	x := routecache.NewIndex(l, nil)
+	if err := x.Rebuild(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	hosted, nobody := store.ReplKey("user10", "app1"), store.ReplKey("nobody", "app1")
+	b.ReportAllocs()
+	for b.Loop() {
+		if x.Knows(hosted) != routecache.KnownYes || x.Knows(nobody) != routecache.KnownNo {
+			b.Fatal("wrong answer")
+		}
 	}
 }
