@@ -406,9 +406,6 @@ func TestHTTP2RapidReset(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the connection is still open after %d reset streams", sent)
 	}
-	if sent >= 100_000 {
-		t.Fatalf("all %d reset streams were taken; want the connection cut", sent)
-	}
 	// The client's writes run ahead of the server in the sockets'
 	// buffers; what counts is how many the server handled before the cut.
 	handled := gauge(t, c, "replproxy_requests_cancelled_early_total")

@@ -52,7 +52,6 @@ type upConn struct {
 	bw        *bufio.Writer
 	addr      string
 	idleSince time.Time
-	reused    bool  // came from the pool
 	readLimit int64 // bytes br may still read; math.MaxInt64 outside headers
 
 	read  int64 // bytes of the current response read: a failure before any may be retried
@@ -91,7 +90,7 @@ func (p *pool) get(addr string) *upConn {
 		p.removeLocked(c)
 		p.mu.Unlock()
 		if now.Sub(c.idleSince) < p.idleTimeout && quiet(c) {
-			c.reused = true
+
 			return c
 		}
 		c.conn.Close()

@@ -107,16 +107,15 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := u.exchange(c, req)
-	if err == nil || req.Context().Err() != nil || !staleConn(err) || c.read > 0 || !c.reused && !c.reset {
+	if err == nil || req.Context().Err() != nil || !staleConn(err) || c.read > 0 || !replayable(req) && !c.reset {
 		return resp, err
 	}
-	// The server closed the connection before answering: a pooled one
-	// (only replayable requests take those), or any connection it reset
-	// (a socket closed with our request unread, or a listener's queue
-	// dropped, answers RST: the request was never read, so whatever its
-	// method it may be sent again). It likely closed the other
-	// connections to it too (a restart): drop them, and try once more on
-	// a connection of its own.
+	// The server closed the connection before answering. A replayable
+	// request may be sent again; so may any request on a connection the
+	// server reset (a socket closed with our request unread, or a
+	// listener's queue dropped, answers RST: the request was never read).
+	// The server likely closed its other connections too (a restart):
+	// drop them, and try once more on a connection of its own.
 	u.pool.dropAddr(addr)
 	if c, err = u.dialFresh(req.Context(), addr); err != nil {
 		return nil, err

@@ -128,6 +128,7 @@ type entry struct {
 	err        error // nil or ErrNotFound
 	expires    int64 // unix nanoseconds
 	epoch      uint64
+	refreshed  int64 // unix nanoseconds when Refresh last loaded it; atomic (entries are copied, so not an atomic.Int64)
 }
 
 // New returns a cache in front of r. Call Run to keep it current. now is
@@ -262,13 +263,30 @@ func (c *Cache) screen(k store.Key) bool {
 // Refresh drops what the cache holds for k and looks it up in the backend:
 // for a caller that has reason to think the cached route is older than the
 // store (a change notification still on its way).
+//
+// A key that Refresh loaded is not asked again by Refresh for refreshEvery:
+// a client that sends requests which keep the cached route in doubt
+// (forwarded requests for a name the cluster no longer serves) must not
+// turn each into a query.
 func (c *Cache) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
 	if c.screen(k) {
 		return store.Route{}, errNotHosted
 	}
+	now := c.now()
+	if e, fresh := c.get(k); fresh && now-atomic.LoadInt64(&e.refreshed) < int64(refreshEvery) {
+		c.hits.Add(1)
+		return e.route, e.err
+	}
 	c.invalidate(k)
-	return c.Lookup(ctx, k)
+	route, err := c.Lookup(ctx, k)
+	if e, fresh := c.get(k); fresh {
+		atomic.StoreInt64(&e.refreshed, now)
+	}
+	return route, err
 }
+
+// refreshEvery is how often Refresh may ask the backend for one key.
+const refreshEvery = time.Second
 
 // Challenges returns the unexpired challenge records named name, cached
 // like Lookup (for NegativeTTL at most, and never past a record's expiry).

@@ -479,3 +479,20 @@ func BenchmarkCacheHit(b *testing.B) {
 		}
 	}
 }
+
+// TestRefreshIsRateLimited: Refresh asks the backend for a key at most
+// once a second, however often it is called.
+func TestRefreshIsRateLimited(t *testing.T) {
+	r := newCountingReader()
+	r.set(blogKey, blogRoute)
+	c := newTestCache(t, r, routecache.Config{}, nil)
+	before := r.calls.Load()
+	for range 100 {
+		if got, err := c.Refresh(t.Context(), blogKey); err != nil || got.ReplID != "r1" {
+			t.Fatalf("refresh = %+v, %v", got, err)
+		}
+	}
+	if n := r.calls.Load() - before; n != 1 {
+		t.Errorf("100 refreshes of one key made %d backend calls, want 1", n)
+	}
+}
