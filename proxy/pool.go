@@ -90,7 +90,6 @@ func (p *pool) get(addr string) *upConn {
 		p.removeLocked(c)
 		p.mu.Unlock()
 		if now.Sub(c.idleSince) < p.idleTimeout && quiet(c) {
-
 			return c
 		}
 		c.conn.Close()
