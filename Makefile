@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy bench-dns bench-tls clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy bench-dns bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
 	@echo "make bench-tls  TLS handshakes per CPU-second, replproxy vs nginx (needs nginx)"
+	@echo "make bench-abuse  HTTP/2 rapid reset and a random-name flood against replproxy"
 	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
 
@@ -59,7 +60,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzRespond$$' -fuzztime $(FUZZTIME) ./nameserver/
 
-bench: bench-go bench-proxy bench-dns bench-tls
+bench: bench-go bench-proxy bench-dns bench-tls bench-abuse
 
 bench-go:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
@@ -80,3 +81,8 @@ bench-dns: build
 
 bench-tls: build
 	$(GO) run ./bench/tls -replproxy $(BIN)/replproxy
+
+# The attacker and the backend on CPU 1, replproxy on CPU 0.
+bench-abuse: build
+	$(GO) build -o $(BIN)/abusebench ./bench/abuse
+	taskset -c 1 $(BIN)/abusebench -replproxy $(BIN)/replproxy
