@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
 	"runtime"
@@ -18,13 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
-	"github.com/replproxy/replproxy/store"
 )
 
 // The hostile container suite: a repl's container runs a stranger's code,
@@ -370,34 +366,8 @@ func TestResponseHeaderHygiene(t *testing.T) {
 // it came in: the container sees one Via, and neither proxy counts or logs
 // a loop (west logs a bounce).
 func TestStaleForwardIsDispatchedOnce(t *testing.T) {
-	app := testbed.EchoServer(t, "east-app")
-	east := httptest.NewUnstartedServer(nil)
-	west := httptest.NewUnstartedServer(nil)
-	reg := testbed.Registry(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
-	eastRoutes := refreshingRoutes{&staleRoutes{
-		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2},
-		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
-	}}
-	westRoutes := &staleRoutes{cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 3}}
-	logs := map[string]*observer.ObservedLogs{}
-	for _, c := range []struct {
-		srv    *httptest.Server
-		name   string
-		routes proxy.Routes
-	}{{east, "east", eastRoutes}, {west, "west", westRoutes}} {
-		core, l := observer.New(zap.DebugLevel)
-		logs[c.name] = l
-		metrics := prometheus.NewRegistry()
-		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret, AccessLog: true},
-			c.routes, proxy.NewMetrics(metrics, c.name, nil), nil, zap.New(core))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.srv.Config.Handler = h
-		c.srv.Start()
-		defer c.srv.Close()
-	}
-	req, _ := http.NewRequest(http.MethodGet, east.URL+"/page", nil)
+	mb := startMoveBack(t)
+	req, _ := http.NewRequest(http.MethodGet, mb.east.URL+"/page", nil)
 	req.Host = "blog.alice.repl.test"
 	resp, body := doBody(t, req)
 	if resp.StatusCode != http.StatusOK {
@@ -407,7 +377,7 @@ func TestStaleForwardIsDispatchedOnce(t *testing.T) {
 		t.Errorf("the container saw Via %q, want one", via)
 	}
 	routes := map[string]string{}
-	for name, l := range logs {
+	for name, l := range mb.logs {
 		if errs := l.FilterLevelExact(zap.ErrorLevel).All(); len(errs) != 0 {
 			t.Errorf("%s logged an error: %s", name, errs[0].Message)
 		}

@@ -8,9 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/store"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // staleRoutes is a route cache whose entry is older than its store: it
@@ -85,11 +88,35 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 // 508 naming east. East then asks its store, finds the repl live, and
 // serves the request itself: the client never sees the 508.
 func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
+	mb := startMoveBack(t)
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		req, _ := http.NewRequest(method, mb.east.URL+"/page", nil)
+		req.Host = "blog.alice.repl.test"
+		resp, body := doBody(t, req)
+		if resp.StatusCode != http.StatusOK || testbed.Decode(t, body).Name != "east-app" {
+			t.Fatalf("%s: status %d %q, want east's container", method, resp.StatusCode, body)
+		}
+	}
+	if mb.eastRoutes.refreshes != 2 {
+		t.Errorf("east refreshed %d times, want once per request", mb.eastRoutes.refreshes)
+	}
+}
+
+// moveBack is a repl that moved back to east a moment ago: east's cache
+// still holds its tombstone to west (its Refresh finds the live row),
+// and west's tombstone names east. Both proxies log to observers.
+type moveBack struct {
+	east, west *httptest.Server
+	eastRoutes refreshingRoutes
+	logs       map[string]*observer.ObservedLogs
+}
+
+func startMoveBack(t *testing.T) *moveBack {
+	t.Helper()
 	app := testbed.EchoServer(t, "east-app")
-	east := httptest.NewUnstartedServer(nil)
-	west := httptest.NewUnstartedServer(nil)
-	reg := testbed.Registry(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
-	eastRoutes := refreshingRoutes{&staleRoutes{
+	mb := &moveBack{east: httptest.NewUnstartedServer(nil), west: httptest.NewUnstartedServer(nil), logs: map[string]*observer.ObservedLogs{}}
+	reg := testbed.Registry(t, map[string][2]string{"east": {mb.east.Listener.Addr().String(), "east.yaml"}, "west": {mb.west.Listener.Addr().String(), "west.yaml"}})
+	mb.eastRoutes = refreshingRoutes{&staleRoutes{
 		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2},
 		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
 	}}
@@ -98,26 +125,19 @@ func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
 		srv    *httptest.Server
 		name   string
 		routes proxy.Routes
-	}{{east, "east", eastRoutes}, {west, "west", westRoutes}} {
-		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret}, c.routes, nil, nil, nil)
+	}{{mb.east, "east", mb.eastRoutes}, {mb.west, "west", westRoutes}} {
+		core, l := observer.New(zap.DebugLevel)
+		mb.logs[c.name] = l
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret, AccessLog: true},
+			c.routes, proxy.NewMetrics(prometheus.NewRegistry(), c.name, nil), nil, zap.New(core))
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.srv.Config.Handler = h
 		c.srv.Start()
-		defer c.srv.Close()
+		t.Cleanup(c.srv.Close)
 	}
-	for _, method := range []string{http.MethodGet, http.MethodPost} {
-		req, _ := http.NewRequest(method, east.URL+"/page", nil)
-		req.Host = "blog.alice.repl.test"
-		resp, body := doBody(t, req)
-		if resp.StatusCode != http.StatusOK || testbed.Decode(t, body).Name != "east-app" {
-			t.Fatalf("%s: status %d %q, want east's container", method, resp.StatusCode, body)
-		}
-	}
-	if eastRoutes.refreshes != 2 {
-		t.Errorf("east refreshed %d times, want once per request", eastRoutes.refreshes)
-	}
+	return mb
 }
 
 func doBody(t *testing.T, req *http.Request) (*http.Response, string) {
