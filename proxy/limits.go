@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ type connLimits struct {
 	max, perClient int
 	open           atomic.Int64
 	refused        atomic.Uint64
+	resetCuts      atomic.Uint64 // h2c connections cut for resetting streams too fast
 	mu             sync.Mutex
 	byClient       map[netip.Prefix]int
 }
@@ -97,14 +99,40 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
-		return &admittedConn{Conn: c, release: func() { ll.l.release(p) }}, nil
+		return &admittedConn{Conn: c, l: ll.l, release: func() { ll.l.release(p) }}, nil
 	}
 }
 
 type admittedConn struct {
 	net.Conn
+	l       *connLimits
 	once    sync.Once
 	release func()
+
+	// sniffed: the first bytes were looked at; resets counts the frames
+	// of an h2c (prior-knowledge HTTP/2) client, nil for anything else.
+	sniffed bool
+	resets  *resetCounter
+}
+
+// Read passes the client's bytes on; on an h2c connection it counts the
+// client's stream resets and ends the connection over budget.
+func (c *admittedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if !c.sniffed {
+			c.sniffed = true
+			if bytes.HasPrefix(p[:n], []byte("PRI ")) {
+				c.resets = newResetCounter()
+			}
+		}
+		if c.resets != nil && c.resets.saw(p[:n], time.Now()) {
+			c.l.resetCuts.Add(1)
+			_ = c.Conn.Close()
+			return 0, errTooManyResets
+		}
+	}
+	return n, err
 }
 
 func (c *admittedConn) Close() error {
@@ -176,15 +204,19 @@ func (b *floorBody) Close() error { return b.closer() }
 func (l *connLimits) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descClientConns
 	ch <- descRefusedConns
+	ch <- descResetCuts
 }
 
 // Collect implements prometheus.Collector.
 func (l *connLimits) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(l.open.Load()))
 	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(l.refused.Load()))
+	ch <- prometheus.MustNewConstMetric(descResetCuts, prometheus.CounterValue, float64(l.resetCuts.Load()))
 }
 
 var (
+	descResetCuts = prometheus.NewDesc("replproxy_connections_closed_for_resets_total",
+		"HTTP/2 client connections closed, below the HTTP/2 server, for sending RST_STREAM faster than the budget (rapid reset).", nil, nil)
 	descClientConns  = prometheus.NewDesc("replproxy_client_connections", "Client connections open (HTTP, HTTPS, forward).", nil, nil)
 	descRefusedConns = prometheus.NewDesc("replproxy_client_connections_refused_total",
 		"Client connections closed at once for being over MaxConns, or MaxConnsPerClient from one /32 (IPv4) or /64 (IPv6).", nil, nil)

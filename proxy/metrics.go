@@ -72,8 +72,8 @@ func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cac
 			Help: "Requests (HTTP/2 streams) their client cancelled before the handler began: not routed, not proxied, not in the access log.",
 		}),
 		resetCloses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "replproxy_connections_closed_for_resets_total",
-			Help: "Client connections closed for cancelling streams faster than the budget (HTTP/2 rapid reset).",
+			Name: "replproxy_connections_closed_for_cancels_total",
+			Help: "Client connections closed because requests their client cancelled reached handlers faster than the budget.",
 		}),
 	}
 	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses)
