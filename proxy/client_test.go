@@ -437,3 +437,28 @@ func rapidReset(t *testing.T, conn net.Conn) int {
 // resetBudgetForTest is the proxy's reset budget (resetBurst), and so the
 // most a rapid-reset client can make happen before it is cut.
 const resetBudgetForTest = 200
+
+// TestSlowHeadersAreCut: a client that sends its request headers a byte
+// at a time (slowloris) is cut after ReadHeaderTimeout, without an
+// upstream connection.
+func TestSlowHeadersAreCut(t *testing.T) {
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.ReadHeaderTimeout = 300 * time.Millisecond }})
+	conn := dialFrom(t, "127.0.0.2", c.Addr)
+	start := time.Now()
+	for _, b := range []byte("GET / HTTP/1.1\r\nHost: blog.alice.repl.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa") {
+		if _, err := conn.Write([]byte{b}); err != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("a client sending headers at 20 B/s was not cut in 5 s")
+		}
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("cut after %v, want about 300 ms", d)
+	}
+}
