@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"net/http"
@@ -109,11 +108,17 @@ type admittedConn struct {
 	once    sync.Once
 	release func()
 
-	// sniffed: the first bytes were looked at; resets counts the frames
-	// of an h2c (prior-knowledge HTTP/2) client, nil for anything else.
+	// first holds the connection's first bytes until there are enough to
+	// tell an h2c (prior-knowledge HTTP/2) client, however the client
+	// splits them; resets then counts its frames (nil for anything else).
+	first   [len(h2cSniff)]byte
+	nfirst  int
 	sniffed bool
 	resets  *resetCounter
 }
+
+// h2cSniff starts the HTTP/2 client preface, and no HTTP/1 request.
+const h2cSniff = "PRI "
 
 // Read passes the client's bytes on; on an h2c connection it counts the
 // client's stream resets and ends the connection over budget.
@@ -121,9 +126,14 @@ func (c *admittedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		if !c.sniffed {
-			c.sniffed = true
-			if bytes.HasPrefix(p[:n], []byte("PRI ")) {
-				c.resets = newResetCounter()
+			k := copy(c.first[c.nfirst:], p[:n])
+			if c.nfirst += k; c.nfirst == len(c.first) {
+				c.sniffed = true
+				if string(c.first[:]) == h2cSniff {
+					c.resets = newResetCounter()
+					// The bytes read before this one are preface too.
+					c.resets.saw(c.first[:len(c.first)-k], time.Now())
+				}
 			}
 		}
 		if c.resets != nil && c.resets.saw(p[:n], time.Now()) {
