@@ -365,10 +365,10 @@ func (c *checker) field(pos *position, path, key string, hint string, check func
 }
 
 // unique records key as given at path, or reports that it was given
-// before: what says which rule it breaks ("id %s is already used by").
-func (c *checker) unique(m map[string]seen, key, path string, line int, what string) {
+// before: msg says which rule that breaks, given where it was first.
+func unique[K comparable](c *checker, m map[K]seen, key K, path string, line int, msg func(first string) string) {
 	if first, dup := m[key]; dup {
-		c.p.fail(line, "%s: %s %s%s", path, what, first.path, also(first.line))
+		c.p.fail(line, "%s: %s", path, msg(first.path+also(first.line)))
 		return
 	}
 	m[key] = seen{path, line}
@@ -397,7 +397,7 @@ func present() error { return nil }
 
 func (c *checker) repls() {
 	c.live = make(map[string]seen, len(c.d.repls))
-	names := make(map[string]seen, len(c.d.repls))
+	names := make(map[replName]seen, len(c.d.repls))
 	for i, r := range c.d.repls {
 		pos, path, ok := c.item(secRepls, i)
 		if !ok {
@@ -420,10 +420,12 @@ func (c *checker) repls() {
 		c.field(pos, path, "generation", "", checkGeneration(r.Generation))
 
 		if r.ID != "" {
-			c.unique(c.live, r.ID, path, pos.lineOf(), fmt.Sprintf("id %s is already used by", r.ID))
+			unique(c, c.live, r.ID, path, pos.lineOf(), func(f string) string { return "id " + r.ID + " is already used by " + f })
 		}
 		if r.Owner != "" && r.Slug != "" {
-			c.unique(names, r.Owner+"/"+r.Slug, path, pos.lineOf(), fmt.Sprintf("owner/slug %s/%s is already used by", r.Owner, r.Slug))
+			unique(c, names, replName{r.Owner, r.Slug}, path, pos.lineOf(), func(f string) string {
+				return "owner/slug " + r.Owner + "/" + r.Slug + " is already used by " + f
+			})
 		}
 	}
 }
@@ -445,11 +447,9 @@ func (c *checker) tombstones() {
 		if t.ReplID == "" {
 			continue
 		}
-		if first, dup := c.tombs[t.ReplID]; dup {
-			c.p.fail(pos.lineOf(), "%s: repl %s already has a tombstone, %s%s; keep one", path, t.ReplID, first.path, also(first.line))
-		} else {
-			c.tombs[t.ReplID] = seen{path, pos.lineOf()}
-		}
+		unique(c, c.tombs, t.ReplID, path, pos.lineOf(), func(f string) string {
+			return "repl " + t.ReplID + " already has a tombstone, " + f + "; keep one"
+		})
 		if l, ok := c.live[t.ReplID]; ok {
 			c.p.fail(pos.lineOf(), "%s: repl %s is both live, as %s%s, and tombstoned; remove one of them",
 				path, t.ReplID, l.path, also(l.line))
@@ -470,11 +470,9 @@ func (c *checker) domains() {
 			func() error { return store.CheckToken(dom.Token) })
 
 		if dom.Name != "" {
-			if first, dup := names[dom.Name]; dup {
-				c.p.fail(pos.lineOf(), "%s: domain %s is already linked by %s%s; keep one", path, dom.Name, first.path, also(first.line))
-			} else {
-				names[dom.Name] = seen{path, pos.lineOf()}
-			}
+			unique(c, names, dom.Name, path, pos.lineOf(), func(f string) string {
+				return "domain " + dom.Name + " is already linked by " + f + "; keep one"
+			})
 		}
 		if _, isLive := c.live[dom.ReplID]; dom.ReplID != "" && !isLive {
 			if _, tombstoned := c.tombs[dom.ReplID]; !tombstoned {
@@ -502,11 +500,9 @@ func (c *checker) challenges() {
 		c.field(pos, path, "expires_at", "give the record's expiry (RFC 3339), e.g. 2026-11-29T11:00:00Z", present)
 
 		k := challengeKey{ch.Name, ch.Value}
-		if first, dup := records[k]; dup {
-			c.p.fail(pos.lineOf(), "%s: the record %s %q is already given as %s%s; keep one", path, ch.Name, ch.Value, first.path, also(first.line))
-		} else {
-			records[k] = seen{path, pos.lineOf()}
-		}
+		unique(c, records, k, path, pos.lineOf(), func(f string) string {
+			return fmt.Sprintf("the record %s %q is already given as %s; keep one", ch.Name, ch.Value, f)
+		})
 	}
 }
 
