@@ -70,7 +70,7 @@ func (c *restartable) restart(t *testing.T) {
 // addresses, then SIGTERM to the old one), under 200 requests/s of GETs
 // and POSTs: no GET fails, and a POST fails only when it met the old
 // process closing its own new connection after reading it or not (seen:
-// 0 to 2 of about 1,000 POSTs across the 25 restarts; bound here at 4),
+// 0 to 2 of about 1,000 POSTs across the 25 restarts; bound here at 8),
 // which is not sent twice (RFC 9110 §9.2.2).
 func TestRestartsUnderLoad(t *testing.T) {
 	if testing.Short() {
@@ -165,7 +165,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d requests in %v across 20 container restarts and 5 replproxy replacements: %d GETs and %d POSTs failed %q",
 		sent.Load(), time.Since(start).Round(time.Second), failedGets.Load(), failedPosts.Load(), first)
-	if failedGets.Load() != 0 || failedPosts.Load() > 4 || sent.Load() < 1500 {
+	if failedGets.Load() != 0 || failedPosts.Load() > 8 || sent.Load() < 1500 {
 		t.Fatalf("%d GETs and %d POSTs of %d requests failed, e.g. %q", failedGets.Load(), failedPosts.Load(), sent.Load(), first)
 	}
 }

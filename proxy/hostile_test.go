@@ -489,11 +489,14 @@ func upgrade(t *testing.T, pc *testCluster) net.Conn {
 
 // TestContainerRestartsUnderLoad: a container restarted 20 times (each a
 // graceful stop, then a new process on the same port) under a steady load
-// of GET and POST requests costs no GET, and at most three POSTs in 20
-// restarts (seen: 0 or 1, and 2 under -race): a POST never takes an idle connection, so it cannot meet one
-// the container is closing, but the container may still close its own new
-// connection at the instant it stops, having read the POST or not, and
-// then sending it again would not be safe (RFC 9110 §9.2.2).
+// of GET and POST requests costs no GET, and at most eight of about 210
+// POSTs (seen in 40 runs under -race: 0 to 3). A POST never takes an idle
+// connection, so it cannot meet one the container is closing, but a
+// net/http server that is shutting down still accepts a new connection
+// and closes it unanswered after reading the request (server.go: "if
+// c.server.shuttingDown() { return }"), and then sending it again would
+// not be safe (RFC 9110 §9.2.2). A GET meeting the same is sent again, on
+// one more fresh connection if need be.
 func TestContainerRestartsUnderLoad(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -544,6 +547,9 @@ func TestContainerRestartsUnderLoad(t *testing.T) {
 						err = fmt.Errorf("%s: status %d %q", method, resp.StatusCode, b)
 					}
 				}
+				if err != nil {
+					t.Logf("%s failed: %v", method, err)
+				}
 				if err != nil && method == "POST" {
 					failedPosts.Add(1)
 				} else if err != nil {
@@ -568,7 +574,7 @@ func TestContainerRestartsUnderLoad(t *testing.T) {
 	stop()
 	wg.Wait()
 	_ = srv.Close()
-	if failed.Load() != 0 || failedPosts.Load() > 3 || sent.Load() < 300 {
+	if failed.Load() != 0 || failedPosts.Load() > 8 || sent.Load() < 300 {
 		for _, l := range pc.Logs.FilterMessage("upstream failed").All() {
 			t.Logf("proxy: %s %v", l.Message, l.ContextMap()["error"])
 		}

@@ -107,23 +107,37 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := u.exchange(c, req)
-	if err == nil || req.Context().Err() != nil || !staleConn(err) || c.read > 0 || !replayable(req) && !c.reset {
-		return resp, err
-	}
 	// The server closed the connection before answering. A replayable
 	// request may be sent again; so may any request on a connection the
 	// server reset (a socket closed with our request unread, or a
 	// listener's queue dropped, answers RST: the request was never read).
 	// The server likely closed its other connections too (a restart):
-	// drop them, and try once more on a connection of its own.
-	u.pool.dropAddr(addr)
-	if c, err = u.dialFresh(req.Context(), addr); err != nil {
-		return nil, err
+	// drop them, and try again on a connection of its own. A server
+	// shutting down may still accept that one and close it unanswered
+	// (net/http does, for a request read after Shutdown began), so a
+	// second fresh try is allowed; by then the old listener is gone.
+	for retry := 0; retry < maxRetries && u.retryable(c, req, err); retry++ {
+		u.pool.dropAddr(addr)
+		if c, err = u.dialFresh(req.Context(), addr); err != nil {
+			return nil, err
+		}
+		if body != nil {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		resp, err = u.exchange(c, req)
 	}
-	if body != nil {
-		req.Body = io.NopCloser(bytes.NewReader(body))
-	}
-	return u.exchange(c, req)
+	return resp, err
+}
+
+// maxRetries is how many times a request is sent again on a fresh
+// connection after its connection was found closed (retryable).
+const maxRetries = 2
+
+// retryable reports whether req, which failed with err on c, may be sent
+// again: c was closed before any of the response arrived, and either req
+// is replayable or the server reset c with the request unread.
+func (u *upstream) retryable(c *upConn, req *http.Request, err error) bool {
+	return err != nil && req.Context().Err() == nil && staleConn(err) && c.read == 0 && (replayable(req) || c.reset)
 }
 
 // holdBody reads a lean request's (small) body, so that it can be sent

@@ -323,6 +323,67 @@ func TestUpstreamRestartedServer(t *testing.T) {
 	}
 }
 
+// TestUpstreamShuttingDownServer: a server that is stopping may read a
+// request on a new connection and close it unanswered (net/http's server
+// does, for a request read after Shutdown began). A GET is sent again on
+// fresh connections, twice at most; a POST is not sent again.
+func TestUpstreamShuttingDownServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted, unanswered atomic.Int64
+	unanswered.Store(2) // the first two connections are closed after reading a request
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if unanswered.Add(-1) >= 0 {
+						return // read, and closed unanswered
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	u := testUpstream(time.Second)
+	defer u.CloseIdleConnections()
+	url := "http://" + ln.Addr().String() + "/"
+	resp, body, err := roundTrip(t, u, context.Background(), "GET", url)
+	if err != nil || resp.StatusCode != 200 || body != "ok" || accepted.Load() != 3 {
+		t.Fatalf("GET after two connections closed unanswered: %v %q on %d connections, want ok on 3", err, body, accepted.Load())
+	}
+	unanswered.Store(1)
+	before := accepted.Load()
+	req, _ := http.NewRequest("POST", url, strings.NewReader("once"))
+	if resp, err := u.RoundTrip(req); err == nil || accepted.Load() != before+1 {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		t.Fatalf("POST on a connection closed unanswered: err %v after %d connections, want an error after 1", err, accepted.Load()-before)
+	}
+	unanswered.Store(1000)
+	before = accepted.Load()
+	// Three tries: the pooled connection (the one that answered the first
+	// GET), then two new ones.
+	if _, _, err := roundTrip(t, u, context.Background(), "GET", url); err == nil || accepted.Load() != before+2 {
+		t.Fatalf("GET to a server that never answers: err %v after %d new connections, want an error after 2", err, accepted.Load()-before)
+	}
+}
+
 // BenchmarkQuiet is what the liveness check costs each reuse of a pooled
 // connection: one non-blocking recvfrom(MSG_PEEK).
 func BenchmarkQuiet(b *testing.B) {
