@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -109,6 +110,12 @@ func rawH2Get(t *testing.T, addr, authority string) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rawH2GetOn(t, conn, authority)
+}
+
+// rawH2GetOn is rawH2Get on conn, which it closes.
+func rawH2GetOn(t *testing.T, conn net.Conn, authority string) (string, string) {
+	t.Helper()
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
@@ -355,36 +362,67 @@ func gauge(t *testing.T, c *testCluster, name string) float64 {
 	return -1
 }
 
-// TestHTTP2RapidReset: an h2c client that opens streams and resets them
-// at once, without end, loses its connection within the budget (200
-// resets at once, 20 a second after), counted below the HTTP/2 server;
-// few of its requests reach the container or the access log.
+// TestHTTP2RapidReset: an HTTP/2 client, in the clear (h2c) or over TLS,
+// that opens streams and resets them at once, without end, loses its
+// connection within the budget (200 resets at once, 20 a second after),
+// counted below the HTTP/2 server, with GOAWAY(ENHANCE_YOUR_CALM) naming
+// the last stream it opened; few of its requests reach the container or
+// the access log.
 func TestHTTP2RapidReset(t *testing.T) {
-	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.H2C = true }})
-	var reached atomic.Int64
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reached.Add(1)
-		_, _ = io.WriteString(w, "ok")
-	}))
-	defer app.Close()
-	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
-	sent := rapidReset(t, dialFrom(t, "127.0.0.2", c.Addr))
-	if got := gauge(t, c, "replproxy_connections_closed_for_resets_total"); got != 1 {
-		t.Errorf("connections closed for resets = %v, want 1", got)
-	}
-	t.Logf("the client wrote %d HEADERS+RST_STREAM pairs before the cut; %d requests reached the container", sent, reached.Load())
-	if n := reached.Load(); n > resetBudgetForTest {
-		t.Errorf("%d requests reached the container, want at most %d", n, resetBudgetForTest)
-	}
-	if n := len(c.Logs.FilterMessage("request").All()); n > resetBudgetForTest {
-		t.Errorf("%d access-log lines for reset streams, want at most %d", n, resetBudgetForTest)
+	certFile, keyFile, pool := testbed.SelfSigned(t, "*.alice.repl.test")
+	for _, overTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "h2c", true: "tls"}[overTLS], func(t *testing.T) {
+			c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) {
+				s.H2C = true
+				s.TLSListen, s.TLSCertFile, s.TLSKeyFile = "127.0.0.1:0", certFile, keyFile
+			}})
+			var reached atomic.Int64
+			app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reached.Add(1)
+				_, _ = io.WriteString(w, "ok")
+			}))
+			defer app.Close()
+			testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+			var conn net.Conn = dialFrom(t, "127.0.0.2", c.Addr)
+			if overTLS {
+				tc := tls.Client(dialFrom(t, "127.0.0.2", c.Server.Addr("https")),
+					&tls.Config{RootCAs: pool, ServerName: "blog.alice.repl.test", NextProtos: []string{"h2"}})
+				if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != "h2" {
+					t.Fatalf("TLS handshake: %v, ALPN %q", err, tc.ConnectionState().NegotiatedProtocol)
+				}
+				conn = tc
+			}
+			sent, goAway := rapidReset(t, conn)
+			if got := gauge(t, c, "replproxy_connections_closed_for_resets_total"); got != 1 {
+				t.Errorf("connections closed for resets = %v, want 1", got)
+			}
+			// The client's count includes what it wrote after the cut
+			// (drained and dropped); the GOAWAY names the last stream the
+			// server read.
+			if goAway == nil {
+				t.Fatal("no GOAWAY before the connection ended")
+			}
+			t.Logf("the client wrote %d HEADERS+RST_STREAM pairs before the connection ended; %d requests reached the container; GOAWAY %v, last stream %d", sent, reached.Load(), goAway.ErrCode, goAway.LastStreamID)
+			if goAway.ErrCode != http2.ErrCodeEnhanceYourCalm || goAway.LastStreamID == 0 || goAway.LastStreamID > uint32(2*sent+1) {
+				t.Fatalf("GOAWAY %v naming stream %d, want ENHANCE_YOUR_CALM naming a stream the client opened (it opened %d)", goAway.ErrCode, goAway.LastStreamID, sent)
+			}
+			if read := (goAway.LastStreamID + 1) / 2; read > 1000 {
+				t.Errorf("the connection was cut after %d reset streams, want within 1,000", read)
+			}
+			if n := reached.Load(); n > resetBudgetForTest {
+				t.Errorf("%d requests reached the container, want at most %d", n, resetBudgetForTest)
+			}
+			if n := len(c.Logs.FilterMessage("request").All()); n > resetBudgetForTest {
+				t.Errorf("%d access-log lines for reset streams, want at most %d", n, resetBudgetForTest)
+			}
+		})
 	}
 }
 
 // rapidReset sends HEADERS+RST_STREAM pairs on conn until the server
 // closes it, failing t when it does not within 10 s; it returns how many
-// pairs were written.
-func rapidReset(t *testing.T, conn net.Conn) int {
+// pairs were written, and the GOAWAY frame the server sent, if any.
+func rapidReset(t *testing.T, conn net.Conn) (int, *http2.GoAwayFrame) {
 	t.Helper()
 	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
@@ -395,11 +433,16 @@ func rapidReset(t *testing.T, conn net.Conn) int {
 		t.Fatal(err)
 	}
 	closed := make(chan struct{})
-	go func() { // read (and drop) what the server sends until it closes
+	var goAway *http2.GoAwayFrame
+	go func() { // read what the server sends until it closes
 		defer close(closed)
 		for {
-			if _, err := fr.ReadFrame(); err != nil {
+			f, err := fr.ReadFrame()
+			if err != nil {
 				return
+			}
+			if g, ok := f.(*http2.GoAwayFrame); ok {
+				goAway = &http2.GoAwayFrame{LastStreamID: g.LastStreamID, ErrCode: g.ErrCode}
 			}
 		}
 	}()
@@ -422,7 +465,7 @@ func rapidReset(t *testing.T, conn net.Conn) int {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the connection is still open after %d reset streams", sent)
 	}
-	return sent
+	return sent, goAway
 }
 
 // resetBudgetForTest is the proxy's reset budget (resetBurst), and so the
@@ -451,5 +494,49 @@ func TestSlowHeadersAreCut(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("cut after %v, want about 300 ms", d)
+	}
+}
+
+// TestTLSProtocolIsALPNs: on the HTTPS listener HTTP/2 is served only
+// where ALPN chose it, and HTTP/1 only where it did not; plain HTTP sent
+// to it gets net/http's 400, and a good client is served both ways.
+func TestTLSProtocolIsALPNs(t *testing.T) {
+	certFile, keyFile, pool := testbed.SelfSigned(t, "*.alice.repl.test")
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) {
+		s.TLSListen, s.TLSCertFile, s.TLSKeyFile = "127.0.0.1:0", certFile, keyFile
+	}})
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(testbed.EchoServer(t, "blog").URL))
+	addr := c.Server.Addr("https")
+	dial := func(alpn string) *tls.Conn {
+		tc := tls.Client(dialFrom(t, "127.0.0.2", addr), &tls.Config{RootCAs: pool, ServerName: "blog.alice.repl.test", NextProtos: []string{alpn}})
+		if err := tc.Handshake(); err != nil || tc.ConnectionState().NegotiatedProtocol != alpn {
+			t.Fatalf("TLS handshake for %s: %v, ALPN %q", alpn, err, tc.ConnectionState().NegotiatedProtocol)
+		}
+		return tc
+	}
+	get := "GET / HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n"
+	for _, tc := range []struct{ alpn, send string }{{"h2", get}, {"http/1.1", http2.ClientPreface}} {
+		conn := dial(tc.alpn)
+		_, _ = io.WriteString(conn, tc.send)
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(conn); len(b) != 0 || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("ALPN %s, then %.20q: got %q (%v), want the connection closed unanswered", tc.alpn, tc.send, b, err)
+		}
+	}
+	// The same requests, each on the protocol it belongs to, are served.
+	conn := dial("http/1.1")
+	_, _ = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: blog.alice.repl.test\r\nConnection: close\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(conn); !strings.HasPrefix(string(b), "HTTP/1.1 200 ") {
+		t.Errorf("HTTP/1.1 over TLS: %.40q", b)
+	}
+	if status, _ := rawH2GetOn(t, dial("h2"), "blog.alice.repl.test"); status != "200" {
+		t.Errorf("HTTP/2 over TLS: status %s", status)
+	}
+	plain := dialFrom(t, "127.0.0.2", addr)
+	_, _ = io.WriteString(plain, get)
+	_ = plain.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(plain); !strings.Contains(string(b), "400 Bad Request") || !strings.Contains(string(b), "HTTPS server") {
+		t.Errorf("plain HTTP to the HTTPS listener: %q", b)
 	}
 }

@@ -23,7 +23,7 @@ type connLimits struct {
 	max, perClient int
 	open           atomic.Int64
 	refused        atomic.Uint64
-	resetCuts      atomic.Uint64 // h2c connections cut for resetting streams too fast
+	resetCuts      atomic.Uint64 // HTTP/2 connections cut for resetting streams too fast
 	mu             sync.Mutex
 	byClient       map[netip.Prefix]int
 }
@@ -107,42 +107,6 @@ type admittedConn struct {
 	l       *connLimits
 	once    sync.Once
 	release func()
-
-	// first holds the connection's first bytes until there are enough to
-	// tell an h2c (prior-knowledge HTTP/2) client, however the client
-	// splits them; resets then counts its frames (nil for anything else).
-	first   [len(h2cSniff)]byte
-	nfirst  int
-	sniffed bool
-	resets  *resetCounter
-}
-
-// h2cSniff starts the HTTP/2 client preface, and no HTTP/1 request.
-const h2cSniff = "PRI "
-
-// Read passes the client's bytes on; on an h2c connection it counts the
-// client's stream resets and ends the connection over budget.
-func (c *admittedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		if !c.sniffed {
-			k := copy(c.first[c.nfirst:], p[:n])
-			if c.nfirst += k; c.nfirst == len(c.first) {
-				c.sniffed = true
-				if string(c.first[:]) == h2cSniff {
-					c.resets = newResetCounter()
-					// The bytes read before this one are preface too.
-					c.resets.saw(c.first[:len(c.first)-k], time.Now())
-				}
-			}
-		}
-		if c.resets != nil && c.resets.saw(p[:n], time.Now()) {
-			c.l.resetCuts.Add(1)
-			_ = c.Conn.Close()
-			return 0, errTooManyResets
-		}
-	}
-	return n, err
 }
 
 func (c *admittedConn) Close() error {

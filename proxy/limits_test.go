@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestResetCounterSeesSplitPrefaces(t *testing.T) {
 	}
 	for _, chunk := range []int{1, 3, 7, 4096} {
 		client, server := net.Pipe()
-		c := &admittedConn{Conn: server, l: newConnLimits(10, 10), release: func() {}}
+		c := &guardConn{Conn: server, raw: server, cuts: new(atomic.Uint64)}
 		go func() {
 			b := stream.Bytes()
 			for len(b) > 0 {

@@ -82,18 +82,20 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
 		}
 		if l.role != "admin" {
-			ln = s.conns.listener(ln, l.role != "forward")
-		}
-		if l.role == "https" {
-			if s.cfg.HTTPSPort == 0 {
-				s.cfg.HTTPSPort = ln.Addr().(*net.TCPAddr).Port
+			gl := &guardListener{Listener: s.conns.listener(ln, l.role != "forward"),
+				handshake: s.cfg.ReadHeaderTimeout, cuts: &s.conns.resetCuts, logger: s.logger.Named("tls")}
+			if l.role == "https" {
+				if s.cfg.HTTPSPort == 0 {
+					s.cfg.HTTPSPort = ln.Addr().(*net.TCPAddr).Port
+				}
+				gl.tlsConfig = tlsConfig
 			}
-			ln = tls.NewListener(ln, tlsConfig)
+			ln = gl
 		}
 		s.listeners[l.role] = ln
 	}
 	for role := range s.listeners {
-		s.servers[role] = s.httpServer(role, tlsConfig)
+		s.servers[role] = s.httpServer(role)
 	}
 	return nil
 }
@@ -146,7 +148,7 @@ func (s *Server) Addr(role string) string {
 	return ""
 }
 
-func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
+func (s *Server) httpServer(role string) *http.Server {
 	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
@@ -165,10 +167,13 @@ func (s *Server) httpServer(role string, tlsConfig *tls.Config) *http.Server {
 		if s.onDemand != nil {
 			srv.Handler = s.withHSTS(s.handler)
 		}
-		srv.TLSConfig = tlsConfig
+		srv.Handler = withTLSState(srv.Handler)
+		// TLS is the listener's (guardListener): the server gets each
+		// connection in the clear, and serves HTTP/2 on the ones that
+		// start with its preface (which ALPN must have chosen).
 		var p http.Protocols
 		p.SetHTTP1(true)
-		p.SetHTTP2(true)
+		p.SetUnencryptedHTTP2(true)
 		srv.Protocols = &p
 	case "admin":
 		srv.Handler = s.adminMux()

@@ -1,10 +1,11 @@
 // Command abusebench measures what client abuse costs a replproxy binary,
 // on loopback:
 //
-//   - HTTP/2 rapid reset: an h2c client that opens streams and resets them
-//     at once, reconnecting each time it is cut off, for a bounded number
-//     of streams; the proxy's CPU against the attacker's, and the streams
-//     the proxy handled per cut connection;
+//   - HTTP/2 rapid reset: a client that opens streams and resets them at
+//     once, reconnecting each time it is cut off, for a bounded number of
+//     streams, in the clear (h2c) and over TLS; the proxy's CPU against
+//     the attacker's, and the streams the proxy read per cut connection
+//     (the GOAWAY's last stream);
 //   - a random-name flood: the p99 latency of a steady legitimate client
 //     alone, then while other clients send requests for random names as
 //     fast as they can, and the store calls the flood caused.
@@ -16,12 +17,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
+	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -79,12 +87,20 @@ func run(o options) error {
 	defer backend.Close()
 
 	port, _ := benchproc.FreePort()
+	tlsPort, _ := benchproc.FreePort()
 	adminPort, _ := benchproc.FreePort()
 	addr, admin := fmt.Sprintf("127.0.0.1:%d", port), fmt.Sprintf("127.0.0.1:%d", adminPort)
+	tlsAddr := fmt.Sprintf("127.0.0.1:%d", tlsPort)
+	certPEM, keyPEM, err := selfSigned("bench.alice.repl.test")
+	if err != nil {
+		return err
+	}
 	files := map[string]string{
 		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [192.0.2.1], forward: %q, store: east.yaml}\n", addr),
 		"east.yaml":     fmt.Sprintf("repls:\n  - {id: r1, owner: alice, slug: bench, endpoints: [%q]}\n", bln.Addr()),
 		"hop.secret":    "bench-secret-bench-secret-bench-secret-0123456789",
+		"cert.pem":      certPEM,
+		"key.pem":       keyPEM,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
@@ -93,7 +109,8 @@ func run(o options) error {
 	}
 	proxy, err := benchproc.Start(dir, "replproxy", "0", nil, o.replproxy, "-zone", "repl.test", "-cluster", "east",
 		"-registry", filepath.Join(dir, "clusters.yaml"), "-hop-secret-file", filepath.Join(dir, "hop.secret"),
-		"-listen", addr, "-admin-listen", admin, "-h2c", "-access-log=false", "-log-level", "error")
+		"-listen", addr, "-admin-listen", admin, "-h2c",
+		"-listen-tls", tlsAddr, "-tls-cert", filepath.Join(dir, "cert.pem"), "-tls-key", filepath.Join(dir, "key.pem"), "-access-log=false", "-log-level", "error")
 	if err != nil {
 		return err
 	}
@@ -103,12 +120,20 @@ func run(o options) error {
 	}
 	time.Sleep(500 * time.Millisecond) // the cache and index are built
 
-	if err := rapidReset(o, addr, proxy); err != nil {
-		return err
+	for _, overTLS := range []bool{false, true} {
+		cutBefore, _ := metric(admin, "replproxy_connections_closed_for_resets_total")
+		earlyBefore, _ := metric(admin, "replproxy_requests_cancelled_early_total")
+		target := addr
+		if overTLS {
+			target = tlsAddr
+		}
+		if err := rapidReset(o, target, overTLS, proxy); err != nil {
+			return err
+		}
+		early, _ := metric(admin, "replproxy_requests_cancelled_early_total")
+		cut, _ := metric(admin, "replproxy_connections_closed_for_resets_total")
+		fmt.Printf("  %.0f connections cut for resets; %.0f reset streams reached a handler\n", cut-cutBefore, early-earlyBefore)
 	}
-	early, _ := metric(admin, "replproxy_requests_cancelled_early_total")
-	cut, _ := metric(admin, "replproxy_connections_closed_for_resets_total")
-	fmt.Printf("  %.0f connections cut for resets; %.0f reset streams reached a handler\n", cut, early)
 	return flood(o, addr, admin)
 }
 
@@ -119,7 +144,7 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func rapidReset(o options, addr string, proxy *benchproc.Proc) error {
+func rapidReset(o options, addr string, overTLS bool, proxy *benchproc.Proc) error {
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "bench.alice.repl.test"}, {":path", "/"}} {
@@ -127,22 +152,35 @@ func rapidReset(o options, addr string, proxy *benchproc.Proc) error {
 	}
 	block := hb.Bytes()
 	proxyBefore, selfBefore, start := proxy.CPUTicks(), selfCPU(), time.Now()
-	sent, conns := 0, 0
+	sent, conns, goAways, read := 0, 0, 0, 0
 	for sent < o.streams && time.Since(start) < time.Minute {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}
+		if overTLS {
+			// A bench client: the proxy's certificate is not checked.
+			tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, ServerName: "bench.alice.repl.test"})
+			if err := tc.Handshake(); err != nil {
+				return fmt.Errorf("TLS handshake with %s: %w", addr, err)
+			}
+			conn = tc
+		}
 		conns++
 		_, _ = io.WriteString(conn, http2.ClientPreface)
 		fr := http2.NewFramer(conn, conn)
 		_ = fr.WriteSettings()
-		done := make(chan struct{})
+		done := make(chan uint32, 1)
 		go func() {
-			defer close(done)
+			last := uint32(0)
+			defer func() { done <- last }()
 			for {
-				if _, err := fr.ReadFrame(); err != nil {
+				f, err := fr.ReadFrame()
+				if err != nil {
 					return
+				}
+				if g, ok := f.(*http2.GoAwayFrame); ok && g.ErrCode == http2.ErrCodeEnhanceYourCalm {
+					last = g.LastStreamID
 				}
 			}
 		}()
@@ -154,16 +192,44 @@ func rapidReset(o options, addr string, proxy *benchproc.Proc) error {
 			sent++
 		}
 		_ = conn.Close()
-		<-done
+		if last := <-done; last > 0 {
+			goAways++
+			read += int(last+1) / 2
+		}
 	}
 	elapsed := time.Since(start)
 	time.Sleep(200 * time.Millisecond) // the proxy finishes what it read
 	proxyCPU := time.Duration(proxy.CPUTicks()-proxyBefore) * 10 * time.Millisecond
 	selfCPUUsed := selfCPU() - selfBefore
-	fmt.Printf("HTTP/2 rapid reset: %d HEADERS+RST_STREAM pairs written on %d connections in %v (the sockets' buffers take them faster than the proxy reads)\n", sent, conns, elapsed.Round(time.Millisecond))
+	over := map[bool]string{false: "h2c", true: "TLS"}[overTLS]
+	fmt.Printf("HTTP/2 rapid reset over %s: %d HEADERS+RST_STREAM pairs written on %d connections in %v (the sockets' buffers, and the drain after a cut, take them faster than the proxy reads)\n",
+		over, sent, conns, elapsed.Round(time.Millisecond))
+	if goAways > 0 {
+		fmt.Printf("  %d GOAWAY(ENHANCE_YOUR_CALM), after %d streams read per connection on average\n", goAways, read/goAways)
+	}
 	fmt.Printf("  CPU: proxy %v, attacker %v: %.2fx the attacker's\n", proxyCPU, selfCPUUsed.Round(time.Millisecond),
 		proxyCPU.Seconds()/selfCPUUsed.Seconds())
 	return nil
+}
+
+// selfSigned returns a PEM certificate and key for name.
+func selfSigned(name string) (certPEM, keyPEM string, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return "", "", err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})), nil
 }
 
 func flood(o options, addr, admin string) error {
@@ -204,7 +270,7 @@ func flood(o options, addr, admin string) error {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
-				req.Host = fmt.Sprintf("a%x.u%x.repl.test", rand.Uint64(), rand.Uint32())
+				req.Host = fmt.Sprintf("a%x.u%x.repl.test", mrand.Uint64(), mrand.Uint32())
 				resp, err := client.Do(req)
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
