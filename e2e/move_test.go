@@ -26,7 +26,7 @@ import (
 // and replproxy process, plus replns, running the real binaries.
 type platform struct {
 	registry       string
-	secret         string                    // the hop secret file
+	secrets        map[string]string         // by cluster: its hop secret file (the same content in all)
 	proxies        map[string]*replproxyProc // by cluster
 	byLB           map[string]string         // load-balancer IP (what replns answers) → proxy address
 	ns             *replns
@@ -89,10 +89,12 @@ func startPlatform(t *testing.T) *platform {
 		t.Cleanup(app.Close)
 		p.apps[name] = strings.TrimPrefix(app.URL, "http://")
 	}
-	dir := writeFiles(t, map[string]string{"clusters.yaml": reg.String(), "hop.secret": "the e2e move test's shared hop secret, 32+ bytes\n"})
-	p.registry, p.secret = filepath.Join(dir, "clusters.yaml"), filepath.Join(dir, "hop.secret")
+	const secret = "the e2e move test's shared hop secret, 32+ bytes\n"
+	dir := writeFiles(t, map[string]string{"clusters.yaml": reg.String(), "east.secret": secret, "west.secret": secret})
+	p.registry = filepath.Join(dir, "clusters.yaml")
+	p.secrets = map[string]string{"east": filepath.Join(dir, "east.secret"), "west": filepath.Join(dir, "west.secret")}
 	for _, name := range names {
-		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secret)
+		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secrets[name])
 	}
 	p.ns = startReplns(t, "-zone", "repl.test", "-registry", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
 	p.replctl = buildBinary(t, "replctl")

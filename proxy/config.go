@@ -19,9 +19,11 @@ type Config struct {
 	// Registry lists the clusters; tombstones are forwarded to the
 	// Forward address of the cluster they name. Required.
 	Registry *cluster.Registry
-	// HopSecret signs and verifies hop marks; every cluster shares it.
-	// Required, at least 32 bytes.
+	// HopSecret is the hop secret file's content (ParseHopKeys): one
+	// secret per line, 32 bytes or more, the first signing hop marks and
+	// every one verifying them; every cluster shares them. Required.
 	HopSecret []byte
+	hopKeys   *HopKeys
 
 	// DialTimeout bounds connecting to a container or another cluster's
 	// proxy. Zero means 5 s.
@@ -61,8 +63,9 @@ func (c Config) withDefaults() (Config, error) {
 	} else if _, ok := c.Registry.Cluster(c.Cluster); !ok {
 		errs = append(errs, fmt.Errorf("cluster %q is not in the registry (it has %v): set -cluster to one of them", c.Cluster, c.Registry.Names()))
 	}
-	if len(c.HopSecret) < 32 {
-		errs = append(errs, fmt.Errorf("hop secret is %d bytes, need at least 32: write one with `head -c 32 /dev/urandom | base64 > hop.secret` and give the same file to every cluster", len(c.HopSecret)))
+	var err error
+	if c.hopKeys, err = ParseHopKeys(c.HopSecret); err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return c, err

@@ -2,8 +2,15 @@ package proxy
 
 import "time"
 
-// SignHop signs a hop mark as a proxy of cluster source would at now.
-func SignHop(secret []byte, now time.Time, source, host, xff, proto, fhost, id string) string {
-	s := &hopSigner{secret: secret, now: func() time.Time { return now }}
-	return s.sign(hopFields{Source: source, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
+// SignHop signs a hop mark as a proxy of cluster source would at now, for
+// a bodiless request with method and target, with the first secret of
+// secrets (a hop secret file's content).
+func SignHop(secrets []byte, now time.Time, source, method, target, host, xff, proto, fhost, id string) string {
+	keys, err := ParseHopKeys(secrets)
+	if err != nil {
+		panic(err)
+	}
+	s := &hopSigner{now: func() time.Time { return now }}
+	s.keys.Store(keys)
+	return s.sign(hopFields{Source: source, Method: method, Target: target, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
 }

@@ -58,7 +58,8 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 		metrics: metrics,
 		ids:     newRequestIDs(),
 	}
-	h.hop.secret, h.hop.now = cfg.HopSecret, now
+	h.hop.keys.Store(cfg.hopKeys)
+	h.hop.now = now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
 	h.upstream = newUpstream(&h.cfg)

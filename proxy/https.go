@@ -27,9 +27,13 @@ type OnDemand interface {
 // cluster's proxy (a hop mark that verifies): their client is that proxy.
 func (s *Server) toHTTPS(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.onDemand.HasCertificate(r.Host) && !s.handler.forwarded(r) {
-			s.handler.redirectToHTTPS(w, r, s.cfg.HTTPSPort)
-			return
+		if s.onDemand.HasCertificate(r.Host) {
+			r2, forwarded := s.handler.forwarded(r)
+			if !forwarded {
+				s.handler.redirectToHTTPS(w, r, s.cfg.HTTPSPort)
+				return
+			}
+			r = r2
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -51,7 +51,8 @@ func TestHTTPSRedirectAndHSTS(t *testing.T) {
 		return http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
 			"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
 	}
-	valid := proxy.SignHop(testSecret, time.Now(), "west", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
+	valid := proxy.SignHop(testSecret, time.Now(), "west", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
+	forPOST := proxy.SignHop(testSecret, time.Now(), "west", "POST", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
 	noRedirect := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	for _, tc := range []struct {
 		name, method, host, path string
@@ -65,7 +66,9 @@ func TestHTTPSRedirectAndHSTS(t *testing.T) {
 		{"an ACME challenge", "GET", "blog.alice.repl.test", "/.well-known/acme-challenge/tok", nil, http.StatusOK, "", "challenge answer"},
 		{"a host without a certificate", "GET", "shop.alice.repl.test", "/", nil, http.StatusOK, "", `"name":"shop"`},
 		{"forwarded by another cluster", "GET", "blog.alice.repl.test", "/", forwarded(valid), http.StatusOK, "", `"name":"blog"`},
-		{"a spoofed hop mark", "GET", "blog.alice.repl.test", "/", forwarded("v1;west;1;forged"), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
+		{"the same mark again (a replay)", "GET", "blog.alice.repl.test", "/", forwarded(valid), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
+		{"a mark for another method", "GET", "blog.alice.repl.test", "/", forwarded(forPOST), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
+		{"a spoofed hop mark", "GET", "blog.alice.repl.test", "/", forwarded("v2;00000000;west;1;forged"), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, c.URL(tc.path), nil)

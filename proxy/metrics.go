@@ -19,6 +19,7 @@ type Metrics struct {
 	upgraded       prometheus.Gauge
 	cancelled      prometheus.Counter // requests cancelled before they began
 	resetCloses    prometheus.Counter // connections closed for cancelling too fast
+	hopRefused     *prometheus.CounterVec
 
 	// counters caches the children of requests by route and status, so
 	// that the request path neither hashes label values nor allocates.
@@ -75,8 +76,12 @@ func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cac
 			Name: "replproxy_connections_closed_for_cancels_total",
 			Help: "Client connections closed because requests their client cancelled reached handlers faster than the budget.",
 		}),
+		hopRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "replproxy_hop_marks_refused_total",
+			Help: "Hop marks refused, by reason (malformed, skew, unknown_key, signature, replay, replay_cache_full); the request is served as an untrusted client's.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses)
+	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses, m.hopRefused)
 	if cache != nil {
 		reg.MustRegister(routecache.NewCollector("replproxy", routecache.One(cluster, cache)))
 	}
@@ -110,6 +115,12 @@ func (m *Metrics) upstreamTime(route string, d time.Duration) {
 func (m *Metrics) upstreamError(route, kind string) {
 	if m != nil {
 		m.upstreamErrors.WithLabelValues(route, kind).Inc()
+	}
+}
+
+func (m *Metrics) hopMarkRefused(reason string) {
+	if m != nil {
+		m.hopRefused.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -62,7 +62,7 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 			}
 			srv := httptest.NewServer(h)
 			defer srv.Close()
-			mark := proxy.SignHop(testSecret, time.Now(), "east", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
+			mark := proxy.SignHop(testSecret, time.Now(), "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
 			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
 			req.Host = "blog.alice.repl.test"
 			req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},

@@ -65,6 +65,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if ex.route == routeForwarded {
 		oh[HopHeader] = []string{h.hop.sign(hopFields{
 			Source:    h.cfg.Cluster,
+			Method:    out.Method,
+			Target:    out.URL.RequestURI(),
+			Length:    wireLength(out),
 			Host:      out.Host,
 			For:       xff,
 			Proto:     proto,
@@ -73,6 +76,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		})}
 	}
 	ex.upstreamAt = time.Now()
+}
+
+// wireLength is the body length the next proxy will read for out: its
+// Content-Length when it has one (signedLength).
+func wireLength(out *http.Request) int64 {
+	if out.Body == nil || out.Body == http.NoBody {
+		return 0
+	}
+	return out.ContentLength
 }
 
 // clientIPHeaders are the request headers, besides X-Forwarded-*, that

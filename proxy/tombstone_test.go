@@ -189,9 +189,9 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 	// A well-formed mark signed with another secret, and one replayed
 	// from long ago: both stripped, with the headers they claim to vouch for.
 	for name, mark := range map[string]string{
-		"bad signature": proxy.SignHop([]byte("another secret, 32 bytes long......"), time.Now(), "east", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
-		"expired":       proxy.SignHop(testSecret, time.Now().Add(-time.Hour), "east", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
-		"garbage":       "v1;;;",
+		"bad signature": proxy.SignHop([]byte("another-secret-32-bytes-long......"), time.Now(), "east", "GET", "/page?q=1", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
+		"expired":       proxy.SignHop(testSecret, time.Now().Add(-time.Hour), "east", "GET", "/page?q=1", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
+		"garbage":       "v2;;;;",
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp, body := do(t, clientFrom("127.0.0.3"), west.Addr, "blog.alice.repl.test", http.Header{
@@ -206,7 +206,7 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 		})
 	}
 	// A valid mark is honoured: the container sees the headers it vouches for.
-	good := proxy.SignHop(testSecret, time.Now(), "east", "blog.alice.repl.test", "203.0.113.7", "https", "blog.alice.repl.test", "id-2")
+	good := proxy.SignHop(testSecret, time.Now(), "east", "GET", "/page?q=1", "blog.alice.repl.test", "203.0.113.7", "https", "blog.alice.repl.test", "id-2")
 	resp, body := do(t, testClient, west.Addr, "blog.alice.repl.test", http.Header{
 		proxy.HopHeader: {good}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"https"},
 		"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-2"},

@@ -84,7 +84,7 @@ Flags:
 	fs.StringVar(&o.registry, "registry", "", "the cluster registry file (required)")
 	fs.StringVar(&o.storeAddr, "store", "", "this cluster's store: a postgres:// DSN or an embedded store file (default: the cluster's store in the registry)")
 	fs.BoolVar(&o.migrate, "migrate", false, "apply pending schema migrations to a PostgreSQL store at start-up")
-	fs.StringVar(&o.hopSecretFile, "hop-secret-file", "", "file holding the secret (32+ bytes) that signs hop marks; the same in every cluster (required)")
+	fs.StringVar(&o.hopSecretFile, "hop-secret-file", "", "file of the secrets (32+ bytes each, one per line) that sign and verify hop marks: the first signs, all verify; the same in every cluster, reloaded when it changes (required)")
 	fs.StringVar(&o.server.Listen, "listen", ":8080", "HTTP listen address")
 	fs.StringVar(&o.server.TLSListen, "listen-tls", "", "HTTPS listen address (needs -tls-cert and -tls-key)")
 	fs.StringVar(&o.server.TLSCertFile, "tls-cert", "", "PEM certificate chain for -listen-tls")
@@ -150,7 +150,7 @@ func (o *options) load() error {
 	if err != nil {
 		return fmt.Errorf("read hop secret: %w", err)
 	}
-	o.proxy.HopSecret = []byte(strings.TrimSpace(string(secret)))
+	o.proxy.HopSecret = secret
 	if o.storeAddr == "" {
 		c, ok := o.proxy.Registry.Cluster(o.cluster)
 		if !ok {
@@ -224,7 +224,8 @@ func run(ctx context.Context, args []string) error {
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)))
+	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
+		zap.Strings("hop_keys", h.HopKeyIDs()))
 
 	// The route cache and the certificates keep working while the server
 	// drains, and stop once it has; both return only then (the cache with
@@ -233,6 +234,7 @@ func run(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { defer stopBackground(); return srv.Serve(gctx) })
 	g.Go(func() error { _ = cache.Run(background); return nil })
+	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
 	if certs != nil {
 		g.Go(func() error { return certs.Run(background) })
 	}
