@@ -19,6 +19,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -27,6 +28,7 @@ import (
 type platform struct {
 	registry       string
 	secrets        map[string]string         // by cluster: its hop secret file (the same content in all)
+	proxyArgs      map[string][]string       // by cluster: replproxy's flags for mutual TLS between the clusters
 	proxies        map[string]*replproxyProc // by cluster
 	byLB           map[string]string         // load-balancer IP (what replns answers) → proxy address
 	ns             *replns
@@ -51,6 +53,7 @@ func startPlatform(t *testing.T) *platform {
 	names := []string{"east", "west"}
 	dsns := map[string]string{}
 	addrs := map[string]string{}
+	fwds := map[string]string{}
 	var reg strings.Builder
 	reg.WriteString("clusters:\n")
 	for i, name := range names {
@@ -62,8 +65,9 @@ func startPlatform(t *testing.T) *platform {
 		t.Cleanup(func() { s.Close() })
 		p.stores[name] = s
 		addrs[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		fwds[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		p.byLB[lbIPs[name]] = addrs[name]
-		fmt.Fprintf(&reg, "  - {name: %s, proxy_ipv4: [%s], forward: %q, store: %q}\n", name, lbIPs[name], addrs[name], dsns[name])
+		fmt.Fprintf(&reg, "  - {name: %s, proxy_ipv4: [%s], forward: %q, store: %q}\n", name, lbIPs[name], fwds[name], dsns[name])
 
 		// The repl's container in this cluster: it says where it runs,
 		// and echoes WebSocket messages with its name.
@@ -93,8 +97,20 @@ func startPlatform(t *testing.T) *platform {
 	dir := writeFiles(t, map[string]string{"clusters.yaml": reg.String(), "east.secret": secret, "west.secret": secret})
 	p.registry = filepath.Join(dir, "clusters.yaml")
 	p.secrets = map[string]string{"east": filepath.Join(dir, "east.secret"), "west": filepath.Join(dir, "west.secret")}
+	// The clusters forward to each other over mutual TLS, as `make run`
+	// sets them up.
+	ca, err := peertls.NewCA(testZone(t), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.proxyArgs = map[string][]string{}
 	for _, name := range names {
-		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secrets[name])
+		files, err := ca.WriteFiles(dir, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.proxyArgs[name] = []string{"-forward-listen", fwds[name], "-forward-cert", files.Cert, "-forward-key", files.Key, "-forward-ca", files.CA}
+		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secrets[name], p.proxyArgs[name]...)
 	}
 	p.ns = startReplns(t, "-zone", "repl.test", "-registry", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
 	p.replctl = buildBinary(t, "replctl")
@@ -345,4 +361,14 @@ func TestMoveKeepsEstablishedWebSockets(t *testing.T) {
 			t.Fatalf("a WebSocket opened after the move through %s's proxy: %q, want the new container", cluster, got)
 		}
 	}
+}
+
+// testZone is the e2e tests' zone, repl.test.
+func testZone(t testing.TB) store.Zone {
+	t.Helper()
+	z, err := store.NewZone("repl.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return z
 }

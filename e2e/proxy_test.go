@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,7 +30,8 @@ type replproxyProc struct {
 }
 
 // startReplproxy starts replproxy for cluster with -listen on addr (the
-// registry's forward address) and -admin on a free port, waits for
+// registry's forward address, in plaintext, unless extra has the
+// -forward-* flags of mutual TLS) and -admin on a free port, waits for
 // /readyz, and at the end of the test stops it (SIGTERM) unless the test
 // did.
 func startReplproxy(t *testing.T, cluster, addr, registry, secret string, extra ...string) *replproxyProc {
@@ -37,6 +39,9 @@ func startReplproxy(t *testing.T, cluster, addr, registry, secret string, extra 
 	p := &replproxyProc{addr: addr, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), out: &syncBuffer{}, exited: make(chan struct{})}
 	args := append([]string{"-zone", "repl.test", "-cluster", cluster, "-registry", registry, "-hop-secret-file", secret,
 		"-listen", addr, "-admin-listen", p.admin, "-shutdown-timeout", "10s"}, extra...)
+	if !slices.Contains(extra, "-forward-cert") {
+		args = append(args, "-forward-plaintext") // the registry's forward addresses are the -listen ones
+	}
 	p.cmd = exec.Command(buildBinary(t, "replproxy"), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -210,8 +215,11 @@ func TestReplproxyFlags(t *testing.T) {
 		want string
 	}{
 		{"missing flags", nil, nil, "missing -"},
-		{"bad zone", []string{"-zone", "a..b", "-cluster", "east", "-registry", "x", "-hop-secret-file", "y"}, nil, "-zone"},
-		{"bad registry", []string{"-zone", "repl.test", "-cluster", "east", "-registry", filepath.Join(dir, "bad.yaml"), "-hop-secret-file", "y"}, nil, "bad.yaml:2"},
+		{"bad zone", []string{"-zone", "a..b", "-cluster", "east", "-registry", "x", "-hop-secret-file", "y", "-forward-plaintext"}, nil, "-zone"},
+		{"bad registry", []string{"-zone", "repl.test", "-cluster", "east", "-registry", filepath.Join(dir, "bad.yaml"), "-hop-secret-file", "y", "-forward-plaintext"}, nil, "bad.yaml:2"},
+		{"no forward TLS", []string{"-zone", "repl.test", "-cluster", "east", "-registry", "x", "-hop-secret-file", "y"}, nil, "or -forward-plaintext on a private network"},
+		{"forward TLS and plaintext", []string{"-zone", "repl.test", "-cluster", "east", "-registry", "x", "-hop-secret-file", "y", "-forward-plaintext", "-forward-cert", "c"}, nil, "exclude each other"},
+		{"forward TLS without its listener", []string{"-zone", "repl.test", "-cluster", "east", "-registry", "x", "-hop-secret-file", "y", "-forward-cert", "c"}, nil, "-forward-cert needs -forward-listen"},
 		{"bad env", []string{"-zone", "repl.test"}, []string{"REPLPROXY_DIAL_TIMEOUT=soon"}, "REPLPROXY_DIAL_TIMEOUT"},
 		{"unknown flag", []string{"-colour"}, nil, "flag provided but not defined"},
 	} {

@@ -146,7 +146,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 		time.Sleep(400 * time.Millisecond)
 		if i%5 == 0 {
 			old := p.proxies["west"]
-			p.proxies["west"] = startReplproxy(t, "west", old.addr, p.registry, p.secrets["west"])
+			p.proxies["west"] = startReplproxy(t, "west", old.addr, p.registry, p.secrets["west"], p.proxyArgs["west"]...)
 			_ = old.cmd.Process.Signal(syscall.SIGTERM)
 			<-old.exited
 		} else {

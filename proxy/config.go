@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -24,6 +25,12 @@ type Config struct {
 	// every one verifying them; every cluster shares them. Required.
 	HopSecret []byte
 	hopKeys   *HopKeys
+	// Peers, when set, is mutual TLS with the other clusters' proxies:
+	// requests are forwarded over it (HTTP/2; HTTP/1.1 for upgrades), the
+	// forward listener accepts only it, and a hop mark is trusted only
+	// from the cluster the peer's certificate names. Nil forwards in
+	// plaintext, for a private network.
+	Peers *peertls.Peers
 
 	// DialTimeout bounds connecting to a container or another cluster's
 	// proxy. Zero means 5 s.

@@ -44,6 +44,7 @@ type connSlot struct {
 	cancelled float64   // tokens spent, draining at resetRefill a second
 	at        time.Time // when cancelled was last brought up to date
 	cut       bool      // over budget once: the connection is being closed
+	peer      bool      // a cluster's proxy over mutual TLS: its cancels are its clients'
 }
 
 // Streams a client may cancel (HTTP/2 RST_STREAM, or going away) before
@@ -58,6 +59,9 @@ const (
 // cancel counts a stream the client cancelled, and reports whether the
 // connection has just gone over its budget (once).
 func (s *connSlot) cancel(now time.Time) bool {
+	if s.peer {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.at.IsZero() {
@@ -77,6 +81,13 @@ type connSlotKey struct{}
 // withConnSlot is the http.Server's ConnContext.
 func withConnSlot(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, connSlotKey{}, &connSlot{conn: c})
+}
+
+// withPeerSlot is the ConnContext of the forward listener over mutual
+// TLS: its connections carry many clients' requests, and are not held to
+// one client's budget of cancelled streams.
+func withPeerSlot(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connSlotKey{}, &connSlot{conn: c, peer: true})
 }
 
 // exchangeOf returns the exchange of a request made by ServeHTTP.

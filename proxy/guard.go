@@ -27,6 +27,7 @@ type guardListener struct {
 	handshake time.Duration // the most a TLS handshake may take
 	cuts      *atomic.Uint64
 	logger    *zap.Logger
+	peers     bool // the forward listener over mutual TLS: no reset budget
 }
 
 func (gl *guardListener) Accept() (net.Conn, error) {
@@ -38,7 +39,7 @@ func (gl *guardListener) Accept() (net.Conn, error) {
 		return &guardConn{Conn: c, raw: c, cuts: gl.cuts}, nil
 	}
 	tc := tls.Server(c, gl.tlsConfig)
-	return &tlsGuardConn{guardConn: guardConn{Conn: tc, raw: c, cuts: gl.cuts}, tc: tc, handshake: gl.handshake, logger: gl.logger}, nil
+	return &tlsGuardConn{guardConn: guardConn{Conn: tc, raw: c, cuts: gl.cuts, peer: gl.peers}, tc: tc, handshake: gl.handshake, logger: gl.logger}, nil
 }
 
 // guardConn is a client connection as the HTTP server reads and writes
@@ -50,6 +51,7 @@ type guardConn struct {
 	net.Conn          // what the server reads and writes: the TLS conn over raw, or raw
 	raw      net.Conn // the client's TCP connection (an admittedConn)
 	cuts     *atomic.Uint64
+	peer     bool // a cluster's proxy over mutual TLS: its resets are its clients'
 
 	// The reading goroutine's.
 	first   [len(h2cSniff)]byte // the first bytes, until there are enough to tell
@@ -87,7 +89,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 			_ = c.Close()
 			return 0, errALPNMismatch
 		}
-		if h2 {
+		if h2 && !c.peer {
 			c.resets = newResetCounter()
 			// The bytes read before these are preface too.
 			c.resets.saw(c.first[:len(c.first)-k], time.Now())

@@ -137,6 +137,7 @@ const (
 	hopSignature = "signature"
 	hopReplayed  = "replay"
 	hopFull      = "replay_cache_full"
+	hopPeer      = "peer" // with mutual TLS: not from the cluster the peer certificate names
 )
 
 // hopError is a refused mark, with why.
@@ -269,6 +270,13 @@ type hopVerdict struct {
 
 func (h *Handler) verifyHop(r *http.Request) *hopVerdict {
 	src, err := h.hop.verify(r.Header.Get(HopHeader), receivedHopFields(r))
+	if err == nil && h.cfg.Peers != nil {
+		// With mutual TLS, a mark speaks only for the peer that brought it.
+		if peer := h.cfg.Peers.PeerCluster(r.TLS); peer != src {
+			err = &hopError{hopPeer, fmt.Sprintf("a mark from cluster %s on a connection from %q (mutual TLS names the peer)", src, peer)}
+			src = ""
+		}
+	}
 	if err != nil {
 		var he *hopError
 		if errors.As(err, &he) {

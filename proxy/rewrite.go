@@ -14,6 +14,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	ex := exchangeOf(pr.In.Context())
 	in, out := pr.In, pr.Out
 	out.URL.Scheme = "http"
+	if ex.route == routeForwarded && h.cfg.Peers != nil {
+		out.URL.Scheme = "https" // mutual TLS with the peer (peerTransports)
+	}
 	out.URL.Host = ex.target
 	out.Host = in.Host
 	if !asciiHost(in.Host) {

@@ -84,11 +84,14 @@ func (s *Server) Listen() error {
 		if l.role != "admin" {
 			gl := &guardListener{Listener: s.conns.listener(ln, l.role != "forward"),
 				handshake: s.cfg.ReadHeaderTimeout, cuts: &s.conns.resetCuts, logger: s.logger.Named("tls")}
-			if l.role == "https" {
+			switch {
+			case l.role == "https":
 				if s.cfg.HTTPSPort == 0 {
 					s.cfg.HTTPSPort = ln.Addr().(*net.TCPAddr).Port
 				}
 				gl.tlsConfig = tlsConfig
+			case l.role == "forward" && s.handler.cfg.Peers != nil:
+				gl.tlsConfig, gl.peers = s.handler.cfg.Peers.ServerConfig(), true
 			}
 			ln = gl
 		}
@@ -175,6 +178,22 @@ func (s *Server) httpServer(role string) *http.Server {
 		p.SetHTTP1(true)
 		p.SetUnencryptedHTTP2(true)
 		srv.Protocols = &p
+	case "forward":
+		if s.handler.cfg.Peers != nil {
+			// Mutual TLS (guardListener), HTTP/2 by its preface, as on the
+			// HTTPS listener; no client budget of cancels (withPeerSlot).
+			srv.Handler = withTLSState(s.handler)
+			srv.ConnContext = withPeerSlot
+			var p http.Protocols
+			p.SetHTTP1(true)
+			p.SetUnencryptedHTTP2(true)
+			srv.Protocols = &p
+		} else if s.cfg.H2C {
+			var p http.Protocols
+			p.SetHTTP1(true)
+			p.SetUnencryptedHTTP2(true)
+			srv.Protocols = &p
+		}
 	case "admin":
 		srv.Handler = s.adminMux()
 	default:

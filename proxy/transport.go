@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -68,3 +70,64 @@ func newBufferPool() *bufferPool {
 
 func (bp *bufferPool) Get() []byte  { return *bp.p.Get().(*[]byte) }
 func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
+
+// peerTransports carry forwarded requests to other clusters' proxies over
+// mutual TLS (Config.Peers): HTTP/2 for ordinary requests, one
+// multiplexed connection per peer address as long as its streams suffice,
+// and HTTP/1.1 for upgrades, which HTTP/2 cannot carry.
+type peerTransports struct {
+	h2, h1 *http.Transport
+}
+
+func newPeerTransports(cfg *Config) *peerTransports {
+	byAddr := map[string]string{} // forward address → cluster
+	for _, name := range cfg.Registry.Names() {
+		if c, ok := cfg.Registry.Cluster(name); ok {
+			byAddr[c.Forward] = name
+		}
+	}
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	dial := retryRefused(dialer.DialContext)
+	dialTLS := func(alpn ...string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			name, ok := byAddr[addr]
+			if !ok {
+				return nil, fmt.Errorf("forward to %s: no cluster of the registry has that forward address", addr)
+			}
+			raw, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(raw, cfg.Peers.ClientConfig(name, alpn...))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, fmt.Errorf("TLS with cluster %s's proxy at %s: %w", name, addr, err)
+			}
+			return tc, nil
+		}
+	}
+	t := func(alpn ...string) *http.Transport {
+		tr := newTransport(cfg)
+		tr.DialContext = nil
+		tr.DialTLSContext = dialTLS(alpn...)
+		return tr
+	}
+	h2 := t("h2", "http/1.1")
+	h2.ForceAttemptHTTP2 = true
+	// A peer that stops answering is found by a ping, not by the
+	// requests that wait on it.
+	h2.HTTP2 = &http.HTTP2Config{SendPingTimeout: 10 * time.Second, PingTimeout: 5 * time.Second}
+	return &peerTransports{h2: h2, h1: t("http/1.1")}
+}
+
+func (p *peerTransports) RoundTrip(req *http.Request) (*http.Response, error) {
+	if upgradeType(req.Header) != "" {
+		return p.h1.RoundTrip(req)
+	}
+	return p.h2.RoundTrip(req)
+}
+
+func (p *peerTransports) CloseIdleConnections() {
+	p.h2.CloseIdleConnections()
+	p.h1.CloseIdleConnections()
+}

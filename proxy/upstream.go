@@ -35,6 +35,7 @@ type upstream struct {
 	headerWait time.Duration // ResponseHeaderTimeout
 	maxHeader  int64         // MaxResponseHeaderBytes
 	pool       *pool
+	peers      *peerTransports // nil: forwarding in plaintext
 }
 
 // Bounds on what a container may send before its final response headers,
@@ -48,7 +49,12 @@ func newUpstream(cfg *Config) *upstream {
 	t := newTransport(cfg)
 	fresh := newTransport(cfg)
 	fresh.DisableKeepAlives = true
+	var peers *peerTransports
+	if cfg.Peers != nil {
+		peers = newPeerTransports(cfg)
+	}
 	return &upstream{
+		peers:      peers,
 		slow:       t,
 		slowFresh:  fresh,
 		dial:       t.DialContext,
@@ -82,6 +88,9 @@ func replayable(req *http.Request) bool {
 }
 
 func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	if u.peers != nil && req.URL.Scheme == "https" {
+		return u.peers.RoundTrip(req)
+	}
 	if !lean(req) {
 		if !replayable(req) {
 			return u.slowFresh.RoundTrip(req)
@@ -194,6 +203,9 @@ func (u *upstream) CloseIdleConnections() {
 	u.pool.closeAll()
 	u.slow.CloseIdleConnections()
 	u.slowFresh.CloseIdleConnections()
+	if u.peers != nil {
+		u.peers.CloseIdleConnections()
+	}
 }
 
 // Errors of a container that broke the bounds.

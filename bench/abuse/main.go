@@ -108,7 +108,7 @@ func run(o options) error {
 		}
 	}
 	proxy, err := benchproc.Start(dir, "replproxy", "0", nil, o.replproxy, "-zone", "repl.test", "-cluster", "east",
-		"-registry", filepath.Join(dir, "clusters.yaml"), "-hop-secret-file", filepath.Join(dir, "hop.secret"),
+		"-registry", filepath.Join(dir, "clusters.yaml"), "-hop-secret-file", filepath.Join(dir, "hop.secret"), "-forward-plaintext",
 		"-listen", addr, "-admin-listen", admin, "-h2c",
 		"-listen-tls", tlsAddr, "-tls-cert", filepath.Join(dir, "cert.pem"), "-tls-key", filepath.Join(dir, "key.pem"), "-access-log=false", "-log-level", "error")
 	if err != nil {

@@ -222,7 +222,7 @@ func run(o opts) error {
 	}
 	rp := func(cluster, listen string) []string {
 		return []string{o.replproxy, "-zone", "repl.test", "-cluster", cluster, "-registry", filepath.Join(dir, "clusters.yaml"),
-			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-listen", listen, "-admin-listen", "", "-access-log=false", "-log-level", "warn"}
+			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-forward-plaintext", "-listen", listen, "-admin-listen", "", "-access-log=false", "-log-level", "warn"}
 	}
 	eastProc, err := launch("replproxy-east", "0", rp("east", east)...)
 	if err != nil {

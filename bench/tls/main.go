@@ -158,7 +158,7 @@ func run(o opts) error {
 	}
 	rp := func(listen, listenTLS string, extra ...string) []string {
 		return append([]string{o.replproxy, "-zone", "repl.test", "-cluster", "east", "-registry", filepath.Join(dir, "clusters.yaml"),
-			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-listen", listen, "-listen-tls", listenTLS,
+			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-forward-plaintext", "-listen", listen, "-listen-tls", listenTLS,
 			"-admin-listen", "", "-access-log=false", "-log-level", "error"}, extra...)
 	}
 	onDemand, err := launch("replproxy-on-demand", nil, rp(addr(0), addr(1), "-tls-on-demand",

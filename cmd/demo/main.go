@@ -27,6 +27,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -36,6 +37,7 @@ var clusters = []struct{ name, ip string }{{"east", "127.0.0.1"}, {"west", "127.
 const (
 	zone      = "repl.test"
 	proxyPort = "8080"
+	fwdPort   = "8443" // mutual TLS between the clusters' proxies
 	nsAddr    = "127.0.0.1:5353"
 )
 
@@ -169,7 +171,7 @@ func writeConfig(dir string, addrs map[string]string) (registry, secret string, 
 	registry = filepath.Join(dir, "clusters.yaml")
 	reg := "clusters:\n"
 	for _, c := range clusters {
-		reg += fmt.Sprintf("  - name: %s\n    proxy_ipv4: [%s]\n    forward: %s:%s\n    store: %q\n", c.name, c.ip, c.ip, proxyPort, addrs[c.name])
+		reg += fmt.Sprintf("  - name: %s\n    proxy_ipv4: [%s]\n    forward: %s:%s\n    store: %q\n", c.name, c.ip, c.ip, fwdPort, addrs[c.name])
 	}
 	secret = filepath.Join(dir, "hop.secret")
 	if err := os.WriteFile(registry, []byte(reg), 0o644); err != nil {
@@ -225,9 +227,24 @@ func startDaemons(ctx context.Context, bin, dir, registry, secret string) ([]*ch
 		"-listen", nsAddr, "-admin-listen", "127.0.0.1:9153", "-log-format", "console"); err != nil {
 		return procs, err
 	}
+	// A throw-away CA for the clusters' proxies: they forward to each
+	// other over mutual TLS, each with a certificate naming its cluster.
+	z, err := store.NewZone(zone)
+	if err != nil {
+		return procs, err
+	}
+	ca, err := peertls.NewCA(z, 30*24*time.Hour)
+	if err != nil {
+		return procs, err
+	}
 	for _, c := range clusters {
+		files, err := ca.WriteFiles(dir, c.name)
+		if err != nil {
+			return procs, err
+		}
 		if err := start("replproxy-"+c.name, "replproxy", "-zone", zone, "-cluster", c.name, "-registry", registry,
-			"-hop-secret-file", secret, "-listen", c.ip+":"+proxyPort, "-admin-listen", c.ip+":9090"); err != nil {
+			"-hop-secret-file", secret, "-listen", c.ip+":"+proxyPort, "-admin-listen", c.ip+":9090",
+			"-forward-listen", c.ip+":"+fwdPort, "-forward-cert", files.Cert, "-forward-key", files.Key, "-forward-ca", files.CA); err != nil {
 			return procs, err
 		}
 	}
@@ -281,8 +298,9 @@ func printGuide(bin, dir, registry string) {
 	replctl := rel(filepath.Join(bin, "replctl")) + " -registry " + registry
 	fmt.Printf(`
 replproxy demo is running (Ctrl-C stops everything). Zone %[1]s.
-  cluster east: proxy 127.0.0.1:8080, apps on 127.0.0.1:9101-9103
-  cluster west: proxy 127.0.0.2:8080, apps on 127.0.0.2:9101-9103
+  cluster east: proxy 127.0.0.1:8080 (forward listener, mutual TLS: :8443), apps on 127.0.0.1:9101-9103
+  cluster west: proxy 127.0.0.2:8080 (forward listener, mutual TLS: :8443), apps on 127.0.0.2:9101-9103
+  the clusters' proxy certificates and their throw-away CA: %[3]s/{east,west}.crt, ca.crt
   replns (authoritative for %[1]s): %[2]s
   logs and files: %[3]s
 
@@ -305,7 +323,8 @@ Then look again:
   dig @127.0.0.1 -p 5353 +short blog.alice.repl.test         # now 127.0.0.2: west
   curl -s -H 'Host: blog.alice.repl.test' http://127.0.0.2:8080/   # served in west
   curl -s -H 'Host: blog.alice.repl.test' http://127.0.0.1:8080/   # a stale address still works:
-                                                                   # east's tombstone forwards it to west, one hop
+                                                                   # east's tombstone forwards it to west, one hop,
+                                                                   # over mutual TLS and HTTP/2
   %[4]s repl list --cluster east        # blog1 is gone from east...
   %[4]s clusters status                  # ...and east holds a tombstone for it
 Move it back with: %[4]s move blog1 --to east --endpoint 127.0.0.1:9101

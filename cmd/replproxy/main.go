@@ -29,6 +29,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
@@ -54,6 +55,10 @@ type options struct {
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
 	cache                                                       routecache.Config
+
+	// Mutual TLS between clusters.
+	peerFiles        peertls.Files
+	forwardPlaintext bool
 
 	// Certificates on demand.
 	tlsOnDemand            bool
@@ -90,6 +95,10 @@ Flags:
 	fs.StringVar(&o.server.TLSCertFile, "tls-cert", "", "PEM certificate chain for -listen-tls")
 	fs.StringVar(&o.server.TLSKeyFile, "tls-key", "", "PEM private key for -listen-tls")
 	fs.StringVar(&o.server.ForwardListen, "forward-listen", "", "address for requests forwarded by other clusters (the registry's forward address points here); empty: they use -listen")
+	fs.StringVar(&o.peerFiles.Cert, "forward-cert", "", "PEM certificate of this cluster's proxies (a URI SAN spiffe://ZONE/cluster/NAME), for -forward-listen and for forwarding to other clusters")
+	fs.StringVar(&o.peerFiles.Key, "forward-key", "", "PEM private key of -forward-cert")
+	fs.StringVar(&o.peerFiles.CA, "forward-ca", "", "PEM certificates of the CA that signs every cluster's -forward-cert; the three files are reread when they change")
+	fs.BoolVar(&o.forwardPlaintext, "forward-plaintext", false, "forward between clusters in plaintext HTTP, without -forward-cert/-forward-key/-forward-ca: only on a private network")
 	fs.StringVar(&o.server.AdminListen, "admin-listen", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (keep it private); empty: none")
 	fs.BoolVar(&o.server.H2C, "h2c", false, "accept HTTP/2 without TLS (prior knowledge) on the plain listeners")
 	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and WebSockets may finish before they are closed")
@@ -130,6 +139,14 @@ Flags:
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
 	}
+	switch anyTLS := o.peerFiles != (peertls.Files{}); {
+	case anyTLS && o.forwardPlaintext:
+		return nil, errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
+	case !anyTLS && !o.forwardPlaintext:
+		return nil, errors.New("forwarding between clusters needs -forward-cert, -forward-key and -forward-ca (mutual TLS; `make run` shows how to make them), or -forward-plaintext on a private network")
+	case anyTLS && o.server.ForwardListen == "":
+		return nil, errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
+	}
 	return &o, nil
 }
 
@@ -151,6 +168,14 @@ func (o *options) load() error {
 		return fmt.Errorf("read hop secret: %w", err)
 	}
 	o.proxy.HopSecret = secret
+	if !o.forwardPlaintext {
+		if o.proxy.Peers, err = peertls.Load(o.peerFiles, o.proxy.Zone, o.proxy.Registry); err != nil {
+			return err
+		}
+		if got := o.proxy.Peers.Cluster(); got != o.cluster {
+			return fmt.Errorf("-forward-cert %s names cluster %s, but this is %s (-cluster)", o.peerFiles.Cert, got, o.cluster)
+		}
+	}
 	if o.storeAddr == "" {
 		c, ok := o.proxy.Registry.Cluster(o.cluster)
 		if !ok {
@@ -235,6 +260,11 @@ func run(ctx context.Context, args []string) error {
 	g.Go(func() error { defer stopBackground(); return srv.Serve(gctx) })
 	g.Go(func() error { _ = cache.Run(background); return nil })
 	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
+	if o.proxy.Peers != nil {
+		g.Go(func() error { o.proxy.Peers.Watch(background, time.Second, logger.Named("peertls")); return nil })
+	} else {
+		logger.Warn("forwarding between clusters in PLAINTEXT (-forward-plaintext): every forwarded request, cookies and credentials included, crosses the network between clusters readable and alterable; use it only on a private network")
+	}
 	if certs != nil {
 		g.Go(func() error { return certs.Run(background) })
 	}
