@@ -221,6 +221,7 @@ func TestForwardOverMutualTLS(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Errorf("%d of 200 forwarded requests failed", failed.Load())
 	}
+	t.Logf("%d connections between the clusters for 201 requests and a WebSocket to come", rel.conns.Load())
 	if n := rel.conns.Load(); n > 4 {
 		t.Errorf("%d connections between the clusters for 201 requests, want at most 4 (HTTP/2)", n)
 	}
