@@ -26,6 +26,8 @@ type exchange struct {
 	rec         *recorder
 	key         store.Key
 	in          *http.Request // the request as it came in, for a second dispatch
+	body        []byte        // a forwarded request's body, held for a second dispatch (holdForward)
+	sent        *sentBody     // or what of it went to the peer, sent after 100 Continue
 }
 
 type exchangeKey struct{}

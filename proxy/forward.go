@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -68,13 +71,16 @@ var errStaleForward = errors.New("forwarded on a stale tombstone")
 
 // staleForward handles a forward that came back as a loop pointing here:
 // during a move back, this proxy's cache can still hold the tombstone its
-// own store just replaced (the notification is milliseconds behind). It
-// asks the store again and, when the repl is live here and the request
-// has no body to replay, serves it locally; otherwise it passes the 508 on.
+// own store just replaced (the notification is milliseconds behind, or
+// lost with the change feed). It asks the store again and, when the repl
+// is live here and the request's body is still at hand (held, or not sent
+// yet: holdForward), serves it locally; otherwise it passes the 508 on.
 func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 	r := ex.in // not the rewritten request: it is dispatched again from the start
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "" {
+	if body, ok := ex.unsentBody(); ok {
 		if route, err := h.routes.Refresh(r.Context(), ex.key); err == nil && route.Kind == store.RouteLocal {
+			r.Body = body
+			ex.body, ex.sent = nil, nil
 			ex.route = routeLocal
 			ex.target = h.endpoint(route)
 			ex.upstreamAt = time.Time{}
@@ -92,3 +98,62 @@ func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 	writePage(w, r, http.StatusLoopDetected, "Loop Detected",
 		"This repl's tombstone here and the cluster it names disagree about where it lives. A request is forwarded at most once.")
 }
+
+// replayBody is the largest body a forwarded request has held in memory
+// (holdForward): most API requests and forms, and at most this much per
+// request in flight.
+const replayBody = 16 << 10
+
+// holdForward makes sure a forwarded request's body can still be served
+// here if the peer answers that its tombstone points back (staleForward):
+// a small body of known length is read and held; any other is sent only
+// after the peer's 100 Continue (Expect, set by rewrite), so that the
+// peer's 508 arrives before a byte of it has left. It reports false when
+// the client's body could not be read (answered 400).
+func (h *Handler) holdForward(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
+	if r.ContentLength > 0 && r.ContentLength <= replayBody {
+		body, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+		if err != nil || int64(len(body)) != r.ContentLength {
+			ex.route = routeForwarded
+			writePage(w, r, http.StatusBadRequest, "Bad Request", "The request body ended before its Content-Length.")
+			return false
+		}
+		ex.body = body
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		return true
+	}
+	ex.sent = &sentBody{body: r.Body}
+	r.Body = ex.sent
+	return true
+}
+
+// unsentBody returns a body for a second dispatch of ex.in, when it has
+// one to give: none, the held one, or the whole of one not sent yet.
+func (ex *exchange) unsentBody() (io.ReadCloser, bool) {
+	r := ex.in
+	switch {
+	case ex.body != nil:
+		return io.NopCloser(bytes.NewReader(ex.body)), true
+	case ex.sent != nil:
+		return ex.sent.body, ex.sent.n.Load() == 0
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 && r.Header.Get("Transfer-Encoding") == "":
+		return r.Body, true
+	}
+	return nil, false
+}
+
+// sentBody passes a forwarded request's body to the peer, counting what
+// was read of it; closing it leaves the client's body open (the server
+// closes that), for a second dispatch.
+type sentBody struct {
+	body io.ReadCloser
+	n    atomic.Int64
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+func (b *sentBody) Close() error { return nil }

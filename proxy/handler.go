@@ -121,6 +121,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 		r.Body = newFloorBody(rec, r, h.cfg.BodyWindow, cancel)
 	}
+	if ex.route == routeForwarded && r.Body != nil && r.Body != http.NoBody && !h.holdForward(rec, r, ex) {
+		return
+	}
 	ex.in = r
 	h.proxy.ServeHTTP(rec, r)
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -89,15 +90,33 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 // serves the request itself: the client never sees the 508.
 func TestStaleTombstoneAtTheSenderIsServedLocally(t *testing.T) {
 	mb := startMoveBack(t)
-	for _, method := range []string{http.MethodGet, http.MethodPost} {
-		req, _ := http.NewRequest(method, mb.east.URL+"/page", nil)
+	for _, tc := range []struct {
+		method string
+		body   int  // bytes
+		sized  bool // with a Content-Length (else chunked)
+	}{
+		{http.MethodGet, 0, true},
+		{http.MethodPost, 0, true},
+		{http.MethodPost, 2048, true},     // held (holdForward)
+		{http.MethodPut, 300 << 10, true}, // sent after 100 Continue
+		{http.MethodPost, 5000, false},    // chunked: after 100 Continue too
+	} {
+		var body io.Reader
+		if tc.body > 0 {
+			body = strings.NewReader(strings.Repeat("b", tc.body))
+			if !tc.sized {
+				body = io.MultiReader(body) // no length known
+			}
+		}
+		req, _ := http.NewRequest(tc.method, mb.east.URL+"/page", body)
 		req.Host = "blog.alice.repl.test"
-		resp, body := doBody(t, req)
-		if resp.StatusCode != http.StatusOK || testbed.Decode(t, body).Name != "east-app" {
-			t.Fatalf("%s: status %d %q, want east's container", method, resp.StatusCode, body)
+		resp, got := doBody(t, req)
+		e := testbed.Decode(t, got)
+		if resp.StatusCode != http.StatusOK || e.Name != "east-app" || e.BodyLen != int64(tc.body) {
+			t.Fatalf("%s with %d bytes (sized %v): status %d %q, want east's container with the whole body", tc.method, tc.body, tc.sized, resp.StatusCode, got)
 		}
 	}
-	if mb.eastRoutes.refreshes != 2 {
+	if mb.eastRoutes.refreshes != 5 {
 		t.Errorf("east refreshed %d times, want once per request", mb.eastRoutes.refreshes)
 	}
 }

@@ -64,6 +64,16 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	}
 	oh["Via"] = append(in.Header.Values("Via"), via)
 	oh.Del(HopHeader)
+	switch {
+	case ex.sent != nil:
+		// The body goes to the peer only after its 100 Continue: a 508
+		// (staleForward) leaves it here, unsent (holdForward).
+		oh["Expect"] = []string{"100-continue"}
+	case ex.trusted:
+		// The Expect of the hop between clusters was for this proxy,
+		// which reads the body anyway.
+		delete(oh, "Expect")
+	}
 
 	if ex.route == routeForwarded {
 		oh[HopHeader] = []string{h.hop.sign(hopFields{

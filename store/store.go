@@ -113,6 +113,10 @@ const (
 	EventDomain
 	// EventChallenge: a challenge record changed (Name).
 	EventChallenge
+	// EventLost: the watcher lost its connection; changes made from now
+	// until the next EventResync are not notified. Consumers that act on
+	// what they hold (a tombstone) should confirm it with the store.
+	EventLost
 )
 
 func (k EventKind) String() string {
@@ -125,6 +129,8 @@ func (k EventKind) String() string {
 		return "domain"
 	case EventChallenge:
 		return "challenge"
+	case EventLost:
+		return "lost"
 	}
 	return "unknown"
 }

@@ -30,6 +30,7 @@ func (p *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		fn(store.Event{Kind: store.EventLost})
 		wait := backoff/2 + rand.N(backoff/2+1)
 		p.logger.Warn("change notifications lost, reconnecting",
 			zap.String("database", p.dsn), zap.Duration("retry_in", wait), zap.Error(err))

@@ -94,6 +94,7 @@ type Cache struct {
 	userClock bool             // a clock was given: always use it
 	coarse    atomic.Int64     // unix nanoseconds, kept by Run; 0 when not running
 	epoch     atomic.Uint64    // bumped by EventResync; older entries are stale
+	feedLost  atomic.Bool      // between EventLost and EventResync: tombstones are confirmed (Lookup)
 	downUntil atomic.Int64     // unix nanoseconds; misses fail fast until then
 	failing   atomic.Bool      // an incident is in progress (logged once)
 	synced    chan struct{}
@@ -128,7 +129,8 @@ type entry struct {
 	err        error // nil or ErrNotFound
 	expires    int64 // unix nanoseconds
 	epoch      uint64
-	refreshed  int64 // unix nanoseconds when Refresh last loaded it; atomic (entries are copied, so not an atomic.Int64)
+	refreshed  int64 // unix nanoseconds when Refresh or confirm last asked for it; atomic (entries are copied, so not an atomic.Int64)
+	loaded     int64 // unix nanoseconds when it was loaded
 }
 
 // New returns a cache in front of r. Call Run to keep it current. now is
@@ -234,6 +236,11 @@ func (c *Cache) Synced() <-chan struct{} { return c.synced }
 // without one the error wraps ErrUnavailable.
 func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 	e, fresh := c.get(k)
+	if fresh && c.feedLost.Load() && e.err == nil && e.route.Kind == store.RouteTombstone {
+		// The change feed is down: a move back may have replaced this
+		// tombstone unnoticed. Confirm it, at most once a second per key.
+		return c.confirm(ctx, k, e)
+	}
 	if fresh {
 		c.hits.Add(1)
 		return e.route, e.err
@@ -259,6 +266,39 @@ func (c *Cache) screen(k store.Key) bool {
 	c.screened.Add(1)
 	return true
 }
+
+// confirm asks the backend for k again though old, what the cache holds,
+// is fresh, at most once every refreshEvery; while the backend fails, or
+// within that time, it answers old.
+func (c *Cache) confirm(ctx context.Context, k store.Key, old *entry) (store.Route, error) {
+	now := c.now()
+	if now-max(atomic.LoadInt64(&old.refreshed), old.loaded) < int64(refreshEvery) || now < c.downUntil.Load() {
+		c.hits.Add(1)
+		return old.route, old.err
+	}
+	atomic.StoreInt64(&old.refreshed, now)
+	c.misses.Add(1)
+	ch := c.group.DoChan("confirm "+k.String(), func() (any, error) { return c.fetch(ctx, k, true) })
+	select {
+	case <-ctx.Done():
+		return store.Route{}, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			e, err := c.serveStale(k, old, res.Err)
+			if err != nil {
+				return store.Route{}, err
+			}
+			return e.route, e.err
+		}
+		e := res.Val.(*entry)
+		atomic.StoreInt64(&e.refreshed, now)
+		return e.route, e.err
+	}
+}
+
+// FeedLost reports whether the change feed is down (between EventLost and
+// the EventResync of its reconnection).
+func (c *Cache) FeedLost() bool { return c.feedLost.Load() }
 
 // Refresh drops what the cache holds for k and looks it up in the backend:
 // for a caller that has reason to think the cached route is older than the
@@ -377,7 +417,7 @@ func (c *Cache) load(ctx context.Context, k store.Key, old *entry) (*entry, erro
 	if c.now() < c.downUntil.Load() {
 		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, store.ErrUnavailable))
 	}
-	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k) })
+	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k, false) })
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -390,10 +430,11 @@ func (c *Cache) load(ctx context.Context, k store.Key, old *entry) (*entry, erro
 }
 
 // fetch makes one backend call and stores its answer.
-func (c *Cache) fetch(ctx context.Context, k store.Key) (*entry, error) {
+func (c *Cache) fetch(ctx context.Context, k store.Key, force bool) (*entry, error) {
 	// A caller that missed just before another call for k finished would
-	// ask the backend again: look once more.
-	if e, fresh := c.get(k); fresh {
+	// ask the backend again: look once more (unless it wants the store's
+	// word: confirm).
+	if e, fresh := c.get(k); fresh && !force {
 		return e, nil
 	}
 	k = cloneKey(k) // kept in the cache: do not pin the caller's buffers
@@ -407,7 +448,7 @@ func (c *Cache) fetch(ctx context.Context, k store.Key) (*entry, error) {
 	c.found[i].mu.RUnlock()
 
 	c.loads.Add(1)
-	e := &entry{key: k, epoch: epoch}
+	e := &entry{key: k, epoch: epoch, loaded: c.now()}
 	ttl := c.cfg.TTL
 	var err error
 	if k.Kind == store.KeyChallenge {
@@ -535,7 +576,10 @@ func (c *Cache) apply(ev store.Event) {
 	switch ev.Kind {
 	case store.EventResync:
 		c.epoch.Add(1)
+		c.feedLost.Store(false)
 		c.syncOnce.Do(func() { close(c.synced) })
+	case store.EventLost:
+		c.feedLost.Store(true)
 	case store.EventRepl:
 		c.invalidate(store.ReplKey(ev.Owner, ev.Slug))
 		c.invalidate(store.ReplIDKey(ev.ReplID))

@@ -496,3 +496,100 @@ func TestRefreshIsRateLimited(t *testing.T) {
 		t.Errorf("100 refreshes of one key made %d backend calls, want 1", n)
 	}
 }
+
+// feedReader is a countingReader whose change feed the test drives.
+type feedReader struct {
+	*countingReader
+	events chan store.Event
+}
+
+func (r *feedReader) Watch(ctx context.Context, fn func(store.Event)) error {
+	fn(store.Event{Kind: store.EventResync})
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev := <-r.events:
+			fn(ev)
+		}
+	}
+}
+
+// TestTombstoneConfirmedWhileFeedIsLost: while the change feed is down, a
+// cached tombstone is asked of the store again, at most once a second per
+// key, so that a move back is seen; a live route is not; while the store
+// fails too, the tombstone keeps serving; once the feed is back, the cache
+// answers alone again.
+func TestTombstoneConfirmedWhileFeedIsLost(t *testing.T) {
+	r := &feedReader{countingReader: newCountingReader(), events: make(chan store.Event)}
+	tomb := store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2}
+	r.set(blogKey, tomb)
+	clock := newFakeClock()
+	c := newClockedCache(t, r, routecache.Config{}, clock.Now, nil)
+	if got, _ := lookup(t, c, blogKey); got.Kind != store.RouteTombstone {
+		t.Fatalf("first lookup: %+v", got)
+	}
+	calls := func() int64 { return r.calls.Load() }
+	before := calls()
+	for range 10 {
+		lookup(t, c, blogKey)
+	}
+	if n := calls() - before; n != 0 {
+		t.Fatalf("with the feed up, 10 lookups of a cached tombstone made %d store calls, want 0", n)
+	}
+
+	r.events <- store.Event{Kind: store.EventLost}
+	testbedWait(t, c.FeedLost)
+	clock.Advance(1100 * time.Millisecond) // a second after the tombstone was loaded
+	// The repl moved back here; the notification is lost with the feed.
+	back := store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"10.0.0.1:80"}, Generation: 3}
+	r.set(blogKey, back)
+	if got, _ := lookup(t, c, blogKey); got.Kind != store.RouteLocal {
+		t.Fatalf("with the feed lost, the tombstone was not confirmed: %+v", got)
+	}
+	r.set(blogKey, tomb) // and away again
+	before = calls()
+	for range 100 {
+		lookup(t, c, blogKey)
+	}
+	if n := calls() - before; n != 0 {
+		t.Errorf("100 lookups of a live route with the feed lost made %d store calls, want 0 (only tombstones are confirmed)", n)
+	}
+	clock.Advance(61 * time.Second) // the live entry (TTL 60 s) expires; the tombstone is loaded again
+	lookup(t, c, blogKey)
+	before = calls()
+	for range 100 {
+		lookup(t, c, blogKey)
+	}
+	if n := calls() - before; n != 0 {
+		t.Errorf("100 lookups in the same second made %d store calls, want 0 (one a second per key)", n)
+	}
+	clock.Advance(1100 * time.Millisecond)
+	r.setFail(errors.New("the store is down too"))
+	if got, err := lookup(t, c, blogKey); err != nil || got.Kind != store.RouteTombstone {
+		t.Errorf("confirming while the store fails: %+v, %v; want the tombstone served stale", got, err)
+	}
+	r.setFail(nil)
+	clock.Advance(10 * time.Second) // past the pause after a failure
+
+	r.events <- store.Event{Kind: store.EventResync}
+	testbedWait(t, func() bool { return !c.FeedLost() })
+	lookup(t, c, blogKey) // everything held is stale after a resync: loaded again
+	clock.Advance(1100 * time.Millisecond)
+	before = calls()
+	for range 10 {
+		lookup(t, c, blogKey)
+	}
+	if n := calls() - before; n != 0 {
+		t.Errorf("with the feed back, 10 lookups made %d store calls, want 0", n)
+	}
+}
+
+func testbedWait(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5 s")
+		}
+	}
+}
