@@ -29,6 +29,7 @@ type platform struct {
 	registry       string
 	secrets        map[string]string         // by cluster: its hop secret file (the same content in all)
 	proxyArgs      map[string][]string       // by cluster: replproxy's flags for mutual TLS between the clusters
+	dsns           map[string]string         // by cluster: its PostgreSQL database
 	proxies        map[string]*replproxyProc // by cluster
 	byLB           map[string]string         // load-balancer IP (what replns answers) → proxy address
 	ns             *replns
@@ -88,7 +89,8 @@ func startPlatform(t *testing.T) *platform {
 					}
 				}
 			}
-			fmt.Fprintf(w, "served in %s\n", name)
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprintf(w, "served in %s (%s, %d bytes)\n", name, r.Method, n)
 		}))
 		t.Cleanup(app.Close)
 		p.apps[name] = strings.TrimPrefix(app.URL, "http://")
@@ -104,6 +106,7 @@ func startPlatform(t *testing.T) *platform {
 		t.Fatal(err)
 	}
 	p.proxyArgs = map[string][]string{}
+	p.dsns = dsns
 	for _, name := range names {
 		files, err := ca.WriteFiles(dir, name)
 		if err != nil {

@@ -1,0 +1,137 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestMovesWithBodiesAndALostFeed moves a repl back and forth 20 times
+// under 300 requests/s, half of them POSTs with bodies (1 KiB, held for a
+// second dispatch, and 40 KiB, sent after 100 Continue), sent to both
+// clusters' proxies as clients with stale addresses do; during every
+// other move the destination's change feed is cut again and again
+// (pg_terminate_backend on its LISTEN connections), so its proxy keeps a
+// tombstone its own store has replaced. Not one request may fail, and each
+// POST's body arrives whole.
+func TestMovesWithBodiesAndALostFeed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("30 s of load")
+	}
+	p := startPlatform(t)
+	p.createRepl(t)
+	host := "blog.alice.repl.test"
+	stop := make(chan struct{})
+	var sent, failed, posts atomic.Int64
+	failures := make(chan string, 100)
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	for w := range 6 { // 6 × 50 requests/s
+		wg.Go(func() {
+			proxy := p.proxies[[]string{"east", "west"}[w%2]].addr
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				method, size := "GET", 0
+				if i%2 == 1 {
+					method, size = "POST", []int{1 << 10, 40 << 10}[(i/2)%2]
+					posts.Add(1)
+				}
+				req, _ := http.NewRequest(method, "http://"+proxy+"/", strings.NewReader(strings.Repeat("p", size)))
+				req.Host = host
+				sent.Add(1)
+				err := func() error {
+					resp, err := client.Do(req)
+					if err != nil {
+						return err
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if want := fmt.Sprintf("(%s, %d bytes)", method, size); resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+						return fmt.Errorf("%s of %d bytes to %s: %d %q", method, size, proxy, resp.StatusCode, b)
+					}
+					return nil
+				}()
+				if err != nil {
+					failed.Add(1)
+					select {
+					case failures <- err.Error():
+					default:
+					}
+				}
+			}
+		})
+	}
+
+	var kills atomic.Int64
+	cutFeed := func(cluster string, done <-chan struct{}) {
+		conn, err := pgx.Connect(context.Background(), p.dsns[cluster])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(context.Background())
+		for {
+			var n int64
+			if err := conn.QueryRow(context.Background(),
+				"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()").Scan(&n); err != nil {
+				t.Error(err)
+				return
+			}
+			kills.Add(n)
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	to := "west"
+	start := time.Now()
+	for i := range 20 {
+		var cut sync.WaitGroup
+		done := make(chan struct{})
+		if i%2 == 1 {
+			cut.Go(func() { cutFeed(to, done) })
+			time.Sleep(150 * time.Millisecond) // the feed is down before the move starts
+		}
+		p.ctl(t, false, "move", "blog1", "--to", to, "--endpoint", p.apps[to])
+		time.Sleep(500 * time.Millisecond)
+		close(done)
+		cut.Wait()
+		time.Sleep(500 * time.Millisecond)
+		to = map[string]string{"west": "east", "east": "west"}[to]
+	}
+	close(stop)
+	wg.Wait()
+	close(failures)
+	var first []string
+	for f := range failures {
+		first = append(first, f)
+	}
+	t.Logf("%d requests (%d POSTs) in %v across 20 moves, %d LISTEN connections terminated: %d failed",
+		sent.Load(), posts.Load(), time.Since(start).Round(time.Second), kills.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed, e.g. %q", failed.Load(), sent.Load(), first)
+	}
+	if sent.Load() < 5000 || kills.Load() < 10 {
+		t.Fatalf("only %d requests made and %d feeds cut", sent.Load(), kills.Load())
+	}
+	if out := p.ctl(t, false, "repl", "show", "blog1"); strings.Contains(out, "NOT SETTLED") {
+		t.Fatalf("after 20 moves the repl is not settled:\n%s", out)
+	}
+}
