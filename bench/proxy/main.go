@@ -36,6 +36,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/replproxy/replproxy/internal/benchproc"
+	"github.com/replproxy/replproxy/peertls"
+	"github.com/replproxy/replproxy/store"
 )
 
 func main() {
@@ -206,10 +208,15 @@ func run(o opts) error {
 	eastPort, _ := benchproc.FreePort()
 	westPort, _ := benchproc.FreePort()
 	east, west := fmt.Sprintf("127.0.0.1:%d", eastPort), fmt.Sprintf("127.0.0.1:%d", westPort)
+	// The clusters forward to each other over mutual TLS (HTTP/2), as
+	// deployed.
+	eastFwdPort, _ := benchproc.FreePort()
+	westFwdPort, _ := benchproc.FreePort()
+	eastFwd, westFwd := fmt.Sprintf("127.0.0.1:%d", eastFwdPort), fmt.Sprintf("127.0.0.1:%d", westFwdPort)
 	wsPort, _ := benchproc.FreePort()
 	wsAddr := fmt.Sprintf("127.0.0.1:%d", wsPort)
 	files := map[string]string{
-		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [192.0.2.1], forward: %q, store: east.yaml}\n  - {name: west, proxy_ipv4: [192.0.2.2], forward: %q, store: west.yaml}\n", east, west),
+		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [192.0.2.1], forward: %q, store: east.yaml}\n  - {name: west, proxy_ipv4: [192.0.2.2], forward: %q, store: west.yaml}\n", eastFwd, westFwd),
 		"east.yaml": fmt.Sprintf("repls:\n  - {id: r1, owner: alice, slug: bench, endpoints: [%q]}\n  - {id: r3, owner: alice, slug: ws, endpoints: [%q]}\ntombstones:\n  - {repl_id: r2, owner: alice, slug: moved, cluster: west, generation: 2, moved_at: 2026-01-01T00:00:00Z}\n",
 			backendAddr, wsAddr),
 		"west.yaml":  fmt.Sprintf("repls:\n  - {id: r2, owner: alice, slug: moved, endpoints: [%q], generation: 2}\n", backendAddr),
@@ -220,15 +227,36 @@ func run(o opts) error {
 			return err
 		}
 	}
-	rp := func(cluster, listen string) []string {
-		return []string{o.replproxy, "-zone", "repl.test", "-cluster", cluster, "-registry", filepath.Join(dir, "clusters.yaml"),
-			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-forward-plaintext", "-listen", listen, "-admin-listen", "", "-access-log=false", "-log-level", "warn"}
-	}
-	eastProc, err := launch("replproxy-east", "0", rp("east", east)...)
+	zone, err := store.NewZone("repl.test")
 	if err != nil {
 		return err
 	}
-	westProc, err := launch("replproxy-west", "0", rp("west", west)...)
+	ca, err := peertls.NewCA(zone, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	rp := func(cluster, listen, fwd string) ([]string, error) {
+		f, err := ca.WriteFiles(dir, cluster)
+		if err != nil {
+			return nil, err
+		}
+		return []string{o.replproxy, "-zone", "repl.test", "-cluster", cluster, "-registry", filepath.Join(dir, "clusters.yaml"),
+			"-hop-secret-file", filepath.Join(dir, "hop.secret"), "-listen", listen, "-admin-listen", "", "-access-log=false", "-log-level", "warn",
+			"-forward-listen", fwd, "-forward-cert", f.Cert, "-forward-key", f.Key, "-forward-ca", f.CA}, nil
+	}
+	eastArgs, err := rp("east", east, eastFwd)
+	if err != nil {
+		return err
+	}
+	westArgs, err := rp("west", west, westFwd)
+	if err != nil {
+		return err
+	}
+	eastProc, err := launch("replproxy-east", "0", eastArgs...)
+	if err != nil {
+		return err
+	}
+	westProc, err := launch("replproxy-west", "0", westArgs...)
 	if err != nil {
 		return err
 	}
@@ -299,8 +327,9 @@ server { listen %s; access_log off;
 	rows = append(rows, forwarded)
 
 	printTable(o, rows)
-	fmt.Printf("\ntombstone-forwarded / local CPU per request: %.2fx (two proxies; target <= 2.2x)\n",
+	fmt.Printf("\ntombstone-forwarded (mutual TLS, HTTP/2 between the proxies) / local CPU per request: %.2fx (two proxies; target <= 2.2x)\n",
 		float64(forwarded.cpuPerReq())/float64(local.cpuPerReq()))
+	fmt.Printf("connections from east to west's forward listener after the run: %d (target <= 4)\n", establishedTo(westFwdPort))
 
 	if o.ws > 0 {
 		self, _ := os.Executable()
@@ -445,4 +474,22 @@ func wsBackend(listen string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// establishedTo counts the established TCP connections to a loopback
+// port, from /proc/net/tcp.
+func establishedTo(port int) int {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return -1
+	}
+	n := 0
+	want := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[2], want) && f[3] == "01" {
+			n++
+		}
+	}
+	return n
 }
