@@ -163,6 +163,7 @@ type Reader interface {
 // Store is the whole data model of one cluster. Every method is safe for
 // concurrent use. Every write is atomic: it happens whole or not at all.
 type Store interface {
+	Moves
 	Reader
 
 	// CreateRepl adds a live repl with generation 1 (or r.Generation when

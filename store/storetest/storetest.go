@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -433,4 +434,66 @@ func replIDs(rs []store.Repl) []string {
 		ids[i] = r.ID
 	}
 	return ids
+}
+
+func init() {
+	contractCases = append(contractCases, contractCase{"move claims", testMoveClaims})
+}
+
+// testMoveClaims: a claim for one destination keeps a move to another out
+// until it expires or is forced, and tells who holds it; a rerun of the
+// same move takes it over, keeping when it began; the holder releases it.
+func testMoveClaims(t *testing.T, ctx context.Context, s store.Store) {
+	a := store.MoveClaim{ReplID: "r1", Holder: "replctl on ops-1, pid 1, by alice", To: "west"}
+	got, err := s.ClaimMove(ctx, a, time.Minute, false)
+	if err != nil || got.Holder != a.Holder || got.To != "west" || got.Since.IsZero() || !got.Expires.After(got.Since) {
+		t.Fatalf("first claim = %+v, %v", got, err)
+	}
+	b := store.MoveClaim{ReplID: "r1", Holder: "replctl on ops-2, pid 2, by bob", To: "north"}
+	_, err = s.ClaimMove(ctx, b, time.Minute, false)
+	var held *store.ClaimedError
+	if !errors.As(err, &held) || !errors.Is(err, store.ErrConflict) || held.Claim.Holder != a.Holder || held.Claim.To != "west" ||
+		!strings.Contains(err.Error(), "ops-1") || !strings.Contains(err.Error(), "to west") {
+		t.Fatalf("a claim for another destination: %v, want a ClaimedError naming the move to west by ops-1", err)
+	}
+	if c, err := s.GetMoveClaim(ctx, "r1"); err != nil || c.Holder != a.Holder {
+		t.Fatalf("get claim after a refused one = %+v, %v; want a's", c, err)
+	}
+	// A rerun of the same move, by anyone, takes it over.
+	rerun := store.MoveClaim{ReplID: "r1", Holder: "replctl on ops-3, pid 3, by carol", To: "west"}
+	again, err := s.ClaimMove(ctx, rerun, time.Minute, false)
+	if err != nil || again.Holder != rerun.Holder || !again.Since.Equal(got.Since) {
+		t.Fatalf("the same move again = %+v, %v; want carol's claim since %v", again, err, got.Since)
+	}
+	// Releasing another's claim does nothing; the holder's removes it.
+	if err := s.ReleaseMove(ctx, "r1", a.Holder); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.GetMoveClaim(ctx, "r1"); err != nil || c.Holder != rerun.Holder {
+		t.Fatalf("after a release by a non-holder = %+v, %v", c, err)
+	}
+	// Force takes it for another destination.
+	forced, err := s.ClaimMove(ctx, b, time.Minute, true)
+	if err != nil || forced.To != "north" || forced.Holder != b.Holder {
+		t.Fatalf("forced claim = %+v, %v", forced, err)
+	}
+	if err := s.ReleaseMove(ctx, "r1", b.Holder); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetMoveClaim(ctx, "r1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after release: %v, want ErrNotFound", err)
+	}
+	// An expired claim is taken by any move.
+	if _, err := s.ClaimMove(ctx, a, time.Millisecond, false); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if c, err := s.ClaimMove(ctx, b, time.Minute, false); err != nil || c.To != "north" {
+		t.Fatalf("a claim after the previous one expired = %+v, %v", c, err)
+	}
+	for _, bad := range []store.MoveClaim{{ReplID: "R!", Holder: "x", To: "west"}, {ReplID: "r1", Holder: "", To: "west"}, {ReplID: "r1", Holder: "x", To: "We st"}} {
+		if _, err := s.ClaimMove(ctx, bad, time.Minute, false); !errors.Is(err, store.ErrInvalid) {
+			t.Errorf("claim %+v: %v, want ErrInvalid", bad, err)
+		}
+	}
 }
