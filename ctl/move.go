@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/user"
 
 	"github.com/replproxy/replproxy/move"
 	"github.com/replproxy/replproxy/store"
@@ -53,6 +55,7 @@ func moveCommand() command {
 		to        string
 		endpoints listFlag
 		dryRun    bool
+		force     bool
 		stopAfter int
 	)
 	return command{
@@ -66,11 +69,15 @@ func moveCommand() command {
   3. retire: in the source, in one transaction, the live row becomes a tombstone to the destination.
 Every cluster is read first; each step is idempotent and logged. When a move stops part way (a
 database unreachable, the command killed), every request is still served, and running the same
-command again finishes it without bumping the generation again. Running it once more does nothing.`,
+command again finishes it without bumping the generation again. Running it once more does nothing.
+A move claims the repl in every cluster before it changes anything: a move of it to another cluster
+that is in progress (or that died less than 2 minutes ago) makes this one fail, naming it, with
+nothing changed; a rerun of the same move takes its claims over.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&to, "to", "", "the destination `CLUSTER` (required)")
 			fs.Var(&endpoints, "endpoint", "the container's `HOST:PORT` in the destination (required; repeat for several)")
 			fs.BoolVar(&dryRun, "dry-run", false, "print what the move would do, and change nothing")
+			fs.BoolVar(&force, "force", false, "take the repl's claims from a move to another cluster that died (check that no one is running it: two moves at once split the repl)")
 			fs.IntVar(&stopAfter, "stop-after", 0, "stop after step `N` (1-3) as a crash would, with exit status 1: for tests and recovery drills; run the move again without it to finish")
 		},
 		run: func(ctx context.Context, a *app, args []string) error {
@@ -115,7 +122,7 @@ command again finishes it without bumping the generation again. Running it once 
 			if err != nil {
 				return err
 			}
-			req := move.Request{Repl: id, To: to, Endpoints: endpoints}
+			req := move.Request{Repl: id, To: to, Endpoints: endpoints, Holder: moveHolder(), Force: force}
 			var p move.Plan
 			if dryRun {
 				p, err = m.Plan(ctx, req)
@@ -152,4 +159,15 @@ func moveTable(w io.Writer, p move.Plan, dryRun, stopped bool) {
 	for _, a := range p.Actions {
 		row(w, fmt.Sprintf("%d %s", a.Step, a.Step), a.Cluster, a.What, a.Status)
 	}
+}
+
+// moveHolder says who runs this move, for its claims: the command, the
+// host, the process and the user.
+func moveHolder() string {
+	host, _ := os.Hostname()
+	who := "?"
+	if u, err := user.Current(); err == nil {
+		who = u.Username
+	}
+	return fmt.Sprintf("replctl on %s, pid %d, by %s", host, os.Getpid(), who)
 }

@@ -267,6 +267,16 @@ type replShow struct {
 	Serving  string          `json:"serving,omitempty"` // the cluster replns answers
 	Settled  bool            `json:"settled"`
 	Problems []string        `json:"problems,omitempty"`
+	// Moving is the claim of a move in progress (or of one that died and
+	// has not expired), from the first cluster that has one.
+	Moving *moveClaimOut `json:"moving,omitempty"`
+}
+
+type moveClaimOut struct {
+	To      string    `json:"to"`
+	Holder  string    `json:"holder"`
+	Since   time.Time `json:"since"`
+	Expires time.Time `json:"expires"`
 }
 
 type replInCluster struct {
@@ -326,6 +336,15 @@ func (a *app) replShow(ctx context.Context, name string) error {
 	out.LiveIn = append(out.LiveIn, st.Live()...)
 	if cur, ok := st.Current(); ok {
 		out.Serving = cur.Cluster
+	}
+	for _, o := range all {
+		if o.err != nil {
+			continue
+		}
+		if c, err := o.store.GetMoveClaim(ctx, id); err == nil && time.Now().Before(c.Expires) {
+			out.Moving = &moveClaimOut{To: c.To, Holder: c.Holder, Since: c.Since, Expires: c.Expires}
+			break
+		}
 	}
 	for _, d := range st.Domains() {
 		var in []string
@@ -412,6 +431,9 @@ func (out replShow) print(w io.Writer, unreachable bool) {
 		}
 	}
 	fmt.Fprintln(w)
+	if m := out.Moving; m != nil {
+		fmt.Fprintf(w, "move in progress: to %s by %s since %s (its claim lasts until %s)\n", m.To, m.Holder, stamp(m.Since), stamp(m.Expires))
+	}
 	switch {
 	case unreachable:
 		fmt.Fprintln(w, "routing: not checked: a cluster is unreachable")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -153,8 +154,23 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
+	if p.AlreadyDone {
+		m.logger.Info("move already done: nothing to do", zap.String("repl_id", p.ReplID), zap.String("to", p.To))
+		return p, nil
+	}
+	// Claim the repl in every cluster (model: claim), then plan again:
+	// the survey before the claims may predate a move that ended since.
+	req.To = p.To
+	if err := m.claim(ctx, req); err != nil {
+		return Plan{}, err
+	}
+	if p, err = m.Plan(ctx, req); err != nil {
+		m.release(ctx, req)
+		return Plan{}, err
+	}
 	log := m.logger.With(zap.String("repl_id", p.ReplID), zap.String("from", p.From), zap.String("to", p.To), zap.Int64("generation", p.Generation))
 	if p.AlreadyDone {
+		m.release(ctx, req)
 		log.Info("move already done: nothing to do")
 		return p, nil
 	}
@@ -187,14 +203,65 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 		}
 		log.Info("step done", zap.Int("step", int(s)), zap.Stringer("step_name", s))
 		done = append(done, s)
+		// Renew the claims; lost to a forced move, this one stops here.
+		if err := m.claim(ctx, req); err != nil {
+			return p, &Error{Plan: p, Done: done, Err: fmt.Errorf("after step %d (%s): %w", s, s, err)}
+		}
 		if m.hooks.AfterStep != nil {
 			if err := m.hooks.AfterStep(ctx, s); err != nil {
 				return p, &Error{Plan: p, Done: done, Err: fmt.Errorf("after step %d (%s): %w", s, s, err)}
 			}
 		}
 	}
+	m.release(ctx, req)
 	log.Info("move done")
 	return p, nil
+}
+
+// ClaimTTL is how long a move's claims last without renewal: a move renews
+// them after each step, and releases them when done; a mover that dies
+// leaves them to expire (or to be taken over by a rerun of the same move).
+const ClaimTTL = 2 * time.Minute
+
+// claim claims the repl for req in every cluster of the registry, in
+// registry order, so that any two moves of it meet in the first cluster
+// and only one gets past it (a move that got claims and then meets
+// another's releases its own). A move holds them from before its first
+// write to after its last.
+func (m *Mover) claim(ctx context.Context, req Request) error {
+	c := store.MoveClaim{ReplID: req.Repl, Holder: holderOf(req), To: req.To}
+	for i, cl := range m.reg.Clusters {
+		if _, err := m.stores[cl.Name].ClaimMove(ctx, c, ClaimTTL, req.Force); err != nil {
+			for _, taken := range m.reg.Clusters[:i] {
+				_ = m.stores[taken.Name].ReleaseMove(context.WithoutCancel(ctx), req.Repl, c.Holder)
+			}
+			var held *store.ClaimedError
+			if errors.As(err, &held) {
+				return fmt.Errorf("move repl %s to %s refused in cluster %s: %w; nothing was changed: wait for that move to finish, "+
+					"or, if it is dead, for its claim to expire, or run this again with --force", req.Repl, req.To, cl.Name, held)
+			}
+			return fmt.Errorf("move repl %s to %s: claim it in cluster %s: %w; nothing was changed", req.Repl, req.To, cl.Name, err)
+		}
+	}
+	return nil
+}
+
+// release removes req's claims, once the move is done (best effort: an
+// unreleased claim expires).
+func (m *Mover) release(ctx context.Context, req Request) {
+	for _, cl := range m.reg.Clusters {
+		if err := m.stores[cl.Name].ReleaseMove(context.WithoutCancel(ctx), req.Repl, holderOf(req)); err != nil {
+			m.logger.Warn("could not release a move claim; it expires by itself", zap.String("repl_id", req.Repl),
+				zap.String("cluster", cl.Name), zap.Error(err))
+		}
+	}
+}
+
+func holderOf(req Request) string {
+	if req.Holder == "" {
+		return "a move"
+	}
+	return req.Holder
 }
 
 // confirm checks that the destination has the repl live at the move's

@@ -151,7 +151,9 @@ func TestMoveStoppedAnywhere(t *testing.T) {
 					for _, fs := range f.faults {
 						fs.failOn(st.method)
 					}
-					req := move.Request{Repl: "r1", To: sc.to, Endpoints: endpointsIn(sc.to)}
+					// Force: a scenario's setup may have left an earlier,
+					// interrupted move's claims (TestMoveConcurrent covers them).
+					req := move.Request{Repl: "r1", To: sc.to, Endpoints: endpointsIn(sc.to), Force: true}
 					p, err := f.mover(t, hooks).Move(ctx, req)
 					var stopped *move.Error
 					switch {
@@ -376,27 +378,49 @@ func (f *fleet) up(t *testing.T, c string) {
 	f.open(t)
 }
 
-// TestMoveConcurrent: a second move of the repl that runs while the first
-// is between steps wins; the first stops without undoing it, and running
-// it again moves the repl on.
+// TestMoveConcurrent: a second move of the repl, to another cluster, that
+// starts while the first is between steps is refused before it writes
+// anything, naming the first; the first finishes. A forced second move
+// wins instead: the first stops at its next step without undoing it, and
+// running it again moves the repl on.
 func TestMoveConcurrent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, newFleet backend) {
 		f := newFleet(t, "a", "b", "c")
 		f.create(t, "a", "r1")
-		meanwhile := move.Hooks{AfterStep: func(_ context.Context, s move.Step) error {
+		var second error
+		meanwhile := move.Hooks{AfterStep: func(ctx context.Context, s move.Step) error {
 			if s == move.StepActivate {
-				f.move(t, "r1", "c")
+				_, second = f.mover(t, move.Hooks{}).Move(ctx, move.Request{Repl: "r1", To: "c", Endpoints: endpointsIn("c"), Holder: "operator 2"})
 			}
 			return nil
 		}}
-		_, err := f.mover(t, meanwhile).Move(t.Context(), move.Request{Repl: "r1", To: "b", Endpoints: endpointsIn("b")})
-		var stopped *move.Error
-		if !errors.As(err, &stopped) || !strings.Contains(err.Error(), "confirm that b serves the repl") {
-			t.Fatalf("err = %v", err)
+		if _, err := f.mover(t, meanwhile).Move(t.Context(), move.Request{Repl: "r1", To: "b", Endpoints: endpointsIn("b"), Holder: "operator 1"}); err != nil {
+			t.Fatalf("the first move: %v", err)
 		}
+		var held *store.ClaimedError
+		if !errors.As(second, &held) || !strings.Contains(second.Error(), "being moved to b by operator 1") || !strings.Contains(second.Error(), "nothing was changed") {
+			t.Fatalf("the second move: %v, want it refused, naming the first", second)
+		}
+		f.settled(t, "r1", "b", 2)
+		f.move(t, "r1", "c") // the claims were released
 		f.settled(t, "r1", "c", 3)
-		f.move(t, "r1", "b")
-		f.settled(t, "r1", "b", 4)
+
+		forced := move.Hooks{AfterStep: func(ctx context.Context, s move.Step) error {
+			if s == move.StepActivate {
+				_, second = f.mover(t, move.Hooks{}).Move(ctx, move.Request{Repl: "r1", To: "a", Endpoints: endpointsIn("a"), Holder: "operator 2", Force: true})
+			}
+			return nil
+		}}
+		_, err := f.mover(t, forced).Move(t.Context(), move.Request{Repl: "r1", To: "b", Endpoints: endpointsIn("b"), Holder: "operator 1"})
+		var stopped *move.Error
+		if second != nil || !errors.As(err, &stopped) {
+			t.Fatalf("a forced second move: %v; the first: %v, want the first stopped", second, err)
+		}
+		f.settled(t, "r1", "a", 5)
+		if _, err := f.mover(t, move.Hooks{}).Move(t.Context(), move.Request{Repl: "r1", To: "b", Endpoints: endpointsIn("b"), Holder: "operator 1"}); err != nil {
+			t.Fatal(err)
+		}
+		f.settled(t, "r1", "b", 6)
 	})
 }
 

@@ -106,6 +106,13 @@ type Request struct {
 	Repl      string   // the repl's id
 	To        string   // the destination cluster, as named in the registry
 	Endpoints []string // the repl's container addresses (host:port) in To
+	// Holder says who runs the move, in its claims (Mover.Move): e.g.
+	// "replctl on ops-1, pid 4242, by alice". Empty: "a move".
+	Holder string
+	// Force takes the repl's claims from a move to another destination
+	// that holds them (one that died: a rerun of the same move takes its
+	// claims over without Force).
+	Force bool
 }
 
 // ErrAlreadyThere: the repl is live in the destination already and no
