@@ -155,6 +155,13 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 		return Plan{}, err
 	}
 	if p.AlreadyDone {
+		// A mover killed after its last step left its claims: this rerun
+		// of its move takes them over and releases them (a claim of a
+		// move to another cluster is left alone).
+		req.To = p.To
+		if m.claim(ctx, req) == nil {
+			m.release(ctx, req)
+		}
 		m.logger.Info("move already done: nothing to do", zap.String("repl_id", p.ReplID), zap.String("to", p.To))
 		return p, nil
 	}
