@@ -11,13 +11,14 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz bench bench-go bench-proxy bench-dns bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz model bench bench-go bench-proxy bench-dns bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
 	@echo "make run-postgres  the same demo on two throw-away PostgreSQL servers"
 	@echo "make build   build the binaries into bin/"
-	@echo "make test    lint, then every test with -race, then a short fuzz run"
+	@echo "make test    lint, then every test with -race, a short fuzz run, and the move model (spin)"
+	@echo "make model   check the move protocol model/move.pml with spin"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
@@ -36,7 +37,7 @@ run: build
 run-postgres: build
 	$(BIN)/demo -bin $(BIN) -postgres
 
-test: lint unit fuzz
+test: lint unit fuzz model
 
 lint: fmt-check vet staticcheck
 
@@ -59,6 +60,11 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzRespond$$' -fuzztime $(FUZZTIME) ./nameserver/
+
+# The move protocol, checked exhaustively with spin (about 2 minutes,
+# 3 GiB): see model/move.pml. Needs: spin gcc.
+model:
+	model/check.sh
 
 bench: bench-go bench-proxy bench-dns bench-tls bench-abuse
 

@@ -35,6 +35,13 @@
 // tombstones elsewhere are repointed to it. A rerun of a finished move does
 // nothing and succeeds.
 //
+// Before its first write a move claims the repl in every cluster (see
+// Mover.Move), so that of two moves of one repl to different clusters
+// only one proceeds. model/move.pml is the protocol as a spin model, its
+// steps named as in the comments here; `make model` checks it exhaustively
+// (crashes between any two actions, reruns, two operators, notifications
+// in any order, clients with stale DNS answers).
+//
 // Check and CheckSettled test the invariant the steps keep: every lookup of
 // the repl in every cluster that knows it ends at the live repl, directly or
 // through one tombstone.

@@ -165,7 +165,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 		m.logger.Info("move already done: nothing to do", zap.String("repl_id", p.ReplID), zap.String("to", p.To))
 		return p, nil
 	}
-	// Claim the repl in every cluster (model: claim), then plan again:
+	// Claim the repl in every cluster (model/move.pml: "claim"), then plan again ("plan again"):
 	// the survey before the claims may predate a move that ended since.
 	req.To = p.To
 	if err := m.claim(ctx, req); err != nil {
@@ -187,7 +187,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 		pending := slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Step == s && a.Status == StatusPending })
 		if s != StepActivate && pending {
 			// Send requests away from where the repl is served only
-			// once the destination is seen serving it.
+			// once the destination is seen serving it (model: "confirm").
 			if err := m.confirm(ctx, p); err != nil {
 				return p, &Error{Plan: p, Done: done, Err: fmt.Errorf("step %d (%s): %w", s, s, err)}
 			}
@@ -211,6 +211,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 		log.Info("step done", zap.Int("step", int(s)), zap.Stringer("step_name", s))
 		done = append(done, s)
 		// Renew the claims; lost to a forced move, this one stops here.
+		// (The model's claims do not expire while their mover runs.)
 		if err := m.claim(ctx, req); err != nil {
 			return p, &Error{Plan: p, Done: done, Err: fmt.Errorf("after step %d (%s): %w", s, s, err)}
 		}
@@ -220,7 +221,7 @@ func (m *Mover) Move(ctx context.Context, req Request) (Plan, error) {
 			}
 		}
 	}
-	m.release(ctx, req)
+	m.release(ctx, req) // model: "release"
 	log.Info("move done")
 	return p, nil
 }
@@ -290,7 +291,7 @@ func (m *Mover) confirm(ctx context.Context, p Plan) error {
 func (m *Mover) do(ctx context.Context, p Plan, a Action) error {
 	s := m.stores[a.Cluster]
 	switch a.kind {
-	case doActivate:
+	case doActivate: // model: "activate (step 1)", one atomic block
 		// The repl's domains go in the same transaction, so that a move
 		// stopped here leaves none of them unknown in the destination; the
 		// link actions after it then find them there.
@@ -323,9 +324,9 @@ func (m *Mover) do(ctx context.Context, p Plan, a Action) error {
 		}
 	case doMarkVerified:
 		return s.MarkDomainVerified(ctx, a.domain.Name, a.domain.VerifiedAt)
-	case doRepoint:
+	case doRepoint: // model: "repoint (step 2)", one atomic block per cluster
 		return s.Repoint(ctx, p.ReplID, p.To, p.Generation)
-	case doRetire:
+	case doRetire: // model: "retire (step 3)", one atomic block per cluster
 		t, err := s.Retire(ctx, p.ReplID, p.To, p.Generation)
 		if err != nil {
 			return err

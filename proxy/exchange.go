@@ -28,6 +28,8 @@ type exchange struct {
 	in          *http.Request // the request as it came in, for a second dispatch
 	body        []byte        // a forwarded request's body, held for a second dispatch (holdForward)
 	sent        *sentBody     // or what of it went to the peer, sent after 100 Continue
+	fwdGen      int64         // the generation of the tombstone the request was forwarded on
+	reforwarded bool          // staleForward sent it on once already
 }
 
 type exchangeKey struct{}

@@ -62,6 +62,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 	}
 	ex.route = routeForwarded
 	ex.target = c.Forward
+	ex.fwdGen = route.Generation
 	h.metrics.forward()
 	return true
 }
@@ -78,7 +79,9 @@ var errStaleForward = errors.New("forwarded on a stale tombstone")
 func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 	r := ex.in // not the rewritten request: it is dispatched again from the start
 	if body, ok := ex.unsentBody(); ok {
-		if route, err := h.routes.Refresh(r.Context(), ex.key); err == nil && route.Kind == store.RouteLocal {
+		route, err := h.routes.Refresh(r.Context(), ex.key)
+		switch {
+		case err == nil && route.Kind == store.RouteLocal:
 			r.Body = body
 			ex.body, ex.sent = nil, nil
 			ex.route = routeLocal
@@ -86,13 +89,30 @@ func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 			ex.upstreamAt = time.Time{}
 			h.proxy.ServeHTTP(w, r)
 			return
+		case err == nil && route.Kind == store.RouteTombstone && route.Generation > ex.fwdGen && route.Cluster != h.cfg.Cluster:
+			// A newer tombstone than the one the request went on: a move
+			// ran meanwhile (or this proxy's cache had not seen its last
+			// repoint). Send it where that one points, once
+			// (model/move.pml checks that this suffices).
+			if c, ok := h.cfg.Registry.Cluster(route.Cluster); ok {
+				r.Body = body
+				if ex.sent != nil { // after the next peer's 100 Continue again
+					ex.sent = &sentBody{body: ex.sent.body}
+					r.Body = ex.sent
+				}
+				ex.reforwarded = true
+				ex.target, ex.fwdGen = c.Forward, route.Generation
+				ex.upstreamAt = time.Time{}
+				h.proxy.ServeHTTP(w, r)
+				return
+			}
 		}
 	}
 	// The peer's tombstone names this cluster and ours names the peer:
 	// a real loop, and only this proxy can tell (the peer logged a bounce).
 	ex.route = routeLoop
 	h.metrics.loop()
-	h.logger.Error("forwarding loop: the cluster a tombstone names sends the request back",
+	h.logger.Error("forwarding loop: the cluster a tombstone names answered 508, and this cluster's store agrees with the tombstone",
 		zap.String("host", r.Host), zap.String("repl_id", ex.replID), zap.String("request_id", ex.id))
 	w.Header().Set(LoopHeader, h.hop.signLoop(h.cfg.Cluster, ex.id))
 	writePage(w, r, http.StatusLoopDetected, "Loop Detected",

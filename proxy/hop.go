@@ -23,9 +23,10 @@ import (
 
 // HopHeader carries the hop mark of a request forwarded by a tombstone.
 //
-// Its value is "v2;<key id>;<source cluster>;<unix seconds>;<signature>",
+// Its value is "v2;<key id>;<source cluster>;<unix seconds>;<generation>;<signature>",
 // where the signature is base64url(HMAC-SHA256(key, fields)) over the
-// version, the key id, the source cluster, the timestamp, the method, the
+// version, the key id, the source cluster, the timestamp, the generation
+// of the tombstone the request was forwarded on, the method, the
 // request target, the body's Content-Length (when it has one), the Host, and the
 // forwarding headers the source set (X-Forwarded-For, -Proto, -Host,
 // X-Request-Id). A receiving proxy that verifies it, and has not seen it
@@ -117,6 +118,7 @@ func (k *HopKeys) byID(id string) *hopKey {
 // hopFields are what a hop mark vouches for.
 type hopFields struct {
 	Source    string // the cluster that forwarded the request
+	Gen       int64  // the generation of the tombstone it forwarded on
 	Method    string
 	Target    string // the request target as sent (RequestURI)
 	Length    int64  // the body's Content-Length; 0: none, -1: unknown (chunked)
@@ -150,7 +152,7 @@ func (e *hopError) Error() string { return errHop.Error() + ": " + e.detail }
 func (e *hopError) Unwrap() error { return errHop }
 
 func (k *hopKey) mac(ts int64, f hopFields) string {
-	fields := [...]string{"v2", k.id, f.Source, strconv.FormatInt(ts, 10), f.Method, f.Target, signedLength(f.Length),
+	fields := [...]string{"v2", k.id, f.Source, strconv.FormatInt(ts, 10), strconv.FormatInt(f.Gen, 10), f.Method, f.Target, signedLength(f.Length),
 		f.Host, f.For, f.Proto, f.FHost, f.RequestID}
 	return k.sum(fields[:])
 }
@@ -212,7 +214,7 @@ func (s *hopSigner) verifyLoop(v, requestID string) string {
 func (s *hopSigner) sign(f hopFields) string {
 	k := s.keys.Load().keys[0]
 	ts := s.now().Unix()
-	return "v2;" + k.id + ";" + f.Source + ";" + strconv.FormatInt(ts, 10) + ";" + k.mac(ts, f)
+	return "v2;" + k.id + ";" + f.Source + ";" + strconv.FormatInt(ts, 10) + ";" + strconv.FormatInt(f.Gen, 10) + ";" + k.mac(ts, f)
 }
 
 // verify checks a hop header value against the request's fields (Source is
@@ -220,8 +222,8 @@ func (s *hopSigner) sign(f hopFields) string {
 // verifies is remembered, and refused when it comes again (replayCache).
 func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
 	parts := strings.Split(mark, ";")
-	if len(parts) != 5 || parts[0] != "v2" {
-		return "", &hopError{hopMalformed, "want v2;<key id>;<cluster>;<time>;<signature>"}
+	if len(parts) != 6 || parts[0] != "v2" {
+		return "", &hopError{hopMalformed, "want v2;<key id>;<cluster>;<time>;<generation>;<signature>"}
 	}
 	ts, err := strconv.ParseInt(parts[3], 10, 64)
 	if err != nil {
@@ -236,7 +238,10 @@ func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
 		return "", &hopError{hopUnknown, fmt.Sprintf("key %q is not one of this proxy's hop secrets (%v)", parts[1], s.keys.Load().IDs())}
 	}
 	f.Source = parts[2]
-	sig := parts[4]
+	if f.Gen, err = strconv.ParseInt(parts[4], 10, 64); err != nil || f.Gen < 0 {
+		return "", &hopError{hopMalformed, "bad generation"}
+	}
+	sig := parts[5]
 	if !hmac.Equal([]byte(k.mac(ts, f)), []byte(sig)) {
 		return "", &hopError{hopSignature, "bad signature"}
 	}

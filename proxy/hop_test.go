@@ -27,7 +27,7 @@ func testSigner(t testing.TB, file string, now time.Time) *hopSigner {
 func TestHopMark(t *testing.T) {
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 	signer := testSigner(t, testKeyA, now)
-	f := hopFields{Source: "east", Method: "GET", Target: "/a?b=1", Length: 0, Host: "blog.alice.repl.test", For: "203.0.113.7",
+	f := hopFields{Source: "east", Gen: 7, Method: "GET", Target: "/a?b=1", Length: 0, Host: "blog.alice.repl.test", For: "203.0.113.7",
 		Proto: "https", FHost: "blog.alice.repl.test", RequestID: "abc-1"}
 	mark := signer.sign(f)
 
@@ -63,7 +63,9 @@ func TestHopMark(t *testing.T) {
 		{"other source", at(0), strings.Replace(mark, ";east;", ";west;", 1), f, "bad signature"},
 		{"other key under the same id", testSigner(t, testKeyB, now), strings.Replace(mark, mark[3:11], testSigner(t, testKeyB, now).keys.Load().keys[0].id, 1), f, "bad signature"},
 		{"no version", at(0), strings.TrimPrefix(mark, "v2;"), f, "want v2"},
-		{"bad time", at(0), "v2;k;east;soon;sig", f, "bad timestamp"},
+		{"bad time", at(0), "v2;k;east;soon;2;sig", f, "bad timestamp"},
+		{"bad generation", at(0), strings.Replace(mark, ";7;", ";x;", 1), f, "bad generation"},
+		{"other generation", at(0), strings.Replace(mark, ";7;", ";8;", 1), f, "bad signature"},
 		{"empty", at(0), "", f, "want v2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

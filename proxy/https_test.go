@@ -68,7 +68,7 @@ func TestHTTPSRedirectAndHSTS(t *testing.T) {
 		{"forwarded by another cluster", "GET", "blog.alice.repl.test", "/", forwarded(valid), http.StatusOK, "", `"name":"blog"`},
 		{"the same mark again (a replay)", "GET", "blog.alice.repl.test", "/", forwarded(valid), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
 		{"a mark for another method", "GET", "blog.alice.repl.test", "/", forwarded(forPOST), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
-		{"a spoofed hop mark", "GET", "blog.alice.repl.test", "/", forwarded("v2;00000000;west;1;forged"), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
+		{"a spoofed hop mark", "GET", "blog.alice.repl.test", "/", forwarded("v2;00000000;west;1;2;forged"), http.StatusMovedPermanently, "https://blog.alice.repl.test:" + httpsPort + "/", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, c.URL(tc.path), nil)

@@ -169,3 +169,54 @@ func doBody(t *testing.T, req *http.Request) (*http.Response, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
 }
+
+// TestStaleTombstoneToAThirdCluster: a repl moved a → b and then on to c.
+// a's cache still holds its old tombstone to b (its repoint to c is on its
+// way); b's tombstone names c, so b answers 508. a asks its store, finds a
+// newer tombstone, to c, and sends the request there, once: the client
+// gets c's answer, body and all (found by model/move.pml). When a's store
+// has nothing newer, the client gets the 508.
+func TestStaleTombstoneToAThirdCluster(t *testing.T) {
+	app := testbed.EchoServer(t, "c-app")
+	srvs := map[string]*httptest.Server{"a": httptest.NewUnstartedServer(nil), "b": httptest.NewUnstartedServer(nil), "c": httptest.NewUnstartedServer(nil)}
+	clusters := map[string][2]string{}
+	for name, s := range srvs {
+		clusters[name] = [2]string{s.Listener.Addr().String(), name + ".yaml"}
+	}
+	reg := testbed.Registry(t, clusters)
+	tomb := func(to string, gen int64) store.Route {
+		return store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: to, Generation: gen}
+	}
+	aRoutes := refreshingRoutes{&staleRoutes{cached: tomb("b", 2), fresh: tomb("c", 3)}}
+	routes := map[string]proxy.Routes{
+		"a": aRoutes,
+		"b": &staleRoutes{cached: tomb("c", 3)},
+		"c": &staleRoutes{cached: store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3}},
+	}
+	for name, s := range srvs {
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: name, Registry: reg, HopSecret: testSecret},
+			routes[name], proxy.NewMetrics(prometheus.NewRegistry(), name, nil), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Config.Handler = h
+		s.Start()
+		t.Cleanup(s.Close)
+	}
+	for _, size := range []int{0, 3000, 100 << 10} {
+		req, _ := http.NewRequest(http.MethodPost, srvs["a"].URL+"/x", strings.NewReader(strings.Repeat("z", size)))
+		req.Host = "blog.alice.repl.test"
+		resp, body := doBody(t, req)
+		if e := testbed.Decode(t, body); resp.StatusCode != http.StatusOK || e.Name != "c-app" || e.BodyLen != int64(size) ||
+			e.Header.Get("X-Forwarded-For") != "127.0.0.1" {
+			t.Fatalf("POST of %d bytes: %d %q, want c's container with the body and the client's address", size, resp.StatusCode, body)
+		}
+	}
+	// Nothing newer in a's store: the 508 stands.
+	aRoutes.fresh = tomb("b", 2)
+	req, _ := http.NewRequest(http.MethodGet, srvs["a"].URL+"/x", nil)
+	req.Host = "blog.alice.repl.test"
+	if resp, body := doBody(t, req); resp.StatusCode != http.StatusLoopDetected {
+		t.Fatalf("with nothing newer: %d %q, want 508", resp.StatusCode, body)
+	}
+}

@@ -78,6 +78,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if ex.route == routeForwarded {
 		oh[HopHeader] = []string{h.hop.sign(hopFields{
 			Source:    h.cfg.Cluster,
+			Gen:       ex.fwdGen, // a second forward (staleForward) is another mark
 			Method:    out.Method,
 			Target:    out.URL.RequestURI(),
 			Length:    wireLength(out),
@@ -140,7 +141,9 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 		// replproxy, as if it had asked the right cluster.
 		resp.Header["Via"] = append(resp.Header["Via"], "1.1 replproxy")
 	}
-	if loopTo == h.cfg.Cluster {
+	if loopTo != "" && !ex.reforwarded {
+		// The peer's tombstone points on (or back here): this proxy's
+		// route may be older than its store (staleForward).
 		return errStaleForward
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {

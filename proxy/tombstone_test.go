@@ -174,7 +174,7 @@ func TestForwardingLoopGets508(t *testing.T) {
 	// West cannot tell a loop from east's route being a moment stale (a
 	// move back), so it logs a bounce; east, whose store still says west
 	// after asking again, logs the loop.
-	if len(east.Logs.FilterMessage("forwarding loop: the cluster a tombstone names sends the request back").All()) != 1 {
+	if len(east.Logs.FilterMessage("forwarding loop: the cluster a tombstone names answered 508, and this cluster's store agrees with the tombstone").All()) != 1 {
 		t.Error("east did not log the loop")
 	}
 	if n := len(west.Logs.FilterMessage("forwarding loop: a forwarded request met a tombstone").All()); n != 0 {
@@ -191,7 +191,7 @@ func TestSpoofedHopMarkIsIgnored(t *testing.T) {
 	for name, mark := range map[string]string{
 		"bad signature": proxy.SignHop([]byte("another-secret-32-bytes-long......"), time.Now(), "east", "GET", "/page?q=1", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
 		"expired":       proxy.SignHop(testSecret, time.Now().Add(-time.Hour), "east", "GET", "/page?q=1", "blog.alice.repl.test", "6.6.6.6", "https", "evil", "id-1"),
-		"garbage":       "v2;;;;",
+		"garbage":       "v2;;;;;",
 	} {
 		t.Run(name, func(t *testing.T) {
 			resp, body := do(t, clientFrom("127.0.0.3"), west.Addr, "blog.alice.repl.test", http.Header{
