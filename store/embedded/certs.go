@@ -175,10 +175,16 @@ func (s *Store) certsWritable(ctx context.Context) error {
 
 // withLeases runs fn holding the exclusive flock of the lease folder.
 func (s *Store) withLeases(ctx context.Context, fn func() error) error {
-	if err := os.MkdirAll(s.leaseDir(), 0o700); err != nil {
+	return withFolderLock(ctx, s.leaseDir(), fn)
+}
+
+// withFolderLock runs fn holding the exclusive flock of dir/.lock (making
+// dir, 0700, when missing); its failures are ErrUnavailable.
+func withFolderLock(ctx context.Context, dir string, fn func() error) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
 	}
-	unlock, err := filelock.Lock(ctx, filepath.Join(s.leaseDir(), ".lock"), 0o600)
+	unlock, err := filelock.Lock(ctx, filepath.Join(dir, ".lock"), 0o600)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err

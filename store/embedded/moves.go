@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/replproxy/replproxy/internal/filelock"
 	"github.com/replproxy/replproxy/store"
 )
 
@@ -91,21 +90,7 @@ func (s *Store) GetMoveClaim(ctx context.Context, replID string) (store.MoveClai
 
 // withMoves runs fn holding the exclusive flock of the claims folder.
 func (s *Store) withMoves(ctx context.Context, fn func() error) error {
-	if err := os.MkdirAll(s.movesDir(), 0o700); err != nil {
-		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
-	}
-	unlock, err := filelock.Lock(ctx, filepath.Join(s.movesDir(), ".lock"), 0o600)
-	if err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
-	}
-	defer unlock()
-	if err := fn(); err != nil {
-		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
-	}
-	return nil
+	return withFolderLock(ctx, s.movesDir(), fn)
 }
 
 // readClaim reads a claim file; ok is false when there is none or it
