@@ -163,6 +163,9 @@ type Reader interface {
 // Store is the whole data model of one cluster. Every method is safe for
 // concurrent use. Every write is atomic: it happens whole or not at all.
 type Store interface {
+	// ListAll returns the store's repls, tombstones and domains as of one
+	// instant.
+	ListAll(ctx context.Context) (Snapshot, error)
 	Moves
 	Reader
 
@@ -274,4 +277,13 @@ func Prefer(a, b Claim) bool {
 		return a.Generation > b.Generation
 	}
 	return a.ReplID < b.ReplID
+}
+
+// Snapshot is every repl, tombstone and custom domain of a store as of one
+// instant: what a name index is built from (lists read one after another
+// could miss a repl that moves between them).
+type Snapshot struct {
+	Repls      []Repl
+	Tombstones []Tombstone
+	Domains    []Domain
 }

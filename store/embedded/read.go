@@ -119,3 +119,13 @@ func cloneRepl(r store.Repl) store.Repl {
 	r.Endpoints = slices.Clone(r.Endpoints)
 	return r
 }
+
+// ListAll implements Store, from one immutable snapshot of the file.
+func (s *Store) ListAll(context.Context) (store.Snapshot, error) {
+	snap := s.snap.Load()
+	out := store.Snapshot{Repls: make([]store.Repl, 0, len(snap.repls)), Tombstones: slices.Clone(snap.tombstones), Domains: slices.Clone(snap.domains)}
+	for _, r := range snap.repls {
+		out.Repls = append(out.Repls, cloneRepl(r))
+	}
+	return out, nil
+}

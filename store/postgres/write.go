@@ -380,3 +380,27 @@ func (p *Store) Stats(ctx context.Context) (store.Stats, error) {
 	}
 	return s, nil
 }
+
+// ListAll implements Store: the three lists in one read-only, repeatable
+// read transaction, so that they are of one instant.
+func (p *Store) ListAll(ctx context.Context) (store.Snapshot, error) {
+	var snap store.Snapshot
+	err := pgx.BeginTxFunc(ctx, p.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		rows, _ := tx.Query(ctx, `SELECT `+replColumns+` FROM repls ORDER BY owner, slug`)
+		if snap.Repls, err = pgx.CollectRows(rows, scanRepl); err != nil {
+			return err
+		}
+		rows, _ = tx.Query(ctx, `SELECT `+tombstoneColumns+` FROM tombstones ORDER BY repl_id`)
+		if snap.Tombstones, err = pgx.CollectRows(rows, scanTombstone); err != nil {
+			return err
+		}
+		rows, _ = tx.Query(ctx, `SELECT `+domainColumns+` FROM domains ORDER BY name`)
+		snap.Domains, err = pgx.CollectRows(rows, scanDomain)
+		return err
+	})
+	if err != nil {
+		return store.Snapshot{}, p.fail("list everything", err)
+	}
+	return snap, nil
+}

@@ -17,9 +17,7 @@ import (
 // Every store.Store is one.
 type Lister interface {
 	store.Reader
-	ListRepls(ctx context.Context, owner string) ([]store.Repl, error)
-	ListTombstones(ctx context.Context) ([]store.Tombstone, error)
-	ListDomains(ctx context.Context, replID string) ([]store.Domain, error)
+	ListAll(ctx context.Context) (store.Snapshot, error)
 	GetRepl(ctx context.Context, id string) (store.Repl, error)
 	GetTombstone(ctx context.Context, replID string) (store.Tombstone, error)
 	GetDomain(ctx context.Context, name string) (store.Domain, error)
@@ -297,18 +295,15 @@ func (x *Index) Rebuild(ctx context.Context) error {
 // settled by them.
 func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 	x.queries.Add(3)
-	repls, err := x.st.ListRepls(ctx, "")
+	// One instant: lists read one after another can miss a repl whose
+	// live row became a tombstone (or the reverse) between them, and with
+	// the change feed down nothing would correct the index until the next
+	// rebuild.
+	snap, err := x.st.ListAll(ctx)
 	if err != nil {
 		return err
 	}
-	tombstones, err := x.st.ListTombstones(ctx)
-	if err != nil {
-		return err
-	}
-	domains, err := x.st.ListDomains(ctx, "")
-	if err != nil {
-		return err
-	}
+	repls, tombstones, domains := snap.Repls, snap.Tombstones, snap.Domains
 	byName := make(map[replName]IndexEntry, len(repls)+len(tombstones))
 	byID := make(map[string]IndexEntry, len(repls)+len(tombstones))
 	owners := make(map[string]int)
@@ -348,23 +343,20 @@ func (x *Index) read(ctx context.Context, q queued) error {
 	ev := q.ev
 	switch ev.Kind {
 	case store.EventRepl:
+		// One statement reads the live row and the tombstone together:
+		// two reads could miss a repl that moves between them.
 		x.queries.Add(1)
-		r, err := x.st.GetRepl(ctx, ev.ReplID)
-		if err == nil {
-			x.update(q, func() { x.putLocked(IndexEntry{ID: r.ID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation}) })
+		r, err := x.st.Lookup(ctx, store.ReplIDKey(ev.ReplID))
+		switch {
+		case err == nil && r.Kind == store.RouteLocal:
+			x.update(q, func() { x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation}) })
 			return nil
-		}
-		if errors.Is(err, store.ErrNotFound) {
-			x.queries.Add(1)
-			var t store.Tombstone
-			if t, err = x.st.GetTombstone(ctx, ev.ReplID); err == nil {
-				x.update(q, func() {
-					x.putLocked(IndexEntry{ID: t.ReplID, Owner: t.Owner, Slug: t.Slug, Generation: t.Generation, MovedTo: t.Cluster})
-				})
-				return nil
-			}
-		}
-		if errors.Is(err, store.ErrNotFound) {
+		case err == nil && r.Kind == store.RouteTombstone:
+			x.update(q, func() {
+				x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation, MovedTo: r.Cluster})
+			})
+			return nil
+		case errors.Is(err, store.ErrNotFound):
 			x.update(q, func() { x.removeLocked(ev.ReplID) })
 			return nil
 		}

@@ -219,17 +219,30 @@ func TestIndexPendingNameIsUnsure(t *testing.T) {
 // gatedLister is a Lister over a countingReader whose reads can be held.
 type gatedLister struct {
 	*countingReader
-	release chan struct{} // ListRepls waits for it to close
-	held    chan struct{} // GetRepl waits for it to close
+	release chan struct{} // ListAll waits for it to close
+	held    chan struct{} // GetRepl and Lookup by id wait for it to close
 }
 
-func (g *gatedLister) ListRepls(context.Context, string) ([]store.Repl, error) {
-	<-g.release
-	return nil, nil
+// Lookup by repl id (what the index reads a change with) waits for held,
+// and finds the route by id; other keys are the countingReader's.
+func (g *gatedLister) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
+	if k.Kind != store.KeyReplID {
+		return g.countingReader.Lookup(ctx, k)
+	}
+	<-g.held
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, rt := range g.routes {
+		if rt.ReplID == k.ID {
+			return rt, nil
+		}
+	}
+	return store.Route{}, store.ErrNotFound
 }
-func (g *gatedLister) ListTombstones(context.Context) ([]store.Tombstone, error) { return nil, nil }
-func (g *gatedLister) ListDomains(context.Context, string) ([]store.Domain, error) {
-	return nil, nil
+
+func (g *gatedLister) ListAll(context.Context) (store.Snapshot, error) {
+	<-g.release
+	return store.Snapshot{}, nil
 }
 func (g *gatedLister) GetRepl(_ context.Context, id string) (store.Repl, error) {
 	<-g.held
@@ -262,7 +275,9 @@ type listOnly struct {
 	repls []store.Repl
 }
 
-func (l listOnly) ListRepls(context.Context, string) ([]store.Repl, error) { return l.repls, nil }
+func (l listOnly) ListAll(context.Context) (store.Snapshot, error) {
+	return store.Snapshot{Repls: l.repls}, nil
+}
 
 func generatedRepls(n int) []store.Repl {
 	repls := make([]store.Repl, n)

@@ -497,3 +497,24 @@ func testMoveClaims(t *testing.T, ctx context.Context, s store.Store) {
 		}
 	}
 }
+
+func init() {
+	contractCases = append(contractCases, contractCase{"list everything at once", func(t *testing.T, ctx context.Context, s store.Store) {
+		mustCreate(t, ctx, s, "r1", "alice", "blog")
+		mustCreate(t, ctx, s, "r2", "bob", "shop")
+		if _, err := s.LinkDomain(ctx, store.Domain{Name: "blog.example.com", ReplID: "r1"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Retire(ctx, "r2", "west", 2); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := s.ListAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(snap.Repls) != 1 || snap.Repls[0].ID != "r1" || len(snap.Tombstones) != 1 || snap.Tombstones[0].ReplID != "r2" ||
+			snap.Tombstones[0].Cluster != "west" || len(snap.Domains) != 1 || snap.Domains[0].Name != "blog.example.com" {
+			t.Fatalf("ListAll = %+v", snap)
+		}
+	}})
+}
