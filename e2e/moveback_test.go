@@ -29,6 +29,10 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	p := startPlatform(t)
 	p.createRepl(t)
 	host := "blog.alice.repl.test"
+	// A first move, before the load: requests go to both clusters' proxies
+	// from the start, and west knows nothing of a repl that was never
+	// there (a 404 that is right).
+	p.ctl(t, false, "move", "blog1", "--to", "west", "--endpoint", p.apps["west"])
 	stop := make(chan struct{})
 	var sent, failed, posts atomic.Int64
 	failures := make(chan string, 100)
@@ -100,7 +104,7 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 			}
 		}
 	}
-	to := "west"
+	to := "east"
 	start := time.Now()
 	for i := range 20 {
 		var cut sync.WaitGroup
@@ -123,9 +127,16 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	for f := range failures {
 		first = append(first, f)
 	}
-	t.Logf("%d requests (%d POSTs) in %v across 20 moves, %d LISTEN connections terminated: %d failed",
+	t.Logf("%d requests (%d POSTs) in %v across 20 moves after a first one, %d LISTEN connections terminated: %d failed",
 		sent.Load(), posts.Load(), time.Since(start).Round(time.Second), kills.Load(), failed.Load())
 	if failed.Load() != 0 {
+		for name, pr := range p.proxies {
+			for _, line := range strings.Split(pr.out.String(), "\n") {
+				if strings.Contains(line, `"status":4`) || strings.Contains(line, `"status":5`) || strings.Contains(line, "index") {
+					t.Logf("%s (%s): %.400s", name, pr.addr, line)
+				}
+			}
+		}
 		t.Fatalf("%d of %d requests failed, e.g. %q", failed.Load(), sent.Load(), first)
 	}
 	if sent.Load() < 5000 || kills.Load() < 10 {
