@@ -375,3 +375,25 @@ func testZone(t testing.TB) store.Zone {
 	}
 	return z
 }
+
+// paced runs workers goroutines, each calling fn(worker, i) for i = 0, 1,
+// … once per interval until stop is closed; wait returns once they
+// have all stopped.
+func paced(workers int, interval time.Duration, stop <-chan struct{}, fn func(w, i int)) (wait func()) {
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				fn(w, i)
+			}
+		})
+	}
+	return wg.Wait
+}

@@ -36,50 +36,38 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	stop := make(chan struct{})
 	var sent, failed, posts atomic.Int64
 	failures := make(chan string, 100)
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
-	for w := range 6 { // 6 × 50 requests/s
-		wg.Go(func() {
-			proxy := p.proxies[[]string{"east", "west"}[w%2]].addr
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				method, size := "GET", 0
-				if i%2 == 1 {
-					method, size = "POST", []int{1 << 10, 40 << 10}[(i/2)%2]
-					posts.Add(1)
-				}
-				req, _ := http.NewRequest(method, "http://"+proxy+"/", strings.NewReader(strings.Repeat("p", size)))
-				req.Host = host
-				sent.Add(1)
-				err := func() error {
-					resp, err := client.Do(req)
-					if err != nil {
-						return err
-					}
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if want := fmt.Sprintf("(%s, %d bytes)", method, size); resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
-						return fmt.Errorf("%s of %d bytes to %s: %d %q", method, size, proxy, resp.StatusCode, b)
-					}
-					return nil
-				}()
-				if err != nil {
-					failed.Add(1)
-					select {
-					case failures <- err.Error():
-					default:
-					}
-				}
+	wait := paced(6, 20*time.Millisecond, stop, func(w, i int) { // 6 × 50 requests/s
+		proxy := p.proxies[[]string{"east", "west"}[w%2]].addr
+		method, size := "GET", 0
+		if i%2 == 1 {
+			method, size = "POST", []int{1 << 10, 40 << 10}[(i/2)%2]
+			posts.Add(1)
+		}
+		req, _ := http.NewRequest(method, "http://"+proxy+"/", strings.NewReader(strings.Repeat("p", size)))
+		req.Host = host
+		sent.Add(1)
+		err := func() error {
+			resp, err := client.Do(req)
+			if err != nil {
+				return err
 			}
-		})
-	}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := fmt.Sprintf("(%s, %d bytes)", method, size); resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+				return fmt.Errorf("%s of %d bytes to %s: %d %q", method, size, proxy, resp.StatusCode, b)
+			}
+			return nil
+		}()
+		if err != nil {
+			failed.Add(1)
+			select {
+			case failures <- err.Error():
+			default:
+			}
+		}
+	})
 
 	var kills atomic.Int64
 	cutFeed := func(cluster string, done <-chan struct{}) {
@@ -121,7 +109,7 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 		to = map[string]string{"west": "east", "east": "west"}[to]
 	}
 	close(stop)
-	wg.Wait()
+	wait()
 	close(failures)
 	var first []string
 	for f := range failures {

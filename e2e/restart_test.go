@@ -103,44 +103,32 @@ func TestRestartsUnderLoad(t *testing.T) {
 	var sent, failedGets, failedPosts atomic.Int64
 	failures := make(chan string, 10000)
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
-	for w := range 4 { // 4 × 50 requests/s
-		wg.Go(func() {
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				method, body := "GET", io.Reader(nil)
-				if (w+i)%2 == 1 {
-					method, body = "POST", strings.NewReader(strings.Repeat("p", 2048))
-				}
-				req, _ := http.NewRequest(method, "http://"+east+"/", body)
-				req.Host = host
-				sent.Add(1)
-				resp, err := client.Do(req)
-				if err == nil {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(b), "served in west") {
-						err = fmt.Errorf("status %d %q", resp.StatusCode, b)
-					}
-				}
-				if err != nil {
-					if method == "POST" {
-						failedPosts.Add(1)
-					} else {
-						failedGets.Add(1)
-					}
-					failures <- method + ": " + err.Error()
-				}
+	wait := paced(4, 20*time.Millisecond, stop, func(w, i int) { // 4 × 50 requests/s
+		method, body := "GET", io.Reader(nil)
+		if (w+i)%2 == 1 {
+			method, body = "POST", strings.NewReader(strings.Repeat("p", 2048))
+		}
+		req, _ := http.NewRequest(method, "http://"+east+"/", body)
+		req.Host = host
+		sent.Add(1)
+		resp, err := client.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(b), "served in west") {
+				err = fmt.Errorf("status %d %q", resp.StatusCode, b)
 			}
-		})
-	}
+		}
+		if err != nil {
+			if method == "POST" {
+				failedPosts.Add(1)
+			} else {
+				failedGets.Add(1)
+			}
+			failures <- method + ": " + err.Error()
+		}
+	})
 	start := time.Now()
 	for i := 1; i <= 25; i++ {
 		time.Sleep(400 * time.Millisecond)
@@ -155,7 +143,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	}
 	time.Sleep(400 * time.Millisecond)
 	close(stop)
-	wg.Wait()
+	wait()
 	close(failures)
 	var first []string
 	for f := range failures {

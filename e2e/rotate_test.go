@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,37 +52,25 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 	var sent, failed atomic.Int64
 	var firstErr atomic.Value
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
-	for w := range 4 { // 4 × 50 requests/s
-		wg.Go(func() {
-			tick := time.NewTicker(20 * time.Millisecond)
-			defer tick.Stop()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				method, body := "GET", io.Reader(nil)
-				if (w+i)%2 == 1 {
-					method, body = "POST", strings.NewReader(strings.Repeat("p", 2048))
-				}
-				sent.Add(1)
-				if err := get(client, method, body); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				}
-			}
-		})
-	}
+	wait := paced(4, 20*time.Millisecond, stop, func(w, i int) { // 4 × 50 requests/s
+		method, body := "GET", io.Reader(nil)
+		if (w+i)%2 == 1 {
+			method, body = "POST", strings.NewReader(strings.Repeat("p", 2048))
+		}
+		sent.Add(1)
+		if err := get(client, method, body); err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+		}
+	})
 	defer func() { // on a failure too
 		select {
 		case <-stop:
 		default:
 			close(stop)
 		}
-		wg.Wait()
+		wait()
 	}()
 
 	const (
@@ -132,7 +119,7 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 	time.Sleep(time.Second)
 	write("west", "a third secret, swapped in without the procedure\n")
 	close(stop)
-	wg.Wait()
+	wait()
 	if n := hopMarksRefused(t, p.proxies["west"].admin); n == 0 {
 		t.Error("a one-step rotation: west refused no hop mark; the test cannot tell a safe rotation from an unsafe one")
 	} else {
