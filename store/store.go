@@ -163,8 +163,8 @@ type Reader interface {
 // Store is the whole data model of one cluster. Every method is safe for
 // concurrent use. Every write is atomic: it happens whole or not at all.
 type Store interface {
-	// ListAll returns the store's repls, tombstones and domains as of one
-	// instant.
+	// ListAll returns the store's repls, tombstones, domains and unexpired
+	// challenge records as of one instant.
 	ListAll(ctx context.Context) (Snapshot, error)
 	Moves
 	Reader
@@ -286,4 +286,5 @@ type Snapshot struct {
 	Repls      []Repl
 	Tombstones []Tombstone
 	Domains    []Domain
+	Challenges []Challenge // unexpired ones, ordered by name and value
 }

@@ -127,5 +127,11 @@ func (s *Store) ListAll(context.Context) (store.Snapshot, error) {
 	for _, r := range snap.repls {
 		out.Repls = append(out.Repls, cloneRepl(r))
 	}
+	now := s.now()
+	for _, c := range snap.challenges {
+		if c.ExpiresAt.After(now) {
+			out.Challenges = append(out.Challenges, c)
+		}
+	}
 	return out, nil
 }

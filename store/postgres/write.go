@@ -381,7 +381,7 @@ func (p *Store) Stats(ctx context.Context) (store.Stats, error) {
 	return s, nil
 }
 
-// ListAll implements Store: the three lists in one read-only, repeatable
+// ListAll implements Store: the four lists in one read-only, repeatable
 // read transaction, so that they are of one instant.
 func (p *Store) ListAll(ctx context.Context) (store.Snapshot, error) {
 	var snap store.Snapshot
@@ -396,7 +396,11 @@ func (p *Store) ListAll(ctx context.Context) (store.Snapshot, error) {
 			return err
 		}
 		rows, _ = tx.Query(ctx, `SELECT `+domainColumns+` FROM domains ORDER BY name`)
-		snap.Domains, err = pgx.CollectRows(rows, scanDomain)
+		if snap.Domains, err = pgx.CollectRows(rows, scanDomain); err != nil {
+			return err
+		}
+		rows, _ = tx.Query(ctx, `SELECT name, value, expires_at FROM challenges WHERE expires_at > $1 ORDER BY name, value`, p.now())
+		snap.Challenges, err = pgx.CollectRows(rows, pgx.RowToStructByPos[store.Challenge])
 		return err
 	})
 	if err != nil {

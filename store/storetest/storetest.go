@@ -508,6 +508,17 @@ func init() {
 		if _, err := s.Retire(ctx, "r2", "west", 2); err != nil {
 			t.Fatal(err)
 		}
+		soon := time.Now().Add(time.Hour).Truncate(time.Second)
+		for _, c := range []store.Challenge{
+			{Name: "_acme-challenge.blog.alice.repl.test", Value: "b", ExpiresAt: soon},
+			{Name: "_acme-challenge.alice.repl.test", Value: "a", ExpiresAt: soon},
+			{Name: "_acme-challenge.blog.alice.repl.test", Value: "a", ExpiresAt: soon},
+			{Name: "_acme-challenge.bob.repl.test", Value: "gone", ExpiresAt: time.Now().Add(-time.Minute)},
+		} {
+			if err := s.PutChallenge(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
 		snap, err := s.ListAll(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -515,6 +526,18 @@ func init() {
 		if len(snap.Repls) != 1 || snap.Repls[0].ID != "r1" || len(snap.Tombstones) != 1 || snap.Tombstones[0].ReplID != "r2" ||
 			snap.Tombstones[0].Cluster != "west" || len(snap.Domains) != 1 || snap.Domains[0].Name != "blog.example.com" {
 			t.Fatalf("ListAll = %+v", snap)
+		}
+		// Unexpired challenges only, by name and value.
+		var got []string
+		for _, c := range snap.Challenges {
+			got = append(got, c.Name+"="+c.Value)
+			if !c.ExpiresAt.Equal(soon) {
+				t.Errorf("challenge %s=%s expires %v, want %v", c.Name, c.Value, c.ExpiresAt, soon)
+			}
+		}
+		want := []string{"_acme-challenge.alice.repl.test=a", "_acme-challenge.blog.alice.repl.test=a", "_acme-challenge.blog.alice.repl.test=b"}
+		if !slices.Equal(got, want) {
+			t.Errorf("ListAll challenges = %q, want %q", got, want)
 		}
 	}})
 }
