@@ -18,6 +18,8 @@ import (
 )
 
 // Source is the data a Handler answers from. *Clusters is the real one.
+// No method waits for a store: replns's readers answer from memory, and a
+// name that would need a store look-up gets an error at once.
 type Source interface {
 	// Clusters lists the clusters, whose positions Host returns.
 	Clusters() []cluster.Cluster
@@ -25,7 +27,7 @@ type Source interface {
 	// by k (KeyRepl or KeyReplID): of the clusters where it is live, the
 	// one with the highest generation. It returns an error wrapping
 	// store.ErrNotFound when no cluster has it, or store.ErrUnavailable
-	// when none has it but one could not be asked.
+	// when none has it but one could not tell at once.
 	Host(ctx context.Context, k store.Key) (int, error)
 	// HasOwner reports whether owner has repls. When it cannot be sure it
 	// says true: an owner's name is an empty non-terminal, and a wrong
@@ -33,8 +35,8 @@ type Source interface {
 	HasOwner(owner string) bool
 	// Challenges appends to dst the values of the DNS-01 challenge records
 	// named name in every cluster, without repeats. The error wraps
-	// store.ErrUnavailable when there are none but a cluster could not be
-	// asked.
+	// store.ErrUnavailable when there are none but a cluster could not
+	// tell.
 	Challenges(ctx context.Context, name string, dst []string) ([]string, error)
 }
 
@@ -46,13 +48,20 @@ type ClustersConfig struct {
 	// Open opens a cluster's store. Nil means cluster.Open without
 	// migrations (replns only reads), logging as "store".
 	Open func(ctx context.Context, addr string) (store.Store, error)
+	// Now is the clock challenge records expire by; nil means time.Now.
+	Now func() time.Time
 }
 
 // Clusters reads every cluster of the registry: each store through a
 // routecache.Cache with its name index (routecache.NewIndexed), kept
-// current by the store's change notifications, so that names no cluster
-// has are NXDOMAIN without a database query. Run opens the stores and
-// keeps both current.
+// current by the store's one change feed. Every name the indexes hold is
+// answered from them, challenge records included, and every name they know
+// nobody has is NXDOMAIN: in the steady state no query reaches a store.
+// The route cache is asked, never waited for (Cache.Peek), only for what an
+// index cannot tell: a name whose change is being read, a name missing from
+// an index being rebuilt, and every name of a cluster whose change feed is
+// lost (its index no longer follows the store; the cache's TTL bounds how
+// stale an answer gets). Run opens the stores and keeps them current.
 type Clusters struct {
 	list   []cluster.Cluster
 	cs     []*member
@@ -84,6 +93,9 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) 
 			return cluster.Open(ctx, addr, cluster.OpenOptions{Logger: storeLogger})
 		}
 	}
+	if c.cfg.Now == nil {
+		c.cfg.Now = time.Now
+	}
 	for _, info := range c.list {
 		c.cs = append(c.cs, &member{info: info})
 	}
@@ -98,41 +110,40 @@ func (c *Clusters) Clusters() []cluster.Cluster { return c.list }
 // tombstone names. The highest generation wins. Trusting tombstones keeps
 // the answer right while a move's change notifications from the two
 // clusters arrive in either order.
-func (c *Clusters) Host(ctx context.Context, k store.Key) (int, error) {
+func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
 	best, bestGen := -1, int64(0)
 	var failed error
 	for i, cl := range c.cs {
-		// What cl's index says: KnownUnsure until the store is open.
-		known, gen, movedTo := routecache.KnownUnsure, int64(0), ""
 		cache := cl.cache.Load()
-		if cache != nil {
-			known, gen, movedTo = cache.Index().Where(k)
-		}
-		if known == routecache.KnownNo {
-			continue
-		}
-		target := i
 		if cache == nil {
 			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
 			continue
 		}
-		r, err := cache.Lookup(ctx, k)
-		switch {
-		case err == nil && r.Kind == store.RouteLocal:
-			gen = r.Generation
-		case err == nil && r.Kind == store.RouteTombstone:
-			target, gen = c.indexOf(r.Cluster), r.Generation
-		case errors.Is(err, store.ErrNotFound):
-			continue // the index is a moment ahead
-		case known == routecache.KnownYes:
-			// The store is down and the cache never held this name:
-			// answer from the index.
-			if movedTo != "" {
-				target = c.indexOf(movedTo)
-			}
-		default:
-			failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
+		known, gen, movedTo := cache.Index().Where(k)
+		if known == routecache.KnownNo {
 			continue
+		}
+		if known == routecache.KnownUnsure || cache.FeedLost() {
+			r, err := cache.Peek(k)
+			switch {
+			case err == nil:
+				gen, movedTo = r.Generation, ""
+				if r.Kind == store.RouteTombstone {
+					movedTo = r.Cluster
+				}
+			case errors.Is(err, store.ErrNotFound):
+				continue // the index is a moment ahead, or was wrong
+			case known == routecache.KnownYes:
+				// Nothing cached yet: the index's word, while the cache
+				// loads.
+			default:
+				failed = fmt.Errorf("cluster %s: lookup %s: %w", cl.info.Name, k, err)
+				continue
+			}
+		}
+		target := i
+		if movedTo != "" {
+			target = c.indexOf(movedTo)
 		}
 		if target >= 0 && (best < 0 || gen > bestGen) {
 			best, bestGen = target, gen
@@ -169,9 +180,11 @@ func (c *Clusters) HasOwner(owner string) bool {
 	return false
 }
 
-// Challenges implements Source.
-func (c *Clusters) Challenges(ctx context.Context, name string, dst []string) ([]string, error) {
+// Challenges implements Source, from the indexes: challenge records are
+// few and short-lived, and each index holds its cluster's.
+func (c *Clusters) Challenges(_ context.Context, name string, dst []string) ([]string, error) {
 	start := len(dst)
+	now := c.cfg.Now()
 	var failed error
 	for _, cl := range c.cs {
 		cache := cl.cache.Load()
@@ -179,14 +192,15 @@ func (c *Clusters) Challenges(ctx context.Context, name string, dst []string) ([
 			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
 			continue
 		}
-		chs, err := cache.Challenges(ctx, name)
-		if err != nil {
-			failed = fmt.Errorf("cluster %s: %w", cl.info.Name, err)
-			continue
+		n := len(dst)
+		known, values := cache.Index().Challenges(name, now, dst)
+		dst = values[:n] // compacted in place below: writes never pass reads
+		if known == routecache.KnownUnsure {
+			failed = fmt.Errorf("cluster %s: challenges %s: %w: its index is catching up", cl.info.Name, name, store.ErrUnavailable)
 		}
-		for _, ch := range chs {
-			if !slices.Contains(dst[start:], ch.Value) {
-				dst = append(dst, ch.Value)
+		for _, v := range values[n:] {
+			if !slices.Contains(dst[start:], v) {
+				dst = append(dst, v)
 			}
 		}
 	}

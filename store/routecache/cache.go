@@ -36,6 +36,10 @@ type Config struct {
 	// (ErrUnavailable) instead of calling it again; one call per period
 	// probes it. Zero means 1 s.
 	RetryAfter time.Duration
+	// MaxBackground bounds the backend calls Peek starts in the background
+	// at once (one per key); a Peek that would start one more gets
+	// ErrUnavailable at once. Zero means 64.
+	MaxBackground int
 }
 
 // withDefaults returns c with every zero (or negative) field set to its
@@ -59,6 +63,9 @@ func (c Config) withDefaults() Config {
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = time.Second
 	}
+	if c.MaxBackground <= 0 {
+		c.MaxBackground = 64
+	}
 	return c
 }
 
@@ -72,6 +79,8 @@ type Stats struct {
 	Evictions    uint64 // entries dropped for room
 	Invalidation uint64 // entries dropped by change notifications
 	Screened     uint64 // misses answered not found by the name index, without the backend
+	Background   uint64 // backend calls Peek started in the background
+	Refused      uint64 // Peeks that found nothing and could not start a call (MaxBackground, or the backend failing)
 	Entries      int    // found routes held
 	Negative     int    // not-found and challenge entries held
 }
@@ -105,7 +114,11 @@ type Cache struct {
 
 	index *Index // nil unless made by NewIndexed
 
-	hits, misses, stale, loads, loadErrors, evictions, invalidations, screened atomic.Uint64
+	bgMu   sync.Mutex
+	bgKeys map[store.Key]struct{} // keys Peek is loading in the background
+	bgWG   sync.WaitGroup
+
+	hits, misses, stale, loads, loadErrors, evictions, invalidations, screened, bgLoads, refused atomic.Uint64
 }
 
 const cacheShards = 64
@@ -150,6 +163,7 @@ func New(r store.Reader, cfg Config, now func() time.Time, logger *zap.Logger) *
 		logger:    logger.Named("cache"),
 		synced:    make(chan struct{}),
 		byRepl:    make(map[string]map[store.Key]struct{}),
+		bgKeys:    make(map[store.Key]struct{}),
 		seed:      rand.Uint64(),
 		clock:     now,
 		userClock: userClock,
@@ -184,6 +198,7 @@ const coarseTick = 20 * time.Millisecond
 // cache reads a clock it refreshes every 20 ms instead of calling time.Now
 // on every lookup.
 func (c *Cache) Run(ctx context.Context) error {
+	defer c.bgWG.Wait() // Peek's calls, bounded by LoadTimeout
 	if !c.userClock {
 		c.coarse.Store(time.Now().UnixNano())
 		tick := time.NewTicker(coarseTick)
@@ -253,6 +268,66 @@ func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 		return store.Route{}, err
 	}
 	return e.route, e.err
+}
+
+// Peek is Lookup for a caller that must not wait for the backend (replns's
+// readers). It answers at once from what the cache holds: a fresh entry; or
+// an old one (expired, or from before an EventResync), while a backend call
+// refreshes it in the background. With nothing held it starts that call and
+// returns an error wrapping ErrUnavailable: the caller answers it as a
+// failure now, and the next Peek finds the route. Background calls are one
+// per key and at most MaxBackground at once; none is started while the
+// backend is failing (RetryAfter). Peek does not consult the index: a
+// caller asks it when the index cannot answer.
+func (c *Cache) Peek(k store.Key) (store.Route, error) {
+	e, fresh := c.get(k)
+	if fresh {
+		c.hits.Add(1)
+		return e.route, e.err
+	}
+	c.misses.Add(1)
+	started := c.background(k)
+	if e != nil {
+		c.stale.Add(1)
+		return e.route, e.err
+	}
+	if !started {
+		c.refused.Add(1)
+		return store.Route{}, errBusy
+	}
+	return store.Route{}, errLoading
+}
+
+var (
+	errLoading = fmt.Errorf("%w: being looked up", store.ErrUnavailable)
+	errBusy    = fmt.Errorf("%w: not looked up: the store is failing or too many look-ups are in flight", store.ErrUnavailable)
+)
+
+// background starts a backend call for k unless one is in flight, and
+// reports whether one is.
+func (c *Cache) background(k store.Key) bool {
+	if c.now() < c.downUntil.Load() {
+		return false
+	}
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if _, ok := c.bgKeys[k]; ok {
+		return true
+	}
+	if len(c.bgKeys) >= c.cfg.MaxBackground {
+		return false
+	}
+	k = cloneKey(k)
+	c.bgKeys[k] = struct{}{}
+	c.bgLoads.Add(1)
+	c.bgWG.Go(func() {
+		// Through the group: a Lookup of k meanwhile shares this call.
+		_, _, _ = c.group.Do(k.String(), func() (any, error) { return c.fetch(context.Background(), k, false) })
+		c.bgMu.Lock()
+		delete(c.bgKeys, k)
+		c.bgMu.Unlock()
+	})
+	return true
 }
 
 // errNotHosted is the answer for a name the index knows nobody hosts.
@@ -624,6 +699,8 @@ func (c *Cache) Stats() Stats {
 		Evictions:    c.evictions.Load(),
 		Invalidation: c.invalidations.Load(),
 		Screened:     c.screened.Load(),
+		Background:   c.bgLoads.Load(),
+		Refused:      c.refused.Load(),
 	}
 	for i := range c.found {
 		s.Entries += c.found[i].len()

@@ -593,3 +593,92 @@ func testbedWait(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+// TestPeekNeverWaits: Peek answers from what the cache holds, fresh or
+// not, and loads in the background — one call per key, at most
+// MaxBackground at once, none while the backend is failing.
+func TestPeekNeverWaits(t *testing.T) {
+	r := newCountingReader()
+	r.set(blogKey, blogRoute)
+	clock := newFakeClock()
+	c := newClockedCache(t, r, routecache.Config{MaxBackground: 2}, clock.Now, nil)
+
+	// Nothing held: ErrUnavailable at once, and a load in the background.
+	gate := make(chan struct{})
+	r.mu.Lock()
+	r.gate = gate
+	r.mu.Unlock()
+	for range 3 { // one call for the key, however often it is asked
+		if _, err := c.Peek(blogKey); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("peek of a name not held: %v, want ErrUnavailable", err)
+		}
+	}
+	// A second key takes the other slot; a third is refused.
+	if _, err := c.Peek(store.ReplKey("bob", "api")); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatal(err)
+	}
+	if _, err := c.Peek(store.ReplKey("carol", "app")); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatal(err)
+	}
+	if s := c.Stats(); s.Background != 2 || s.Refused != 1 {
+		t.Errorf("stats while loading: %+v; want 2 background calls, 1 refused", s)
+	}
+	r.mu.Lock()
+	r.gate = nil
+	r.mu.Unlock()
+	close(gate)
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitFor("the background load", func() bool {
+		rt, err := c.Peek(blogKey)
+		return err == nil && rt.ReplID == "r1"
+	})
+	if _, err := c.Peek(store.ReplKey("bob", "api")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a name the backend does not have, once loaded: %v, want ErrNotFound", err)
+	}
+	calls := r.calls.Load()
+	if calls != 2 {
+		t.Errorf("%d backend calls; want 2 (one per key)", calls)
+	}
+
+	// Expired: the old route at once, refreshed in the background.
+	clock.Advance(2 * time.Minute)
+	moved := blogRoute
+	moved.Generation = 2
+	r.set(blogKey, moved)
+	if rt, err := c.Peek(blogKey); err != nil || rt.Generation != 1 {
+		t.Fatalf("peek of an expired route: %+v %v, want the old one", rt, err)
+	}
+	waitFor("the refresh", func() bool {
+		rt, err := c.Peek(blogKey)
+		return err == nil && rt.Generation == 2
+	})
+
+	// The backend failing: the old route, and no call while RetryAfter runs.
+	r.setFail(fmt.Errorf("%w: down", store.ErrUnavailable))
+	clock.Advance(2 * time.Minute)
+	if rt, err := c.Peek(blogKey); err != nil || rt.Generation != 2 {
+		t.Fatalf("peek while failing: %+v %v", rt, err)
+	}
+	waitFor("the failed refresh", func() bool { return c.Stats().LoadErrors == 1 })
+	before := r.calls.Load()
+	for range 10 {
+		if _, err := c.Peek(blogKey); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Peek(store.ReplKey("dave", "new")); !errors.Is(err, store.ErrUnavailable) {
+			t.Fatal(err)
+		}
+	}
+	if n := r.calls.Load() - before; n != 0 {
+		t.Errorf("%d backend calls while it fails; want none until RetryAfter", n)
+	}
+}

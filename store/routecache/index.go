@@ -3,6 +3,7 @@ package routecache
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,8 +41,8 @@ const (
 
 // Index is one cluster's set of names in memory: every live repl and every
 // tombstone (by owner/slug and by id, with its generation and, for a
-// tombstone, the cluster it moved to), the owners that have repls, and the
-// custom domains. It is kept current by the store's change notifications
+// tombstone, the cluster it moved to), the owners that have repls, the
+// custom domains, and the DNS-01 challenge records (few and short-lived). It is kept current by the store's change notifications
 // (Apply, then Run re-reads what changed), so that a name nobody hosts is
 // answered without a cache entry or a store query: a flood of random names
 // costs the store nothing and cannot grow the cache.
@@ -57,10 +58,11 @@ type Index struct {
 	mu      sync.RWMutex
 	byName  map[replName]IndexEntry
 	byID    map[string]IndexEntry
-	domains map[string]string    // custom domain → repl id
-	owners  map[string]int       // repls (live or tombstoned) per owner
-	pending map[store.Key]uint64 // names whose change is still to be read → its latest seq
-	seq     uint64               // numbers the notifications given to Apply
+	domains map[string]string            // custom domain → repl id
+	chs     map[string][]store.Challenge // challenge name → its records, by value
+	owners  map[string]int               // repls (live or tombstoned) per owner
+	pending map[store.Key]uint64         // names whose change is still to be read → its latest seq
+	seq     uint64                       // numbers the notifications given to Apply
 	current bool
 	built   bool // current at least once
 
@@ -93,6 +95,7 @@ func NewIndex(st Lister, logger *zap.Logger) *Index {
 		byName:  make(map[replName]IndexEntry),
 		byID:    make(map[string]IndexEntry),
 		domains: make(map[string]string),
+		chs:     make(map[string][]store.Challenge),
 		owners:  make(map[string]int),
 		pending: make(map[store.Key]uint64),
 		queue:   eventQueue{wake: make(chan struct{}, 1)},
@@ -169,26 +172,58 @@ func (x *Index) Owner(owner string) Knowledge {
 	return KnownUnsure
 }
 
+// Challenges appends to dst the values of the challenge records named name
+// (the whole name, "_acme-challenge." included) that are unexpired at now,
+// and says whether the index knows them: KnownYes when it holds some,
+// KnownNo when it is current and holds none, KnownUnsure when it may be
+// behind (rebuilding, or a change to the name is being read).
+func (x *Index) Challenges(name string, now time.Time, dst []string) (Knowledge, []string) {
+	start := len(dst)
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, c := range x.chs[name] {
+		if c.ExpiresAt.After(now) {
+			dst = append(dst, c.Value)
+		}
+	}
+	switch {
+	case len(dst) > start:
+		return KnownYes, dst
+	case !x.current || len(x.pending) > 0 && x.pending[challengeKey(name)] != 0:
+		return KnownUnsure, dst
+	}
+	return KnownNo, dst
+}
+
+func challengeKey(name string) store.Key { return store.Key{Kind: store.KeyChallenge, Name: name} }
+
 // IndexStats counts what an index holds and did.
 type IndexStats struct {
-	Repls   int    // live repls and tombstones, by id
-	Domains int    // custom domains
-	Current bool   // built and not behind a resync
-	Built   bool   // current at least once
-	Queries uint64 // store calls made to build and follow it
+	Repls      int    // live repls and tombstones, by id
+	Domains    int    // custom domains
+	Challenges int    // challenge records (expired ones not yet dropped included)
+	Current    bool   // built and not behind a resync
+	Built      bool   // current at least once
+	Queries    uint64 // store calls made to build and follow it
 }
 
 // Stats returns what the index holds.
 func (x *Index) Stats() IndexStats {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return IndexStats{Repls: len(x.byID), Domains: len(x.domains), Current: x.current, Built: x.built, Queries: x.queries.Load()}
+	n := 0
+	for _, cs := range x.chs {
+		n += len(cs)
+	}
+	return IndexStats{Repls: len(x.byID), Domains: len(x.domains), Challenges: n, Current: x.current, Built: x.built, Queries: x.queries.Load()}
 }
 
 // Apply takes one change notification; it never blocks. The names it
 // touches are KnownUnsure until Run has read them again.
 func (x *Index) Apply(ev store.Event) {
-	if ev.Kind != store.EventResync && ev.Kind != store.EventRepl && ev.Kind != store.EventDomain {
+	switch ev.Kind {
+	case store.EventResync, store.EventRepl, store.EventDomain, store.EventChallenge:
+	default:
 		return
 	}
 	x.mu.Lock()
@@ -213,6 +248,8 @@ func eventKeys(ev store.Event) []store.Key {
 		return []store.Key{store.ReplIDKey(ev.ReplID), store.ReplKey(ev.Owner, ev.Slug)}
 	case store.EventDomain:
 		return []store.Key{store.DomainKey(ev.Name)}
+	case store.EventChallenge:
+		return []store.Key{challengeKey(ev.Name)}
 	}
 	return nil
 }
@@ -294,7 +331,7 @@ func (x *Index) Rebuild(ctx context.Context) error {
 // notification taken: the names of that one and every earlier one are
 // settled by them.
 func (x *Index) rebuild(ctx context.Context, taken uint64) error {
-	x.queries.Add(3)
+	x.queries.Add(1)
 	// One instant: lists read one after another can miss a repl whose
 	// live row became a tombstone (or the reverse) between them, and with
 	// the change feed down nothing would correct the index until the next
@@ -325,8 +362,12 @@ func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 	for _, d := range domains {
 		byDomain[d.Name] = d.ReplID
 	}
+	chs := make(map[string][]store.Challenge)
+	for _, c := range snap.Challenges {
+		chs[c.Name] = append(chs[c.Name], c)
+	}
 	x.mu.Lock()
-	x.byName, x.byID, x.owners, x.domains = byName, byID, owners, byDomain
+	x.byName, x.byID, x.owners, x.domains, x.chs = byName, byID, owners, byDomain, chs
 	x.current, x.built = true, true
 	for k, s := range x.pending {
 		if s <= taken {
@@ -372,6 +413,19 @@ func (x *Index) read(ctx context.Context, q queued) error {
 		default:
 			return err
 		}
+	case store.EventChallenge:
+		x.queries.Add(1)
+		cs, err := x.st.Challenges(ctx, ev.Name)
+		if err != nil {
+			return err
+		}
+		x.update(q, func() {
+			if len(cs) == 0 {
+				delete(x.chs, ev.Name)
+			} else {
+				x.chs[strings.Clone(ev.Name)] = cs
+			}
+		})
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -328,5 +329,54 @@ func BenchmarkIndexKnows(b *testing.B) {
 		if x.Knows(hosted) != routecache.KnownYes || x.Knows(nobody) != routecache.KnownNo {
 			b.Fatal("wrong answer")
 		}
+	}
+}
+
+// TestIndexHoldsChallenges: the index is built with the challenge records
+// and follows their changes; unexpired ones are answered, and a name it has
+// none for is KnownNo (KnownUnsure while its change is being read).
+func TestIndexHoldsChallenges(t *testing.T) {
+	for name, open := range indexBackends(t) {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			ctx := t.Context()
+			const ch = "_acme-challenge.alice.repl.test"
+			later := time.Now().Add(time.Hour)
+			if err := s.PutChallenge(ctx, store.Challenge{Name: ch, Value: "one", ExpiresAt: later}); err != nil {
+				t.Fatal(err)
+			}
+			c, _ := runIndexed(t, s)
+			x := c.Index()
+			values := func(at time.Time) (routecache.Knowledge, []string) { return x.Challenges(ch, at, nil) }
+			if kn, got := values(time.Now()); kn != routecache.KnownYes || !slices.Equal(got, []string{"one"}) {
+				t.Fatalf("after the build: %v %q", kn, got)
+			}
+			if kn, got := values(later.Add(time.Second)); kn != routecache.KnownNo || len(got) != 0 {
+				t.Errorf("past the expiry: %v %q, want KnownNo and none", kn, got)
+			}
+			if kn, _ := x.Challenges("_acme-challenge.bob.repl.test", time.Now(), nil); kn != routecache.KnownNo {
+				t.Errorf("a name without records: %v, want KnownNo", kn)
+			}
+
+			if err := s.PutChallenge(ctx, store.Challenge{Name: ch, Value: "two", ExpiresAt: later}); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, "the second record is held", func() bool {
+				_, got := values(time.Now())
+				return slices.Equal(got, []string{"one", "two"})
+			})
+			for _, v := range []string{"one", "two"} {
+				if err := s.DeleteChallenge(ctx, ch, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitUntil(t, "the deleted records are gone", func() bool {
+				kn, got := values(time.Now())
+				return kn == routecache.KnownNo && len(got) == 0
+			})
+			if st := x.Stats(); st.Challenges != 0 {
+				t.Errorf("stats: %d challenges held, want 0", st.Challenges)
+			}
+		})
 	}
 }
