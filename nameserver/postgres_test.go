@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -198,4 +199,89 @@ clusters:
 		// The watch reconnects with backoff (up to 5 s), then resyncs.
 		waitAnswer(t, addr, "late.erin.repl.test.", "192.0.2.10", 15*time.Second)
 	})
+}
+
+// TestHungDatabase: with one cluster's PostgreSQL frozen (SIGSTOP to the
+// server and its backends: connections open, nothing answers), every
+// question is still answered at once — the other cluster's names, the
+// frozen cluster's known names (from its index), the apex, random names and
+// challenge names. Before, a reader waited up to the 2 s load timeout.
+func TestHungDatabase(t *testing.T) {
+	servers := pgtest.StartN(t, 2)
+	ctx := context.Background()
+	var dsns [2]string
+	for i, srv := range servers {
+		dsns[i] = srv.NewDatabase(t)
+		p, err := postgres.Open(ctx, dsns[i], zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Migrate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for j := range 40 {
+			r := store.Repl{ID: fmt.Sprintf("c%dr%d", i, j), Owner: fmt.Sprintf("o%d", i), Slug: fmt.Sprintf("s%d", j), Endpoints: []string{"127.0.0.1:9000"}}
+			if _, err := p.CreateRepl(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.Close()
+	}
+	path := writeWorld(t, map[string]string{"clusters.yaml": fmt.Sprintf(`
+clusters:
+  - name: east
+    proxy_ipv4: [192.0.2.10]
+    forward: 10.0.0.10:8443
+    store: %s
+  - name: west
+    proxy_ipv4: [198.51.100.10]
+    forward: 10.1.0.10:8443
+    store: %s
+`, dsns[0], dsns[1])})
+	c := startClusters(t, path, ClustersConfig{})
+	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, h)
+
+	// One round of questions about repls first to first+19 (names no
+	// cache holds yet); returns the p99 of the answers' times.
+	round := func(what string, first int) time.Duration {
+		var took []time.Duration
+		for n := range 40 {
+			i := first + n%20
+			for _, q := range []struct {
+				name  string
+				qtype uint16
+				want  int // rcode
+				addr  string
+			}{
+				{fmt.Sprintf("s%d.o1.repl.test.", i), dns.TypeA, dns.RcodeSuccess, "198.51.100.10"},
+				{fmt.Sprintf("c0r%d.id.repl.test.", i), dns.TypeA, dns.RcodeSuccess, "192.0.2.10"}, // the frozen cluster's
+				{"repl.test.", dns.TypeSOA, dns.RcodeSuccess, ""},
+				{fmt.Sprintf("x%x.o0.repl.test.", rand.Uint64()), dns.TypeA, dns.RcodeNameError, ""},
+				{fmt.Sprintf("_acme-challenge.s%d.o0.repl.test.", i), dns.TypeTXT, dns.RcodeNameError, ""},
+			} {
+				start := time.Now()
+				r := ask(t, addr, q.name, q.qtype)
+				took = append(took, time.Since(start))
+				if r.Rcode != q.want || q.addr != "" && answerA(r) != q.addr {
+					t.Errorf("%s, %s: %s %s", what, q.name, dns.RcodeToString[r.Rcode], answerA(r))
+				}
+			}
+		}
+		slices.Sort(took)
+		return took[len(took)*99/100]
+	}
+	before := round("before", 0)
+	servers[0].Pause(t)
+	frozen := round("east frozen", 20)
+	servers[0].Resume(t)
+	t.Logf("p99 %v before, %v with east's database frozen", before, frozen)
+	// The failure this guards against is a reader waiting for a load
+	// timeout (2 s); an answer from memory takes well under a millisecond.
+	if frozen > 200*time.Millisecond {
+		t.Errorf("p99 %v with east's database frozen (before: %v); want answers from memory", frozen, before)
+	}
 }

@@ -94,6 +94,44 @@ func (s *Server) Restart(t testing.TB) {
 	}
 }
 
+// Pause freezes the server and every backend (SIGSTOP to the postmaster
+// and each of its children): connections stay open and nothing answers, as
+// when the database's host hangs. Resume undoes it; the test's cleanup does too, so the server
+// can be stopped. A server of EnvURL cannot be paused: the test is skipped.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	s.signalGroup(t, syscall.SIGSTOP)
+	t.Cleanup(func() { s.signalGroup(t, syscall.SIGCONT) })
+}
+
+// Resume lets a paused server run again.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	s.signalGroup(t, syscall.SIGCONT)
+}
+
+func (s *Server) signalGroup(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	if s.external {
+		t.Skipf("pgtest: cannot send %v to a server of %s", sig, EnvURL)
+	}
+	pid := s.pid()
+	if pid == 0 {
+		t.Fatalf("pgtest: cannot send %v: the server is stopped", sig)
+	}
+	// The postmaster first: stopped, it forks no new backend.
+	if err := syscall.Kill(pid, sig); err != nil {
+		t.Fatalf("pgtest: send %v to postgres (pid %d): %v", sig, pid, err)
+	}
+	kids, err := children(pid)
+	if err != nil {
+		t.Fatalf("pgtest: list the backends of postgres (pid %d): %v", pid, err)
+	}
+	for _, k := range kids {
+		_ = syscall.Kill(k, sig) // one may have exited meanwhile
+	}
+}
+
 // running reports whether the server is up, as far as we know.
 func (s *Server) running() bool {
 	if s.external {
