@@ -108,7 +108,7 @@ func startReplns(t testing.TB, args ...string) *replns {
 			t.Fatalf("replns exited at start: %v\n%s", err, r.out)
 		default:
 		}
-		if resp, err := client.Get("http://" + r.admin + "/readyz"); err == nil {
+		if resp, err := client.Get("http://" + r.admin + "/readyz?all=1"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return r

@@ -248,7 +248,7 @@ func startDaemons(ctx context.Context, bin, dir, registry, secret string) ([]*ch
 			return procs, err
 		}
 	}
-	for _, ready := range []string{"http://127.0.0.1:9153/readyz", "http://127.0.0.1:9090/readyz", "http://127.0.0.2:9090/readyz"} {
+	for _, ready := range []string{"http://127.0.0.1:9153/readyz?all=1", "http://127.0.0.1:9090/readyz", "http://127.0.0.2:9090/readyz"} {
 		if err := waitReady(ctx, ready, procs); err != nil {
 			return procs, err
 		}
