@@ -125,7 +125,8 @@ type RRLConfig struct {
 	// means 24 and 56.
 	IPv4Prefix, IPv6Prefix int
 	// Buckets is the size of the fixed table of buckets (memory is about
-	// 32 bytes each; networks that collide share one). Zero means 65536.
+	// 24 bytes each; networks that collide share one, keyed at random so
+	// that collisions cannot be chosen). Zero means 65536.
 	Buckets int
 }
 

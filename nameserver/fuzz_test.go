@@ -24,6 +24,10 @@ func FuzzRespond(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add(make([]byte, 12))
+	for _, s := range tsigSeeds(f) {
+		f.Add(s.msg)
+		f.Add(s.msg[:len(s.msg)-3]) // a TSIG cut short
+	}
 	c := startClusters(f, defaultWorld(f), ClustersConfig{})
 	cfg := testConfig()
 	cfg.QueryLogEvery = 0
@@ -82,7 +86,11 @@ func checkWellFormed(t *testing.T, msg, out []byte, tcp bool) {
 			t.Fatalf("question not echoed exactly")
 		}
 	}
-	if n := len(r.Extra); n > 0 && r.IsEdns0() != nil && r.Extra[n-1].Header().Rrtype != dns.TypeOPT {
-		t.Fatalf("OPT is not the last record")
+	n := len(r.Extra)
+	if r.IsTsig() != nil {
+		n-- // a TSIG goes last of all
+	}
+	if n > 0 && r.IsEdns0() != nil && r.Extra[n-1].Header().Rrtype != dns.TypeOPT {
+		t.Fatalf("OPT is not the last record (but for a TSIG)")
 	}
 }

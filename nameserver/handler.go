@@ -282,13 +282,24 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 	}
 
 	rcode, flags := h.reply(ctx, &b, q, sc, cookie)
-	if len(b.buf)+optLen(q, cookie) > h.sizeLimit(q, tcp) {
-		// Too big: nothing but the question and the OPT record, and TC.
+	tsigLen := 0
+	if q.tsig && rcode == rcodeNotAuth {
+		tsigLen = q.tsigLen
+	}
+	if limit := h.sizeLimit(q, tcp); len(b.buf)+optLen(q, cookie)+tsigLen > limit {
+		// Too big: nothing but the question and the OPT record, and TC;
+		// and the TSIG if it fits (else the retry over TCP gets it).
 		b.truncate(q)
 		flags |= flagTC
+		if len(b.buf)+optLen(q, cookie)+tsigLen > limit {
+			tsigLen = 0
+		}
 	}
 	if q.edns {
 		b.opt(uint16(h.cfg.MaxUDPSize), rcode, q.do, cookie)
+	}
+	if tsigLen > 0 {
+		b.tsigError(q, tsigBadKey) // after the OPT: a TSIG is the last record
 	}
 	b.flags(q, flags, rcode)
 	out := b.finish()
@@ -328,6 +339,11 @@ func (h *Handler) reply(ctx context.Context, b *builder, q *query, sc *scratch, 
 	switch {
 	case q.rcode != 0:
 		rcode = q.rcode
+	case q.tsig:
+		// Signed with a key this server does not have, as it has none:
+		// NOTAUTH, with an unsigned TSIG saying BADKEY (RFC 8945, 5.2.1),
+		// before anything else is looked at.
+		rcode = rcodeNotAuth
 	case q.opcode != 0:
 		rcode = rcodeNotImp
 	case q.edns && q.ednsVersion != 0:

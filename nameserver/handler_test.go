@@ -21,7 +21,7 @@ type dnsCase struct {
 	rcode  int
 	aa, tc bool
 	// Records in presentation form, compared without regard to order or
-	// case; additional excludes the OPT record.
+	// case; additional excludes the OPT and TSIG records.
 	answer, ns, extra []string
 	opt               bool // the reply carries an OPT record
 	check             func(t *testing.T, req, resp *dns.Msg)
@@ -56,6 +56,55 @@ func modify(f func() *dns.Msg, change func(*dns.Msg)) func() *dns.Msg {
 		m := f()
 		change(m)
 		return m
+	}
+}
+
+// tsigTime is the Time Signed of the tests' TSIG records.
+const tsigTime = 1_800_000_000
+
+// signed adds a TSIG record (key "key.", the algorithm given) as the last
+// additional record. Its MAC is not a real one (replns has no keys): the
+// client test signs for real.
+func signed(f func() *dns.Msg, alg string) func() *dns.Msg {
+	return func() *dns.Msg {
+		m := f()
+		m.Extra = append(m.Extra, tsigRR(m, alg))
+		return m
+	}
+}
+
+func tsigRR(m *dns.Msg, alg string) *dns.TSIG {
+	return &dns.TSIG{
+		Hdr:        dns.RR_Header{Name: "key.", Rrtype: dns.TypeTSIG, Class: dns.ClassANY},
+		Algorithm:  alg,
+		TimeSigned: tsigTime,
+		Fudge:      300,
+		MACSize:    32,
+		MAC:        strings.Repeat("ab", 32),
+		OrigId:     m.Id,
+	}
+}
+
+// checkBadKey checks the TSIG of the reply to a query signed with a key
+// replns does not have: unsigned, BADKEY, names and times echoed (RFC
+// 8945, 5.2.1 and 5.3.2).
+func checkBadKey(t *testing.T, req, r *dns.Msg) {
+	t.Helper()
+	q, rt := req.IsTsig(), r.IsTsig()
+	if rt == nil {
+		t.Fatalf("no TSIG as the last record of the reply: %v", r.Extra)
+	}
+	if !strings.EqualFold(rt.Hdr.Name, q.Hdr.Name) || !strings.EqualFold(rt.Algorithm, q.Algorithm) {
+		t.Errorf("TSIG key %q algorithm %q, want %q and %q", rt.Hdr.Name, rt.Algorithm, q.Hdr.Name, q.Algorithm)
+	}
+	if rt.Hdr.Class != dns.ClassANY || rt.Hdr.Ttl != 0 {
+		t.Errorf("TSIG class %d TTL %d, want ANY and 0", rt.Hdr.Class, rt.Hdr.Ttl)
+	}
+	if rt.Error != dns.RcodeBadKey || rt.MACSize != 0 || rt.MAC != "" || rt.OtherLen != 0 {
+		t.Errorf("TSIG error %d MAC %d %q other %d; want BADKEY (17), no MAC, no other data", rt.Error, rt.MACSize, rt.MAC, rt.OtherLen)
+	}
+	if rt.OrigId != req.Id || rt.TimeSigned != q.TimeSigned || rt.Fudge != q.Fudge {
+		t.Errorf("TSIG original id %d time %d fudge %d, want %d, %d, %d", rt.OrigId, rt.TimeSigned, rt.Fudge, req.Id, q.TimeSigned, q.Fudge)
 	}
 }
 
@@ -220,6 +269,35 @@ func dnsCases() []dnsCase {
 		{name: "cookie-only query without a question", msg: modify(withEDNS(question("repl.test.", dns.TypeSOA), 1232,
 			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}), func(m *dns.Msg) { m.Question = nil }),
 			opt: true, check: checkCookie},
+		// TSIG: replns has no keys, so every key is unknown.
+		{name: "TSIG: NOTAUTH, BADKEY", msg: signed(question("blog.alice.repl.test.", dns.TypeA), dns.HmacSHA256),
+			rcode: dns.RcodeNotAuth, check: checkBadKey},
+		{name: "TSIG after OPT: NOTAUTH, BADKEY, OPT kept", msg: signed(withEDNS(question("blog.alice.repl.test.", dns.TypeA), 1232,
+			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}), dns.HmacSHA512),
+			rcode: dns.RcodeNotAuth, opt: true, check: func(t *testing.T, req, r *dns.Msg) {
+				checkBadKey(t, req, r)
+				checkCookie(t, req, r)
+				if n := len(r.Extra); n != 2 || r.Extra[0].Header().Rrtype != dns.TypeOPT {
+					t.Errorf("additional %v, want OPT then TSIG", r.Extra)
+				}
+			}},
+		{name: "TSIG of an unknown algorithm: BADKEY", msg: signed(question("repl.test.", dns.TypeSOA), "hmac-nope.example."),
+			rcode: dns.RcodeNotAuth, check: checkBadKey},
+		{name: "TSIG with EDNS version 1: NOTAUTH first", msg: signed(modify(withEDNS(question("repl.test.", dns.TypeSOA), 1232),
+			func(m *dns.Msg) { m.IsEdns0().SetVersion(1) }), dns.HmacSHA256),
+			rcode: dns.RcodeNotAuth, opt: true, check: checkBadKey},
+		{name: "TSIG before OPT: FORMERR", msg: modify(withEDNS(question("repl.test.", dns.TypeSOA), 1232), func(m *dns.Msg) {
+			m.Extra = append([]dns.RR{tsigRR(m, dns.HmacSHA256)}, m.Extra...)
+		}), rcode: dns.RcodeFormatError},
+		{name: "two TSIGs: FORMERR", msg: modify(question("repl.test.", dns.TypeSOA), func(m *dns.Msg) {
+			m.Extra = append(m.Extra, tsigRR(m, dns.HmacSHA256), tsigRR(m, dns.HmacSHA256))
+		}), rcode: dns.RcodeFormatError},
+		{name: "TSIG of class IN: FORMERR", msg: modify(question("repl.test.", dns.TypeSOA), func(m *dns.Msg) {
+			rr := tsigRR(m, dns.HmacSHA256)
+			rr.Hdr.Class = dns.ClassINET
+			m.Extra = append(m.Extra, rr)
+		}), rcode: dns.RcodeFormatError},
+
 		{name: "wrong server cookie: answered with a fresh one", msg: withEDNS(question("blog.alice.repl.test.", dns.TypeA), 1232,
 			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708" + "01000000" + "00000001" + "1122334455667788"}),
 			aa: true, opt: true,
@@ -265,8 +343,8 @@ func norm(t *testing.T, rrs []string) []string {
 func strs(rrs []dns.RR) []string {
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		if rr.Header().Rrtype == dns.TypeOPT {
-			continue
+		if t := rr.Header().Rrtype; t == dns.TypeOPT || t == dns.TypeTSIG {
+			continue // checked on their own
 		}
 		out = append(out, strings.ToLower(rr.String()))
 	}
@@ -328,6 +406,9 @@ func checkReply(t *testing.T, tc dnsCase, req, r *dns.Msg) {
 	}
 	if (r.IsEdns0() != nil) != tc.opt {
 		t.Errorf("OPT in reply: %v, want %v", r.IsEdns0() != nil, tc.opt)
+	}
+	if got, want := r.IsTsig() != nil, tc.rcode == dns.RcodeNotAuth; got != want {
+		t.Errorf("TSIG in reply: %v, want %v", got, want)
 	}
 	if tc.check != nil {
 		tc.check(t, req, r)

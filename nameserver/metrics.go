@@ -38,11 +38,13 @@ var metricRcodes = [...]string{
 	rcodeRefused:  "REFUSED",
 	6:             "BADVERS",
 	7:             "none",
+	8:             "NOTAUTH",
 }
 
 const (
 	metricBadVers = 6
 	metricNone    = 7
+	metricNotAuth = 8
 )
 
 // NewMetrics makes a Handler's metrics and registers them with reg.
@@ -92,6 +94,8 @@ func (m *Metrics) observe(qtype uint16, rcode int, d time.Duration) {
 		rcode = metricNone
 	case rcode == rcodeBadVers:
 		rcode = metricBadVers
+	case rcode == rcodeNotAuth:
+		rcode = metricNotAuth
 	case rcode > rcodeRefused:
 		rcode = rcodeServFail
 	}

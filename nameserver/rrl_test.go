@@ -159,3 +159,159 @@ func TestRateLimitSlip(t *testing.T) {
 		})
 	}
 }
+
+// netN is an address in the n-th test network of a family (n < 1<<24):
+// x.y.z.1 in its own /24 from 10.0.0.0 on, or 2001:db8:xxxx:xx00::1 in
+// its own /56.
+func netN(n int, v6 bool) netip.Addr {
+	if !v6 {
+		return netip.AddrFrom4([4]byte{10 + byte(n>>16), byte(n >> 8), byte(n), 1})
+	}
+	return netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(n >> 16), byte(n >> 8), byte(n), 15: 1})
+}
+
+// sameNet reports whether a and b are in one /24 or /56.
+func sameNet(a, b netip.Addr) bool {
+	bits := 24
+	if a.Is6() {
+		bits = 56
+	}
+	p, _ := a.Prefix(bits)
+	return p.Contains(b)
+}
+
+// collidingPairs finds n pairs of different networks that land in one
+// bucket of l, by its own index function; no network is in two pairs.
+func collidingPairs(t *testing.T, l *limiter, n int, v6 bool) [][2]netip.Addr {
+	t.Helper()
+	seen := make(map[int]netip.Addr)
+	var pairs [][2]netip.Addr
+	for i := range 1 << 24 {
+		ip := netN(i, v6)
+		b := l.index(ip)
+		if other, ok := seen[b]; ok {
+			pairs = append(pairs, [2]netip.Addr{other, ip})
+			delete(seen, b)
+			if len(pairs) == n {
+				return pairs
+			}
+			continue
+		}
+		seen[b] = ip
+	}
+	t.Fatalf("found %d colliding pairs, want %d", len(pairs), n)
+	return nil
+}
+
+// TestRateLimitCollision: two networks computed to collide in the
+// limiter's table, alternating 2,000 queries each at one instant, share
+// one bucket's budget (the burst) between them: neither resets it for the
+// other, so together they get what one network gets.
+func TestRateLimitCollision(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "IPv4", true: "IPv6"}[v6], func(t *testing.T) {
+			clk := &clock{t: time.Unix(1_800_000_000, 0)}
+			cfg := testConfig()
+			cfg.RRL = RRLConfig{} // the defaults: 200 a second, a burst of 200, slip 2
+			cfg.Now = clk.now
+			h, err := NewHandler(cfg, emptySource{}, nil, zaptest.NewLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pair := collidingPairs(t, h.rrl, 1, v6)[0]
+			if sameNet(pair[0], pair[1]) || h.rrl.index(pair[0]) != h.rrl.index(pair[1]) {
+				t.Fatalf("not a colliding pair: %v", pair)
+			}
+			m := new(dns.Msg)
+			m.SetQuestion("repl.test.", dns.TypeSOA)
+			msg, err := m.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := h.scratch.New().(*scratch)
+			got := map[netip.Addr]map[string]int{pair[0]: {}, pair[1]: {}}
+			for range 2000 {
+				for _, ip := range pair {
+					out := h.respond(context.Background(), sc, msg, ip, false)
+					r := new(dns.Msg)
+					switch {
+					case out == nil:
+						got[ip]["drop"]++
+					case r.Unpack(out) != nil:
+						t.Fatal("reply does not unpack")
+					case r.Truncated:
+						got[ip]["slip"]++
+					default:
+						got[ip]["answer"]++
+					}
+				}
+			}
+			// One bucket at one instant: the burst of 200, and the one
+			// reply the rate allows at any instant.
+			answers := got[pair[0]]["answer"] + got[pair[1]]["answer"]
+			slips := got[pair[0]]["slip"] + got[pair[1]]["slip"]
+			if answers != 201 || slips != (4000-201)/2 {
+				t.Errorf("%v and %v in one bucket: %v and %v; want 201 answers and %d slipped between them",
+					pair[0], pair[1], got[pair[0]], got[pair[1]], (4000-201)/2)
+			}
+		})
+	}
+}
+
+// TestRateLimitKeyed: the hash of a network is keyed per limiter, so pairs
+// of networks that collide in one limiter do not collide in another.
+func TestRateLimitKeyed(t *testing.T) {
+	cfg, err := RRLConfig{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := newLimiter(cfg), newLimiter(cfg)
+	for _, v6 := range []bool{false, true} {
+		pairs := collidingPairs(t, a, 50, v6)
+		again := 0
+		for _, p := range pairs {
+			if sameNet(p[0], p[1]) || a.index(p[0]) != a.index(p[1]) {
+				t.Fatalf("%v: not a colliding pair in the limiter it was found in", p)
+			}
+			if b.index(p[0]) == b.index(p[1]) {
+				again++
+			}
+		}
+		// With 65,536 buckets a pair collides by chance once in 65,536.
+		if again > 2 {
+			t.Errorf("IPv6 %v: %d of %d pairs colliding in one limiter collide in another", v6, again, len(pairs))
+		}
+	}
+}
+
+// BenchmarkRRL charges replies to 4,096 networks (half IPv4, half IPv6)
+// in turn, from parallel goroutines.
+func BenchmarkRRL(b *testing.B) {
+	cfg, err := RRLConfig{}.withDefaults()
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := newLimiter(cfg)
+	ips := make([]netip.Addr, 4096)
+	for i := range ips {
+		ips[i] = netN(i*7919, i%2 == 1)
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			l.take(ips[i%len(ips)], int64(i)*1000)
+			i++
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				l.take(ips[i%len(ips)], int64(i)*1000)
+				i++
+			}
+		})
+	})
+}

@@ -32,12 +32,14 @@ const (
 	typeTXT   uint16 = 16
 	typeAAAA  uint16 = 28
 	typeOPT   uint16 = 41
+	typeTSIG  uint16 = 250
 	typeIXFR  uint16 = 251
 	typeAXFR  uint16 = 252
 	typeANY   uint16 = 255
 	typeCAA   uint16 = 257
 
-	classIN uint16 = 1
+	classIN  uint16 = 1
+	classANY uint16 = 255
 
 	optionCookie uint16 = 10
 )
@@ -50,7 +52,12 @@ const (
 	rcodeNXDomain = 3
 	rcodeNotImp   = 4
 	rcodeRefused  = 5
+	rcodeNotAuth  = 9
 	rcodeBadVers  = 16
+
+	// The TSIG RR's error for a key (or algorithm) this server does not
+	// have (RFC 8945, 5.2.1): all of them, as it has no keys.
+	tsigBadKey = 17
 )
 
 // Limits of a query this server reads.
@@ -81,6 +88,16 @@ type query struct {
 	udpSize     uint16
 	do          bool
 	cookie      []byte // the COOKIE option's data: client cookie and any server cookie
+
+	// TSIG (RFC 8945): the last additional record, when it is one. Its
+	// names are read from msg at tsigKey (the owner: the key's name) and
+	// tsigAlg, following any compression pointers.
+	tsig             bool
+	msg              []byte // the request
+	tsigKey, tsigAlg int
+	tsigTime         uint64 // Time Signed, 48 bits
+	tsigFudge        uint16
+	tsigLen          int // the size of the TSIG RR of an error reply
 
 	rcode int // rcodeFormErr when the message is malformed past the header
 }
@@ -126,9 +143,9 @@ func parseQuery(msg []byte, q *query) error {
 		q.rcode = rcodeFormErr
 		return nil
 	}
-	for range arcount {
+	for i := range arcount {
 		var ok bool
-		if off, ok = q.additional(msg, off); !ok {
+		if off, ok = q.additional(msg, off, i == arcount-1); !ok {
 			q.rcode = rcodeFormErr
 			return nil
 		}
@@ -178,9 +195,9 @@ func skipName(msg []byte, off int) (int, bool) {
 	}
 }
 
-// additional reads one record of the additional section: the OPT record is
-// taken in, anything else (a TSIG this server has no key for) is skipped.
-func (q *query) additional(msg []byte, off int) (int, bool) {
+// additional reads one record of the additional section, the last one if
+// last: the OPT record and a TSIG are taken in, anything else is skipped.
+func (q *query) additional(msg []byte, off int, last bool) (int, bool) {
 	nameStart := off
 	off, ok := skipName(msg, off)
 	if !ok || off+10 > len(msg) {
@@ -196,6 +213,9 @@ func (q *query) additional(msg []byte, off int) (int, bool) {
 	}
 	rdata := msg[off : off+rdlen]
 	off += rdlen
+	if typ == typeTSIG {
+		return off, q.readTSIG(msg, nameStart, off-rdlen, off, class, ttl, last)
+	}
 	if typ != typeOPT {
 		return off, true
 	}
@@ -226,6 +246,97 @@ func (q *query) additional(msg []byte, off int) (int, bool) {
 		rdata = rdata[4+n:]
 	}
 	return off, true
+}
+
+// readTSIG takes in the TSIG record whose owner name starts at nameStart
+// and whose RDATA is msg[rdStart:rdEnd]. It must be the last record (so
+// there is only one), of class ANY with TTL 0, and its RDATA whole (RFC
+// 8945, 4.2 and 5.2); otherwise the message is malformed.
+func (q *query) readTSIG(msg []byte, nameStart, rdStart, rdEnd int, class uint16, ttl uint32, last bool) bool {
+	if !last || class != classANY || ttl != 0 {
+		return false
+	}
+	_, keyLen, ok := expandedName(msg, nameStart)
+	if !ok {
+		return false
+	}
+	rd := msg[:rdEnd] // nothing of the RDATA may lie past its end
+	off, algLen, ok := expandedName(rd, rdStart)
+	if !ok || off+10 > len(rd) {
+		return false
+	}
+	q.tsigTime = uint64(binary.BigEndian.Uint16(rd[off:]))<<32 | uint64(binary.BigEndian.Uint32(rd[off+2:]))
+	q.tsigFudge = binary.BigEndian.Uint16(rd[off+6:])
+	off += 10 + int(binary.BigEndian.Uint16(rd[off+8:])) // the MAC
+	if off+6 > len(rd) {
+		return false
+	}
+	off += 6 + int(binary.BigEndian.Uint16(rd[off+4:])) // original ID, error, other data
+	if off != len(rd) {
+		return false
+	}
+	q.tsig, q.msg, q.tsigKey, q.tsigAlg = true, msg, nameStart, rdStart
+	// Owner, type, class, TTL, RDLENGTH; algorithm, time, fudge, MAC
+	// size (0), original ID, error, other length (0).
+	q.tsigLen = keyLen + 10 + algLen + 16
+	return true
+}
+
+// expandedName follows the possibly compressed name at off: it returns
+// where the name ends at off and its length once expanded. Each pointer
+// must point past the header and before where the part of the name that
+// holds it starts, so that following them ends.
+func expandedName(msg []byte, off int) (end, n int, ok bool) {
+	end = -1
+	for part := off; ; {
+		if off >= len(msg) {
+			return 0, 0, false
+		}
+		c := int(msg[off])
+		switch {
+		case c == 0:
+			if end < 0 {
+				end = off + 1
+			}
+			return end, n + 1, n+1 <= maxNameWire
+		case c&0xC0 == 0xC0:
+			if off+2 > len(msg) {
+				return 0, 0, false
+			}
+			ptr := int(binary.BigEndian.Uint16(msg[off:]) & 0x3FFF)
+			if ptr < headerLen || ptr >= part {
+				return 0, 0, false
+			}
+			if end < 0 {
+				end = off + 2
+			}
+			off, part = ptr, ptr
+		case c > 63:
+			return 0, 0, false
+		default:
+			if n += 1 + c; n >= maxNameWire {
+				return 0, 0, false // no room left for the root
+			}
+			off += 1 + c
+		}
+	}
+}
+
+// appendExpandedName appends the name at off in msg, checked by
+// expandedName, without compression.
+func appendExpandedName(dst, msg []byte, off int) []byte {
+	for {
+		c := int(msg[off])
+		switch {
+		case c == 0:
+			return append(dst, 0)
+		case c&0xC0 == 0xC0:
+			off = int(binary.BigEndian.Uint16(msg[off:]) & 0x3FFF)
+		default:
+			dst = append(dst, msg[off:off+1+c]...)
+			off += 1 + c
+		}
+	}
 }
 
 // wireName is a name ready to be written: in the zone, its labels above the
@@ -326,6 +437,29 @@ func (b *builder) opt(size uint16, rcode int, do bool, cookie []byte) {
 		b.u16(uint16(len(cookie)))
 		b.buf = append(b.buf, cookie...)
 	}
+	b.ar++
+}
+
+// tsigError writes the TSIG record of an unsigned error reply to q's TSIG
+// (RFC 8945, 5.3.2): the request's key and algorithm names, its Time
+// Signed and Fudge echoed, no MAC, the request's id as Original ID, the
+// error, no other data.
+func (b *builder) tsigError(q *query, tsigErr uint16) {
+	b.buf = appendExpandedName(b.buf, q.msg, q.tsigKey)
+	b.u16(typeTSIG)
+	b.u16(classANY)
+	b.u32(0)
+	at := len(b.buf)
+	b.u16(0)
+	b.buf = appendExpandedName(b.buf, q.msg, q.tsigAlg)
+	b.u16(uint16(q.tsigTime >> 32))
+	b.u32(uint32(q.tsigTime))
+	b.u16(q.tsigFudge)
+	b.u16(0) // MAC size
+	b.u16(q.id)
+	b.u16(tsigErr)
+	b.u16(0) // other length
+	b.endRR(at)
 	b.ar++
 }
 
