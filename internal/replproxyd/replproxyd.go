@@ -1,0 +1,270 @@
+// Package replproxyd is the replproxy daemon, from its command line to its
+// shutdown: cmd/replproxy is Main with the process's arguments, and the
+// test platform (package platformtest) runs it in-process with the same
+// flags it gives the binary.
+package replproxyd
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/crypto/acme/autocert"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/peertls"
+	"github.com/replproxy/replproxy/proxy"
+	"github.com/replproxy/replproxy/proxy/ondemand"
+	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
+)
+
+// Env is where Main reads the REPLPROXY_* variables that stand in for
+// flags: os.LookupEnv for the binary.
+type Env func(name string) (string, bool)
+
+// Main runs replproxy with the command-line arguments args (without the
+// program name) until ctx is done, then shuts down gracefully. It logs to
+// stderr and returns flag.ErrHelp after printing the usage for -h.
+func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
+	return run(ctx, args, env, stderr)
+}
+
+type options struct {
+	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
+	migrate                                                     bool
+	gcPercent                                                   int
+	proxy                                                       proxy.Config
+	server                                                      proxy.ServerConfig
+	cache                                                       routecache.Config
+
+	// Mutual TLS between clusters.
+	peerFiles        peertls.Files
+	forwardPlaintext bool
+
+	// Certificates on demand.
+	tlsOnDemand            bool
+	acmeCARoot, dns01Check string
+	certs                  ondemand.Config
+}
+
+func parse(args []string, env Env, stderr io.Writer) (*options, error) {
+	var o options
+	fs := flag.NewFlagSet("replproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `Usage: replproxy -zone ZONE -cluster NAME -registry FILE -hop-secret-file FILE [flags]
+
+replproxy routes HTTP(S) requests for <slug>.<owner>.ZONE, <id>.id.ZONE and
+linked custom domains to the repl's container in this cluster, and forwards
+requests for repls that moved to another cluster to that cluster's proxy.
+
+Example:
+  replproxy -zone repl.test -cluster east -registry clusters.yaml \
+    -hop-secret-file hop.secret -listen :8080 -admin-listen 127.0.0.1:9090
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.zone, "zone", "", "the platform's DNS zone, e.g. repl.co (required)")
+	fs.StringVar(&o.cluster, "cluster", "", "this proxy's cluster, as named in the registry (required)")
+	fs.StringVar(&o.registry, "registry", "", "the cluster registry file (required)")
+	fs.StringVar(&o.storeAddr, "store", "", "this cluster's store: a postgres:// DSN or an embedded store file (default: the cluster's store in the registry)")
+	fs.BoolVar(&o.migrate, "migrate", false, "apply pending schema migrations to a PostgreSQL store at start-up")
+	fs.StringVar(&o.hopSecretFile, "hop-secret-file", "", "file of the secrets (32+ bytes each, one per line) that sign and verify hop marks: the first signs, all verify; the same in every cluster, reloaded when it changes (required)")
+	fs.StringVar(&o.server.Listen, "listen", ":8080", "HTTP listen address")
+	fs.StringVar(&o.server.TLSListen, "listen-tls", "", "HTTPS listen address (needs -tls-cert and -tls-key)")
+	fs.StringVar(&o.server.TLSCertFile, "tls-cert", "", "PEM certificate chain for -listen-tls")
+	fs.StringVar(&o.server.TLSKeyFile, "tls-key", "", "PEM private key for -listen-tls")
+	fs.StringVar(&o.server.ForwardListen, "forward-listen", "", "address for requests forwarded by other clusters (the registry's forward address points here); empty: they use -listen")
+	fs.StringVar(&o.peerFiles.Cert, "forward-cert", "", "PEM certificate of this cluster's proxies (a URI SAN spiffe://ZONE/cluster/NAME), for -forward-listen and for forwarding to other clusters")
+	fs.StringVar(&o.peerFiles.Key, "forward-key", "", "PEM private key of -forward-cert")
+	fs.StringVar(&o.peerFiles.CA, "forward-ca", "", "PEM certificates of the CA that signs every cluster's -forward-cert; the three files are reread when they change")
+	fs.BoolVar(&o.forwardPlaintext, "forward-plaintext", false, "forward between clusters in plaintext HTTP, without -forward-cert/-forward-key/-forward-ca: only on a private network")
+	fs.StringVar(&o.server.AdminListen, "admin-listen", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (keep it private); empty: none")
+	fs.BoolVar(&o.server.H2C, "h2c", false, "accept HTTP/2 without TLS (prior knowledge) on the plain listeners")
+	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and WebSockets may finish before they are closed")
+	fs.DurationVar(&o.server.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "bound on reading a client's request headers")
+	fs.DurationVar(&o.server.IdleTimeout, "idle-timeout", 120*time.Second, "close idle client connections after this long")
+	fs.IntVar(&o.server.MaxConns, "max-conns", 50_000, "client connections open at once; from 3/4 of it, idle keep-alive connections are closed")
+	fs.IntVar(&o.server.MaxConnsPerClient, "max-conns-per-client", 1024, "client connections open at once from one /32 (IPv4) or /64 (IPv6)")
+	fs.DurationVar(&o.proxy.DialTimeout, "dial-timeout", 5*time.Second, "bound on connecting to a container or another cluster's proxy (then 502)")
+	fs.DurationVar(&o.proxy.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "bound on waiting for an upstream's response headers (then 504)")
+	fs.DurationVar(&o.proxy.IdleConnTimeout, "upstream-idle-timeout", 90*time.Second, "close idle upstream connections after this long")
+	fs.IntVar(&o.proxy.MaxIdleConnsPerHost, "upstream-idle-per-host", 256, "idle upstream connections kept per container")
+	fs.IntVar(&o.proxy.MaxIdleConns, "upstream-idle-max", 4096, "idle upstream connections kept in all (the least recently used is closed first)")
+	fs.DurationVar(&o.proxy.UpgradeIdleTimeout, "upgrade-idle-timeout", time.Hour, "close an upgraded (WebSocket) connection after this long with no traffic either way")
+	fs.DurationVar(&o.proxy.BodyWindow, "body-window", 10*time.Second, "a request body must bring at least 1 KiB in each such window, or it is cut")
+	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
+	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
+	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
+	fs.BoolVar(&o.tlsOnDemand, "tls-on-demand", false, "obtain certificates on demand for -listen-tls through ACME: *.<owner>.ZONE and *.id.ZONE by DNS-01 (replns serves the records), linked custom domains by TLS-ALPN-01 or HTTP-01; -tls-cert then only serves other names")
+	fs.StringVar(&o.certs.Directory, "acme-directory", autocert.DefaultACMEDirectory, "the ACME server's directory URL")
+	fs.StringVar(&o.certs.Email, "acme-email", "", "contact address of the ACME account")
+	fs.StringVar(&o.acmeCARoot, "acme-ca-root", "", "PEM file of the CA that signs the ACME server's HTTPS certificate (a test CA such as Pebble's); empty: the system's roots")
+	fs.StringVar(&o.dns01Check, "acme-dns01-check", "", "comma-separated host:port of the nameservers (replns) that must answer a DNS-01 record before the CA is asked to validate it")
+	fs.DurationVar(&o.certs.HandshakeWait, "acme-handshake-wait", 10*time.Second, "how long a TLS handshake for a name without a certificate waits for one")
+	fs.Float64Var(&o.certs.OrdersPerHour, "acme-orders-per-hour", 100, "limit on new certificate orders (burst 20); 0: no limit")
+	fs.DurationVar(&o.server.HSTSMaxAge, "hsts-max-age", 365*24*time.Hour, "Strict-Transport-Security max-age on HTTPS responses for hosts with a certificate; 0: no header")
+	fs.IntVar(&o.server.HTTPSPort, "https-port", 0, "the port HTTP requests are redirected to (default: the port of -listen-tls)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&o.gcPercent, "gc-percent", 400, "Go's GOGC: the proxy's live heap is small, so collecting less often saves CPU for little memory; 0 leaves Go's setting alone (in-process use)")
+	if err := cli.ParseEnv(fs, "REPLPROXY", args, env); err != nil {
+		return nil, err
+	}
+	var missing []string
+	for name, v := range map[string]string{"zone": o.zone, "cluster": o.cluster, "registry": o.registry, "hop-secret-file": o.hopSecretFile} {
+		if v == "" {
+			missing = append(missing, "-"+name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
+	}
+	switch anyTLS := o.peerFiles != (peertls.Files{}); {
+	case anyTLS && o.forwardPlaintext:
+		return nil, errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
+	case !anyTLS && !o.forwardPlaintext:
+		return nil, errors.New("forwarding between clusters needs -forward-cert, -forward-key and -forward-ca (mutual TLS; `make run` shows how to make them), or -forward-plaintext on a private network")
+	case anyTLS && o.server.ForwardListen == "":
+		return nil, errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
+	}
+	return &o, nil
+}
+
+// load reads what the flags name: the zone, the registry, the hop secret
+// and, for certificates on demand, the ACME CA's roots and the DNS-01
+// checkers.
+func (o *options) load() error {
+	var err error
+	if o.proxy.Zone, err = store.NewZone(o.zone); err != nil {
+		return fmt.Errorf("-zone: %w", err)
+	}
+	o.certs.Zone = o.proxy.Zone
+	if o.proxy.Registry, err = cluster.Load(o.registry); err != nil {
+		return err
+	}
+	o.proxy.Cluster = o.cluster
+	secret, err := os.ReadFile(o.hopSecretFile)
+	if err != nil {
+		return fmt.Errorf("read hop secret: %w", err)
+	}
+	o.proxy.HopSecret = secret
+	if !o.forwardPlaintext {
+		if o.proxy.Peers, err = peertls.Load(o.peerFiles, o.proxy.Zone, o.proxy.Registry); err != nil {
+			return err
+		}
+		if got := o.proxy.Peers.Cluster(); got != o.cluster {
+			return fmt.Errorf("-forward-cert %s names cluster %s, but this is %s (-cluster)", o.peerFiles.Cert, got, o.cluster)
+		}
+	}
+	if o.storeAddr == "" {
+		c, ok := o.proxy.Registry.Cluster(o.cluster)
+		if !ok {
+			return fmt.Errorf("cluster %q is not in %s (it has %v)", o.cluster, o.registry, o.proxy.Registry.Names())
+		}
+		o.storeAddr = c.Store
+	}
+	if o.acmeCARoot != "" {
+		pem, err := os.ReadFile(o.acmeCARoot)
+		if err != nil {
+			return fmt.Errorf("-acme-ca-root: %w", err)
+		}
+		o.certs.CARoots = x509.NewCertPool()
+		if !o.certs.CARoots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("-acme-ca-root %s: no PEM certificate in it", o.acmeCARoot)
+		}
+	}
+	for _, ns := range strings.Split(o.dns01Check, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			o.certs.DNS01Check = append(o.certs.DNS01Check, ns)
+		}
+	}
+	return nil
+}
+
+func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
+	o, err := parse(args, env, stderr)
+	if err != nil {
+		return err
+	}
+	logger, err := cli.NewLoggerTo(stderr, o.logLevel, "json")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+	if o.gcPercent != 0 {
+		debug.SetGCPercent(o.gcPercent)
+	}
+	if err := o.load(); err != nil {
+		return err
+	}
+
+	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Logger: logger, Migrate: o.migrate})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cache := routecache.NewIndexed(st, o.cache, nil, logger)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, o.proxy.Cluster, cache), nil, logger.Named("proxy"))
+	if err != nil {
+		return err
+	}
+	var certs *ondemand.Manager
+	var onDemand proxy.OnDemand // a nil *ondemand.Manager in it would not be nil
+	if o.tlsOnDemand {
+		cs, ok := st.(ondemand.Store)
+		if !ok {
+			return fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
+		}
+		if certs, err = ondemand.New(o.certs, cs, cache, ondemand.NewMetrics(reg), nil, logger); err != nil {
+			return err
+		}
+		onDemand = certs
+	}
+	srv, err := proxy.NewServer(o.server, h, onDemand, proxy.Ready(st, cache), reg, logger)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(srv.Collector())
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
+		zap.Strings("hop_keys", h.HopKeyIDs()))
+
+	// The route cache and the certificates keep working while the server
+	// drains, and stop once it has; both return only then (the cache with
+	// its context's error, which is no failure).
+	background, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { defer stopBackground(); return srv.Serve(gctx) })
+	g.Go(func() error { _ = cache.Run(background); return nil })
+	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
+	if o.proxy.Peers != nil {
+		g.Go(func() error { o.proxy.Peers.Watch(background, time.Second, logger.Named("peertls")); return nil })
+	} else {
+		logger.Warn("forwarding between clusters in PLAINTEXT (-forward-plaintext): every forwarded request, cookies and credentials included, crosses the network between clusters readable and alterable; use it only on a private network")
+	}
+	if certs != nil {
+		g.Go(func() error { return certs.Run(background) })
+	}
+	return g.Wait()
+}
