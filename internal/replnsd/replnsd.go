@@ -1,0 +1,138 @@
+// Package replnsd is the replns daemon, from its command line to its
+// shutdown: cmd/replns is Main with the process's arguments, and the test
+// platform (package platformtest) runs it in-process with the same flags
+// it gives the binary.
+package replnsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/replproxy/replproxy/cluster"
+	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/nameserver"
+)
+
+// Env is where Main reads the REPLNS_* variables that stand in for flags:
+// os.LookupEnv for the binary.
+type Env func(name string) (string, bool)
+
+// Main runs replns with the command-line arguments args (without the
+// program name) until ctx is done, then shuts down gracefully. It logs to
+// stderr and returns flag.ErrHelp after printing the usage for -h.
+func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
+	getenv := func(name string) string {
+		v, _ := env(name)
+		return v
+	}
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	logger, err := cli.NewLoggerTo(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+	d, err := build(o, logger)
+	if err != nil {
+		return err
+	}
+	err = d.run(ctx)
+	logger.Info("stopped")
+	return err
+}
+
+// daemon is replns built from its flags, ready to run.
+type daemon struct {
+	clusters        *nameserver.Clusters
+	srv             *nameserver.Server
+	admin           *http.Server // nil without -admin-listen
+	adminAddr       string
+	shutdownTimeout time.Duration
+	logger          *zap.Logger
+}
+
+// build makes the clusters, the handler, the server and the admin handler.
+func build(o *options, logger *zap.Logger) (*daemon, error) {
+	reg, err := cluster.Load(o.clusters)
+	if err != nil {
+		return nil, err
+	}
+	if o.zoneFile != "" {
+		if o.dns.Apex, err = nameserver.LoadApex(o.zoneFile); err != nil {
+			return nil, err
+		}
+	}
+	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache}, logger)
+	if err != nil {
+		return nil, err
+	}
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	nameserver.RegisterClusters(metrics, clusters)
+	h, err := nameserver.NewHandler(o.dns, clusters, nameserver.NewMetrics(metrics), logger)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := nameserver.NewServer(o.server, h, logger)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{clusters: clusters, srv: srv, adminAddr: o.admin, shutdownTimeout: o.server.ShutdownTimeout, logger: logger}
+	if o.admin != "" {
+		d.admin = &http.Server{Handler: nameserver.NewAdminHandler(metrics, srv, clusters), ReadHeaderTimeout: 10 * time.Second}
+	}
+	return d, nil
+}
+
+// run binds the listeners, then answers until ctx is done or a part
+// fails. DNS stops answering first; then the stores close and the admin
+// listener shuts down.
+func (d *daemon) run(ctx context.Context) error {
+	if err := d.srv.Listen(ctx); err != nil {
+		return err
+	}
+	var adminLn net.Listener
+	if d.admin != nil {
+		var err error
+		if adminLn, err = net.Listen("tcp", d.adminAddr); err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		d.logger.Info("admin listening", zap.Stringer("addr", adminLn.Addr()))
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	dataCtx, stopData := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopData()
+	g.Go(func() error { return d.clusters.Run(dataCtx) })
+	g.Go(func() error {
+		defer stopData()
+		return d.srv.Serve(gctx)
+	})
+	if d.admin != nil {
+		g.Go(func() error {
+			if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-dataCtx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
+			defer cancel()
+			return d.admin.Shutdown(sctx)
+		})
+	}
+	return g.Wait()
+}
