@@ -129,7 +129,7 @@ func TestFailedStartShowsLog(t *testing.T) {
 	}
 
 	r := &recorder{TB: t}
-	r.run(srv.Restart)
+	r.run(func(t testing.TB) { srv.Restart(t) })
 	if !r.failed || !strings.Contains(r.msg, `unrecognized configuration parameter "no_such_setting"`) {
 		t.Errorf("Restart: failed %v, message %q; want a failure quoting the server's log", r.failed, r.msg)
 	}
@@ -243,7 +243,7 @@ func TestExternalServer(t *testing.T) {
 		t.Errorf("database %q: %d left after cleanup", name, n)
 	}
 
-	for _, f := range []func(testing.TB){ext.Stop, ext.Restart} {
+	for _, f := range []func(testing.TB){func(t testing.TB) { ext.Stop(t) }, func(t testing.TB) { ext.Restart(t) }} {
 		r := &recorder{TB: t}
 		r.run(f)
 		if !r.skipped || r.msg != "needs a server the test started" {

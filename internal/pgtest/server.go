@@ -58,12 +58,29 @@ type Server struct {
 // EnvURL set, that URL.
 func (s *Server) DSN() string { return s.dsn }
 
+// T is what the server's methods need of a test: testing.TB is one, and so
+// is the test platform's (package platformtest).
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// skip skips a test that t can skip, and fails any other.
+func skip(t T, why string) {
+	t.Helper()
+	if s, ok := t.(interface{ Skip(args ...any) }); ok {
+		s.Skip(why)
+	}
+	t.Fatalf("%s", why)
+}
+
 // Stop stops the server with a fast shutdown, keeping its data folder, for
 // tests of outages. With EnvURL set it skips the test.
-func (s *Server) Stop(t testing.TB) {
+func (s *Server) Stop(t T) {
 	t.Helper()
 	if s.external {
-		t.Skip("needs a server the test started")
+		skip(t, "needs a server the test started")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -79,10 +96,10 @@ func (s *Server) Stop(t testing.TB) {
 
 // Restart starts the server again after Stop, on the same port and with the
 // same data, so that DSNs stay valid. With EnvURL set it skips the test.
-func (s *Server) Restart(t testing.TB) {
+func (s *Server) Restart(t T) {
 	t.Helper()
 	if s.external {
-		t.Skip("needs a server the test started")
+		skip(t, "needs a server the test started")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -98,22 +115,22 @@ func (s *Server) Restart(t testing.TB) {
 // and each of its children): connections stay open and nothing answers, as
 // when the database's host hangs. Resume undoes it; the test's cleanup does too, so the server
 // can be stopped. A server of EnvURL cannot be paused: the test is skipped.
-func (s *Server) Pause(t testing.TB) {
+func (s *Server) Pause(t T) {
 	t.Helper()
 	s.signalGroup(t, syscall.SIGSTOP)
 	t.Cleanup(func() { s.signalGroup(t, syscall.SIGCONT) })
 }
 
 // Resume lets a paused server run again.
-func (s *Server) Resume(t testing.TB) {
+func (s *Server) Resume(t T) {
 	t.Helper()
 	s.signalGroup(t, syscall.SIGCONT)
 }
 
-func (s *Server) signalGroup(t testing.TB, sig syscall.Signal) {
+func (s *Server) signalGroup(t T, sig syscall.Signal) {
 	t.Helper()
 	if s.external {
-		t.Skipf("pgtest: cannot send %v to a server of %s", sig, EnvURL)
+		skip(t, fmt.Sprintf("pgtest: cannot send %v to a server of %s", sig, EnvURL))
 	}
 	pid := s.pid()
 	if pid == 0 {
