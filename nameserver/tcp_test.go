@@ -362,7 +362,8 @@ func TestTCPShedsOldestIdle(t *testing.T) {
 // TestTCPIdleTimeout: a connection waiting for its next query is closed
 // after TCPIdleTimeout.
 func TestTCPIdleTimeout(t *testing.T) {
-	f := startTCP(t, ServerConfig{TCPIdleTimeout: 100 * time.Millisecond})
+	// The message timeout long: the idle one must do it.
+	f := startTCP(t, ServerConfig{TCPIdleTimeout: 100 * time.Millisecond, TCPMessageTimeout: time.Minute})
 	c := dialFrom(t, f.addr, "127.0.0.1")
 	tcpAsk(t, c, "first query")
 	wantClosed(t, c, "an idle connection")
