@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,7 +48,9 @@ type tcpServer struct {
 	logger *zap.Logger
 	warns  *ratelog.Limiter // accept errors: one line a second
 
-	highWater int // from this many open, a new connection sheds the longest idle
+	highWater int   // from this many open, a new connection sheds the longest idle
+	maxLive   int64 // connection goroutines, shed ones still ending included
+	live      atomic.Int64
 
 	mu       sync.Mutex
 	open     int
@@ -81,6 +85,7 @@ func newTCPServer(ctx context.Context, cfg ServerConfig, h *Handler, ln net.List
 		logger:    logger,
 		warns:     ratelog.New(time.Second),
 		highWater: max(1, cfg.MaxTCPConns-cfg.MaxTCPConns/10),
+		maxLive:   int64(cfg.MaxTCPConns + cfg.MaxTCPConns/10 + 1),
 		byClient:  make(map[netip.Prefix]int),
 		conns:     make(map[*tcpConn]struct{}),
 	}
@@ -91,6 +96,17 @@ func newTCPServer(ctx context.Context, cfg ServerConfig, h *Handler, ln net.List
 func (t *tcpServer) serve() error {
 	var backoff time.Duration
 	for {
+		// A shed connection's goroutine ends as soon as it runs: let those
+		// run before taking more, or a burst of connections (each shedding
+		// one whose goroutine has not run yet) starts goroutines faster
+		// than they end, up to the accept queue's length.
+		for i := 0; t.live.Load() > t.maxLive; i++ {
+			if i < 100 {
+				runtime.Gosched()
+			} else {
+				time.Sleep(time.Millisecond)
+			}
+		}
 		nc, err := t.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -174,6 +190,7 @@ func (t *tcpServer) admit(nc net.Conn) {
 	t.idle.pushBack(c)
 	t.m.tcpConns(t.open)
 	t.wg.Add(1)
+	t.live.Add(1)
 	t.mu.Unlock()
 
 	if shed != nil {
@@ -256,6 +273,7 @@ func (t *tcpServer) goBusy(c *tcpConn) bool {
 // handle serves one connection until it is closed, and counts why.
 func (t *tcpServer) handle(c *tcpConn) {
 	defer t.wg.Done()
+	defer t.live.Add(-1)
 	why := t.converse(c)
 	t.mu.Lock()
 	counted := c.gone
