@@ -73,6 +73,7 @@ type scratch struct {
 	name   []byte
 	cookie []byte
 	txt    []string
+	wire   []byte // a TCP reply after its length
 }
 
 // NewHandler checks cfg and returns a Handler answering from src, counting
@@ -223,8 +224,8 @@ func (h *Handler) prepareZone() {
 	}
 }
 
-// ServeDNS implements dns.Handler. Server answers UDP without it (straight
-// from the packet), and TCP through it.
+// ServeDNS implements dns.Handler, for a miekg/dns server. Server answers
+// without it, straight from the packets and the TCP stream.
 func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	sc := h.scratch.Get().(*scratch)
 	defer h.scratch.Put(sc)

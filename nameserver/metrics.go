@@ -9,12 +9,46 @@ import (
 )
 
 // Metrics are the Prometheus metrics of a Handler (given to NewHandler): queries
-// by type and reply code, latency, and rate-limited replies.
+// by type and reply code, latency, and rate-limited replies; and those of
+// the TCP connections of the Server answering with the Handler.
 type Metrics struct {
 	queries  [len(metricTypes) + 1][len(metricRcodes)]prometheus.Counter
 	duration prometheus.Histogram
 	dropped  prometheus.Counter
 	slipped  prometheus.Counter
+
+	tcpOpen     prometheus.Gauge
+	tcpAccepted prometheus.Counter
+	tcpRefused  [len(tcpRefuseReasons)]prometheus.Counter
+	tcpClosed   [len(tcpCloseReasons)]prometheus.Counter
+}
+
+// Why a TCP connection was closed as soon as it was accepted.
+type tcpRefusal int
+
+const (
+	refusedPerClient tcpRefusal = iota // its client had MaxTCPPerClient open
+	refusedFull                        // MaxTCPConns open, none of them idle
+)
+
+var tcpRefuseReasons = [...]string{refusedPerClient: "per_client", refusedFull: "full"}
+
+// Why an admitted TCP connection was closed.
+type tcpClose int
+
+const (
+	closedIdle     tcpClose = iota // idle for the (load-dependent) idle timeout
+	closedShed                     // idle the longest when a new one came near MaxTCPConns
+	closedLifetime                 // open for TCPMaxLifetime
+	closedSlow                     // a query not whole, or a reply not taken, within TCPMessageTimeout
+	closedClient                   // the client closed it
+	closedError                    // a read or write error, or a message of length 0
+	closedShutdown                 // the server shut down
+)
+
+var tcpCloseReasons = [...]string{
+	closedIdle: "idle", closedShed: "shed", closedLifetime: "lifetime", closedSlow: "slow",
+	closedClient: "client", closedError: "error", closedShutdown: "shutdown",
 }
 
 // The query types counted by name; others are counted as "other".
@@ -74,7 +108,30 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"action"})
 	m.dropped = rrl.WithLabelValues("dropped")
 	m.slipped = rrl.WithLabelValues("slipped")
-	reg.MustRegister(qv, m.duration, rrl)
+
+	m.tcpOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "replns_tcp_connections",
+		Help: "TCP connections open.",
+	})
+	m.tcpAccepted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "replns_tcp_connections_accepted_total",
+		Help: "TCP connections accepted and admitted (not refused).",
+	})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replns_tcp_connections_refused_total",
+		Help: "TCP connections closed as soon as accepted: per_client (its IPv4 address or IPv6 /64 had MaxTCPPerClient open), full (MaxTCPConns open, none idle).",
+	}, []string{"reason"})
+	for i, r := range tcpRefuseReasons {
+		m.tcpRefused[i] = refused.WithLabelValues(r)
+	}
+	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replns_tcp_connections_closed_total",
+		Help: "Admitted TCP connections closed, by reason: idle, shed (idle the longest when the server neared MaxTCPConns), lifetime, slow (a query or reply not through in time), client, error, shutdown.",
+	}, []string{"reason"})
+	for i, r := range tcpCloseReasons {
+		m.tcpClosed[i] = closed.WithLabelValues(r)
+	}
+	reg.MustRegister(qv, m.duration, rrl, m.tcpOpen, m.tcpAccepted, refused, closed)
 	return m
 }
 
@@ -111,6 +168,31 @@ func (m *Metrics) rateLimited(a rrlAction) {
 		m.slipped.Inc()
 	} else {
 		m.dropped.Inc()
+	}
+}
+
+// tcpConns sets the number of TCP connections open.
+func (m *Metrics) tcpConns(open int) {
+	if m != nil {
+		m.tcpOpen.Set(float64(open))
+	}
+}
+
+func (m *Metrics) tcpAccept() {
+	if m != nil {
+		m.tcpAccepted.Inc()
+	}
+}
+
+func (m *Metrics) tcpRefuse(r tcpRefusal) {
+	if m != nil {
+		m.tcpRefused[r].Inc()
+	}
+}
+
+func (m *Metrics) tcpClose(r tcpClose) {
+	if m != nil {
+		m.tcpClosed[r].Inc()
 	}
 }
 

@@ -13,9 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
 	"go.uber.org/zap"
-	"golang.org/x/net/netutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,12 +36,26 @@ type ServerConfig struct {
 	// ReadBuffer is each UDP socket's receive buffer (SO_RCVBUF), which
 	// absorbs bursts. Zero means 8 MiB.
 	ReadBuffer int
-	// MaxTCPConns bounds the TCP connections open at once; more wait in
-	// the kernel's accept queue. Zero means 1000.
+	// MaxTCPConns bounds the TCP connections open at once. From 90% of
+	// it, each new connection closes the one idle the longest (waiting for
+	// its next query); at it with none idle, a new one is closed at once.
+	// Zero means 1000.
 	MaxTCPConns int
-	// TCPIdleTimeout closes a TCP connection idle this long. Zero means
-	// 10 s.
+	// MaxTCPPerClient bounds the TCP connections open from one client (an
+	// IPv4 address, an IPv6 /64); one more is closed at once. Zero means 16.
+	MaxTCPPerClient int
+	// TCPIdleTimeout closes a TCP connection that waited this long for its
+	// next query: the full time while fewer than half of MaxTCPConns are
+	// open, less in proportion above, down to 1 s at MaxTCPConns. Zero
+	// means 10 s.
 	TCPIdleTimeout time.Duration
+	// TCPMaxLifetime closes a TCP connection open this long, after the
+	// reply in hand, however often it asks. Zero means 2 min.
+	TCPMaxLifetime time.Duration
+	// TCPMessageTimeout bounds reading one TCP query from its first octet,
+	// and writing its reply: a client trickling octets, or not reading, is
+	// cut. Zero means 2 s.
+	TCPMessageTimeout time.Duration
 	// ShutdownTimeout bounds a graceful shutdown. Zero means 5 s.
 	ShutdownTimeout time.Duration
 }
@@ -64,8 +76,17 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.MaxTCPConns == 0 {
 		c.MaxTCPConns = 1000
 	}
+	if c.MaxTCPPerClient == 0 {
+		c.MaxTCPPerClient = 16
+	}
 	if c.TCPIdleTimeout == 0 {
 		c.TCPIdleTimeout = 10 * time.Second
+	}
+	if c.TCPMaxLifetime == 0 {
+		c.TCPMaxLifetime = 2 * time.Minute
+	}
+	if c.TCPMessageTimeout == 0 {
+		c.TCPMessageTimeout = 2 * time.Second
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 5 * time.Second
@@ -80,15 +101,21 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.UDPReaders < 1 || c.UDPReaders > 4096 {
 		errs = append(errs, fmt.Errorf("UDP readers %d: must be 1 to 4096", c.UDPReaders))
 	}
-	if c.ReadBuffer < 0 || c.MaxTCPConns < 1 || c.TCPIdleTimeout < 0 || c.ShutdownTimeout < 0 {
-		errs = append(errs, errors.New("read buffer, TCP connections and timeouts must be positive"))
+	if c.ReadBuffer < 0 || c.MaxTCPConns < 1 || c.MaxTCPPerClient < 1 {
+		errs = append(errs, fmt.Errorf("UDP read buffer %d, TCP connections %d, TCP connections per client %d: must be positive",
+			c.ReadBuffer, c.MaxTCPConns, c.MaxTCPPerClient))
+	}
+	if c.TCPIdleTimeout < 0 || c.TCPMaxLifetime < 0 || c.TCPMessageTimeout < 0 || c.ShutdownTimeout < 0 {
+		errs = append(errs, fmt.Errorf("TCP idle timeout %v, TCP lifetime %v, TCP message timeout %v, shutdown timeout %v: must be positive",
+			c.TCPIdleTimeout, c.TCPMaxLifetime, c.TCPMessageTimeout, c.ShutdownTimeout))
 	}
 	return c, errors.Join(errs...)
 }
 
 // Server answers DNS over UDP and TCP with a Handler. UDP is read
 // straight from the sockets by a fixed number of goroutines, and answered
-// without unpacking into a dns.Msg; TCP goes through miekg/dns's server.
+// without unpacking into a dns.Msg; TCP by a goroutine per connection,
+// within the bounds of tcpServer (tcp.go).
 type Server struct {
 	cfg    ServerConfig
 	h      *Handler
@@ -97,7 +124,7 @@ type Server struct {
 	mu      sync.Mutex
 	udp     []*net.UDPConn
 	tcp     net.Listener
-	tcpSrv  *dns.Server
+	tcpSrv  *tcpServer // while serving
 	serving atomic.Bool
 }
 
@@ -193,43 +220,29 @@ func (s *Server) Addr() netip.AddrPort {
 func (s *Server) Serving() bool { return s.serving.Load() }
 
 // Serve answers queries until ctx is done, then shuts down gracefully:
-// it stops reading, lets the queries in progress finish (up to
-// ShutdownTimeout) and closes the sockets. It returns nil after a shutdown
+// it stops reading and accepting, closes the idle TCP connections, lets
+// the queries in progress finish (up to ShutdownTimeout) and closes the
+// sockets and the remaining connections. It returns nil after a shutdown
 // asked for by ctx.
 func (s *Server) Serve(ctx context.Context) error {
 	if err := s.Listen(ctx); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	udp, tcp := s.udp, s.tcp
-	s.tcpSrv = &dns.Server{
-		Listener:      netutil.LimitListener(tcp, s.cfg.MaxTCPConns),
-		Handler:       s.h,
-		ReadTimeout:   s.cfg.TCPIdleTimeout,
-		WriteTimeout:  s.cfg.TCPIdleTimeout,
-		IdleTimeout:   func() time.Duration { return s.cfg.TCPIdleTimeout },
-		MsgAcceptFunc: acceptQueries,
-	}
-	tcpSrv := s.tcpSrv
+	udp, ln := s.udp, s.tcp
+	tcp := newTCPServer(ctx, s.cfg, s.h, ln, s.logger)
+	s.tcpSrv = tcp
 	s.mu.Unlock()
 
 	var (
-		wg      sync.WaitGroup
-		tcpErr  = make(chan error, 1)
-		started = make(chan struct{})
+		wg     sync.WaitGroup
+		tcpErr = make(chan error, 1)
 	)
-	tcpSrv.NotifyStartedFunc = func() { close(started) }
-	go func() { tcpErr <- tcpSrv.ActivateAndServe() }()
+	go func() { tcpErr <- tcp.serve() }()
 	for _, c := range udp {
 		for range s.cfg.UDPReaders {
 			wg.Go(func() { s.readUDP(context.WithoutCancel(ctx), c) })
 		}
-	}
-	select {
-	case <-started:
-	case err := <-tcpErr:
-		s.stopUDP(udp, &wg)
-		return fmt.Errorf("serve tcp: %w", err)
 	}
 	s.serving.Store(true)
 
@@ -237,18 +250,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-tcpErr:
+		if err == nil {
+			err = errors.New("the TCP listener was closed")
+		}
 		err = fmt.Errorf("serve tcp: %w", err)
 	}
 	s.serving.Store(false)
 	s.logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
+	_ = ln.Close()
 	if err == nil {
-		if serr := tcpSrv.ShutdownContext(sctx); serr != nil {
-			s.logger.Warn("tcp shutdown", zap.Error(serr))
+		if serr := <-tcpErr; serr != nil {
+			err = fmt.Errorf("serve tcp: %w", serr)
 		}
-		<-tcpErr
 	}
+	tcp.shutdown(sctx)
 	s.stopUDP(udp, &wg)
 	return err
 }
@@ -283,15 +300,6 @@ func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) {
 			_, _ = c.WriteToUDPAddrPort(out, from)
 		}
 	}
-}
-
-// acceptQueries lets every message that is not a response through to the
-// handler, which makes its own FORMERR and NOTIMP replies.
-func acceptQueries(dh dns.Header) dns.MsgAcceptAction {
-	if dh.Bits&(1<<15) != 0 {
-		return dns.MsgIgnore
-	}
-	return dns.MsgAccept
 }
 
 // reusePort sets SO_REUSEPORT, so several sockets share one address.

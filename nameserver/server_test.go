@@ -58,9 +58,9 @@ func TestOverloadBounded(t *testing.T) {
 		}
 	})
 
-	// 40 TCP connections held open against a limit of 8.
+	// 200 TCP connections held open against a limit of 8.
 	var conns []net.Conn
-	for range 40 {
+	for range 200 {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
@@ -93,8 +93,10 @@ func TestOverloadBounded(t *testing.T) {
 	}
 
 	// Readers are already counted in base; allow the senders, the sampler,
-	// the TCP connections the server admits and their miekg/dns helpers.
-	if limit := int64(base + 8 + 1 + 2*8 + 8); peak.Load() > limit {
+	// the connection goroutines (at most MaxTCPConns and a tenth, plus
+	// one: 9 for 8, shed ones still ending counted) and a few to spare.
+	t.Logf("goroutines peaked at %d (from %d)", peak.Load(), base)
+	if limit := int64(base + 8 + 1 + 9 + 4); peak.Load() > limit {
 		t.Errorf("goroutines peaked at %d (from %d); want at most %d", peak.Load(), base, limit)
 	}
 	// The server still answers once the flood has drained from its socket

@@ -112,8 +112,14 @@ func (o *options) serverFlags(fs *flag.FlagSet) {
 	fs.IntVar(&s.UDPSockets, "udp-sockets", 0, "UDP sockets sharing the address with SO_REUSEPORT (default GOMAXPROCS)")
 	fs.IntVar(&s.UDPReaders, "udp-readers", 16, "goroutines answering on each UDP socket: the bound on UDP queries in progress")
 	fs.IntVar(&s.ReadBuffer, "udp-read-buffer", 8<<20, "each UDP socket's receive buffer, in `bytes`")
-	fs.IntVar(&s.MaxTCPConns, "tcp-max-conns", 1000, "TCP connections open at once")
-	fs.DurationVar(&s.TCPIdleTimeout, "tcp-idle-timeout", 10*time.Second, "close idle TCP connections after this")
+	fs.IntVar(&s.MaxTCPConns, "tcp-max-conns", 1000, "TCP connections open at once; from 90% of it each new one closes the connection idle the longest,\n"+
+		"at it with none idle a new one is closed at once")
+	fs.IntVar(&s.MaxTCPPerClient, "tcp-per-client", 16, "TCP connections open at once from one client (an IPv4 address, an IPv6 /64); more are closed at once")
+	fs.DurationVar(&s.TCPIdleTimeout, "tcp-idle-timeout", 10*time.Second, "close a TCP connection waiting this long for its next query; shorter above half of\n"+
+		"-tcp-max-conns, down to 1s at it")
+	fs.DurationVar(&s.TCPMaxLifetime, "tcp-max-lifetime", 2*time.Minute, "close a TCP connection open this long (after the reply in hand), however often it asks")
+	fs.DurationVar(&s.TCPMessageTimeout, "tcp-message-timeout", 2*time.Second, "a TCP query must arrive whole, and its reply be taken, within this once its first\n"+
+		"octet came; slower clients are cut")
 	fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", 5*time.Second, "how long a graceful shutdown waits for queries in progress")
 
 	fs.Var(offInt(&rrl.Rate, nameserver.DefaultRRLRate), "rrl-rate", "response rate limit: `n` UDP replies per second per client network; 0 or -1 turns it off")
@@ -160,6 +166,7 @@ func (raw *rawFlags) apply(o *options) error {
 		errs = append(errs, fmt.Errorf("-soa-serial %d: the largest serial is 4294967295", raw.serial))
 	}
 	o.dns.SOA.Serial = uint32(raw.serial)
+	errs = append(errs, checkTCP(&o.server)...)
 	if raw.cookie != "" {
 		b, err := hex.DecodeString(raw.cookie)
 		if err != nil || len(b) != 16 {
@@ -168,6 +175,39 @@ func (raw *rawFlags) apply(o *options) error {
 		o.dns.CookieSecret = b
 	}
 	return errors.Join(errs...)
+}
+
+// checkTCP checks the TCP bounds, which have no "off": 0 would be taken
+// for the default, so it is refused with the rest.
+func checkTCP(s *nameserver.ServerConfig) []error {
+	var errs []error
+	for _, f := range []struct {
+		name, what string
+		n          int
+	}{
+		{"-tcp-max-conns", "TCP connections open at once", s.MaxTCPConns},
+		{"-tcp-per-client", "TCP connections from one client", s.MaxTCPPerClient},
+	} {
+		if f.n < 1 {
+			errs = append(errs, fmt.Errorf("%s %d: must be at least 1 (%s)", f.name, f.n, f.what))
+		}
+	}
+	if s.MaxTCPPerClient > s.MaxTCPConns && s.MaxTCPConns >= 1 {
+		errs = append(errs, fmt.Errorf("-tcp-per-client %d: must be at most -tcp-max-conns (%d)", s.MaxTCPPerClient, s.MaxTCPConns))
+	}
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"-tcp-idle-timeout", s.TCPIdleTimeout},
+		{"-tcp-max-lifetime", s.TCPMaxLifetime},
+		{"-tcp-message-timeout", s.TCPMessageTimeout},
+	} {
+		if f.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v: must be more than 0", f.name, f.d))
+		}
+	}
+	return errs
 }
 
 // parseNameServers reads "ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net".

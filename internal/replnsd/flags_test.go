@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -43,6 +44,15 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b"}, map[string]string{"REPLNS_TTL": "soon"}, "REPLNS_TTL"},
 		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-cookie-secret", "abc"}, nil, "32 hex digits"},
 		{[]string{"-zone", "repl.test", "extra"}, nil, "unexpected arguments"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-per-client", "0"}, nil, "-tcp-per-client 0: must be at least 1"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-max-conns", "-1"}, nil, "-tcp-max-conns -1: must be at least 1"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-per-client", "20", "-tcp-max-conns", "10"}, nil,
+			"-tcp-per-client 20: must be at most -tcp-max-conns (10)"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-max-lifetime", "0s"}, nil, "-tcp-max-lifetime 0s: must be more than 0"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b"}, map[string]string{"REPLNS_TCP_MESSAGE_TIMEOUT": "-1s"},
+			"-tcp-message-timeout -1s: must be more than 0"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-idle-timeout", "0"}, nil, "-tcp-idle-timeout 0s: must be more than 0"},
+		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-per-client", "many"}, nil, "-tcp-per-client"},
 	} {
 		_, err := parseFlags(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -57,6 +67,19 @@ func TestParseFlags(t *testing.T) {
 	}
 	if o.server.Addr != ":53" || o.dns.RRL.Rate != -1 || o.dns.RRL.Slip != 2 {
 		t.Errorf("listen %q rrl rate %d slip %d: want the defaults, and the rate off", o.server.Addr, o.dns.RRL.Rate, o.dns.RRL.Slip)
+	}
+	if s := o.server; s.MaxTCPConns != 1000 || s.MaxTCPPerClient != 16 || s.TCPIdleTimeout != 10*time.Second ||
+		s.TCPMaxLifetime != 2*time.Minute || s.TCPMessageTimeout != 2*time.Second {
+		t.Errorf("TCP settings %d %d %v %v %v: want the defaults", s.MaxTCPConns, s.MaxTCPPerClient, s.TCPIdleTimeout, s.TCPMaxLifetime, s.TCPMessageTimeout)
+	}
+	o, err = parseFlags([]string{"-tcp-per-client", "4", "-tcp-max-lifetime", "30s"}, func(k string) string {
+		return map[string]string{"REPLNS_TCP_MESSAGE_TIMEOUT": "500ms"}[k] + env[k]
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := o.server; s.MaxTCPPerClient != 4 || s.TCPMaxLifetime != 30*time.Second || s.TCPMessageTimeout != 500*time.Millisecond {
+		t.Errorf("TCP settings %d %v %v: want 4 30s 500ms", s.MaxTCPPerClient, s.TCPMaxLifetime, s.TCPMessageTimeout)
 	}
 	if _, err := parseFlags([]string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
