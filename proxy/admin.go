@@ -2,15 +2,20 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/replproxy/replproxy/store"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/replproxy/replproxy/internal/admin"
 )
 
 // adminMux serves the admin listener: /healthz, /readyz (the Server's
-// ready check), /metrics and /debug/pprof/.
+// ready check), /metrics, /debug/route and /debug/pprof/.
 func (s *Server) adminMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -33,6 +38,47 @@ func (s *Server) adminMux() *http.ServeMux {
 	if s.gather != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	}
+	mux.HandleFunc("GET /debug/route", s.debugRoute)
 	admin.HandlePprof(mux)
 	return mux
+}
+
+// RouteInfo is what GET /debug/route?host=NAME answers, as JSON: where
+// this proxy sends a request for NAME now (from its route cache, as a
+// request would).
+type RouteInfo struct {
+	Host       string   `json:"host"`
+	Route      string   `json:"route"` // "local", "tombstone" or "not-found"
+	ReplID     string   `json:"repl_id,omitempty"`
+	Cluster    string   `json:"cluster,omitempty"` // a tombstone's destination
+	Generation int64    `json:"generation,omitempty"`
+	Endpoints  []string `json:"endpoints,omitempty"`
+}
+
+func (s *Server) debugRoute(w http.ResponseWriter, r *http.Request) {
+	host := r.URL.Query().Get("host")
+	key, err := s.handler.cfg.Zone.ParseName(host)
+	if err != nil || !key.Routable() {
+		msg := "not a routable name under the zone"
+		if err != nil {
+			msg = err.Error()
+		}
+		http.Error(w, "host "+strconv.Quote(host)+": "+msg+" (want ?host=<slug>.<owner>.<zone>, <id>.id.<zone> or a custom domain)", http.StatusBadRequest)
+		return
+	}
+	info := RouteInfo{Host: host, Route: routeNotFound}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	route, err := s.handler.routes.Lookup(ctx, key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		http.Error(w, "lookup "+host+": "+err.Error(), http.StatusServiceUnavailable)
+		return
+	default:
+		info.Route, info.ReplID, info.Generation = route.Kind.String(), route.ReplID, route.Generation
+		info.Cluster, info.Endpoints = route.Cluster, route.Endpoints
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(info)
 }
