@@ -159,3 +159,16 @@ func missingBinaries(t testing.TB, require bool, err error) {
 	}
 	t.Skip(msg)
 }
+
+// Available reports why no server can be started here (the server
+// binaries are missing: the error says how to install them), or nil.
+func Available() error {
+	if _, err := findBinaries(os.Getenv("PATH"), libDir); err != nil {
+		return fmt.Errorf("%w; install them with: apt-get install -y postgresql", err)
+	}
+	return nil
+}
+
+// Required reports whether EnvRequire asks for a failure, not a skip,
+// when no server can be started.
+func Required() bool { return configFromEnv().require }

@@ -1,0 +1,130 @@
+package platformtest
+
+import (
+	"context"
+	"time"
+
+	"github.com/replproxy/replproxy/internal/pgtest"
+)
+
+// Faults. Each fails t with what to do when the platform cannot inject it
+// (a database fault without a throw-away PostgreSQL server, say).
+
+// StopDatabase stops cluster's PostgreSQL server (a fast shutdown: its
+// connections close); RestartDatabase starts it again on the same port
+// with the same data. They need Store: Postgres without PostgresURL.
+func (p *Platform) StopDatabase(t TB, cluster string) { p.server(t, cluster, "StopDatabase").Stop(t) }
+
+// RestartDatabase starts a database StopDatabase stopped.
+func (p *Platform) RestartDatabase(t TB, cluster string) {
+	p.server(t, cluster, "RestartDatabase").Restart(t)
+}
+
+// PauseDatabase freezes cluster's PostgreSQL server and its backends
+// (SIGSTOP): connections stay open and nothing answers, as when the
+// database's host hangs. ResumeDatabase undoes it (cleanup does too).
+func (p *Platform) PauseDatabase(t TB, cluster string) {
+	p.server(t, cluster, "PauseDatabase").Pause(t)
+}
+
+// ResumeDatabase lets a paused database run again.
+func (p *Platform) ResumeDatabase(t TB, cluster string) {
+	p.server(t, cluster, "ResumeDatabase").Resume(t)
+}
+
+func (p *Platform) server(t TB, cluster, what string) *pgtest.Server {
+	t.Helper()
+	c := p.Cluster(t, cluster)
+	if c.pg == nil {
+		t.Fatalf("platformtest: %s needs the cluster's own PostgreSQL server: start the platform with Store: platformtest.Postgres and no PostgresURL", what)
+	}
+	return c.pg
+}
+
+// CutFeed ends the LISTEN connections of cluster's database: the change
+// feeds of its proxy and of replns. They reconnect by themselves (with
+// backoff) and resynchronise; changes made meanwhile reach them then. It
+// returns how many connections it ended, and needs Store: Postgres.
+func (p *Platform) CutFeed(t TB, cluster string) int {
+	t.Helper()
+	c := p.Cluster(t, cluster)
+	if p.opts.Store != Postgres {
+		t.Fatalf("platformtest: CutFeed needs Store: platformtest.Postgres (an embedded store's feed is a file watch)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := cutFeed(ctx, c.StoreAddr)
+	if err != nil {
+		t.Fatalf("platformtest: cut the change feed of %s: %v", cluster, err)
+	}
+	return n
+}
+
+// StopProxy stops cluster's proxy gracefully (SIGTERM: it finishes the
+// requests in flight); RestartProxy starts it again with the same flags.
+func (p *Platform) StopProxy(t TB, cluster string) {
+	t.Helper()
+	if err := p.Cluster(t, cluster).proxy.stop(); err != nil {
+		t.Fatalf("platformtest: stop the proxy of %s: %v", cluster, err)
+	}
+}
+
+// KillProxy stops cluster's proxy at once: SIGKILL with Mode Binaries. In
+// process a goroutine cannot be killed: its listeners close at once, and
+// the requests in flight get its shutdown timeout (5 s).
+func (p *Platform) KillProxy(t TB, cluster string) {
+	t.Helper()
+	if err := p.Cluster(t, cluster).proxy.kill(); err != nil {
+		t.Fatalf("platformtest: kill the proxy of %s: %v", cluster, err)
+	}
+}
+
+// RestartProxy (re)starts cluster's proxy, stopping it first if it runs,
+// and waits until it is ready.
+func (p *Platform) RestartProxy(t TB, cluster string) {
+	t.Helper()
+	p.Cluster(t, cluster).proxy.restart(t)
+}
+
+// StopDNS, KillDNS and RestartDNS do the same for replns.
+func (p *Platform) StopDNS(t TB) {
+	t.Helper()
+	if err := p.needDNS(t).stop(); err != nil {
+		t.Fatalf("platformtest: stop replns: %v", err)
+	}
+}
+
+// KillDNS stops replns at once (see KillProxy).
+func (p *Platform) KillDNS(t TB) {
+	t.Helper()
+	if err := p.needDNS(t).kill(); err != nil {
+		t.Fatalf("platformtest: kill replns: %v", err)
+	}
+}
+
+// RestartDNS (re)starts replns and waits until every cluster is ready in
+// it.
+func (p *Platform) RestartDNS(t TB) {
+	t.Helper()
+	p.needDNS(t).restart(t)
+}
+
+func (p *Platform) needDNS(t TB) *daemon {
+	t.Helper()
+	if p.dns == nil {
+		t.Fatalf("platformtest: the platform has no replns (Options.NoDNS)")
+	}
+	return p.dns
+}
+
+// Logs returns what cluster's proxy has logged (the last MiB of it).
+func (p *Platform) Logs(t TB, cluster string) string {
+	t.Helper()
+	return p.Cluster(t, cluster).proxy.logs.String()
+}
+
+// DNSLogs returns what replns has logged (the last MiB of it).
+func (p *Platform) DNSLogs(t TB) string {
+	t.Helper()
+	return p.needDNS(t).logs.String()
+}
