@@ -63,7 +63,9 @@ ticks() {
 }
 dblist() { local list; list=$(printf "'%s'," "$@"); echo "${list%,}"; }
 # xacts DB...: committed transactions in the databases (pg_stat_database:
-# flushed up to a second late, so sleep before reading).
+# a backend flushes its counts up to a second late while busy, and up to
+# 10 s late once idle in PostgreSQL 15, so a phase's figure can hold some of
+# the phase before; statements (stmts) have no such lag).
 xacts() {
 	[ $# -gt 0 ] || { echo 0; return; }
 	$PSQL -d postgres -Atc "SELECT coalesce(sum(xact_commit),0) FROM pg_stat_database WHERE datname IN ($(dblist "$@"))"
@@ -211,7 +213,7 @@ perf() {
 # index upkeep), from its metrics (0 if it has no such metrics).
 store_calls() {
 	curl -s "http://127.0.0.1:$ADMIN/metrics" |
-		awk '/^replns_cache_events_total\{.*event="load"/ || /^replns_index_store_queries_total/ {n += $NF} END {printf "%d", n}'
+		awk '/^replns_(route_)?cache_events_total\{.*event="load"/ || /^replns_index_store_queries_total/ {n += $NF} END {printf "%d", n}'
 }
 # field KEY [FILE]: the first number after "KEY:" in dnsperf's output.
 field() { awk -v k="$1" -F: '$1 ~ k {split($2, a, " "); print a[1]; exit}' "${2:-$tmp/perf.out}"; }

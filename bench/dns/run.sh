@@ -106,6 +106,6 @@ if [ -n "${FIXED_CALLS:-}" ]; then
 fi
 if [ -n "${FLOOD_SENT:-}" ]; then
 	echo "replns random-name flood ($RATE/s for $DURATION s): $FLOOD_SENT answered; replns made $FLOOD_CALLS store calls;" \
-		"the databases completed $FLOOD_STMT statements ($(echo "$FLOOD_STMT / $DURATION" | bc -l | xargs printf '%.1f')/s) and committed $FLOOD_X transactions ($(echo "$FLOOD_X / $DURATION" | bc -l | xargs printf '%.1f')/s, autovacuum included)"
+		"the databases completed $FLOOD_STMT statements ($(echo "$FLOOD_STMT / $DURATION" | bc -l | xargs printf '%.1f')/s) and committed $FLOOD_X transactions ($(echo "$FLOOD_X / $DURATION" | bc -l | xargs printf '%.1f')/s: autovacuum included, and pg_stat_database can be 10 s late, so some are the saturation phase's)"
 fi
 echo "pg_stat_statements entries evicted (must be 0 for exact counts): $(dealloc)"

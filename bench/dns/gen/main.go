@@ -23,7 +23,8 @@
 //	                       <random>.id.<zone>, half each
 //	torture-spread.txt     A for existing repl names (90% by name, 10% by
 //	                       id) drawn uniformly from all repls, in random case
-//	legit.txt              A for 1,000 existing repl names, lower case: the
+//	legit.txt              A for 1,000 existing repl names spread over the
+//	                       repls and both clusters, lower case: the
 //	                       legitimate stream beside each flood
 //
 // The challenge and spread floods draw from disjoint halves of the repls
@@ -207,7 +208,7 @@ func writeTorture(out string, lines, n int, repl func(int) (string, string, stri
 	check(q.Flush())
 	q = create(filepath.Join(out, "legit.txt"))
 	for k := range 1000 {
-		fmt.Fprintf(q, "%s A\n", name(k*(n/1000)))
+		fmt.Fprintf(q, "%s A\n", name(min(k*(n/1000)+k%2, n-1))) // both clusters
 	}
 	check(q.Flush())
 }
