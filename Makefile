@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz model bench bench-go bench-proxy bench-dns bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
@@ -24,8 +24,10 @@ help:
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
 	@echo "make bench-tls  TLS handshakes per CPU-second, replproxy vs nginx (needs nginx)"
 	@echo "make bench-abuse  HTTP/2 rapid reset and a random-name flood against replproxy"
-	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls"
+	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls (REPLS=400000 for more)"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
+	@echo "make bench-dns-torture  water torture on 400,000 repls: floods of challenge, random"
+	@echo "             and spread names beside a legitimate stream, replns vs NSD (as root)"
 
 build:
 	@mkdir -p $(BIN)
@@ -66,7 +68,7 @@ fuzz:
 model:
 	model/check.sh
 
-bench: bench-go bench-proxy bench-dns bench-tls bench-abuse
+bench: bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse
 
 bench-go:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
@@ -84,6 +86,9 @@ clean:
 
 bench-dns: build
 	bench/dns/run.sh
+
+bench-dns-torture: build
+	bench/dns/torture.sh
 
 bench-tls: build
 	$(GO) run ./bench/tls -replproxy $(BIN)/replproxy
