@@ -11,13 +11,13 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
 	@echo "make run-postgres  the same demo on two throw-away PostgreSQL servers"
 	@echo "make build   build the binaries into bin/"
-	@echo "make test    lint, then every test with -race, a short fuzz run, and the move model (spin)"
+	@echo "make test    lint, then every test with -race (examples/ too), a short fuzz run, and the move model (spin)"
 	@echo "make model   check the move protocol model/move.pml with spin"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
@@ -39,7 +39,7 @@ run: build
 run-postgres: build
 	$(BIN)/demo -bin $(BIN) -postgres
 
-test: lint unit fuzz model
+test: lint unit examples fuzz model
 
 lint: fmt-check vet staticcheck
 
@@ -58,6 +58,11 @@ staticcheck: $(STATICCHECK)
 
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# A module of its own that imports only the public test platform, as
+# another project would (examples/platform/go.mod replaces this module).
+examples:
+	cd examples/platform && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/

@@ -91,6 +91,9 @@ type Options struct {
 	// they are kept, and the last lines of each are in the messages of
 	// failures.
 	Logs io.Writer
+	// LogFiles writes each daemon's log also into Dir(), as
+	// replproxy-<cluster>.log and replns.log.
+	LogFiles bool
 	// ReadyTimeout bounds the wait for each daemon to be ready. Default:
 	// 20 s.
 	ReadyTimeout time.Duration
@@ -374,6 +377,11 @@ func (p *Platform) Clusters() []*Cluster { return slices.Clone(p.clusters) }
 
 // Zone returns the platform's zone.
 func (p *Platform) Zone() store.Zone { return p.zone }
+
+// Dir returns the folder of the platform's files: registries, the hop
+// secret, the clusters' certificates (<cluster>.crt, ca.crt), embedded
+// stores, log files. It is removed at cleanup.
+func (p *Platform) Dir() string { return p.dir }
 
 // Registry returns the path of the cluster registry (the file replctl's
 // -registry takes).
