@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
@@ -68,6 +69,13 @@ type Options struct {
 	PostgresURL string
 	// NoDNS leaves replns out: Resolve and Client then fail.
 	NoDNS bool
+	// TLS turns on TLS on demand: every proxy also listens for HTTPS
+	// (Cluster.TLSAddr) and obtains its certificates from a throw-away
+	// Pebble ACME server, by DNS-01 through replns for names under the
+	// zone. It needs replns and the pebble binary (apt-get install -y
+	// pebble); TLSRoots verifies what the proxies serve, and Client
+	// reaches https:// URLs with it.
+	TLS bool
 	// Bin, with Mode Binaries, is a folder holding the replproxy and
 	// replns binaries. Empty: they are built once per test process with
 	// `go build` (the go command and the module's source are needed).
@@ -121,6 +129,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("mode %d: want InProcess or Binaries", o.Mode)
 	case o.Store != Embedded && o.Store != Postgres:
 		return o, fmt.Errorf("store kind %d: want Embedded or Postgres", o.Store)
+	case o.TLS && o.NoDNS:
+		return o, fmt.Errorf("TLS needs replns (DNS-01 records are served by it): leave NoDNS off")
 	case o.PostgresURL != "" && o.Store != Postgres:
 		return o, fmt.Errorf("PostgresURL is set but Store is not Postgres: set Store: platformtest.Postgres")
 	}
@@ -155,7 +165,9 @@ type Platform struct {
 	reg      *cluster.Registry
 	secret   string // the hop secret file every proxy reads
 	clusters []*Cluster
-	dns      *daemon // nil with NoDNS
+	dns      *daemon      // nil with NoDNS
+	tls      *tlsOnDemand // nil without TLS
+	mu       sync.Mutex   // guards clients
 	links    map[[2]string]*Link
 	clients  []interface{ CloseIdleConnections() }
 }
@@ -173,6 +185,8 @@ type Cluster struct {
 	ForwardAddr string
 	// AdminAddr serves the proxy's /metrics, /healthz and /readyz.
 	AdminAddr string
+	// TLSAddr is the proxy's HTTPS address, with Options.TLS; "" without.
+	TLSAddr string
 	// StoreAddr is the store as the registry names it: an embedded file
 	// or a PostgreSQL DSN.
 	StoreAddr string
@@ -264,6 +278,9 @@ func (p *Platform) writeConfig(t TB) {
 		c.ProxyAddr = addrOn(t, c.IP, o.ProxyPort)
 		c.ForwardAddr = addrOn(t, c.IP, o.ForwardPort)
 		c.AdminAddr = addrOn(t, c.IP, o.AdminPort)
+		if o.TLS {
+			c.TLSAddr = addrOn(t, c.IP, 0)
+		}
 	}
 	// Every ordered pair of clusters gets a relay, so that a test can
 	// delay or cut the link between two proxies (Link) without restarting
@@ -312,6 +329,16 @@ func (p *Platform) writeRegistry(t TB, path string, forward func(*Cluster) strin
 func (p *Platform) startDaemons(t TB) {
 	t.Helper()
 	o := p.opts
+	dnsAddr, dnsAdmin := o.DNSAddr, o.DNSAdmin
+	if dnsAddr == "" && !o.NoDNS {
+		dnsAddr = addrOn(t, "127.0.0.1", 0)
+	}
+	if dnsAdmin == "" && !o.NoDNS {
+		dnsAdmin = addrOn(t, "127.0.0.1", 0)
+	}
+	if o.TLS {
+		p.tls = startTLS(t, p.dir, dnsAddr)
+	}
 	ca, err := peertls.NewCA(p.zone, 24*time.Hour)
 	if err != nil {
 		t.Fatalf("platformtest: certificate authority: %v", err)
@@ -328,20 +355,16 @@ func (p *Platform) startDaemons(t TB) {
 		if o.Mode == InProcess {
 			args = append(args, "-gc-percent", "0") // GOGC is the test process's
 		}
+		if p.tls != nil {
+			args = append(args, p.tls.proxyFlags(c.TLSAddr, dnsAddr)...)
+		}
 		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, append(args, o.ProxyFlags...), "http://"+c.AdminAddr+"/readyz")
 	}
 	if !o.NoDNS {
-		addr, admin := o.DNSAddr, o.DNSAdmin
-		if addr == "" {
-			addr = addrOn(t, "127.0.0.1", 0)
-		}
-		if admin == "" {
-			admin = addrOn(t, "127.0.0.1", 0)
-		}
 		args := []string{"-zone", o.Zone, "-registry", p.registry, "-ns", "ns1." + o.Zone + "=127.0.0.1",
-			"-listen", addr, "-admin-listen", admin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
-		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+admin+"/readyz?all=1")
-		p.dns.addr = addr
+			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
+		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+dnsAdmin+"/readyz?all=1")
+		p.dns.addr = dnsAddr
 	}
 	// They start together; each is waited for.
 	all := []*daemon{}
