@@ -29,6 +29,7 @@ type exchange struct {
 	body        []byte        // a forwarded request's body, held for a second dispatch (holdForward)
 	sent        *sentBody     // or what of it went to the peer, sent after 100 Continue
 	fwdGen      int64         // the generation of the tombstone the request was forwarded on
+	hopGen      int64         // trusted: the generation of the source's tombstone, from its hop mark
 	reforwarded bool          // staleForward sent it on once already
 }
 

@@ -14,3 +14,15 @@ func SignHop(secrets []byte, now time.Time, source, method, target, host, xff, p
 	s.keys.Store(keys)
 	return s.sign(hopFields{Source: source, Method: method, Target: target, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
 }
+
+// SignHopGen is SignHop for a request forwarded on a tombstone of
+// generation gen.
+func SignHopGen(secrets []byte, now time.Time, gen int64, source, method, target, host, xff, proto, fhost, id string) string {
+	keys, err := ParseHopKeys(secrets)
+	if err != nil {
+		panic(err)
+	}
+	s := &hopSigner{now: func() time.Time { return now }}
+	s.keys.Store(keys)
+	return s.sign(hopFields{Source: source, Gen: gen, Method: method, Target: target, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
+}

@@ -80,6 +80,10 @@ func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 	r := ex.in // not the rewritten request: it is dispatched again from the start
 	if body, ok := ex.unsentBody(); ok {
 		route, err := h.routes.Refresh(r.Context(), ex.key)
+		// The peer's tombstone names this cluster, ours named the peer at
+		// fwdGen: the repl came back here at a later generation, and a
+		// route of fwdGen or lower is older than the store.
+		route, err = h.refreshStale(r.Context(), ex.key, ex.fwdGen+1, route, err)
 		switch {
 		case err == nil && route.Kind == store.RouteLocal:
 			r.Body = body

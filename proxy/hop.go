@@ -221,37 +221,44 @@ func (s *hopSigner) sign(f hopFields) string {
 // taken from the mark) and returns the source cluster. A mark that
 // verifies is remembered, and refused when it comes again (replayCache).
 func (s *hopSigner) verify(mark string, f hopFields) (string, error) {
+	f, err := s.verifyFields(mark, f)
+	return f.Source, err
+}
+
+// verifyFields is verify returning the mark's fields: Source and Gen, the
+// generation of the tombstone the request was forwarded on.
+func (s *hopSigner) verifyFields(mark string, f hopFields) (hopFields, error) {
 	parts := strings.Split(mark, ";")
 	if len(parts) != 6 || parts[0] != "v2" {
-		return "", &hopError{hopMalformed, "want v2;<key id>;<cluster>;<time>;<generation>;<signature>"}
+		return hopFields{}, &hopError{hopMalformed, "want v2;<key id>;<cluster>;<time>;<generation>;<signature>"}
 	}
 	ts, err := strconv.ParseInt(parts[3], 10, 64)
 	if err != nil {
-		return "", &hopError{hopMalformed, "bad timestamp"}
+		return hopFields{}, &hopError{hopMalformed, "bad timestamp"}
 	}
 	now := s.now()
 	if d := now.Sub(time.Unix(ts, 0)); d > HopSkew || d < -HopSkew {
-		return "", &hopError{hopSkewed, fmt.Sprintf("timestamp %s off by %s (allowed %s)", time.Unix(ts, 0).UTC().Format(time.RFC3339), d.Round(time.Second), HopSkew)}
+		return hopFields{}, &hopError{hopSkewed, fmt.Sprintf("timestamp %s off by %s (allowed %s)", time.Unix(ts, 0).UTC().Format(time.RFC3339), d.Round(time.Second), HopSkew)}
 	}
 	k := s.keys.Load().byID(parts[1])
 	if k == nil {
-		return "", &hopError{hopUnknown, fmt.Sprintf("key %q is not one of this proxy's hop secrets (%v)", parts[1], s.keys.Load().IDs())}
+		return hopFields{}, &hopError{hopUnknown, fmt.Sprintf("key %q is not one of this proxy's hop secrets (%v)", parts[1], s.keys.Load().IDs())}
 	}
 	f.Source = parts[2]
 	if f.Gen, err = strconv.ParseInt(parts[4], 10, 64); err != nil || f.Gen < 0 {
-		return "", &hopError{hopMalformed, "bad generation"}
+		return hopFields{}, &hopError{hopMalformed, "bad generation"}
 	}
 	sig := parts[5]
 	if !hmac.Equal([]byte(k.mac(ts, f)), []byte(sig)) {
-		return "", &hopError{hopSignature, "bad signature"}
+		return hopFields{}, &hopError{hopSignature, "bad signature"}
 	}
 	switch s.seen.first(sig, time.Unix(ts, 0).Add(HopSkew), now) {
 	case seenBefore:
-		return "", &hopError{hopReplayed, "seen before (a replay)"}
+		return hopFields{}, &hopError{hopReplayed, "seen before (a replay)"}
 	case seenFull:
-		return "", &hopError{hopFull, fmt.Sprintf("the replay cache is full (%d marks)", maxReplayEntries)}
+		return hopFields{}, &hopError{hopFull, fmt.Sprintf("the replay cache is full (%d marks)", maxReplayEntries)}
 	}
-	return f.Source, nil
+	return f, nil
 }
 
 // forwarded reports whether r carries a hop mark that verifies: another
@@ -270,11 +277,13 @@ type hopVerdictKey struct{}
 // hopVerdict is what verifying a request's hop mark found.
 type hopVerdict struct {
 	source string
+	gen    int64 // the generation of the tombstone the source forwarded on
 	err    error
 }
 
 func (h *Handler) verifyHop(r *http.Request) *hopVerdict {
-	src, err := h.hop.verify(r.Header.Get(HopHeader), receivedHopFields(r))
+	f, err := h.hop.verifyFields(r.Header.Get(HopHeader), receivedHopFields(r))
+	src := f.Source
 	if err == nil && h.cfg.Peers != nil {
 		// With mutual TLS, a mark speaks only for the peer that brought it.
 		if peer := h.cfg.Peers.PeerCluster(r.TLS); peer != src {
@@ -291,7 +300,7 @@ func (h *Handler) verifyHop(r *http.Request) *hopVerdict {
 			ce.Write(zap.String("host", r.Host), zap.String("remote", r.RemoteAddr), zap.Error(err))
 		}
 	}
-	return &hopVerdict{source: src, err: err}
+	return &hopVerdict{source: src, gen: f.Gen, err: err}
 }
 
 // receivedHopFields returns what a received request's hop mark must vouch
@@ -319,7 +328,7 @@ func (h *Handler) checkHop(r *http.Request, ex *exchange) {
 		}
 		r.Header.Del(HopHeader)
 		if v.err == nil {
-			ex.trusted, ex.source = true, v.source
+			ex.trusted, ex.source, ex.hopGen = true, v.source, v.gen
 		}
 	}
 	if id := r.Header.Get("X-Request-Id"); ex.trusted && validRequestID(id) {

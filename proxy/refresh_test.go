@@ -220,3 +220,97 @@ func TestStaleTombstoneToAThirdCluster(t *testing.T) {
 		t.Fatalf("with nothing newer: %d %q, want 508", resp.StatusCode, body)
 	}
 }
+
+// provableRoutes is staleRoutes whose store has the fresh route, which
+// only RefreshStale reaches: Refresh answers from the cache (its once a
+// second was spent), as a cache whose change feed is lost does.
+type provableRoutes struct {
+	*staleRoutes
+	staleAsks []int64
+}
+
+func (s *provableRoutes) RefreshStale(_ context.Context, _ store.Key, gen int64) (store.Route, error) {
+	s.staleAsks = append(s.staleAsks, gen)
+	return s.fresh, nil
+}
+
+// TestForwardedOnANewerTombstoneRefreshesPastTheLimit: the destination's
+// cache holds a tombstone of generation 2 (its change feed lost the
+// activation of generation 3) and its Refresh is spent; a request forwarded
+// on the source's tombstone of generation 3 proves the cache stale, and the
+// destination asks its store past the limit instead of bouncing a 508. A
+// request forwarded on an older tombstone proves nothing: no such ask.
+func TestForwardedOnANewerTombstoneRefreshesPastTheLimit(t *testing.T) {
+	app := testbed.EchoServer(t, "app")
+	reg := testbed.Registry(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}, "west": {"127.0.0.1:2", "west.yaml"}})
+	for _, tc := range []struct {
+		gen   int64
+		want  int
+		asked []int64
+	}{
+		{3, http.StatusOK, []int64{3}},
+		{2, http.StatusLoopDetected, nil},
+	} {
+		routes := &provableRoutes{staleRoutes: &staleRoutes{
+			cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 2},
+			fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
+		}}
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "west", Registry: reg, HopSecret: testSecret}, routes, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(h)
+		mark := proxy.SignHopGen(testSecret, time.Now(), tc.gen, "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+		req.Host = "blog.alice.repl.test"
+		req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
+			"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
+		resp, err := testClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		srv.Close()
+		if resp.StatusCode != tc.want || len(routes.staleAsks) != len(tc.asked) || len(tc.asked) > 0 && routes.staleAsks[0] != tc.asked[0] {
+			t.Errorf("forwarded on generation %d: status %d, stale asks %v; want %d and %v", tc.gen, resp.StatusCode, routes.staleAsks, tc.want, tc.asked)
+		}
+	}
+}
+
+// TestBounceProvesTheSenderStale: a repl moved back to east at generation
+// 3; east's cache still holds its tombstone to west of generation 2 and its
+// Refresh is spent (its change feed is lost). West's tombstone names east,
+// so west bounces the request; that proves east's route older than its
+// store, and east asks past the limit (for generation 3) and serves it.
+func TestBounceProvesTheSenderStale(t *testing.T) {
+	app := testbed.EchoServer(t, "east-app")
+	east, west := httptest.NewUnstartedServer(nil), httptest.NewUnstartedServer(nil)
+	reg := testbed.Registry(t, map[string][2]string{"east": {east.Listener.Addr().String(), "east.yaml"}, "west": {west.Listener.Addr().String(), "west.yaml"}})
+	eastRoutes := &provableRoutes{staleRoutes: &staleRoutes{
+		cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "west", Generation: 2},
+		fresh:  store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{testbed.HostOf(app.URL)}, Generation: 3},
+	}}
+	westRoutes := &staleRoutes{cached: store.Route{Kind: store.RouteTombstone, ReplID: "r1", Owner: "alice", Slug: "blog", Cluster: "east", Generation: 3}}
+	for _, c := range []struct {
+		srv    *httptest.Server
+		name   string
+		routes proxy.Routes
+	}{{east, "east", eastRoutes}, {west, "west", westRoutes}} {
+		h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: c.name, Registry: reg, HopSecret: testSecret}, c.routes, nil, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.srv.Config.Handler = h
+		c.srv.Start()
+		t.Cleanup(c.srv.Close)
+	}
+	req, _ := http.NewRequest(http.MethodGet, east.URL+"/page", nil)
+	req.Host = "blog.alice.repl.test"
+	resp, got := doBody(t, req)
+	if resp.StatusCode != http.StatusOK || testbed.Decode(t, got).Name != "east-app" {
+		t.Fatalf("status %d %q, want east's container", resp.StatusCode, got)
+	}
+	if len(eastRoutes.staleAsks) != 1 || eastRoutes.staleAsks[0] != 3 {
+		t.Errorf("east's stale asks %v, want one for generation 3", eastRoutes.staleAsks)
+	}
+}

@@ -23,6 +23,28 @@ type Routes interface {
 	Refresh(ctx context.Context, k store.Key) (store.Route, error)
 }
 
+// staleRefresher is a Routes that can refresh a route proven stale past
+// Refresh's rate limit (routecache.Cache.RefreshStale): the handler uses it
+// when one is there.
+type staleRefresher interface {
+	RefreshStale(ctx context.Context, k store.Key, gen int64) (store.Route, error)
+}
+
+var _ staleRefresher = (*routecache.Cache)(nil)
+
+// refreshStale asks for k again when the route in hand is older than
+// generation gen (or there is none): the repl provably lives here at gen or
+// later (see routecache.Cache.RefreshStale). Otherwise, or without a
+// staleRefresher, it returns what it was given.
+func (h *Handler) refreshStale(ctx context.Context, k store.Key, gen int64, route store.Route, err error) (store.Route, error) {
+	sr, ok := h.routes.(staleRefresher)
+	behind := errors.Is(err, store.ErrNotFound) || err == nil && route.Kind != store.RouteLocal && route.Generation < gen
+	if !ok || gen <= 0 || !behind {
+		return route, err
+	}
+	return sr.RefreshStale(ctx, k, gen)
+}
+
 var _ Routes = (*routecache.Cache)(nil)
 
 // Route kinds, as logged and as the "route" label of the metrics.
@@ -57,6 +79,10 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, ex *exchange) (s
 		// may be older than our store (the two clusters' change
 		// notifications race during a move): ask the store once.
 		route, err = h.routes.Refresh(r.Context(), key)
+		// The source forwarded on a tombstone of a generation above the
+		// route held here: the change feed is late or lost, and Refresh's
+		// once a second may have answered from the cache.
+		route, err = h.refreshStale(r.Context(), key, ex.hopGen, route, err)
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):

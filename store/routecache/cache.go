@@ -143,6 +143,7 @@ type entry struct {
 	expires    int64 // unix nanoseconds
 	epoch      uint64
 	refreshed  int64 // unix nanoseconds when Refresh or confirm last asked for it; atomic (entries are copied, so not an atomic.Int64)
+	staleGen   int64 // the generation RefreshStale last loaded it for; atomic
 	loaded     int64 // unix nanoseconds when it was loaded
 }
 
@@ -402,6 +403,46 @@ func (c *Cache) Refresh(ctx context.Context, k store.Key) (store.Route, error) {
 
 // refreshEvery is how often Refresh may ask the backend for one key.
 const refreshEvery = time.Second
+
+// RefreshStale is Refresh for a caller that can prove the cached route is
+// older than the store: another cluster's proxy forwarded a request here on
+// its tombstone of generation gen, so the repl is live here at gen or later,
+// and a held route of a lower generation (or none, or the index's "nobody
+// hosts it") predates a change whose notification is late or lost. It asks
+// the backend — past Refresh's once a second, and past the index — unless
+// the route held is of generation gen or later, or a RefreshStale for gen or
+// later asked within refreshEvery: a peer's requests cannot each become a
+// query, whatever the store answers.
+func (c *Cache) RefreshStale(ctx context.Context, k store.Key, gen int64) (store.Route, error) {
+	now := c.now()
+	e, _ := c.get(k)
+	if e != nil && e.err == nil && e.route.Generation >= gen {
+		c.hits.Add(1)
+		return e.route, nil
+	}
+	if e != nil && atomic.LoadInt64(&e.staleGen) >= gen && now-atomic.LoadInt64(&e.refreshed) < int64(refreshEvery) {
+		c.hits.Add(1)
+		return e.route, e.err
+	}
+	c.misses.Add(1)
+	ch := c.group.DoChan(fmt.Sprintf("stale %d %s", gen, k), func() (any, error) { return c.fetch(ctx, k, true) })
+	select {
+	case <-ctx.Done():
+		return store.Route{}, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			old, err := c.serveStale(k, e, res.Err)
+			if err != nil {
+				return store.Route{}, err
+			}
+			return old.route, old.err
+		}
+		ne := res.Val.(*entry)
+		atomic.StoreInt64(&ne.staleGen, gen)
+		atomic.StoreInt64(&ne.refreshed, now)
+		return ne.route, ne.err
+	}
+}
 
 // Challenges returns the unexpired challenge records named name, cached
 // like Lookup (for NegativeTTL at most, and never past a record's expiry).

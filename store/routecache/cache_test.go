@@ -682,3 +682,53 @@ func TestPeekNeverWaits(t *testing.T) {
 		t.Errorf("%d backend calls while it fails; want none until RetryAfter", n)
 	}
 }
+
+// TestRefreshStale: a route proven older than the store is asked for past
+// Refresh's once a second; not when the route held is new enough, and once
+// per generation per second whatever the store answers.
+func TestRefreshStale(t *testing.T) {
+	r := newCountingReader()
+	old := blogRoute
+	old.Kind, old.Cluster, old.Endpoints, old.Generation = store.RouteTombstone, "west", nil, 2
+	r.set(blogKey, old)
+	clock := newFakeClock()
+	c := newClockedCache(t, r, routecache.Config{}, clock.Now, nil)
+	ctx := t.Context()
+	if _, err := c.Refresh(ctx, blogKey); err != nil { // Refresh's once a second, spent
+		t.Fatal(err)
+	}
+	live := blogRoute
+	live.Generation = 3
+	r.set(blogKey, live) // the store moves on; no notification comes
+	if rt, _ := c.Refresh(ctx, blogKey); rt.Generation != 2 {
+		t.Fatalf("Refresh within its second: generation %d, want the cached 2", rt.Generation)
+	}
+	before := r.calls.Load()
+	rt, err := c.RefreshStale(ctx, blogKey, 3)
+	if err != nil || rt.Kind != store.RouteLocal || rt.Generation != 3 {
+		t.Fatalf("RefreshStale(3) = %+v, %v; want the store's live route", rt, err)
+	}
+	if _, err := c.RefreshStale(ctx, blogKey, 3); err != nil { // held now: no call
+		t.Fatal(err)
+	}
+	if n := r.calls.Load() - before; n != 1 {
+		t.Errorf("%d backend calls, want 1", n)
+	}
+
+	// A store that stays behind the proof: one call per generation per second.
+	r.set(blogKey, old)
+	c.Refresh(ctx, blogKey) // nothing: within the second of the last ask
+	clock.Advance(2 * time.Second)
+	if rt, _ := c.Refresh(ctx, blogKey); rt.Generation != 2 {
+		t.Fatalf("after a second, Refresh: %+v", rt)
+	}
+	before = r.calls.Load()
+	for range 10 {
+		if rt, _ := c.RefreshStale(ctx, blogKey, 4); rt.Generation != 2 {
+			t.Fatalf("RefreshStale(4) with the store at 2: %+v", rt)
+		}
+	}
+	if n := r.calls.Load() - before; n != 1 {
+		t.Errorf("%d backend calls for 10 RefreshStale(4) with the store behind, want 1", n)
+	}
+}
