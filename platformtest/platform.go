@@ -87,6 +87,10 @@ type Options struct {
 	// ProxyFlags and DNSFlags are more flags for every replproxy and for
 	// replns (they come last, and win).
 	ProxyFlags, DNSFlags []string
+	// ClusterProxyFlags are more flags for the proxy of the cluster they
+	// are named by, after ProxyFlags: what differs between the clusters'
+	// deployments (a hop secret file of each cluster's own, say).
+	ClusterProxyFlags map[string][]string
 	// Logs receives every daemon's log lines as they are written. Nil:
 	// they are kept, and the last lines of each are in the messages of
 	// failures.
@@ -120,6 +124,11 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("store kind %d: want Embedded or Postgres", o.Store)
 	case o.PostgresURL != "" && o.Store != Postgres:
 		return o, fmt.Errorf("PostgresURL is set but Store is not Postgres: set Store: platformtest.Postgres")
+	}
+	for name := range o.ClusterProxyFlags {
+		if !slices.Contains(o.Clusters, name) {
+			return o, fmt.Errorf("ClusterProxyFlags for %q: no such cluster (the platform has %v)", name, o.Clusters)
+		}
 	}
 	seen, seenIP := map[string]bool{}, map[string]bool{}
 	for i, name := range o.Clusters {
@@ -325,7 +334,7 @@ func (p *Platform) startDaemons(t TB) {
 		if o.Mode == InProcess {
 			args = append(args, "-gc-percent", "0") // GOGC is the test process's
 		}
-		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, append(args, o.ProxyFlags...), "http://"+c.AdminAddr+"/readyz")
+		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, slices.Concat(args, o.ProxyFlags, o.ClusterProxyFlags[c.Name]), "http://"+c.AdminAddr+"/readyz")
 	}
 	if !o.NoDNS {
 		addr, admin := o.DNSAddr, o.DNSAdmin
@@ -402,6 +411,15 @@ func skipOrFail(t TB, why string, required bool) {
 		s.Skip(why)
 	}
 	t.Fatalf("%s", why)
+}
+
+// FreeAddr returns host:port on ip (a loopback address) with a port free
+// for both TCP and UDP, as far as can be told before it is used: for an
+// address a test must know before Start (Options.DNSAddr, say, or one in
+// ProxyFlags).
+func FreeAddr(t TB, ip string) string {
+	t.Helper()
+	return addrOn(t, ip, 0)
 }
 
 // addrOn returns host:port on ip, a free port when port is 0 (free for
