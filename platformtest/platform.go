@@ -68,6 +68,13 @@ type Options struct {
 	PostgresURL string
 	// NoDNS leaves replns out: Resolve and Client then fail.
 	NoDNS bool
+	// NoLinks leaves the relays out of the paths between the clusters'
+	// proxies: each forwards straight to the others' forward listeners, as
+	// in production, with no hop and no goroutine of the test process in
+	// between (timing at the forward hop is the proxies' own: how many
+	// requests a closing proxy's GOAWAY meets in flight, say). Link then
+	// fails.
+	NoLinks bool
 	// Bin, with Mode Binaries, is a folder holding the replproxy and
 	// replns binaries. Empty: they are built once per test process with
 	// `go build` (the go command and the module's source are needed).
@@ -271,19 +278,21 @@ func (p *Platform) writeConfig(t TB) {
 		c.ForwardAddr = addrOn(t, c.IP, o.ForwardPort)
 		c.AdminAddr = addrOn(t, c.IP, o.AdminPort)
 	}
+	p.registry = filepath.Join(p.dir, "clusters.yaml")
+	p.writeRegistry(t, p.registry, func(c *Cluster) string { return c.ForwardAddr })
 	// Every ordered pair of clusters gets a relay, so that a test can
 	// delay or cut the link between two proxies (Link) without restarting
 	// them: each proxy's registry names the relays to the others.
 	for _, from := range p.clusters {
+		if o.NoLinks {
+			from.registry = p.registry
+			continue
+		}
 		for _, to := range p.clusters {
 			if from != to {
 				p.links[[2]string{from.Name, to.Name}] = startLink(t, from, to)
 			}
 		}
-	}
-	p.registry = filepath.Join(p.dir, "clusters.yaml")
-	p.writeRegistry(t, p.registry, func(c *Cluster) string { return c.ForwardAddr })
-	for _, from := range p.clusters {
 		from.registry = filepath.Join(p.dir, "clusters-"+from.Name+".yaml")
 		p.writeRegistry(t, from.registry, func(c *Cluster) string {
 			if c == from {
