@@ -11,21 +11,23 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit fuzz model bench bench-go bench-proxy bench-dns bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
 	@echo "make run-postgres  the same demo on two throw-away PostgreSQL servers"
 	@echo "make build   build the binaries into bin/"
-	@echo "make test    lint, then every test with -race, a short fuzz run, and the move model (spin)"
+	@echo "make test    lint, then every test with -race (examples/ too), a short fuzz run, and the move model (spin)"
 	@echo "make model   check the move protocol model/move.pml with spin"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
 	@echo "make bench-tls  TLS handshakes per CPU-second, replproxy vs nginx (needs nginx)"
 	@echo "make bench-abuse  HTTP/2 rapid reset and a random-name flood against replproxy"
-	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls"
+	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls (REPLS=400000 for more)"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
+	@echo "make bench-dns-torture  water torture on 400,000 repls: floods of challenge, random"
+	@echo "             and spread names beside a legitimate stream, replns vs NSD (as root)"
 
 build:
 	@mkdir -p $(BIN)
@@ -37,7 +39,7 @@ run: build
 run-postgres: build
 	$(BIN)/demo -bin $(BIN) -postgres
 
-test: lint unit fuzz model
+test: lint unit examples fuzz model
 
 lint: fmt-check vet staticcheck
 
@@ -57,6 +59,11 @@ staticcheck: $(STATICCHECK)
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# A module of its own that imports only the public test platform, as
+# another project would (examples/platform/go.mod replaces this module).
+examples:
+	cd examples/platform && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
+
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzRespond$$' -fuzztime $(FUZZTIME) ./nameserver/
@@ -66,7 +73,7 @@ fuzz:
 model:
 	model/check.sh
 
-bench: bench-go bench-proxy bench-dns bench-tls bench-abuse
+bench: bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse
 
 bench-go:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) -timeout 60m ./...
@@ -84,6 +91,9 @@ clean:
 
 bench-dns: build
 	bench/dns/run.sh
+
+bench-dns-torture: build
+	bench/dns/torture.sh
 
 bench-tls: build
 	$(GO) run ./bench/tls -replproxy $(BIN)/replproxy

@@ -2,6 +2,7 @@ package platformtest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -82,6 +83,40 @@ func (p *Platform) client(proxyFor func(ctx context.Context, host string) (strin
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     30 * time.Second,
 	}
+	if p.tls != nil {
+		// https:// URLs go to the cluster's HTTPS listener, verified
+		// against Pebble's roots under the URL's name.
+		roots := p.tls.roots
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			plain, err := proxyFor(ctx, host)
+			if err != nil {
+				return nil, err
+			}
+			c := p.clusterAt(plain)
+			if c == nil || c.TLSAddr == "" {
+				return nil, fmt.Errorf("https to %s: no cluster's proxy has HTTPS at %s", host, plain)
+			}
+			d := &tls.Dialer{NetDialer: dialer, Config: &tls.Config{ServerName: host, RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}}}
+			return d.DialContext(ctx, network, c.TLSAddr)
+		}
+		tr.ForceAttemptHTTP2 = true
+	}
+	p.mu.Lock()
 	p.clients = append(p.clients, tr)
+	p.mu.Unlock()
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// clusterAt returns the cluster whose proxy listens at addr.
+func (p *Platform) clusterAt(addr string) *Cluster {
+	for _, c := range p.clusters {
+		if c.ProxyAddr == addr {
+			return c
+		}
+	}
+	return nil
 }

@@ -44,6 +44,18 @@ func (p *Platform) newDaemon(t TB, kind, name string, args []string, readyURL st
 	t.Helper()
 	d := &daemon{kind: kind, name: name, args: args, readyURL: readyURL, mode: p.opts.Mode,
 		logs: &logBuffer{tee: p.opts.Logs}, timeout: p.opts.ReadyTimeout}
+	if p.opts.LogFiles {
+		f, err := os.Create(filepath.Join(p.dir, strings.ReplaceAll(name, " ", "-")+".log"))
+		if err != nil {
+			t.Fatalf("platformtest: log file of %s: %v", name, err)
+		}
+		t.Cleanup(func() { f.Close() }) // after the daemon's stop, registered below
+		if d.logs.tee != nil {
+			d.logs.tee = io.MultiWriter(d.logs.tee, f)
+		} else {
+			d.logs.tee = f
+		}
+	}
 	if d.mode == Binaries {
 		d.bin = binary(t, p.opts.Bin, kind)
 	}

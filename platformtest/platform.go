@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
@@ -75,6 +76,13 @@ type Options struct {
 	// requests a closing proxy's GOAWAY meets in flight, say). Link then
 	// fails.
 	NoLinks bool
+	// TLS turns on TLS on demand: every proxy also listens for HTTPS
+	// (Cluster.TLSAddr) and obtains its certificates from a throw-away
+	// Pebble ACME server, by DNS-01 through replns for names under the
+	// zone. It needs replns and the pebble binary (apt-get install -y
+	// pebble); TLSRoots verifies what the proxies serve, and Client
+	// reaches https:// URLs with it.
+	TLS bool
 	// Bin, with Mode Binaries, is a folder holding the replproxy and
 	// replns binaries. Empty: they are built once per test process with
 	// `go build` (the go command and the module's source are needed).
@@ -102,6 +110,9 @@ type Options struct {
 	// they are kept, and the last lines of each are in the messages of
 	// failures.
 	Logs io.Writer
+	// LogFiles writes each daemon's log also into Dir(), as
+	// replproxy-<cluster>.log and replns.log.
+	LogFiles bool
 	// ReadyTimeout bounds the wait for each daemon to be ready. Default:
 	// 20 s.
 	ReadyTimeout time.Duration
@@ -129,6 +140,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("mode %d: want InProcess or Binaries", o.Mode)
 	case o.Store != Embedded && o.Store != Postgres:
 		return o, fmt.Errorf("store kind %d: want Embedded or Postgres", o.Store)
+	case o.TLS && o.NoDNS:
+		return o, fmt.Errorf("TLS needs replns (DNS-01 records are served by it): leave NoDNS off")
 	case o.PostgresURL != "" && o.Store != Postgres:
 		return o, fmt.Errorf("PostgresURL is set but Store is not Postgres: set Store: platformtest.Postgres")
 	}
@@ -168,7 +181,9 @@ type Platform struct {
 	reg      *cluster.Registry
 	secret   string // the hop secret file every proxy reads
 	clusters []*Cluster
-	dns      *daemon // nil with NoDNS
+	dns      *daemon      // nil with NoDNS
+	tls      *tlsOnDemand // nil without TLS
+	mu       sync.Mutex   // guards clients
 	links    map[[2]string]*Link
 	clients  []interface{ CloseIdleConnections() }
 }
@@ -186,6 +201,8 @@ type Cluster struct {
 	ForwardAddr string
 	// AdminAddr serves the proxy's /metrics, /healthz and /readyz.
 	AdminAddr string
+	// TLSAddr is the proxy's HTTPS address, with Options.TLS; "" without.
+	TLSAddr string
 	// StoreAddr is the store as the registry names it: an embedded file
 	// or a PostgreSQL DSN.
 	StoreAddr string
@@ -277,6 +294,9 @@ func (p *Platform) writeConfig(t TB) {
 		c.ProxyAddr = addrOn(t, c.IP, o.ProxyPort)
 		c.ForwardAddr = addrOn(t, c.IP, o.ForwardPort)
 		c.AdminAddr = addrOn(t, c.IP, o.AdminPort)
+		if o.TLS {
+			c.TLSAddr = addrOn(t, c.IP, 0)
+		}
 	}
 	p.registry = filepath.Join(p.dir, "clusters.yaml")
 	p.writeRegistry(t, p.registry, func(c *Cluster) string { return c.ForwardAddr })
@@ -327,6 +347,16 @@ func (p *Platform) writeRegistry(t TB, path string, forward func(*Cluster) strin
 func (p *Platform) startDaemons(t TB) {
 	t.Helper()
 	o := p.opts
+	dnsAddr, dnsAdmin := o.DNSAddr, o.DNSAdmin
+	if dnsAddr == "" && !o.NoDNS {
+		dnsAddr = addrOn(t, "127.0.0.1", 0)
+	}
+	if dnsAdmin == "" && !o.NoDNS {
+		dnsAdmin = addrOn(t, "127.0.0.1", 0)
+	}
+	if o.TLS {
+		p.tls = startTLS(t, p.dir, dnsAddr)
+	}
 	ca, err := peertls.NewCA(p.zone, 24*time.Hour)
 	if err != nil {
 		t.Fatalf("platformtest: certificate authority: %v", err)
@@ -343,20 +373,16 @@ func (p *Platform) startDaemons(t TB) {
 		if o.Mode == InProcess {
 			args = append(args, "-gc-percent", "0") // GOGC is the test process's
 		}
+		if p.tls != nil {
+			args = append(args, p.tls.proxyFlags(c.TLSAddr, dnsAddr)...)
+		}
 		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, slices.Concat(args, o.ProxyFlags, o.ClusterProxyFlags[c.Name]), "http://"+c.AdminAddr+"/readyz")
 	}
 	if !o.NoDNS {
-		addr, admin := o.DNSAddr, o.DNSAdmin
-		if addr == "" {
-			addr = addrOn(t, "127.0.0.1", 0)
-		}
-		if admin == "" {
-			admin = addrOn(t, "127.0.0.1", 0)
-		}
 		args := []string{"-zone", o.Zone, "-registry", p.registry, "-ns", "ns1." + o.Zone + "=127.0.0.1",
-			"-listen", addr, "-admin-listen", admin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
-		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+admin+"/readyz?all=1")
-		p.dns.addr = addr
+			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
+		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+dnsAdmin+"/readyz?all=1")
+		p.dns.addr = dnsAddr
 	}
 	// They start together; each is waited for.
 	all := []*daemon{}
@@ -392,6 +418,11 @@ func (p *Platform) Clusters() []*Cluster { return slices.Clone(p.clusters) }
 
 // Zone returns the platform's zone.
 func (p *Platform) Zone() store.Zone { return p.zone }
+
+// Dir returns the folder of the platform's files: registries, the hop
+// secret, the clusters' certificates (<cluster>.crt, ca.crt), embedded
+// stores, log files. It is removed at cleanup.
+func (p *Platform) Dir() string { return p.dir }
 
 // Registry returns the path of the cluster registry (the file replctl's
 // -registry takes).

@@ -214,3 +214,26 @@ func TestReplaceProxy(t *testing.T) {
 		t.Errorf("west logged a request despite its -access-log=false:\n%s", p.Logs(t, "west"))
 	}
 }
+
+// TestTLSOnDemand: with Options.TLS the proxies get certificates from
+// Pebble by DNS-01 through replns, and Client reaches https:// URLs.
+func TestTLSOnDemand(t *testing.T) {
+	p := platformtest.Start(t, platformtest.Options{TLS: true})
+	app := p.StartApp(t, "east", platformtest.AppOptions{})
+	p.CreateRepl(t, platformtest.Repl{Owner: "alice", Slug: "blog", Endpoints: []string{app.Addr}})
+	resp, err := p.Client(t).Get("https://" + p.Host("alice", "blog") + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "served in east") || resp.TLS == nil {
+		t.Fatalf("GET over HTTPS: %s %q", resp.Status, body)
+	}
+	if got := resp.TLS.PeerCertificates[0].DNSNames; len(got) != 1 || got[0] != "*.alice.repl.test" {
+		t.Errorf("certificate for %v, want *.alice.repl.test", got)
+	}
+	if resp.Proto != "HTTP/2.0" {
+		t.Errorf("protocol %s, want HTTP/2.0", resp.Proto)
+	}
+}

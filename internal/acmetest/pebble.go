@@ -34,9 +34,19 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
+
+// T is what this file's helpers need of a test: testing.TB is one, and so
+// is the test platform's (package platformtest). One that cannot skip
+// fails where a test would skip.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
 
 // EnvRequire turns a skip for a missing tool into a failure.
 const EnvRequire = "REPLPROXY_REQUIRE_TOOLS"
@@ -49,7 +59,7 @@ func Required() bool {
 
 // NeedTool skips (or, with EnvRequire set, fails) t when the program name
 // is not installed; it returns the program's path.
-func NeedTool(t testing.TB, name, pkg string) string {
+func NeedTool(t T, name, pkg string) string {
 	t.Helper()
 	path, err := exec.LookPath(name)
 	if err == nil {
@@ -59,7 +69,10 @@ func NeedTool(t testing.TB, name, pkg string) string {
 	if Required() {
 		t.Fatalf("%s (%s is set, so this is a failure, not a skip)", msg, EnvRequire)
 	}
-	t.Skip(msg)
+	if s, ok := t.(interface{ Skip(args ...any) }); ok {
+		s.Skip(msg)
+	}
+	t.Fatalf("%s", msg)
 	return ""
 }
 
@@ -94,7 +107,7 @@ type Pebble struct {
 }
 
 // StartPebble starts Pebble and waits until its directory answers.
-func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
+func StartPebble(t T, cfg PebbleConfig) *Pebble {
 	t.Helper()
 	bin := NeedTool(t, "pebble", "pebble")
 	dir := t.TempDir()
@@ -125,12 +138,12 @@ func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
 	confFile := filepath.Join(dir, "pebble.json")
 	b, _ := json.Marshal(conf)
 	if err := os.WriteFile(confFile, b, 0o600); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	logFile := filepath.Join(dir, "pebble.log")
 	out, err := os.Create(logFile)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	defer out.Close()
 	cmd := exec.Command(bin, "-config", confFile, "-dnsserver", cfg.DNSServer)
@@ -149,10 +162,13 @@ func StartPebble(t testing.TB, cfg PebbleConfig) *Pebble {
 	p.CARoots = x509.NewCertPool()
 	p.CARoots.AddCert(ca)
 	t.Cleanup(func() {
-		if err := proc.stop(5 * time.Second); err != nil {
-			t.Errorf("pebble: %v", err)
+		err := proc.stop(5 * time.Second)
+		if e, ok := t.(interface{ Errorf(string, ...any) }); ok && err != nil {
+			e.Errorf("pebble: %v", err)
+		} else if err != nil {
+			t.Logf("pebble: %v", err)
 		}
-		if t.Failed() {
+		if f, ok := t.(interface{ Failed() bool }); ok && f.Failed() {
 			t.Logf("pebble log (%s):\n%s", logFile, Tail(logFile, 40))
 		}
 	})
@@ -168,7 +184,7 @@ func (p *Pebble) HTTPClient() *http.Client {
 	}}
 }
 
-func (p *Pebble) waitReady(t testing.TB) {
+func (p *Pebble) waitReady(t T) {
 	t.Helper()
 	c := p.HTTPClient()
 	deadline := time.Now().Add(20 * time.Second)
@@ -195,7 +211,7 @@ func (p *Pebble) waitReady(t testing.TB) {
 
 // IssuerRoots fetches the root Pebble issues under (it changes at every
 // start) from its management listener.
-func (p *Pebble) IssuerRoots(t testing.TB) *x509.CertPool {
+func (p *Pebble) IssuerRoots(t T) *x509.CertPool {
 	t.Helper()
 	resp, err := p.HTTPClient().Get("https://" + p.Mgmt + "/roots/0")
 	if err != nil {
@@ -220,22 +236,22 @@ func (p *Pebble) Log() string {
 }
 
 // FreePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func FreePort(t testing.TB) int {
+func FreePort(t T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // newCA makes a self-signed ECDSA CA.
-func newCA(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+func newCA(t T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -248,21 +264,21 @@ func newCA(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	ca, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	return ca, key
 }
 
 // writeLeaf writes a certificate for 127.0.0.1 and localhost signed by ca.
-func writeLeaf(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, certFile, keyFile string) {
+func writeLeaf(t T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, certFile, keyFile string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
@@ -276,17 +292,17 @@ func writeLeaf(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, cert
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	kb, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 }
 

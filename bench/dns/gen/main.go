@@ -7,6 +7,29 @@
 //	80% A for existing repls (90% by name, 10% by id), 10% AAAA for
 //	existing repls, 5% names that do not exist, 5% apex SOA/NS, id.<zone>
 //	and _acme-challenge TXT.
+//
+// Challenge records: one for every tenth owner (_acme-challenge.<owner>,
+// as for a wildcard certificate) and one for every hundredth repl
+// (_acme-challenge.<slug>.<owner>), in the store of the repl's (or
+// owner's) cluster, in the zone file and in PowerDNS's records.
+//
+// With -torture N it also writes the query files of the water-torture
+// benchmark (bench/dns/torture.sh), N lines each:
+//
+//	torture-challenge.txt  TXT for _acme-challenge.<existing repl name>
+//	                       (89% by name, 10% by id, and 1% by
+//	                       name for a repl that has a record)
+//	torture-random.txt     A for <random>.<existing owner>.<zone> and
+//	                       <random>.id.<zone>, half each
+//	torture-spread.txt     A for existing repl names (90% by name, 10% by
+//	                       id) drawn uniformly from all repls, in random case
+//	legit.txt              A for 1,000 existing repl names spread over the
+//	                       repls and both clusters, lower case: the
+//	                       legitimate stream beside each flood
+//
+// The challenge and spread floods draw from disjoint halves of the repls
+// (by i/2 even or odd: both clusters in each), so that one flood does not
+// warm a cache for the next.
 package main
 
 import (
@@ -32,6 +55,7 @@ func main() {
 	queries := flag.Int("queries", 1_000_000, "lines of the dnsperf query file")
 	east := flag.String("east", "", "DSN of the east cluster's database (created empty)")
 	west := flag.String("west", "", "DSN of the west cluster's database")
+	torture := flag.Int("torture", 0, "lines of each water-torture query file (0: none)")
 	flag.Parse()
 	clusters := [2]struct{ v4, v6 string }{
 		{"192.0.2.10", "2001:db8::10"},
@@ -67,6 +91,12 @@ func main() {
 		for o := c; o < challenges; o += 2 {
 			rows = append(rows, []any{fmt.Sprintf("_acme-challenge.u%06d.%s", o, zone), fmt.Sprintf("tok%d", o), time.Now().Add(24 * time.Hour)})
 		}
+		for i := c; i < *n; i += 2 {
+			if replChallenge(i) {
+				_, owner, slug := repl(i)
+				rows = append(rows, []any{fmt.Sprintf("_acme-challenge.%s.%s.%s", slug, owner, zone), fmt.Sprintf("rtok%d", i), time.Now().Add(24 * time.Hour)})
+			}
+		}
 		_, err = conn.CopyFrom(ctx, pgx.Identifier{"challenges"}, []string{"name", "value", "expires_at"}, pgx.CopyFromRows(rows))
 		check(err)
 		_, err = conn.Exec(ctx, "ANALYZE")
@@ -99,6 +129,13 @@ func main() {
 		fmt.Fprintf(zf, "_acme-challenge.u%06d 10 TXT \"tok%d\"\n", o, o)
 		pdns(fmt.Sprintf("_acme-challenge.u%06d.%s", o, zone), "TXT", fmt.Sprintf("\"tok%d\"", o), 10)
 	}
+	for i := range *n {
+		if replChallenge(i) {
+			_, owner, slug := repl(i)
+			fmt.Fprintf(zf, "_acme-challenge.%s.%s 10 TXT \"rtok%d\"\n", slug, owner, i)
+			pdns(fmt.Sprintf("_acme-challenge.%s.%s.%s", slug, owner, zone), "TXT", fmt.Sprintf("\"rtok%d\"", i), 10)
+		}
+	}
 	check(zf.Flush())
 	check(pd.Flush())
 
@@ -109,6 +146,71 @@ func main() {
 		writeQueries(filepath.Join(*out, name), *queries, *n, challenges, uint64(seed), repl, false)
 	}
 	writeQueries(filepath.Join(*out, "flood.txt"), *queries, *n, challenges, 99, repl, true)
+	if *torture > 0 {
+		writeTorture(*out, *torture, *n, repl)
+	}
+}
+
+// replChallenge reports whether repl i has a challenge record of its own.
+func replChallenge(i int) bool { return i%100 == 0 }
+
+// writeTorture writes the query files of the water-torture benchmark (see
+// the package comment).
+func writeTorture(out string, lines, n int, repl func(int) (string, string, string)) {
+	r := rand.New(rand.NewPCG(7, 8))
+	// half draws repl i with (i/2)%2 == h, uniformly: both clusters.
+	half := func(h int) int {
+		i := r.IntN(n/4)*4 + h*2 + r.IntN(2)
+		return min(i, n-1)
+	}
+	name := func(i int) string {
+		id, owner, slug := repl(i)
+		if r.IntN(10) == 0 {
+			return id + ".id." + zone
+		}
+		return slug + "." + owner + "." + zone
+	}
+	q := create(filepath.Join(out, "torture-challenge.txt"))
+	for range lines {
+		i := half(1)
+		id, owner, slug := repl(i)
+		switch k := r.IntN(100); {
+		case k == 0:
+			_, owner, slug = repl(i / 100 * 100) // one that has a record
+			fmt.Fprintf(q, "_acme-challenge.%s.%s.%s TXT\n", slug, owner, zone)
+		case k < 10:
+			fmt.Fprintf(q, "_acme-challenge.%s.id.%s TXT\n", id, zone)
+		default:
+			fmt.Fprintf(q, "_acme-challenge.%s.%s.%s TXT\n", slug, owner, zone)
+		}
+	}
+	check(q.Flush())
+	q = create(filepath.Join(out, "torture-random.txt"))
+	for range lines {
+		if r.IntN(2) == 0 {
+			_, owner, _ := repl(r.IntN(n))
+			fmt.Fprintf(q, "x%x.%s.%s A\n", r.Uint64(), owner, zone)
+		} else {
+			fmt.Fprintf(q, "x%x.id.%s A\n", r.Uint64(), zone)
+		}
+	}
+	check(q.Flush())
+	q = create(filepath.Join(out, "torture-spread.txt"))
+	for range lines {
+		b := []byte(name(half(0)))
+		for j, c := range b {
+			if c >= 'a' && c <= 'z' && r.IntN(2) == 0 {
+				b[j] = c - 'a' + 'A'
+			}
+		}
+		fmt.Fprintf(q, "%s A\n", b)
+	}
+	check(q.Flush())
+	q = create(filepath.Join(out, "legit.txt"))
+	for k := range 1000 {
+		fmt.Fprintf(q, "%s A\n", name(min(k*(n/1000)+k%2, n-1))) // both clusters
+	}
+	check(q.Flush())
 }
 
 // writeQueries writes a dnsperf query file of the benchmark's mix, or of
