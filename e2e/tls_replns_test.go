@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,28 +25,20 @@ import (
 // restart the proxy serves it from the database without ordering.
 func TestTLSOnDemandThroughReplns(t *testing.T) {
 	acmetest.NeedTool(t, "pebble", "pebble")
-	// Pebble validates through replns, and replproxy checks its records
-	// there: replns's address is fixed before the platform starts, and
-	// Pebble is started before the proxy that orders from it.
-	nsAddr, httpsAddr := platformtest.FreeAddr(t, "127.0.0.1"), platformtest.FreeAddr(t, "127.0.0.1")
-	pebble := acmetest.StartPebble(t, acmetest.PebbleConfig{DNSServer: nsAddr})
-	caFile := filepath.Join(t.TempDir(), "pebble-listener-ca.pem")
-	if err := os.WriteFile(caFile, pebble.CARootPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	roots := pebble.IssuerRoots(t)
-	p := start(t, platformtest.Options{Clusters: []string{"east"}, Store: platformtest.Postgres, DNSAddr: nsAddr,
-		ProxyFlags: []string{"-migrate", "-listen-tls", httpsAddr, "-tls-on-demand", "-acme-directory", pebble.Directory,
-			"-acme-ca-root", caFile, "-acme-dns01-check", nsAddr, "-acme-handshake-wait", "60s"}})
+	// Options.TLS: Pebble validates DNS-01 through replns, and the proxy
+	// runs with -tls-on-demand, ordering from it.
+	p := start(t, platformtest.Options{Clusters: []string{"east"}, Store: platformtest.Postgres, TLS: true,
+		ProxyFlags: []string{"-migrate"}})
+	httpsAddr, roots := p.Cluster(t, "east").TLSAddr, p.TLSRoots()
 	app := p.StartApp(t, "east", platformtest.AppOptions{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "app saw %s over %s\n", r.Host, r.Header.Get("X-Forwarded-Proto"))
 	})})
 	p.CreateRepl(t, platformtest.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{app.Addr}})
 	admin := p.Cluster(t, "east").AdminAddr
 
-	start := time.Now()
+	began := time.Now()
 	first := tlsLeaf(t, httpsAddr, "blog.alice.repl.test", roots)
-	t.Logf("replproxy binary, first handshake to served certificate (DNS-01 through replns): %v", time.Since(start))
+	t.Logf("replproxy binary, first handshake to served certificate (DNS-01 through replns): %v", time.Since(began))
 	if got := strings.Join(first.DNSNames, ","); got != "*.alice.repl.test" {
 		t.Fatalf("served %s, want *.alice.repl.test", got)
 	}
