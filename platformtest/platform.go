@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -463,15 +464,28 @@ func FreeAddr(t TB, ip string) string {
 }
 
 // addrOn returns host:port on ip, a free port when port is 0 (free for
-// both TCP and UDP: replns takes one port for both).
+// both TCP and UDP: replns takes one port for both). A free port is drawn
+// at random below the kernel's ephemeral range (ip_local_port_range): a
+// port the kernel hands out for :0 is one an outgoing connection of this
+// machine (a daemon's to PostgreSQL, say) can take between the pick and
+// the daemon's bind, and then the daemon fails with "address already in
+// use". Where the range cannot be read, the kernel picks.
 func addrOn(t TB, ip string, port int) string {
 	t.Helper()
 	if port != 0 {
 		return net.JoinHostPort(ip, fmt.Sprint(port))
 	}
-	for range 50 {
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
+	lo, hi := belowEphemeral()
+	for i := range 100 {
+		try := 0
+		if hi-lo >= 1000 && i < 90 {
+			try = lo + rand.IntN(hi-lo)
+		}
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, fmt.Sprint(try)))
 		if err != nil {
+			if try != 0 {
+				continue // taken
+			}
 			t.Fatalf("platformtest: a free port on %s: %v", ip, err)
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
@@ -485,3 +499,17 @@ func addrOn(t TB, ip string, port int) string {
 	t.Fatalf("platformtest: no port free for both TCP and UDP on %s", ip)
 	return ""
 }
+
+// belowEphemeral returns the ports addrOn draws from: from 10000 to the
+// start of the kernel's ephemeral range (0, 0 when it cannot be read).
+var belowEphemeral = sync.OnceValues(func() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	var first, last int
+	if _, err := fmt.Sscan(string(b), &first, &last); err != nil || first <= 10000 {
+		return 0, 0
+	}
+	return 10000, first
+})
