@@ -3,6 +3,8 @@ package e2e
 import (
 	"strings"
 	"testing"
+
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // TestConcurrentOperators: one operator's move of a repl to west stops
@@ -11,7 +13,7 @@ import (
 // `repl show` says a move is in progress; the first operator's rerun
 // finishes, after which the second operator's move goes through.
 func TestConcurrentOperators(t *testing.T) {
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	out := p.ctl(t, true, "move", "blog1", "--to", "west", "--endpoint", p.apps["west"], "--stop-after", "1")
 	if !strings.Contains(out, "stopped by --stop-after") {

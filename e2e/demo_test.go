@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // TestDemo runs `make run`'s program the way a new user does: it follows
@@ -29,9 +30,9 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"replproxy", "replns", "replctl"} {
-		buildBinary(t, name)
+		platformtest.Binary(t, name) // beside the demo's, where its -bin looks
 	}
-	demo := buildBinary(t, "demo")
+	demo := platformtest.Binary(t, "demo")
 	cmd := exec.Command(demo, "-bin", filepath.Dir(demo))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

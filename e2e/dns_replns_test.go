@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // replns is a running replns process.
@@ -46,36 +46,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// freePort returns a port of 127.0.0.1 free for both UDP and TCP, as far
-// as can be told before using it.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 // startReplns starts the replns binary with args plus -listen and -admin-listen
 // on free ports, waits until /readyz says ready, and stops it (SIGTERM,
-// then checking it exited cleanly) when the test ends.
+// then checking it exited cleanly) when the test ends: replns alone, over
+// a registry of the test's own (the tests that want the whole platform
+// use platformtest, by start).
 func startReplns(t testing.TB, args ...string) *replns {
 	t.Helper()
-	bin := buildBinary(t, "replns")
+	bin := platformtest.Binary(t, "replns")
 	r := &replns{
-		addr:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		addr:  platformtest.FreeAddr(t, "127.0.0.1"),
+		admin: platformtest.FreeAddr(t, "127.0.0.1"),
 		out:   &syncBuffer{},
 	}
 	r.cmd = exec.Command(bin, append([]string{"-listen", r.addr, "-admin-listen", r.admin, "-log-format", "console"}, args...)...)

@@ -9,11 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
-	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/platformtest"
 	"github.com/replproxy/replproxy/store"
-	"github.com/replproxy/replproxy/store/postgres"
 )
 
 // The DNS world of the e2e tests: two clusters with embedded stores.
@@ -63,8 +60,13 @@ const (
 
 // replnsArgs are the flags of the zone of these tests.
 func replnsArgs(registry, zoneFile string) []string {
-	return []string{
-		"-zone", "repl.test", "-registry", registry, "-zone-file", zoneFile,
+	return append([]string{"-zone", "repl.test", "-registry", registry}, zoneArgs(zoneFile)...)
+}
+
+// zoneArgs are the flags of the zone of these tests but its name and
+// registry.
+func zoneArgs(zoneFile string) []string {
+	return []string{"-zone-file", zoneFile,
 		"-ns", "ns1.repl.test=192.0.2.53+2001:db8::53,ns2.example.net",
 		"-soa-serial", "7", "-rrl-rate", "0",
 	}
@@ -181,23 +183,11 @@ func TestDNSWithDigAndKdig(t *testing.T) {
 // database keeps its known repls answered.
 func TestDNSMoveAndOutage(t *testing.T) {
 	have(t, "dig", "dnsutils")
-	servers := pgtest.StartN(t, 2)
 	ctx := context.Background()
-	var stores [2]*postgres.Store
-	var dsns [2]string
-	for i, srv := range servers {
-		dsns[i] = srv.NewDatabase(t)
-		p, err := postgres.Open(ctx, dsns[i], zaptest.NewLogger(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Close() })
-		if err := p.Migrate(ctx); err != nil {
-			t.Fatal(err)
-		}
-		stores[i] = p
-	}
-	east, west := stores[0], stores[1]
+	zone := writeFiles(t, map[string]string{"zone.yaml": "a: [192.0.2.1]\n"})
+	p := start(t, platformtest.Options{Store: platformtest.Postgres, DNSFlags: zoneArgs(filepath.Join(zone, "zone.yaml"))})
+	east, west := p.Cluster(t, "east").Store, p.Cluster(t, "west").Store
+	eastIP, westIP := p.Cluster(t, "east").IP, p.Cluster(t, "west").IP
 	for _, r := range []store.Repl{
 		{ID: "r1", Owner: "alice", Slug: "blog"},
 		{ID: "r2", Owner: "alice", Slug: "shop"},
@@ -207,21 +197,21 @@ func TestDNSMoveAndOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dir := writeFiles(t, map[string]string{
-		"clusters.yaml": fmt.Sprintf(dnsRegistry, dsns[0], dsns[1]),
-		"zone.yaml":     "a: [192.0.2.1]\n",
-	})
-	ns := startReplns(t, replnsArgs(filepath.Join(dir, "clusters.yaml"), filepath.Join(dir, "zone.yaml"))...)
+	ns := p.DNSAddr()
 
 	a := func(name string) string {
-		r := query(t, "dig", ns.addr, name, "A")
+		r := query(t, "dig", ns, name, "A")
 		if r.status != "NOERROR" || len(r.records) == 0 {
 			return r.status
 		}
 		f := strings.Fields(r.records[0])
 		return f[len(f)-1]
 	}
-	if got := a("blog.alice.repl.test"); got != "192.0.2.10" {
+	// Created a moment ago: replns learns of them by NOTIFY.
+	for deadline := time.Now().Add(time.Second); a("blog.alice.repl.test") != eastIP && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := a("blog.alice.repl.test"); got != eastIP {
 		t.Fatalf("before the move: %s", got)
 	}
 
@@ -238,7 +228,7 @@ func TestDNSMoveAndOutage(t *testing.T) {
 	if _, err := east.Retire(ctx, r.ID, "west", r.Generation); err != nil {
 		t.Fatal(err)
 	}
-	for a("blog.alice.repl.test") != "198.51.100.10" {
+	for a("blog.alice.repl.test") != westIP {
 		if time.Since(start) > time.Second {
 			t.Fatalf("the move did not show within 1 s")
 		}
@@ -248,11 +238,11 @@ func TestDNSMoveAndOutage(t *testing.T) {
 
 	// East's database goes down: shop.alice (never asked, known to the
 	// index) and blog.alice (west) still resolve.
-	servers[0].Stop(t)
+	p.StopDatabase(t, "east")
 	for name, want := range map[string]string{
-		"shop.alice.repl.test": "192.0.2.10",
-		"r2.id.repl.test":      "192.0.2.10",
-		"blog.alice.repl.test": "198.51.100.10",
+		"shop.alice.repl.test": eastIP,
+		"r2.id.repl.test":      eastIP,
+		"blog.alice.repl.test": westIP,
 		"nope.alice.repl.test": "NXDOMAIN",
 	} {
 		if got := a(name); got != want {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // TestMovesKilledAtRandomInstants moves a repl back and forth 30 times
@@ -34,13 +36,13 @@ func TestMovesKilledAtRandomInstants(t *testing.T) {
 	t.Logf("seed %d (REPLPROXY_KILL_SEED=%d replays it)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	host := "blog.alice.repl.test"
 	stop := make(chan struct{})
 	wait := p.load(t, host, 100, stop)
 	moveCmd := func(to string) *exec.Cmd {
-		return exec.Command(p.replctl, "-registry", p.registry, "-timeout", "30s", "move", "blog1", "--to", to, "--endpoint", p.apps[to])
+		return p.command("move", "blog1", "--to", to, "--endpoint", p.apps[to])
 	}
 	// The duration of a move, from exec to exit, and when its first step
 	// begins (replctl logs "move started" once it holds the claims).

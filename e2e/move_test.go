@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,144 +13,85 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/miekg/dns"
-
-	"github.com/replproxy/replproxy/cluster"
-	"github.com/replproxy/replproxy/internal/pgtest"
-	"github.com/replproxy/replproxy/peertls"
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/platformtest"
 )
 
-// platform is two clusters, east and west, each with its own PostgreSQL
-// and replproxy process, plus replns, running the real binaries.
-type platform struct {
-	registry       string
-	secrets        map[string]string         // by cluster: its hop secret file (the same content in all)
-	proxyArgs      map[string][]string       // by cluster: replproxy's flags for mutual TLS between the clusters
-	dsns           map[string]string         // by cluster: its PostgreSQL database
-	proxies        map[string]*replproxyProc // by cluster
-	byLB           map[string]string         // load-balancer IP (what replns answers) → proxy address
-	ns             *replns
-	apps           map[string]string // cluster → the repl's container there
-	replctl        string
-	stores         map[string]store.Store
-	wsApps         map[string]string
-	requests, fail atomic.Int64
-	dnsTrouble     atomic.Int64 // replies without an answer, retried or not
+// start starts a platform of the real binaries (platformtest, Mode
+// Binaries) as o describes, the proxies forwarding straight to each other
+// (NoLinks: no relay of the test process on the forward hop, whose timing
+// these tests measure), and, when the test ends, stops its daemons
+// gracefully before platformtest's cleanups do: a replproxy or replns that
+// does not exit cleanly (status 0, within 15 s of SIGTERM) fails the test.
+func start(t *testing.T, o platformtest.Options) *platformtest.Platform {
+	t.Helper()
+	o.Mode, o.NoLinks = platformtest.Binaries, true
+	p := platformtest.Start(t, o)
+	t.Cleanup(func() {
+		for _, c := range p.Clusters() {
+			p.StopProxy(t, c.Name)
+		}
+		if p.DNSAddr() != "" {
+			p.StopDNS(t)
+		}
+	})
+	return p
 }
 
-// lbIPs are the clusters' load-balancer addresses in the registry: replns
-// answers with them, and the test maps them to the proxies' addresses.
-var lbIPs = map[string]string{"east": "192.0.2.1", "west": "192.0.2.2"}
+// platform is two clusters, east and west, each with its own PostgreSQL
+// and replproxy process, plus replns, running the real binaries; a sample
+// container in each cluster, and replctl.
+type platform struct {
+	*platformtest.Platform
+	apps           map[string]string // cluster → the repl's container there
+	replctl        string
+	requests, fail atomic.Int64
+	dnsTrouble     atomic.Int64 // lookups without an answer, retried or not
+}
 
-func startPlatform(t *testing.T) *platform {
+// startPlatform starts the move tests' platform; o may add to it (its
+// Store and Mode are set here).
+func startPlatform(t *testing.T, o platformtest.Options) *platform {
 	t.Helper()
-	ctx := context.Background()
-	servers := pgtest.StartN(t, 2)
-	p := &platform{proxies: map[string]*replproxyProc{}, byLB: map[string]string{}, apps: map[string]string{},
-		stores: map[string]store.Store{}, wsApps: map[string]string{}}
-	names := []string{"east", "west"}
-	dsns := map[string]string{}
-	addrs := map[string]string{}
-	fwds := map[string]string{}
-	var reg strings.Builder
-	reg.WriteString("clusters:\n")
-	for i, name := range names {
-		dsns[name] = servers[i].NewDatabase(t)
-		s, err := cluster.Open(ctx, dsns[name], cluster.OpenOptions{Migrate: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		p.stores[name] = s
-		addrs[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		fwds[name] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		p.byLB[lbIPs[name]] = addrs[name]
-		fmt.Fprintf(&reg, "  - {name: %s, proxy_ipv4: [%s], forward: %q, store: %q}\n", name, lbIPs[name], fwds[name], dsns[name])
-
-		// The repl's container in this cluster: it says where it runs,
-		// and echoes WebSocket messages with its name.
-		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path == "/ws" {
-				c, err := websocket.Accept(w, r, nil)
-				if err != nil {
-					return
-				}
-				defer c.CloseNow()
-				for {
-					typ, msg, err := c.Read(context.Background())
-					if err != nil {
-						return
-					}
-					if err := c.Write(context.Background(), typ, append([]byte(name+": "), msg...)); err != nil {
-						return
-					}
-				}
-			}
-			n, _ := io.Copy(io.Discard, r.Body)
-			fmt.Fprintf(w, "served in %s (%s, %d bytes)\n", name, r.Method, n)
-		}))
-		t.Cleanup(app.Close)
-		p.apps[name] = strings.TrimPrefix(app.URL, "http://")
+	o.Store = platformtest.Postgres
+	p := &platform{Platform: start(t, o), apps: map[string]string{}, replctl: platformtest.Binary(t, "replctl")}
+	for _, c := range p.Clusters() {
+		p.apps[c.Name] = p.StartApp(t, c.Name, platformtest.AppOptions{}).Addr
 	}
-	const secret = "the e2e move test's shared hop secret, 32+ bytes\n"
-	dir := writeFiles(t, map[string]string{"clusters.yaml": reg.String(), "east.secret": secret, "west.secret": secret})
-	p.registry = filepath.Join(dir, "clusters.yaml")
-	p.secrets = map[string]string{"east": filepath.Join(dir, "east.secret"), "west": filepath.Join(dir, "west.secret")}
-	// The clusters forward to each other over mutual TLS, as `make run`
-	// sets them up.
-	ca, err := peertls.NewCA(testZone(t), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.proxyArgs = map[string][]string{}
-	p.dsns = dsns
-	for _, name := range names {
-		files, err := ca.WriteFiles(dir, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.proxyArgs[name] = []string{"-forward-listen", fwds[name], "-forward-cert", files.Cert, "-forward-key", files.Key, "-forward-ca", files.CA}
-		p.proxies[name] = startReplproxy(t, name, addrs[name], p.registry, p.secrets[name], p.proxyArgs[name]...)
-	}
-	p.ns = startReplns(t, "-zone", "repl.test", "-registry", p.registry, "-ns", "ns1.repl.test=127.0.0.1")
-	p.replctl = buildBinary(t, "replctl")
 	return p
+}
+
+// command is replctl with args, on the platform's registry.
+func (p *platform) command(args ...string) *exec.Cmd {
+	return exec.Command(p.replctl, append([]string{"-registry", p.Registry(), "-timeout", "30s"}, args...)...)
 }
 
 // ctl runs replctl and returns its output; failures fail the test unless
 // allowed.
 func (p *platform) ctl(t *testing.T, allowFail bool, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(p.replctl, append([]string{"-registry", p.registry, "-timeout", "30s"}, args...)...).CombinedOutput()
+	out, err := p.command(args...).CombinedOutput()
 	if err != nil && !allowFail {
 		t.Fatalf("replctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
 
+// proxy is the address of cluster's proxy.
+func (p *platform) proxy(t *testing.T, cluster string) string {
+	t.Helper()
+	return p.Cluster(t, cluster).ProxyAddr
+}
+
 // resolve asks replns which proxy serves host, the way a stub resolver
-// does: a truncated UDP reply is asked again over TCP. A reply without an
-// answer is counted in p.dnsTrouble and is an error.
+// does (platformtest's Resolve). A lookup without an answer is counted in
+// p.dnsTrouble and is an error.
 func (p *platform) resolve(host string) (string, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(host), dns.TypeA)
-	r, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, p.ns.addr)
-	if err == nil && r.Truncated {
-		r, _, err = (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).Exchange(m, p.ns.addr)
-	}
+	c, err := p.Resolve(context.Background(), host)
 	if err != nil {
+		p.dnsTrouble.Add(1)
 		return "", err
 	}
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*dns.A); ok {
-			if addr, ok := p.byLB[a.A.String()]; ok {
-				return addr, nil
-			}
-		}
-	}
-	p.dnsTrouble.Add(1)
-	return "", fmt.Errorf("replns answered %s (truncated %v) %v for %s", dns.RcodeToString[r.Rcode], r.Truncated, r.Answer, host)
+	return c.ProxyAddr, nil
 }
 
 // get sends one request and counts it; a failure is recorded with why.
@@ -182,7 +121,7 @@ func (p *platform) load(t *testing.T, host string, rate int, stop <-chan struct{
 	failures := make(chan string, 100000)
 	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
-	stale := p.byLB[lbIPs["east"]]
+	stale := p.proxy(t, "east")
 	for _, resolving := range []bool{true, false} {
 		wg.Go(func() {
 			tick := time.NewTicker(time.Second / time.Duration(rate))
@@ -227,7 +166,7 @@ func (p *platform) createRepl(t *testing.T) {
 	p.ctl(t, false, "repl", "create", "alice/blog", "--id", "blog1", "--cluster", "east", "--endpoint", p.apps["east"])
 	deadline := time.Now().Add(time.Second)
 	for {
-		if _, err := p.resolve("blog.alice.repl.test"); err == nil {
+		if _, err := p.resolve(p.Host("alice", "blog")); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("a created repl does not resolve within 1 s: %v", err)
@@ -244,7 +183,7 @@ func TestMoveUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("30 s of load")
 	}
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	host := "blog.alice.repl.test"
 	stop := make(chan struct{})
@@ -262,9 +201,9 @@ func TestMoveUnderLoad(t *testing.T) {
 	}
 	close(stop)
 	failures := wait()
-	t.Logf("%d requests in %v during 20 moves, %d failed; %d DNS replies without an answer", p.requests.Load(), time.Since(start).Round(time.Second), p.fail.Load(), p.dnsTrouble.Load())
+	t.Logf("%d requests in %v during 20 moves, %d failed; %d DNS lookups without an answer", p.requests.Load(), time.Since(start).Round(time.Second), p.fail.Load(), p.dnsTrouble.Load())
 	if p.dnsTrouble.Load() > 0 {
-		t.Logf("replns warnings:\n%s", grep(p.ns.out.String(), "WARN"))
+		t.Logf("replns warnings:\n%s", grep(p.DNSLogs(t), `"level":"warn"`))
 	}
 	if len(failures) > 0 {
 		t.Fatalf("%d of %d requests failed, e.g. %q", len(failures), p.requests.Load(), failures[0])
@@ -282,7 +221,7 @@ func TestMoveUnderLoad(t *testing.T) {
 // load: every request made during and after still succeeds, and running
 // the same command again completes the move.
 func TestMoveInterrupted(t *testing.T) {
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	host := "blog.alice.repl.test"
 	to := "west"
@@ -298,7 +237,7 @@ func TestMoveInterrupted(t *testing.T) {
 			if failures := wait(); len(failures) > 0 {
 				t.Fatalf("%d requests failed with the move stopped after step %s (%s), e.g. %q", len(failures), step, out, failures[0])
 			}
-			if addr, err := p.resolve(host); err != nil || addr != p.byLB[lbIPs[to]] {
+			if addr, err := p.resolve(host); err != nil || addr != p.proxy(t, to) {
 				t.Fatalf("after the rerun replns sends clients to %q (%v), want %s's proxy", addr, err, to)
 			}
 			if show := p.ctl(t, false, "repl", "show", "blog1"); strings.Contains(show, "NOT SETTLED") {
@@ -317,7 +256,7 @@ func TestMoveInterrupted(t *testing.T) {
 // stays up, served by the old container, and every connection opened
 // after it, through either proxy, reaches the new one.
 func TestMoveKeepsEstablishedWebSockets(t *testing.T) {
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -341,14 +280,14 @@ func TestMoveKeepsEstablishedWebSockets(t *testing.T) {
 		}
 		return string(got)
 	}
-	before := dial(p.byLB[lbIPs["east"]])
+	before := dial(p.proxy(t, "east"))
 	if got := echo(before, "hi"); got != "east: hi" {
 		t.Fatalf("before the move: %q", got)
 	}
 	p.ctl(t, false, "move", "blog1", "--to", "west", "--endpoint", p.apps["west"])
 	// The proxies learn of the move by NOTIFY, within milliseconds.
 	deadline := time.Now().Add(5 * time.Second)
-	for echo(dial(p.byLB[lbIPs["east"]]), "new") != "west: new" {
+	for echo(dial(p.proxy(t, "east")), "new") != "west: new" {
 		if time.Now().After(deadline) {
 			t.Fatal("east's proxy still sends new WebSockets to the old container 5 s after the move")
 		}
@@ -360,20 +299,10 @@ func TestMoveKeepsEstablishedWebSockets(t *testing.T) {
 		}
 	}
 	for _, cluster := range []string{"east", "west"} {
-		if got := echo(dial(p.byLB[lbIPs[cluster]]), "new"); got != "west: new" {
+		if got := echo(dial(p.proxy(t, cluster)), "new"); got != "west: new" {
 			t.Fatalf("a WebSocket opened after the move through %s's proxy: %q, want the new container", cluster, got)
 		}
 	}
-}
-
-// testZone is the e2e tests' zone, repl.test.
-func testZone(t testing.TB) store.Zone {
-	t.Helper()
-	z, err := store.NewZone("repl.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return z
 }
 
 // paced runs workers goroutines, each calling fn(worker, i) for i = 0, 1,

@@ -1,17 +1,15 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // TestMovesWithBodiesAndALostFeed moves a repl back and forth 20 times
@@ -26,7 +24,7 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("30 s of load")
 	}
-	p := startPlatform(t)
+	p := startPlatform(t, platformtest.Options{})
 	p.createRepl(t)
 	host := "blog.alice.repl.test"
 	// A first move, before the load: requests go to both clusters' proxies
@@ -38,8 +36,9 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	failures := make(chan string, 100)
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
+	proxies := []string{p.proxy(t, "east"), p.proxy(t, "west")}
 	wait := paced(6, 20*time.Millisecond, stop, func(w, i int) { // 6 × 50 requests/s
-		proxy := p.proxies[[]string{"east", "west"}[w%2]].addr
+		proxy := proxies[w%2]
 		method, size := "GET", 0
 		if i%2 == 1 {
 			method, size = "POST", []int{1 << 10, 40 << 10}[(i/2)%2]
@@ -70,42 +69,42 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	})
 
 	var kills atomic.Int64
-	cutFeed := func(cluster string, done <-chan struct{}) {
-		conn, err := pgx.Connect(context.Background(), p.dsns[cluster])
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close(context.Background())
-		for {
-			var n int64
-			if err := conn.QueryRow(context.Background(),
-				"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()").Scan(&n); err != nil {
-				t.Error(err)
-				return
-			}
-			kills.Add(n)
-			select {
-			case <-done:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
 	to := "east"
 	start := time.Now()
 	for i := range 20 {
-		var cut sync.WaitGroup
-		done := make(chan struct{})
-		if i%2 == 1 {
-			cut.Go(func() { cutFeed(to, done) })
-			time.Sleep(150 * time.Millisecond) // the feed is down before the move starts
+		if i%2 == 0 {
+			p.ctl(t, false, "move", "blog1", "--to", to, "--endpoint", p.apps[to])
+			time.Sleep(time.Second)
+		} else {
+			// The destination's feed is cut every 100 ms from 150 ms
+			// before the move until 500 ms after it; the move runs
+			// meanwhile.
+			done := make(chan struct{})
+			moved := make(chan string, 1)
+			go func() {
+				defer close(done)
+				time.Sleep(150 * time.Millisecond) // the feed is down before the move starts
+				out, err := p.command("move", "blog1", "--to", to, "--endpoint", p.apps[to]).CombinedOutput()
+				if err != nil {
+					moved <- fmt.Sprintf("%v\n%s", err, out)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}()
+			for cutting := true; cutting; {
+				kills.Add(int64(p.CutFeed(t, to)))
+				select {
+				case <-done:
+					cutting = false
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			select {
+			case err := <-moved:
+				t.Fatalf("replctl move blog1 --to %s: %s", to, err)
+			default:
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		p.ctl(t, false, "move", "blog1", "--to", to, "--endpoint", p.apps[to])
-		time.Sleep(500 * time.Millisecond)
-		close(done)
-		cut.Wait()
-		time.Sleep(500 * time.Millisecond)
 		to = map[string]string{"west": "east", "east": "west"}[to]
 	}
 	close(stop)
@@ -118,10 +117,10 @@ func TestMovesWithBodiesAndALostFeed(t *testing.T) {
 	t.Logf("%d requests (%d POSTs) in %v across 20 moves after a first one, %d LISTEN connections terminated: %d failed",
 		sent.Load(), posts.Load(), time.Since(start).Round(time.Second), kills.Load(), failed.Load())
 	if failed.Load() != 0 {
-		for name, pr := range p.proxies {
-			for _, line := range strings.Split(pr.out.String(), "\n") {
+		for _, c := range p.Clusters() {
+			for _, line := range strings.Split(p.Logs(t, c.Name), "\n") {
 				if strings.Contains(line, `"status":4`) || strings.Contains(line, `"status":5`) || strings.Contains(line, "index") {
-					t.Logf("%s (%s): %.400s", name, pr.addr, line)
+					t.Logf("%s (%s): %.400s", c.Name, c.ProxyAddr, line)
 				}
 			}
 		}

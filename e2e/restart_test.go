@@ -9,9 +9,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // restartable is a repl's container that can be restarted on its port:
@@ -24,9 +25,9 @@ type restartable struct {
 	restarts int
 }
 
-func startRestartable(t *testing.T) *restartable {
+func startRestartable(t *testing.T, ip string) *restartable {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,11 +77,11 @@ func TestRestartsUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("15 s of load")
 	}
-	p := startPlatform(t)
-	app := startRestartable(t)
+	p := startPlatform(t, platformtest.Options{})
+	app := startRestartable(t, p.Cluster(t, "west").IP)
 	p.ctl(t, false, "repl", "create", "alice/blog", "--id", "blog1", "--cluster", "east", "--endpoint", p.apps["east"])
 	p.ctl(t, false, "move", "blog1", "--to", "west", "--endpoint", app.addr)
-	east := p.proxies["east"].addr
+	east := p.proxy(t, "east")
 	host := "blog.alice.repl.test"
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -133,10 +134,7 @@ func TestRestartsUnderLoad(t *testing.T) {
 	for i := 1; i <= 25; i++ {
 		time.Sleep(400 * time.Millisecond)
 		if i%5 == 0 {
-			old := p.proxies["west"]
-			p.proxies["west"] = startReplproxy(t, "west", old.addr, p.registry, p.secrets["west"], p.proxyArgs["west"]...)
-			_ = old.cmd.Process.Signal(syscall.SIGTERM)
-			<-old.exited
+			p.ReplaceProxy(t, "west") // a new process on the same addresses, then SIGTERM to the old one
 		} else {
 			app.restart(t)
 		}

@@ -2,15 +2,20 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/replproxy/replproxy/platformtest"
+	"github.com/replproxy/replproxy/proxy"
 )
 
 // TestHopSecretRotationUnderLoad rotates the hop secret of both clusters
@@ -25,10 +30,26 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("15 s of load")
 	}
-	p := startPlatform(t)
+	const (
+		oldKey = "the e2e move test's shared hop secret, 32+ bytes"
+		newKey = "the secret every cluster moves to, 32+ bytes long"
+	)
+	// Each cluster's proxy reads a hop secret file of its own, as two
+	// deployments would: the same secret at first.
+	dir := t.TempDir()
+	secrets := map[string]string{}
+	flags := map[string][]string{}
+	for _, cluster := range []string{"east", "west"} {
+		secrets[cluster] = filepath.Join(dir, cluster+".secret")
+		if err := os.WriteFile(secrets[cluster], []byte(oldKey+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		flags[cluster] = []string{"-hop-secret-file", secrets[cluster]}
+	}
+	p := startPlatform(t, platformtest.Options{ClusterProxyFlags: flags})
 	p.ctl(t, false, "repl", "create", "alice/blog", "--id", "blog1", "--cluster", "east", "--endpoint", p.apps["east"])
 	p.ctl(t, false, "move", "blog1", "--to", "west", "--endpoint", p.apps["west"])
-	east, host := p.proxies["east"].addr, "blog.alice.repl.test"
+	east, host := p.proxy(t, "east"), "blog.alice.repl.test"
 	get := func(client *http.Client, method string, body io.Reader) error {
 		req, _ := http.NewRequest(method, "http://"+east+"/", body)
 		req.Host = host
@@ -73,25 +94,28 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 		wait()
 	}()
 
-	const (
-		oldKey = "the e2e move test's shared hop secret, 32+ bytes"
-		newKey = "the secret every cluster moves to, 32+ bytes long"
-	)
-	reloads := map[string]int{}
+	// write replaces cluster's secret file and waits until its proxy has
+	// reloaded it: until the last "hop secrets reloaded" it logged names
+	// the new content's keys (each write changes them; the proxy's log
+	// keeps only its last MiB, so counting the lines would not do).
 	write := func(cluster, content string) {
 		t.Helper()
-		path := p.secrets[cluster]
+		path := secrets[cluster]
 		if err := os.WriteFile(path+".new", []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.Rename(path+".new", path); err != nil {
 			t.Fatal(err)
 		}
-		reloads[cluster]++
-		out := p.proxies[cluster].out
-		for deadline := time.Now().Add(5 * time.Second); strings.Count(out.String(), "hop secrets reloaded") < reloads[cluster]; time.Sleep(20 * time.Millisecond) {
+		keys, err := proxy.ParseHopKeys([]byte(content))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(keys.IDs())
+		want = append([]byte(`"keys":`), want...)
+		for deadline := time.Now().Add(5 * time.Second); !strings.Contains(lastLine(p.Logs(t, cluster), "hop secrets reloaded"), string(want)); time.Sleep(20 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s did not reload its hop secrets in 5 s:\n%s", cluster, out)
+				t.Fatalf("%s did not reload its hop secrets (%s) in 5 s:\n%s", cluster, want, grep(p.Logs(t, cluster), "hop secret"))
 			}
 		}
 	}
@@ -106,7 +130,7 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 	step(newKey + "\n" + oldKey + "\n") // every cluster signs with it
 	step(newKey + "\n")                 // the old one is retired
 	time.Sleep(500 * time.Millisecond)
-	refused := hopMarksRefused(t, p.proxies["west"].admin)
+	refused := hopMarksRefused(t, p.Cluster(t, "west").AdminAddr)
 	t.Logf("%d requests through east's tombstone during the rotation: %d failed; west refused %v hop marks", sent.Load(), failed.Load(), refused)
 	if failed.Load() != 0 || refused != 0 || sent.Load() < 500 {
 		t.Fatalf("%d of %d requests failed (first: %v), west refused %v hop marks; want none, none", failed.Load(), sent.Load(), firstErr.Load(), refused)
@@ -120,7 +144,7 @@ func TestHopSecretRotationUnderLoad(t *testing.T) {
 	write("west", "a third secret, swapped in without the procedure\n")
 	close(stop)
 	wait()
-	if n := hopMarksRefused(t, p.proxies["west"].admin); n == 0 {
+	if n := hopMarksRefused(t, p.Cluster(t, "west").AdminAddr); n == 0 {
 		t.Error("a one-step rotation: west refused no hop mark; the test cannot tell a safe rotation from an unsafe one")
 	} else {
 		t.Logf("the one-step rotation: west refused %v hop marks", n)
@@ -148,4 +172,14 @@ func hopMarksRefused(t *testing.T, admin string) float64 {
 		}
 	}
 	return sum
+}
+
+// lastLine returns the last line of s that contains substr ("" if none).
+func lastLine(s, substr string) string {
+	if i := strings.LastIndex(s, substr); i >= 0 {
+		start := strings.LastIndexByte(s[:i], '\n') + 1
+		end, _, _ := strings.Cut(s[start:], "\n")
+		return end
+	}
+	return ""
 }

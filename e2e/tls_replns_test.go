@@ -9,19 +9,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/acmetest"
-	"github.com/replproxy/replproxy/internal/pgtest"
-	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/platformtest"
 )
 
 // TestTLSOnDemandThroughReplns runs the real binaries: replproxy with
@@ -31,41 +25,20 @@ import (
 // restart the proxy serves it from the database without ordering.
 func TestTLSOnDemandThroughReplns(t *testing.T) {
 	acmetest.NeedTool(t, "pebble", "pebble")
-	ctx := context.Background()
-	dsn := pgtest.Start(t).NewDatabase(t)
-	st, err := cluster.Open(ctx, dsn, cluster.OpenOptions{Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// Options.TLS: Pebble validates DNS-01 through replns, and the proxy
+	// runs with -tls-on-demand, ordering from it.
+	p := start(t, platformtest.Options{Clusters: []string{"east"}, Store: platformtest.Postgres, TLS: true,
+		ProxyFlags: []string{"-migrate"}})
+	httpsAddr, roots := p.Cluster(t, "east").TLSAddr, p.TLSRoots()
+	app := p.StartApp(t, "east", platformtest.AppOptions{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "app saw %s over %s\n", r.Host, r.Header.Get("X-Forwarded-Proto"))
-	}))
-	defer app.Close()
-	if _, err := st.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{strings.TrimPrefix(app.URL, "http://")}}); err != nil {
-		t.Fatal(err)
-	}
+	})})
+	p.CreateRepl(t, platformtest.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{app.Addr}})
+	admin := p.Cluster(t, "east").AdminAddr
 
-	httpAddr, httpsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	dir := writeFiles(t, map[string]string{
-		"clusters.yaml": fmt.Sprintf("clusters:\n  - {name: east, proxy_ipv4: [127.0.0.1], forward: %q, store: %q}\n", httpAddr, dsn),
-		"hop.secret":    "an e2e secret that is long enough to sign with\n",
-	})
-	registry, secret := filepath.Join(dir, "clusters.yaml"), filepath.Join(dir, "hop.secret")
-	ns := startReplns(t, "-zone", "repl.test", "-registry", registry, "-ns", "ns1.repl.test=127.0.0.1", "-rrl-rate", "0")
-	pebble := acmetest.StartPebble(t, acmetest.PebbleConfig{DNSServer: ns.addr})
-	caFile := filepath.Join(dir, "pebble-listener-ca.pem")
-	if err := os.WriteFile(caFile, pebble.CARootPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	roots := pebble.IssuerRoots(t)
-	args := []string{"-migrate", "-listen-tls", httpsAddr, "-tls-on-demand", "-acme-directory", pebble.Directory,
-		"-acme-ca-root", caFile, "-acme-dns01-check", ns.addr, "-acme-handshake-wait", "60s"}
-
-	proxy := startReplproxy(t, "east", httpAddr, registry, secret, args...)
-	start := time.Now()
+	began := time.Now()
 	first := tlsLeaf(t, httpsAddr, "blog.alice.repl.test", roots)
-	t.Logf("replproxy binary, first handshake to served certificate (DNS-01 through replns): %v", time.Since(start))
+	t.Logf("replproxy binary, first handshake to served certificate (DNS-01 through replns): %v", time.Since(began))
 	if got := strings.Join(first.DNSNames, ","); got != "*.alice.repl.test" {
 		t.Fatalf("served %s, want *.alice.repl.test", got)
 	}
@@ -85,19 +58,17 @@ func TestTLSOnDemandThroughReplns(t *testing.T) {
 	if string(body) != "app saw blog.alice.repl.test over https\n" {
 		t.Fatalf("GET over HTTPS: %s %q", resp.Status, body)
 	}
-	if got := adminMetric(t, proxy.admin, `replproxy_tls_orders_total{kind="wildcard"}`); got != 1 {
+	if got := adminMetric(t, admin, `replproxy_tls_orders_total{kind="wildcard"}`); got != 1 {
 		t.Fatalf("orders = %v, want 1", got)
 	}
 
 	// A restart keeps the certificate: no new order.
-	_ = proxy.cmd.Process.Signal(syscall.SIGTERM)
-	<-proxy.exited
-	proxy = startReplproxy(t, "east", httpAddr, registry, secret, args...)
+	p.RestartProxy(t, "east")
 	again := tlsLeaf(t, httpsAddr, "blog.alice.repl.test", roots)
 	if again.SerialNumber.Cmp(first.SerialNumber) != 0 {
 		t.Fatalf("after a restart: serial %x, want %x", again.SerialNumber, first.SerialNumber)
 	}
-	if got := adminMetric(t, proxy.admin, `replproxy_tls_orders_total{kind="wildcard"}`); got != 0 {
+	if got := adminMetric(t, admin, `replproxy_tls_orders_total{kind="wildcard"}`); got != 0 {
 		t.Fatalf("orders after the restart = %v, want 0", got)
 	}
 }

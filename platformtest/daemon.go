@@ -162,9 +162,9 @@ func (d *daemon) end(sig syscall.Signal) error {
 		if d.cmd != nil {
 			_ = d.cmd.Process.Kill()
 			<-d.done
-		} else {
-			return fmt.Errorf("did not stop within 15 s\n%s", d.logs.tail(40))
+			return fmt.Errorf("did not stop within 15 s of %v: killed\n%s", sig, d.logs.tail(40))
 		}
+		return fmt.Errorf("did not stop within 15 s\n%s", d.logs.tail(40))
 	}
 	switch err := d.err; {
 	case err == nil, sig == syscall.SIGKILL:
@@ -216,8 +216,7 @@ type build struct {
 }
 
 // binary returns the path of the named binary: in dir when given, else
-// built once per process from this module's cmd/ (go build, run from the
-// test's folder, so that it builds the version the test's module uses).
+// Binary's.
 func binary(t TB, dir, name string) string {
 	t.Helper()
 	if dir != "" {
@@ -227,6 +226,18 @@ func binary(t TB, dir, name string) string {
 		}
 		return path
 	}
+	return Binary(t, name)
+}
+
+// Binary returns the path of this module's cmd/<name> binary (replproxy,
+// replns, replctl, demo), built once per test process with `go build`, run
+// from the test's folder so that it builds the version the test's module
+// uses. Every binary it builds is in the same folder (the one Mode
+// Binaries runs, unless Options.Bin names another), so that a program
+// that wants the others beside it (the demo's -bin) finds them there.
+// RemoveBinaries removes them.
+func Binary(t TB, name string) string {
+	t.Helper()
 	builds.mu.Lock()
 	if builds.done == nil {
 		builds.done = map[string]*build{}
@@ -255,6 +266,18 @@ func binary(t TB, dir, name string) string {
 		t.Fatalf("platformtest: %v", b.err)
 	}
 	return b.path
+}
+
+// RemoveBinaries removes the folder of the binaries Binary (and Mode
+// Binaries) built, which outlives the tests: call it from TestMain once
+// m.Run has returned. A later Binary builds them again.
+func RemoveBinaries() {
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if builds.dir != "" {
+		_ = os.RemoveAll(builds.dir)
+		builds.dir, builds.done = "", nil
+	}
 }
 
 // logBuffer keeps a daemon's output (the last 1 MiB) and copies it to tee.

@@ -2,6 +2,7 @@ package platformtest
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/replproxy/replproxy/internal/pgtest"
@@ -84,6 +85,34 @@ func (p *Platform) KillProxy(t TB, cluster string) {
 func (p *Platform) RestartProxy(t TB, cluster string) {
 	t.Helper()
 	p.Cluster(t, cluster).proxy.restart(t)
+}
+
+// ReplaceProxy replaces cluster's proxy with a new process (or, in
+// process, a new instance) as a rolling deployment does, with no moment
+// when its addresses refuse connections: the new one starts with the same
+// flags on the same addresses (replproxy listens with SO_REUSEPORT) but a
+// fresh admin address, ReplaceProxy waits until it is ready, then stops
+// the old one gracefully (SIGTERM: it drains its requests) and fails t if
+// the old one does not exit cleanly. The cluster's AdminAddr is the new
+// one's from then on, and Logs has the new one's lines only.
+func (p *Platform) ReplaceProxy(t TB, cluster string) {
+	t.Helper()
+	c := p.Cluster(t, cluster)
+	old := c.proxy
+	admin := addrOn(t, c.IP, 0)
+	args := slices.Clone(old.args)
+	for i := range len(args) - 1 {
+		if args[i] == "-admin-listen" {
+			args[i+1] = admin
+		}
+	}
+	next := p.newDaemon(t, old.kind, old.name, args, "http://"+admin+"/readyz")
+	next.start(t)
+	next.waitReady(t)
+	c.proxy, c.AdminAddr = next, admin
+	if err := old.stop(); err != nil {
+		t.Fatalf("platformtest: stop the replaced proxy of %s: %v", cluster, err)
+	}
 }
 
 // StopDNS, KillDNS and RestartDNS do the same for replns.

@@ -30,6 +30,9 @@ type Link struct {
 // Link returns the link from cluster from to cluster to.
 func (p *Platform) Link(t TB, from, to string) *Link {
 	t.Helper()
+	if p.opts.NoLinks {
+		t.Fatalf("platformtest: Link(%q, %q): the platform has no links (Options.NoLinks)", from, to)
+	}
 	l := p.links[[2]string{from, to}]
 	if l == nil {
 		t.Fatalf("platformtest: no link from %q to %q (clusters: %v)", from, to, p.opts.Clusters)

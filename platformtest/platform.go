@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -69,6 +70,13 @@ type Options struct {
 	PostgresURL string
 	// NoDNS leaves replns out: Resolve and Client then fail.
 	NoDNS bool
+	// NoLinks leaves the relays out of the paths between the clusters'
+	// proxies: each forwards straight to the others' forward listeners, as
+	// in production, with no hop and no goroutine of the test process in
+	// between (timing at the forward hop is the proxies' own: how many
+	// requests a closing proxy's GOAWAY meets in flight, say). Link then
+	// fails.
+	NoLinks bool
 	// TLS turns on TLS on demand: every proxy also listens for HTTPS
 	// (Cluster.TLSAddr) and obtains its certificates from a throw-away
 	// Pebble ACME server, by DNS-01 through replns for names under the
@@ -95,6 +103,10 @@ type Options struct {
 	// ProxyFlags and DNSFlags are more flags for every replproxy and for
 	// replns (they come last, and win).
 	ProxyFlags, DNSFlags []string
+	// ClusterProxyFlags are more flags for the proxy of the cluster they
+	// are named by, after ProxyFlags: what differs between the clusters'
+	// deployments (a hop secret file of each cluster's own, say).
+	ClusterProxyFlags map[string][]string
 	// Logs receives every daemon's log lines as they are written. Nil:
 	// they are kept, and the last lines of each are in the messages of
 	// failures.
@@ -133,6 +145,11 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("TLS needs replns (DNS-01 records are served by it): leave NoDNS off")
 	case o.PostgresURL != "" && o.Store != Postgres:
 		return o, fmt.Errorf("PostgresURL is set but Store is not Postgres: set Store: platformtest.Postgres")
+	}
+	for name := range o.ClusterProxyFlags {
+		if !slices.Contains(o.Clusters, name) {
+			return o, fmt.Errorf("ClusterProxyFlags for %q: no such cluster (the platform has %v)", name, o.Clusters)
+		}
 	}
 	seen, seenIP := map[string]bool{}, map[string]bool{}
 	for i, name := range o.Clusters {
@@ -282,19 +299,21 @@ func (p *Platform) writeConfig(t TB) {
 			c.TLSAddr = addrOn(t, c.IP, 0)
 		}
 	}
+	p.registry = filepath.Join(p.dir, "clusters.yaml")
+	p.writeRegistry(t, p.registry, func(c *Cluster) string { return c.ForwardAddr })
 	// Every ordered pair of clusters gets a relay, so that a test can
 	// delay or cut the link between two proxies (Link) without restarting
 	// them: each proxy's registry names the relays to the others.
 	for _, from := range p.clusters {
+		if o.NoLinks {
+			from.registry = p.registry
+			continue
+		}
 		for _, to := range p.clusters {
 			if from != to {
 				p.links[[2]string{from.Name, to.Name}] = startLink(t, from, to)
 			}
 		}
-	}
-	p.registry = filepath.Join(p.dir, "clusters.yaml")
-	p.writeRegistry(t, p.registry, func(c *Cluster) string { return c.ForwardAddr })
-	for _, from := range p.clusters {
 		from.registry = filepath.Join(p.dir, "clusters-"+from.Name+".yaml")
 		p.writeRegistry(t, from.registry, func(c *Cluster) string {
 			if c == from {
@@ -358,7 +377,7 @@ func (p *Platform) startDaemons(t TB) {
 		if p.tls != nil {
 			args = append(args, p.tls.proxyFlags(c.TLSAddr, dnsAddr)...)
 		}
-		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, append(args, o.ProxyFlags...), "http://"+c.AdminAddr+"/readyz")
+		c.proxy = p.newDaemon(t, "replproxy", "replproxy "+c.Name, slices.Concat(args, o.ProxyFlags, o.ClusterProxyFlags[c.Name]), "http://"+c.AdminAddr+"/readyz")
 	}
 	if !o.NoDNS {
 		args := []string{"-zone", o.Zone, "-registry", p.registry, "-ns", "ns1." + o.Zone + "=127.0.0.1",
@@ -435,16 +454,38 @@ func skipOrFail(t TB, why string, required bool) {
 	t.Fatalf("%s", why)
 }
 
+// FreeAddr returns host:port on ip (a loopback address) with a port free
+// for both TCP and UDP, as far as can be told before it is used: for an
+// address a test must know before Start (Options.DNSAddr, say, or one in
+// ProxyFlags).
+func FreeAddr(t TB, ip string) string {
+	t.Helper()
+	return addrOn(t, ip, 0)
+}
+
 // addrOn returns host:port on ip, a free port when port is 0 (free for
-// both TCP and UDP: replns takes one port for both).
+// both TCP and UDP: replns takes one port for both). A free port is drawn
+// at random below the kernel's ephemeral range (ip_local_port_range): a
+// port the kernel hands out for :0 is one an outgoing connection of this
+// machine (a daemon's to PostgreSQL, say) can take between the pick and
+// the daemon's bind, and then the daemon fails with "address already in
+// use". Where the range cannot be read, the kernel picks.
 func addrOn(t TB, ip string, port int) string {
 	t.Helper()
 	if port != 0 {
 		return net.JoinHostPort(ip, fmt.Sprint(port))
 	}
-	for range 50 {
-		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
+	lo, hi := belowEphemeral()
+	for i := range 100 {
+		try := 0
+		if hi-lo >= 1000 && i < 90 {
+			try = lo + rand.IntN(hi-lo)
+		}
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, fmt.Sprint(try)))
 		if err != nil {
+			if try != 0 {
+				continue // taken
+			}
 			t.Fatalf("platformtest: a free port on %s: %v", ip, err)
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
@@ -458,3 +499,17 @@ func addrOn(t TB, ip string, port int) string {
 	t.Fatalf("platformtest: no port free for both TCP and UDP on %s", ip)
 	return ""
 }
+
+// belowEphemeral returns the ports addrOn draws from: from 10000 to the
+// start of the kernel's ephemeral range (0, 0 when it cannot be read).
+var belowEphemeral = sync.OnceValues(func() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	var first, last int
+	if _, err := fmt.Sscan(string(b), &first, &last); err != nil || first <= 10000 {
+		return 0, 0
+	}
+	return 10000, first
+})

@@ -169,6 +169,52 @@ func TestPostgres(t *testing.T) {
 	}
 }
 
+// TestReplaceProxy: requests sent while a proxy is replaced all succeed,
+// and the new one serves on the cluster's addresses (its admin address a
+// new one); ClusterProxyFlags reach that cluster's proxy only.
+func TestReplaceProxy(t *testing.T) {
+	p := platformtest.Start(t, platformtest.Options{NoDNS: true,
+		ClusterProxyFlags: map[string][]string{"west": {"-access-log=false"}}})
+	app := p.StartApp(t, "east", platformtest.AppOptions{})
+	p.CreateRepl(t, platformtest.Repl{Owner: "dan", Slug: "web", Endpoints: []string{app.Addr}})
+	url := "http://" + p.Host("dan", "web") + "/"
+	before := p.Cluster(t, "east").AdminAddr
+	stop := make(chan struct{})
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c := p.StaleClient(t, "east")
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if _, err := get(c, url); err != nil {
+				failed.Add(1)
+				t.Errorf("a request while east's proxy is replaced: %v", err)
+			}
+		}
+	})
+	p.ReplaceProxy(t, "east")
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if after := p.Cluster(t, "east").AdminAddr; after == before {
+		t.Errorf("the replacement's admin address is the old one's, %s", after)
+	}
+	if ri := p.Route(t, "east", p.Host("dan", "web")); ri.Route != "local" {
+		t.Errorf("the replacement routes %s as %+v", p.Host("dan", "web"), ri)
+	}
+	_, _ = get(p.StaleClient(t, "west"), url) // a 404: west has never had it
+	if !strings.Contains(p.Logs(t, "east"), "web.dan.repl.test") {
+		t.Error("east's new proxy logged no request")
+	}
+	if strings.Contains(p.Logs(t, "west"), "web.dan.repl.test") {
+		t.Errorf("west logged a request despite its -access-log=false:\n%s", p.Logs(t, "west"))
+	}
+}
+
 // TestTLSOnDemand: with Options.TLS the proxies get certificates from
 // Pebble by DNS-01 through replns, and Client reaches https:// URLs.
 func TestTLSOnDemand(t *testing.T) {
