@@ -86,7 +86,6 @@ func TestPostgresWakeMigration(t *testing.T) {
 	migrateTo(t, dsn, 4)
 }
 
-
 // TestPostgresWakeNotifications: every change to a wake is "w <id>" on
 // the channel, EventWake; finishing one announces the repl too.
 func TestPostgresWakeNotifications(t *testing.T) {
