@@ -287,7 +287,7 @@ type replInCluster struct {
 	Endpoints  []string   `json:"endpoints,omitempty"`
 	Asleep     bool       `json:"asleep,omitempty"` // live
 	Wake       *wakeOut   `json:"wake,omitempty"`   // live: its wake, pending or failed
-	To         string     `json:"to,omitempty"` // tombstone
+	To         string     `json:"to,omitempty"`     // tombstone
 	Since      *time.Time `json:"since,omitempty"`
 	Error      string     `json:"error,omitempty"`
 }
