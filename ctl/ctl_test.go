@@ -98,7 +98,7 @@ func TestUsage(t *testing.T) {
 		{"subcommand help", []string{"repl", "create", "-h"}, 0, "Usage: replctl repl create OWNER/SLUG"},
 		{"no command", nil, 2, "no command given"},
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{"group without subcommand", []string{"repl"}, 2, "want a subcommand: create, delete, list, show"},
+		{"group without subcommand", []string{"repl"}, 2, "want a subcommand: create, delete, list, show, sleep, wake"},
 		{"unknown subcommand", []string{"domain", "own"}, 2, `unknown subcommand "own"`},
 		{"bad global flag", []string{"-nope", "repl", "list"}, 2, "flag provided but not defined: -nope"},
 		{"bad command flag", []string{"repl", "list", "--nope"}, 2, "flag provided but not defined: -nope"},

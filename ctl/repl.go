@@ -25,6 +25,7 @@ type replJSON struct {
 	Slug       string     `json:"slug"`
 	Endpoints  []string   `json:"endpoints"`
 	Generation int64      `json:"generation"`
+	Asleep     bool       `json:"asleep"`
 	CreatedAt  *time.Time `json:"created_at,omitempty"`
 	UpdatedAt  *time.Time `json:"updated_at,omitempty"`
 	Names      []string   `json:"names,omitempty"`
@@ -32,7 +33,7 @@ type replJSON struct {
 
 func (a *app) replJSON(cluster string, r store.Repl) replJSON {
 	return replJSON{Cluster: cluster, ID: r.ID, Owner: r.Owner, Slug: r.Slug, Endpoints: r.Endpoints,
-		Generation: r.Generation, CreatedAt: timePtr(r.CreatedAt), UpdatedAt: timePtr(r.UpdatedAt), Names: a.names(r.ID, r.Owner, r.Slug)}
+		Generation: r.Generation, Asleep: r.Asleep, CreatedAt: timePtr(r.CreatedAt), UpdatedAt: timePtr(r.UpdatedAt), Names: a.names(r.ID, r.Owner, r.Slug)}
 }
 
 // names returns the repl's names under -zone, if given.
@@ -232,9 +233,9 @@ func replListCommand() command {
 				}
 			}
 			err = a.emit(out, func(w io.Writer) {
-				row(w, "CLUSTER", "ID", "OWNER", "SLUG", "GENERATION", "ENDPOINTS", "UPDATED")
+				row(w, "CLUSTER", "ID", "OWNER", "SLUG", "GENERATION", "STATE", "ENDPOINTS", "UPDATED")
 				for _, r := range out {
-					row(w, r.Cluster, r.ID, r.Owner, r.Slug, r.Generation, join(r.Endpoints), stamp(deref(r.UpdatedAt)))
+					row(w, r.Cluster, r.ID, r.Owner, r.Slug, r.Generation, awakeState(r.Asleep), join(r.Endpoints), stamp(deref(r.UpdatedAt)))
 				}
 			})
 			if err != nil {
@@ -284,7 +285,9 @@ type replInCluster struct {
 	State      string     `json:"state"` // live, tombstone, none, unreachable
 	Generation int64      `json:"generation,omitempty"`
 	Endpoints  []string   `json:"endpoints,omitempty"`
-	To         string     `json:"to,omitempty"` // tombstone
+	Asleep     bool       `json:"asleep,omitempty"` // live
+	Wake       *wakeOut   `json:"wake,omitempty"`   // live: its wake, pending or failed
+	To         string     `json:"to,omitempty"`     // tombstone
 	Since      *time.Time `json:"since,omitempty"`
 	Error      string     `json:"error,omitempty"`
 }
@@ -394,6 +397,12 @@ func surveyRepl(ctx context.Context, all []opened, id string) (replShow, move.St
 			errs = append(errs, o.err)
 		case r.Live != nil:
 			c.State, c.Generation, c.Endpoints, c.Since = "live", r.Live.Generation, r.Live.Endpoints, timePtr(r.Live.UpdatedAt)
+			c.Asleep = r.Live.Asleep
+			if w, err := o.store.GetWake(ctx, id); err == nil {
+				c.Wake = wakeOutOf(w)
+			} else if !errors.Is(err, store.ErrNotFound) {
+				c.Error = "read its wake: " + err.Error()
+			}
 		case r.Tombstone != nil:
 			c.State, c.Generation, c.To, c.Since = "tombstone", r.Tombstone.Generation, r.Tombstone.Cluster, timePtr(r.Tombstone.MovedAt)
 		}
@@ -421,7 +430,16 @@ func (out replShow) print(w io.Writer, unreachable bool) {
 		if c.Generation == 0 {
 			gen = ""
 		}
-		row(w, c.Cluster, c.State, gen, where, stamp(deref(c.Since)))
+		state := c.State
+		if c.State == "live" && c.Asleep {
+			state, where = "live, asleep", "-"
+		}
+		row(w, c.Cluster, state, gen, where, stamp(deref(c.Since)))
+	}
+	for _, c := range out.Clusters {
+		if c.Wake != nil {
+			fmt.Fprintf(w, "\nwake in %s: %s\n", c.Cluster, c.Wake.describe())
+		}
 	}
 	if len(out.Domains) > 0 {
 		fmt.Fprintln(w)

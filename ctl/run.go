@@ -336,6 +336,7 @@ func commands() []command {
 		migrateCommand(),
 		clustersStatusCommand(),
 		replCreateCommand(), replShowCommand(), replListCommand(), replDeleteCommand(),
+		replSleepCommand(), replWakeCommand(),
 		domainLinkCommand(), domainUnlinkCommand(), domainVerifyCommand(), domainListCommand(),
 		moveCommand(),
 		tombstonesListCommand(), tombstonesGCCommand(),

@@ -29,8 +29,12 @@ type Repl struct {
 	Endpoints []string
 	// Generation grows by one on every move; the highest one is current.
 	Generation int64
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	// Asleep: the repl has no running container (the platform's container
+	// manager stopped it); its row stays and its names still route to this
+	// cluster, and a request asks for a wake. Endpoints may be empty then.
+	Asleep    bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Tombstone says that a repl moved from this cluster to another one.
@@ -90,6 +94,7 @@ type Route struct {
 	Endpoints  []string // RouteLocal
 	Cluster    string   // RouteTombstone
 	Generation int64
+	Asleep     bool // RouteLocal: the repl is asleep (Repl.Asleep)
 }
 
 // Stats counts what a store holds.
@@ -117,6 +122,9 @@ const (
 	// until the next EventResync are not notified. Consumers that act on
 	// what they hold (a tombstone) should confirm it with the store.
 	EventLost
+	// EventWake: the repl's wake was requested, claimed or failed, or
+	// went (ReplID). FinishWake changes the repl's row too: EventRepl.
+	EventWake
 )
 
 func (k EventKind) String() string {
@@ -131,6 +139,8 @@ func (k EventKind) String() string {
 		return "challenge"
 	case EventLost:
 		return "lost"
+	case EventWake:
+		return "wake"
 	}
 	return "unknown"
 }
@@ -168,6 +178,7 @@ type Store interface {
 	ListAll(ctx context.Context) (Snapshot, error)
 	Moves
 	Reader
+	Wakes
 
 	// CreateRepl adds a live repl with generation 1 (or r.Generation when
 	// set). ErrInvalid when a label is bad (ValidLabel, ValidOwner) or an

@@ -12,7 +12,8 @@ import (
 // Checks shared by every backend, so that both reject the same writes with
 // the same words before anything is written.
 
-// CheckRepl checks a repl's id, owner, slug, endpoints and generation.
+// CheckRepl checks a repl's id, owner, slug, endpoints and generation. An
+// asleep repl may have no endpoints.
 func CheckRepl(r Repl) error {
 	if err := ValidLabel(r.ID); err != nil {
 		return fmt.Errorf("repl id: %w", err)
@@ -25,6 +26,9 @@ func CheckRepl(r Repl) error {
 	}
 	if r.Generation < 0 {
 		return fmt.Errorf("repl generation %d: %w: must be 1 or more", r.Generation, ErrInvalid)
+	}
+	if r.Asleep && len(r.Endpoints) == 0 {
+		return nil
 	}
 	return CheckEndpoints(r.Endpoints)
 }

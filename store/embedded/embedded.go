@@ -27,6 +27,7 @@ import (
 //	    slug: blog
 //	    endpoints: [127.0.0.1:9001]
 //	    generation: 1                      # optional, default 1
+//	    asleep: true                       # optional, default false; endpoints may be left out then
 //	    created_at: 2026-11-29T10:00:00Z   # optional (RFC 3339); updated_at likewise
 //	tombstones:
 //	  - repl_id: r9
@@ -44,6 +45,17 @@ import (
 //	  - name: _acme-challenge.alice.repl.test
 //	    value: xyz
 //	    expires_at: 2026-11-29T11:00:00Z
+//	wakes:                                 # written by proxies and the container manager
+//	  - repl_id: r1a2b3                    # a live repl; at most one wake each
+//	    requested_at: 2026-11-29T10:00:00Z
+//	    requested_by: east/host-a/4242
+//	    claimed_by: manager-1              # optional, with claimed_at
+//	    claimed_at: 2026-11-29T10:00:01Z
+//	    failed: image pull failed          # optional, with failed_at
+//	    failed_at: 2026-11-29T10:00:05Z
+//
+// Activity (RecordActivity) is not in the file but in
+// "<file>.activity/last", so that the proxies' flushes do not rewrite it.
 //
 // Every section is optional and an empty file is an empty store. The file
 // is checked whole when it is read: a problem anywhere (an unknown field,

@@ -249,8 +249,8 @@ repls:
     endpoints: [127.0.0.1:9001
 `, []string{`6: not valid YAML: did not find expected ',' or ']'`}},
 	{"second document", "repls: []\n---\nrepls: []\n", []string{`2: a second YAML document`}},
-	{"not a mapping", "- id: r1\n", []string{`1: the file must be a mapping with repls, tombstones, domains and challenges, not a list`}},
-	{"unknown section", "repls: []\nreplz: []\n", []string{`2: replz: unknown field; the top level has repls, tombstones, domains and challenges`}},
+	{"not a mapping", "- id: r1\n", []string{`1: the file must be a mapping with repls, tombstones, domains, challenges and wakes, not a list`}},
+	{"unknown section", "repls: []\nreplz: []\n", []string{`2: replz: unknown field; the top level has repls, tombstones, domains, challenges and wakes`}},
 	{"section not a list", "repls:\n  id: r1\n", []string{`2: repls: must be a list`}},
 	{"entry not a mapping", "repls:\n  - r1\n", []string{`2: repls[0]: must be a mapping with id, owner, slug, endpoints`}},
 	{"unknown field", `
@@ -260,7 +260,7 @@ repls:
     slug: blog
     endpoints: [127.0.0.1:9001]
     endpoint: 127.0.0.1:9002
-`, []string{`7: repls[0].endpoint: unknown field; an entry of repls has id, owner, slug, endpoints, generation, created_at, updated_at`}},
+`, []string{`7: repls[0].endpoint: unknown field; an entry of repls has id, owner, slug, endpoints, generation, asleep, created_at, updated_at`}},
 	{"field twice", `
 repls:
   - id: r1

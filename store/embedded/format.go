@@ -21,9 +21,10 @@ type parsedDoc struct {
 	tombstones []store.Tombstone
 	domains    []store.Domain
 	challenges []store.Challenge
+	wakes      []store.Wake
 	// pos[section][i] is where item i of a section was; the lists are
 	// empty when the data did not come from a file.
-	pos [4][]*position
+	pos [numSections][]*position
 }
 
 // The sections of the file, in order.
@@ -32,9 +33,11 @@ const (
 	secTombstones
 	secDomains
 	secChallenges
+	secWakes
+	numSections
 )
 
-var sections = [4]string{"repls", "tombstones", "domains", "challenges"}
+var sections = [numSections]string{"repls", "tombstones", "domains", "challenges", "wakes"}
 
 // at returns where item i of a section was, or nil.
 func (d *parsedDoc) at(section, i int) *position {
@@ -53,6 +56,7 @@ func (d *parsedDoc) sort() {
 	slices.SortFunc(d.challenges, func(a, b store.Challenge) int {
 		return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.Value, b.Value))
 	})
+	slices.SortFunc(d.wakes, func(a, b store.Wake) int { return strings.Compare(a.ReplID, b.ReplID) })
 }
 
 // position is where an item was in the file. A nil *position (data
@@ -136,11 +140,12 @@ func also(line int) string {
 }
 
 // The fields of each kind of item, as written in the file.
-var itemFields = [4][]string{
-	{"id", "owner", "slug", "endpoints", "generation", "created_at", "updated_at"},
+var itemFields = [numSections][]string{
+	{"id", "owner", "slug", "endpoints", "generation", "asleep", "created_at", "updated_at"},
 	{"repl_id", "owner", "slug", "cluster", "generation", "moved_at"},
 	{"name", "repl_id", "token", "verified_at", "created_at"},
 	{"name", "value", "expires_at"},
+	{"repl_id", "requested_at", "requested_by", "claimed_by", "claimed_at", "failed", "failed_at"},
 }
 
 // parse reads the file's structure and values; check then applies the
@@ -176,10 +181,10 @@ func (p *parser) parse(raw []byte) *parsedDoc {
 		return doc
 	}
 	if root.Kind != yaml.MappingNode {
-		p.fail(root.Line, "the file must be a mapping with repls, tombstones, domains and challenges, not %s", yamlline.Describe(root, nil))
+		p.fail(root.Line, "the file must be a mapping with repls, tombstones, domains, challenges and wakes, not %s", yamlline.Describe(root, nil))
 		return nil
 	}
-	fields := p.mapping(root, "", sections[:], "the top level has repls, tombstones, domains and challenges")
+	fields := p.mapping(root, "", sections[:], "the top level has repls, tombstones, domains, challenges and wakes")
 	for sec, name := range sections {
 		list, ok := fields[name]
 		if !ok || yamlline.IsNull(list) {
@@ -215,6 +220,7 @@ func (p *parser) item(doc *parsedDoc, sec int, path string, n *yaml.Node) {
 			ID: v.str("id"), Owner: v.str("owner"), Slug: v.str("slug"),
 			Endpoints:  v.endpoints(),
 			Generation: v.integer("generation", 1),
+			Asleep:     v.boolean("asleep"),
 			CreatedAt:  v.timestamp("created_at"), UpdatedAt: v.timestamp("updated_at"),
 		}
 		doc.repls = append(doc.repls, r)
@@ -231,6 +237,12 @@ func (p *parser) item(doc *parsedDoc, sec int, path string, n *yaml.Node) {
 	case secChallenges:
 		doc.challenges = append(doc.challenges, store.Challenge{
 			Name: v.str("name"), Value: v.str("value"), ExpiresAt: v.timestamp("expires_at"),
+		})
+	case secWakes:
+		doc.wakes = append(doc.wakes, store.Wake{
+			ReplID: v.str("repl_id"), RequestedAt: v.timestamp("requested_at"), RequestedBy: v.str("requested_by"),
+			ClaimedBy: v.str("claimed_by"), ClaimedAt: v.timestamp("claimed_at"),
+			Failed: v.str("failed"), FailedAt: v.timestamp("failed_at"),
 		})
 	}
 }
@@ -285,6 +297,21 @@ func (v values) integer(key string, def int64) int64 {
 	return i
 }
 
+// boolean reads an optional true or false (default false).
+func (v values) boolean(key string) bool {
+	n := v.scalar(key)
+	if n == nil {
+		return false
+	}
+	var b bool
+	if err := n.Decode(&b); err != nil || n.Tag != "!!bool" {
+		v.p.fail(n.Line, "%s.%s: %q is not true or false", v.path, key, n.Value)
+		v.pos.bad[key] = true
+		return false
+	}
+	return b
+}
+
 // timestamp reads an optional RFC 3339 time.
 func (v values) timestamp(key string) time.Time {
 	n := v.scalar(key)
@@ -333,6 +360,7 @@ func (p *parser) check(d *parsedDoc) {
 	c.tombstones()
 	c.domains()
 	c.challenges()
+	c.wakes()
 }
 
 // checker is one run of check: what was seen so far, by key, so that
@@ -406,17 +434,9 @@ func (c *checker) repls() {
 		c.field(pos, path, "id", "give the repl's id, a DNS label", checkLabel(r.ID))
 		c.field(pos, path, "owner", "give the repl's owner, a DNS label", checkOwner(r.Owner))
 		c.field(pos, path, "slug", "give the repl's slug, a DNS label", checkLabel(r.Slug))
-		c.field(pos, path, "endpoints", "list the container addresses, e.g. [127.0.0.1:9001]", func() error {
-			if len(r.Endpoints) == 0 {
-				return store.CheckEndpoints(nil)
-			}
-			for j, e := range r.Endpoints {
-				if err := store.CheckEndpoints([]string{e}); err != nil {
-					c.p.fail(pos.elemAt(j), "%s.endpoints[%d]: %v", path, j, err)
-				}
-			}
-			return nil
-		})
+		if !r.Asleep || len(r.Endpoints) > 0 { // an asleep repl needs none
+			c.checkEndpoints(pos, path, r)
+		}
 		c.field(pos, path, "generation", "", checkGeneration(r.Generation))
 
 		if r.ID != "" {
@@ -428,6 +448,21 @@ func (c *checker) repls() {
 			})
 		}
 	}
+}
+
+// checkEndpoints checks a repl's endpoints, each on its own line.
+func (c *checker) checkEndpoints(pos *position, path string, r store.Repl) {
+	c.field(pos, path, "endpoints", "list the container addresses, e.g. [127.0.0.1:9001] (or set asleep: true)", func() error {
+		if len(r.Endpoints) == 0 {
+			return store.CheckEndpoints(nil)
+		}
+		for j, e := range r.Endpoints {
+			if err := store.CheckEndpoints([]string{e}); err != nil {
+				c.p.fail(pos.elemAt(j), "%s.endpoints[%d]: %v", path, j, err)
+			}
+		}
+		return nil
+	})
 }
 
 func (c *checker) tombstones() {
@@ -506,6 +541,38 @@ func (c *checker) challenges() {
 	}
 }
 
+func (c *checker) wakes() {
+	seenWake := make(map[string]seen, len(c.d.wakes))
+	for i, w := range c.d.wakes {
+		pos, path, ok := c.item(secWakes, i)
+		if !ok {
+			continue
+		}
+		c.field(pos, path, "repl_id", "give the id of the repl to wake", checkLabel(w.ReplID))
+		c.field(pos, path, "requested_at", "give the time of the request (RFC 3339), e.g. 2026-11-29T10:00:00Z", present)
+		c.field(pos, path, "requested_by", "give who asked, e.g. replctl", func() error { return store.CheckWakeName("requested_by", w.RequestedBy) })
+		if pos.given("claimed_by") != pos.given("claimed_at") && !pos.bad["claimed_by"] && !pos.bad["claimed_at"] {
+			c.p.fail(pos.lineOf(), "%s: give claimed_by and claimed_at together, or neither", path)
+		} else if pos.given("claimed_by") && w.ClaimedBy != "" {
+			c.field(pos, path, "claimed_by", "", func() error { return store.CheckWakeName("claimed_by", w.ClaimedBy) })
+		}
+		if pos.given("failed") != pos.given("failed_at") && !pos.bad["failed"] && !pos.bad["failed_at"] {
+			c.p.fail(pos.lineOf(), "%s: give failed and failed_at together, or neither", path)
+		} else if pos.given("failed") && len(w.Failed) > store.MaxWakeText {
+			c.p.fail(pos.at("failed"), "%s.failed: longer than %d bytes", path, store.MaxWakeText)
+		}
+		if w.ReplID == "" {
+			continue
+		}
+		unique(c, seenWake, w.ReplID, path, pos.lineOf(), func(f string) string {
+			return "repl " + w.ReplID + " already has a wake, " + f + "; keep one"
+		})
+		if _, live := c.live[w.ReplID]; !live {
+			c.p.fail(pos.at("repl_id"), "%s: repl %s is not live here; a wake is for a live repl of this file", path, w.ReplID)
+		}
+	}
+}
+
 // The file as written: the canonical form of the data.
 
 type fileForm struct {
@@ -513,6 +580,7 @@ type fileForm struct {
 	Tombstones []fileTombstone `yaml:"tombstones"`
 	Domains    []fileDomain    `yaml:"domains"`
 	Challenges []fileChallenge `yaml:"challenges"`
+	Wakes      []fileWake      `yaml:"wakes,omitempty"`
 }
 
 type fileRepl struct {
@@ -521,6 +589,7 @@ type fileRepl struct {
 	Slug       string   `yaml:"slug"`
 	Endpoints  []string `yaml:"endpoints,flow"`
 	Generation int64    `yaml:"generation"`
+	Asleep     bool     `yaml:"asleep,omitempty"`
 	CreatedAt  string   `yaml:"created_at,omitempty"`
 	UpdatedAt  string   `yaml:"updated_at,omitempty"`
 }
@@ -548,6 +617,16 @@ type fileChallenge struct {
 	ExpiresAt string `yaml:"expires_at"`
 }
 
+type fileWake struct {
+	ReplID      string `yaml:"repl_id"`
+	RequestedAt string `yaml:"requested_at"`
+	RequestedBy string `yaml:"requested_by"`
+	ClaimedBy   string `yaml:"claimed_by,omitempty"`
+	ClaimedAt   string `yaml:"claimed_at,omitempty"`
+	Failed      string `yaml:"failed,omitempty"`
+	FailedAt    string `yaml:"failed_at,omitempty"`
+}
+
 // formatTime writes a time in RFC 3339, "" for the zero time.
 func formatTime(t time.Time) string {
 	if t.IsZero() {
@@ -565,7 +644,7 @@ func marshal(d *parsedDoc) ([]byte, error) {
 	}
 	for _, r := range d.repls {
 		f.Repls = append(f.Repls, fileRepl{
-			ID: r.ID, Owner: r.Owner, Slug: r.Slug, Endpoints: r.Endpoints, Generation: r.Generation,
+			ID: r.ID, Owner: r.Owner, Slug: r.Slug, Endpoints: r.Endpoints, Generation: r.Generation, Asleep: r.Asleep,
 			CreatedAt: formatTime(r.CreatedAt), UpdatedAt: formatTime(r.UpdatedAt),
 		})
 	}
@@ -584,6 +663,12 @@ func marshal(d *parsedDoc) ([]byte, error) {
 	for _, c := range d.challenges {
 		f.Challenges = append(f.Challenges, fileChallenge{
 			Name: c.Name, Value: c.Value, ExpiresAt: c.ExpiresAt.UTC().Format(time.RFC3339Nano),
+		})
+	}
+	for _, w := range d.wakes {
+		f.Wakes = append(f.Wakes, fileWake{
+			ReplID: w.ReplID, RequestedAt: w.RequestedAt.UTC().Format(time.RFC3339Nano), RequestedBy: w.RequestedBy,
+			ClaimedBy: w.ClaimedBy, ClaimedAt: formatTime(w.ClaimedAt), Failed: w.Failed, FailedAt: formatTime(w.FailedAt),
 		})
 	}
 	var b bytes.Buffer

@@ -22,10 +22,12 @@ type snapshot struct {
 	tombstones []store.Tombstone
 	domains    []store.Domain
 	challenges []store.Challenge
+	wakes      []store.Wake // by repl id
 
 	replByID     map[string]int // index into repls
 	tombByID     map[string]int // index into tombstones
 	domainByName map[string]int // index into domains
+	wakeByID     map[string]int // index into wakes
 
 	routeByName      map[replName]store.Route
 	routeByID        map[string]store.Route
@@ -46,6 +48,8 @@ func newSnapshot(d *parsedDoc) (*snapshot, error) {
 		tombstones:       d.tombstones,
 		domains:          d.domains,
 		challenges:       d.challenges,
+		wakes:            d.wakes,
+		wakeByID:         make(map[string]int, len(d.wakes)),
 		replByID:         make(map[string]int, len(d.repls)),
 		tombByID:         make(map[string]int, len(d.tombstones)),
 		domainByName:     make(map[string]int, len(d.domains)),
@@ -57,7 +61,7 @@ func newSnapshot(d *parsedDoc) (*snapshot, error) {
 	}
 	for i, r := range d.repls {
 		s.replByID[r.ID] = i
-		rt := store.Route{Kind: store.RouteLocal, ReplID: r.ID, Owner: r.Owner, Slug: r.Slug, Endpoints: r.Endpoints, Generation: r.Generation}
+		rt := store.Route{Kind: store.RouteLocal, ReplID: r.ID, Owner: r.Owner, Slug: r.Slug, Endpoints: r.Endpoints, Generation: r.Generation, Asleep: r.Asleep}
 		s.routeByName[replName{r.Owner, r.Slug}] = rt
 		s.routeByID[r.ID] = rt
 	}
@@ -78,6 +82,9 @@ func newSnapshot(d *parsedDoc) (*snapshot, error) {
 			s.routeByDomain[dom.Name] = rt
 		}
 	}
+	for i, w := range d.wakes {
+		s.wakeByID[w.ReplID] = i
+	}
 	for i := 0; i < len(d.challenges); {
 		j := i + 1
 		for j < len(d.challenges) && d.challenges[j].Name == d.challenges[i].Name {
@@ -95,6 +102,7 @@ type tables struct {
 	tombstones map[string]store.Tombstone
 	domains    map[string]store.Domain
 	challenges map[challengeKey]store.Challenge
+	wakes      map[string]store.Wake // by repl id
 }
 
 func (s *snapshot) data() *tables {
@@ -103,6 +111,7 @@ func (s *snapshot) data() *tables {
 		tombstones: make(map[string]store.Tombstone, len(s.tombstones)+1),
 		domains:    make(map[string]store.Domain, len(s.domains)+1),
 		challenges: make(map[challengeKey]store.Challenge, len(s.challenges)+1),
+		wakes:      make(map[string]store.Wake, len(s.wakes)+1),
 	}
 	// Endpoints slices are shared: writes replace them, never change them.
 	for _, r := range s.repls {
@@ -116,6 +125,9 @@ func (s *snapshot) data() *tables {
 	}
 	for _, c := range s.challenges {
 		d.challenges[challengeKey{c.Name, c.Value}] = c
+	}
+	for _, w := range s.wakes {
+		d.wakes[w.ReplID] = w
 	}
 	return d
 }
@@ -162,6 +174,11 @@ func (d *tables) snapshot() (*snapshot, error) {
 	for _, c := range d.challenges {
 		doc.challenges = append(doc.challenges, c)
 	}
+	for id, w := range d.wakes {
+		if _, live := d.repls[id]; live { // a repl that went takes its wake along
+			doc.wakes = append(doc.wakes, w)
+		}
+	}
 	doc.sort()
 	p := &parser{}
 	p.check(doc)
@@ -183,7 +200,7 @@ func load(path string, raw []byte) (*snapshot, error) {
 		return nil, err
 	}
 	doc.sort()
-	doc.pos = [4][]*position{}
+	doc.pos = [numSections][]*position{}
 	return newSnapshot(doc)
 }
 

@@ -37,6 +37,7 @@ func (s *Store) CreateRepl(ctx context.Context, r store.Repl) (store.Repl, error
 			ID: r.ID, Owner: r.Owner, Slug: r.Slug,
 			Endpoints:  slices.Clone(r.Endpoints),
 			Generation: r.Generation,
+			Asleep:     r.Asleep,
 			CreatedAt:  now, UpdatedAt: now,
 		}
 		d.repls[r.ID] = out
@@ -74,7 +75,7 @@ func (s *Store) SetEndpoints(ctx context.Context, id string, endpoints []string)
 
 // DeleteRepl implements Store.
 func (s *Store) DeleteRepl(ctx context.Context, id string) error {
-	return s.write(ctx, "delete repl "+id, func(d *tables) error {
+	err := s.write(ctx, "delete repl "+id, func(d *tables) error {
 		if _, ok := d.repls[id]; !ok {
 			return fmt.Errorf("%w: repl %s is not live here", store.ErrNotFound, id)
 		}
@@ -82,6 +83,10 @@ func (s *Store) DeleteRepl(ctx context.Context, id string) error {
 		d.dropOrphanDomains()
 		return nil
 	})
+	if err == nil {
+		s.forgetActivity(ctx, id)
+	}
+	return err
 }
 
 // Activate implements Store.
@@ -133,6 +138,7 @@ func (s *Store) ActivateWithDomains(ctx context.Context, r store.Repl, domains [
 			ID: r.ID, Owner: r.Owner, Slug: r.Slug,
 			Endpoints:  slices.Clone(r.Endpoints),
 			Generation: r.Generation,
+			Asleep:     r.Asleep,
 			CreatedAt:  created, UpdatedAt: now,
 		}
 		d.repls[r.ID] = out
@@ -177,6 +183,7 @@ func (s *Store) Retire(ctx context.Context, replID, cluster string, generation i
 	if err != nil {
 		return store.Tombstone{}, err
 	}
+	s.forgetActivity(ctx, replID)
 	return out, nil
 }
 

@@ -13,19 +13,19 @@ import (
 // highest generation, then the smallest repl id.
 const (
 	lookupByNameSQL = `
-SELECT 1, id, owner, slug, endpoints, '', generation FROM repls WHERE owner = $1 AND slug = $2
+SELECT 1, id, owner, slug, endpoints, '', generation, asleep FROM repls WHERE owner = $1 AND slug = $2
 UNION ALL
-SELECT 2, repl_id, owner, slug, NULL, cluster, generation FROM tombstones WHERE owner = $1 AND slug = $2
+SELECT 2, repl_id, owner, slug, NULL, cluster, generation, false FROM tombstones WHERE owner = $1 AND slug = $2
 ORDER BY 1, 7 DESC, 2 LIMIT 1`
 	lookupByIDSQL = `
-SELECT 1, id, owner, slug, endpoints, '', generation FROM repls WHERE id = $1
+SELECT 1, id, owner, slug, endpoints, '', generation, asleep FROM repls WHERE id = $1
 UNION ALL
-SELECT 2, repl_id, owner, slug, NULL, cluster, generation FROM tombstones WHERE repl_id = $1
+SELECT 2, repl_id, owner, slug, NULL, cluster, generation, false FROM tombstones WHERE repl_id = $1
 ORDER BY 1 LIMIT 1`
 	lookupByDomainSQL = `
-SELECT 1, r.id, r.owner, r.slug, r.endpoints, '', r.generation FROM domains d JOIN repls r ON r.id = d.repl_id WHERE d.name = $1
+SELECT 1, r.id, r.owner, r.slug, r.endpoints, '', r.generation, r.asleep FROM domains d JOIN repls r ON r.id = d.repl_id WHERE d.name = $1
 UNION ALL
-SELECT 2, t.repl_id, t.owner, t.slug, NULL, t.cluster, t.generation FROM domains d JOIN tombstones t ON t.repl_id = d.repl_id WHERE d.name = $1
+SELECT 2, t.repl_id, t.owner, t.slug, NULL, t.cluster, t.generation, false FROM domains d JOIN tombstones t ON t.repl_id = d.repl_id WHERE d.name = $1
 ORDER BY 1 LIMIT 1`
 )
 
@@ -40,7 +40,7 @@ func (p *Store) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 		r    store.Route
 		kind int32
 	)
-	if err := row.Scan(&kind, &r.ReplID, &r.Owner, &r.Slug, &r.Endpoints, &r.Cluster, &r.Generation); err != nil {
+	if err := row.Scan(&kind, &r.ReplID, &r.Owner, &r.Slug, &r.Endpoints, &r.Cluster, &r.Generation, &r.Asleep); err != nil {
 		return store.Route{}, p.fail("lookup "+k.String(), err)
 	}
 	r.Kind = store.RouteKind(kind)

@@ -75,7 +75,8 @@ func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func
 }
 
 // parseNotification reads the payloads written by notify_change() in the
-// schema: "r <id> <owner> <slug>", "d <name>", "c <name>".
+// schema: "r <id> <owner> <slug>", "d <name>", "c <name>", and
+// notify_wake() of 004: "w <repl id>".
 func parseNotification(payload string) (store.Event, bool) {
 	kind, rest, _ := strings.Cut(payload, " ")
 	switch kind {
@@ -89,6 +90,8 @@ func parseNotification(payload string) (store.Event, bool) {
 		return store.Event{Kind: store.EventDomain, Name: rest}, rest != ""
 	case "c":
 		return store.Event{Kind: store.EventChallenge, Name: rest}, rest != ""
+	case "w":
+		return store.Event{Kind: store.EventWake, ReplID: rest}, rest != ""
 	}
 	return store.Event{}, false
 }

@@ -10,11 +10,11 @@ import (
 	"github.com/replproxy/replproxy/store"
 )
 
-const replColumns = `id, owner, slug, endpoints, generation, created_at, updated_at`
+const replColumns = `id, owner, slug, endpoints, generation, asleep, created_at, updated_at`
 
 func scanRepl(row pgx.CollectableRow) (store.Repl, error) {
 	var r store.Repl
-	err := row.Scan(&r.ID, &r.Owner, &r.Slug, &r.Endpoints, &r.Generation, &r.CreatedAt, &r.UpdatedAt)
+	err := row.Scan(&r.ID, &r.Owner, &r.Slug, &r.Endpoints, &r.Generation, &r.Asleep, &r.CreatedAt, &r.UpdatedAt)
 	return r, err
 }
 
@@ -92,9 +92,9 @@ func (p *Store) CreateRepl(ctx context.Context, r store.Repl) (store.Repl, error
 		}
 		var err error
 		out, err = one(ctx, tx, scanRepl,
-			`INSERT INTO repls (id, owner, slug, endpoints, generation, created_at, updated_at)
-			 VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING `+replColumns,
-			r.ID, r.Owner, r.Slug, r.Endpoints, r.Generation, p.now())
+			`INSERT INTO repls (id, owner, slug, endpoints, generation, asleep, created_at, updated_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING `+replColumns,
+			r.ID, r.Owner, r.Slug, endpointsArg(r.Endpoints), r.Generation, r.Asleep, p.now())
 		return err
 	})
 	return out, err
@@ -162,13 +162,14 @@ func (p *Store) ActivateWithDomains(ctx context.Context, r store.Repl, domains [
 		}
 		now := p.now()
 		out, err = one(ctx, tx, scanRepl,
-			`INSERT INTO repls (id, owner, slug, endpoints, generation, created_at, updated_at)
-			 VALUES ($1, $2, $3, $4, $5, $6, $6)
+			`INSERT INTO repls (id, owner, slug, endpoints, generation, asleep, created_at, updated_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
 			 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, slug = excluded.slug,
-			     endpoints = excluded.endpoints, generation = excluded.generation, updated_at = excluded.updated_at
+			     endpoints = excluded.endpoints, generation = excluded.generation, asleep = excluded.asleep,
+			     updated_at = excluded.updated_at
 			   WHERE repls.generation < excluded.generation
 			 RETURNING `+replColumns,
-			r.ID, r.Owner, r.Slug, r.Endpoints, r.Generation, now)
+			r.ID, r.Owner, r.Slug, endpointsArg(r.Endpoints), r.Generation, r.Asleep, now)
 		if errors.Is(err, pgx.ErrNoRows) {
 			// The row was there with the same or a higher generation: leave it.
 			out, err = one(ctx, tx, scanRepl, `SELECT `+replColumns+` FROM repls WHERE id = $1`, r.ID)
