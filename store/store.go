@@ -31,6 +31,10 @@ type Repl struct {
 	Generation int64
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Asleep: the repl has no running container (the platform's container
+	// manager stopped it); its row stays and its names still route to this
+	// cluster, and a request asks for a wake. Endpoints may be empty then.
+	Asleep bool
 }
 
 // Tombstone says that a repl moved from this cluster to another one.
@@ -90,6 +94,20 @@ type Route struct {
 	Endpoints  []string // RouteLocal
 	Cluster    string   // RouteTombstone
 	Generation int64
+	Asleep     bool // RouteLocal: copied from the repl
+}
+
+// Wake is a request to start a sleeping repl's container, made by a proxy
+// and answered by the cluster's container manager. There is at most one
+// per repl in a cluster.
+type Wake struct {
+	ReplID      string
+	RequestedAt time.Time
+	RequestedBy string // who asked: a proxy ("<cluster>/<hostname>/<pid>") or replctl
+	ClaimedBy   string // the manager working on it; "" until claimed
+	ClaimedAt   time.Time
+	Failed      string // the manager's reason once the wake failed; "" otherwise
+	FailedAt    time.Time
 }
 
 // Stats counts what a store holds.
