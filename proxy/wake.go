@@ -48,7 +48,9 @@ type Waker interface {
 // pending costs no token, a RequestWake that made no wake gives its token
 // back, and a request for a repl that would need a new wake when the
 // bucket is empty is a 503 at once (no queue: a scan of every name cannot
-// hold later requests behind it).
+// hold later requests behind it). Whether a wake is pending when the
+// bucket is empty is one GetWake, bounded in turn by a bucket ten times
+// as large (beyond it, the 503 without asking).
 
 // wakeCheckEvery is how often a waiter asks the store for its wake (to see
 // a failed one, or one that finished while the cache did not hear).
@@ -81,6 +83,10 @@ type wakes struct {
 	waker  Waker
 	by     string // RequestWake's by: "<cluster>/<hostname>/<pid>"
 	bucket tokenBucket
+	// checks bounds the GetWake calls of requests that found bucket empty
+	// (is the repl's wake pending already?): 10 times bucket's rate, so
+	// that a scan does not turn into a store query per name.
+	checks tokenBucket
 
 	mu      sync.Mutex
 	waiters map[string]*waiter // by repl id
@@ -94,6 +100,7 @@ func newWakes(h *Handler) *wakes {
 		waker:   h.cfg.Wakes,
 		by:      h.cfg.Cluster + "/" + host + "/" + strconv.Itoa(os.Getpid()),
 		bucket:  tokenBucket{rate: h.cfg.WakeRate, burst: float64(h.cfg.WakeBurst), tokens: float64(h.cfg.WakeBurst)},
+		checks:  tokenBucket{rate: 10 * h.cfg.WakeRate, burst: 10 * float64(h.cfg.WakeBurst), tokens: 10 * float64(h.cfg.WakeBurst)},
 		waiters: make(map[string]*waiter),
 	}
 }
@@ -266,6 +273,9 @@ func (wk *wakes) ask(wt *waiter, first bool) (wakeResult, bool) {
 	if !wk.bucket.take(time.Now()) {
 		if !first {
 			return wakeResult{}, false // ask again at the next check
+		}
+		if !wk.checks.take(time.Now()) {
+			return wakeResult{outcome: wakeLimited}, true
 		}
 		w, err := wk.waker.GetWake(ctx, wt.replID)
 		if err == nil && w.Failed == "" {
