@@ -17,6 +17,9 @@ func (h *Handler) finish(rec *recorder, r *http.Request, ex *exchange) {
 		status = http.StatusOK
 	}
 	h.metrics.request(ex.route, status)
+	if h.activity != nil && ex.route == routeLocal {
+		h.activity.touch(ex.replID, time.Now())
+	}
 	if !h.cfg.AccessLog {
 		return
 	}

@@ -57,6 +57,39 @@ type Config struct {
 	BodyWindow time.Duration
 	// AccessLog writes one log line per request. False means none.
 	AccessLog bool
+
+	// Wakes, when set, lets a request for a sleeping repl ask for a wake
+	// and wait for it (wake.go), and receives the repls' activity (nil: such
+	// a request is a 503 at once, and no activity is recorded).
+	Wakes Waker
+	// WakeTimeout bounds a request's wait for a sleeping repl (then 503
+	// with Retry-After). Zero means 30 s.
+	WakeTimeout time.Duration
+	// WakePageAfter is how long a browser's GET or HEAD (Accept:
+	// text/html) waits before it gets the waking page instead: a 503 that
+	// reloads itself every second. Zero means 2 s.
+	WakePageAfter time.Duration
+	// WakePoll is how often a waiting repl's route is looked up again in
+	// the route cache (one lookup per repl, however many requests wait for
+	// it). Zero means 100 ms.
+	WakePoll time.Duration
+	// MaxHeld bounds the requests held for sleeping repls in all, and
+	// MaxHeldPerRepl those for one repl; beyond either, a 503 at once.
+	// Zero means 10,000 and 1,000.
+	MaxHeld        int
+	MaxHeldPerRepl int
+	// WakeRate is the new wakes this proxy may request a second (a token
+	// bucket of WakeBurst): a repl whose wake is pending costs none, so
+	// the cluster's rate of new wakes is at most WakeRate times its
+	// proxies. Zero means 10 a second and a burst of 20.
+	WakeRate  float64
+	WakeBurst int
+	// ActivityFlush is how often the repls' last activity goes to
+	// Wakes.RecordActivity, in one call. Zero means 10 s.
+	ActivityFlush time.Duration
+	// MaxActivity bounds the repls recorded between two flushes. Zero
+	// means 100,000.
+	MaxActivity int
 }
 
 // withDefaults checks c and returns it with the defaults filled in.
@@ -97,6 +130,33 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BodyWindow <= 0 {
 		c.BodyWindow = 10 * time.Second
+	}
+	if c.WakeTimeout <= 0 {
+		c.WakeTimeout = 30 * time.Second
+	}
+	if c.WakePageAfter <= 0 {
+		c.WakePageAfter = 2 * time.Second
+	}
+	if c.WakePoll <= 0 {
+		c.WakePoll = 100 * time.Millisecond
+	}
+	if c.MaxHeld <= 0 {
+		c.MaxHeld = 10_000
+	}
+	if c.MaxHeldPerRepl <= 0 {
+		c.MaxHeldPerRepl = 1_000
+	}
+	if c.WakeRate <= 0 {
+		c.WakeRate = 10
+	}
+	if c.WakeBurst <= 0 {
+		c.WakeBurst = 20
+	}
+	if c.ActivityFlush <= 0 {
+		c.ActivityFlush = 10 * time.Second
+	}
+	if c.MaxActivity <= 0 {
+		c.MaxActivity = 100_000
 	}
 	return c, nil
 }

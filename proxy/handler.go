@@ -27,6 +27,8 @@ type Handler struct {
 	ids      *requestIDs
 	upgrades *upgrades
 	upstream *upstream
+	wakes    *wakes    // nil without Config.Wakes
+	activity *activity // nil without Config.Wakes
 	// Warnings any request can cause, at most one a second each (warn).
 	lookupWarns, upstreamWarns, clientWarns *ratelog.Limiter
 	proxy                                   *httputil.ReverseProxy
@@ -63,6 +65,10 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
 	h.upstream = newUpstream(&h.cfg)
+	if cfg.Wakes != nil {
+		h.wakes = newWakes(h)
+		h.activity = newActivity(cfg.MaxActivity, metrics)
+	}
 	h.lookupWarns, h.upstreamWarns, h.clientWarns = ratelog.New(time.Second), ratelog.New(time.Second), ratelog.New(time.Second)
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
@@ -100,9 +106,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if route.Kind == store.RouteLocal && route.Asleep {
+		// Held until the repl is up (a body stays unread meanwhile, and
+		// is streamed to the container then), or answered.
+		if route, ok = h.awaitWake(rec, r, ex, route); !ok {
+			return
+		}
+	}
 	switch route.Kind {
 	case store.RouteLocal:
 		ex.route = routeLocal
+		if len(route.Endpoints) == 0 {
+			rec.Header().Set("Retry-After", "5")
+			writePage(rec, r, http.StatusServiceUnavailable, "Service Unavailable", "This repl has no running container.")
+			return
+		}
 		ex.target = h.endpoint(route)
 	case store.RouteTombstone:
 		if !h.forward(rec, r, ex, route) {

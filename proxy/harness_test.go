@@ -81,6 +81,7 @@ type clusterOpts struct {
 	server   func(*proxy.ServerConfig)
 	onDemand proxy.OnDemand
 	cache    routecache.Config
+	routes   func(proxy.Routes) proxy.Routes // wraps the cache, as the handler's routes
 }
 
 // startCluster runs a proxy for cluster name on addr over st.
@@ -103,7 +104,11 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 		o.tweak(&cfg)
 	}
 	metrics := prometheus.NewRegistry()
-	h, err := proxy.NewHandler(cfg, cache, proxy.NewMetrics(metrics, cfg.Cluster, cache), nil, logger)
+	var routes proxy.Routes = cache
+	if o.routes != nil {
+		routes = o.routes(cache)
+	}
+	h, err := proxy.NewHandler(cfg, routes, proxy.NewMetrics(metrics, cfg.Cluster, cache), nil, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

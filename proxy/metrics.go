@@ -21,13 +21,21 @@ type Metrics struct {
 	resetCloses    prometheus.Counter // connections closed for cancelling too fast
 	hopRefused     *prometheus.CounterVec
 
+	wakesRequested  prometheus.Counter
+	wakeOutcomes    *prometheus.CounterVec
+	wakeSeconds     prometheus.Histogram
+	held            prometheus.Gauge
+	heldRejections  *prometheus.CounterVec
+	activityDrops   prometheus.Counter
+	activityFlushes prometheus.Counter // failed ones
+
 	// counters caches the children of requests by route and status, so
 	// that the request path neither hashes label values nor allocates.
 	counters [len(routeKinds)][600]atomic.Pointer[prometheus.Counter]
 }
 
 // routeKinds lists the route labels; a route's index is its position.
-var routeKinds = [...]string{routeLocal, routeForwarded, routeNotFound, routeBadHost, routeLoop, routeBounced, routeUnavailable}
+var routeKinds = [...]string{routeLocal, routeForwarded, routeNotFound, routeBadHost, routeLoop, routeBounced, routeUnavailable, routeAsleep}
 
 func routeIndex(route string) int {
 	for i, r := range routeKinds {
@@ -81,7 +89,37 @@ func NewMetrics(reg prometheus.Registerer, cluster string, cache *routecache.Cac
 			Help: "Hop marks refused, by reason (malformed, skew, unknown_key, signature, replay, replay_cache_full); the request is served as an untrusted client's.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses, m.hopRefused)
+	m.wakesRequested = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "replproxy_wakes_requested_total",
+		Help: "Wakes of sleeping repls this proxy requested (RequestWake made one; a wake pending already is not counted).",
+	})
+	m.wakeOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replproxy_wakes_total",
+		Help: "Waits for a sleeping repl (one per repl, however many requests it held), by outcome: up, failed (the manager gave up), timeout (the last request waited the bound), abandoned (its requests went away), rerouted (moved or deleted meanwhile), limited (no token for a new wake), error (the store failed).",
+	}, []string{"outcome"})
+	m.wakeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "replproxy_wake_seconds",
+		Help:    "Time from a sleeping repl's first held request to seeing it up.",
+		Buckets: []float64{.1, .25, .5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60},
+	})
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "replproxy_wake_held_requests",
+		Help: "Requests held waiting for a sleeping repl to wake.",
+	})
+	m.heldRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "replproxy_wake_rejected_total",
+		Help: "Requests for sleeping repls answered 503 at once, by reason: total (MaxHeld held), repl (MaxHeldPerRepl held for it), rate (a new wake was needed and the wake rate was spent), disabled (no wakes configured).",
+	}, []string{"reason"})
+	m.activityDrops = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "replproxy_activity_dropped_total",
+		Help: "Requests whose repl's activity was not recorded: MaxActivity repls were recorded since the last flush.",
+	})
+	m.activityFlushes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "replproxy_activity_flush_errors_total",
+		Help: "Flushes of the repls' activity to the store that failed (the batch is kept for the next one).",
+	})
+	reg.MustRegister(m.requests, m.upstream, m.upstreamErrors, m.forwarded, m.loops, m.upgraded, m.cancelled, m.resetCloses, m.hopRefused,
+		m.wakesRequested, m.wakeOutcomes, m.wakeSeconds, m.held, m.heldRejections, m.activityDrops, m.activityFlushes)
 	if cache != nil {
 		reg.MustRegister(routecache.NewCollector("replproxy", routecache.One(cluster, cache)))
 	}
@@ -151,5 +189,47 @@ func (m *Metrics) loop() {
 func (m *Metrics) upgradedDelta(d int) {
 	if m != nil {
 		m.upgraded.Add(float64(d))
+	}
+}
+
+func (m *Metrics) wakeRequested() {
+	if m != nil {
+		m.wakesRequested.Inc()
+	}
+}
+
+func (m *Metrics) wakeOutcome(outcome string) {
+	if m != nil {
+		m.wakeOutcomes.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (m *Metrics) wakeLatency(d time.Duration) {
+	if m != nil {
+		m.wakeSeconds.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) heldDelta(d int) {
+	if m != nil {
+		m.held.Add(float64(d))
+	}
+}
+
+func (m *Metrics) heldRejected(reason string) {
+	if m != nil {
+		m.heldRejections.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) activityDropped() {
+	if m != nil {
+		m.activityDrops.Inc()
+	}
+}
+
+func (m *Metrics) activityFlushFailed() {
+	if m != nil {
+		m.activityFlushes.Inc()
 	}
 }

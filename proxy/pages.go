@@ -52,3 +52,26 @@ func hostForPage(host string) string {
 	}
 	return host
 }
+
+// writeWakingPage answers a browser waiting for a sleeping repl: a 503
+// that reloads itself every second (Retry-After for clients that read it,
+// a meta refresh for the browser) until the repl answers instead.
+func writeWakingPage(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Retry-After", "1")
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(wakingPage)))
+	w.WriteHeader(http.StatusServiceUnavailable)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(wakingPage))
+	}
+}
+
+const wakingPage = `<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="1"><title>Waking up…</title>
+<style>body{font-family:system-ui,sans-serif;text-align:center;margin-top:20vh;color:#333}</style></head>
+<body><h1>Waking up…</h1>
+<p>This repl was asleep and is starting. This page reloads by itself.</p></body></html>
+`

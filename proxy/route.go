@@ -56,6 +56,7 @@ const (
 	routeLoop        = "loop"
 	routeBounced     = "bounced" // a forwarded request sent back to its source (a move back)
 	routeUnavailable = "unavailable"
+	routeAsleep      = "asleep" // answered while its repl slept (wake.go)
 )
 
 // route resolves the request's Host. When there is nothing to proxy to it

@@ -226,6 +226,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("serve: call Listen first")
 	}
 
+	// The repls' activity is flushed until the drain is over, and once
+	// more then.
+	actCtx, stopActivity := context.WithCancel(context.WithoutCancel(ctx))
+	actDone := make(chan struct{})
+	go func() { defer close(actDone); s.handler.RunActivity(actCtx) }()
+
 	errc := make(chan error, len(servers))
 	for role, srv := range servers {
 		ln := listeners[role]
@@ -248,6 +254,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	s.drain(ctx, servers)
+	stopActivity()
+	<-actDone
 	// Collect the serve goroutines.
 	for ; pending > 0; pending-- {
 		if err := <-errc; err != nil && serveErr == nil {

@@ -92,6 +92,10 @@ func (h *Handler) takeOver(ex *exchange, resp *http.Response) error {
 		early = append([]byte(nil), early...)
 	}
 	j := &joined{h: h, client: client, backend: backend, id: ex.id, host: resp.Request.Host, replID: ex.replID, start: time.Now()}
+	if h.activity != nil && ex.route == routeLocal {
+		j.active = true
+		h.activity.opened(j.replID)
+	}
 	j.running.Store(2)
 	j.touch()
 	j.idle = time.AfterFunc(h.cfg.UpgradeIdleTimeout, j.checkIdle)
@@ -106,6 +110,7 @@ type joined struct {
 	client, backend io.ReadWriteCloser
 	id, host        string
 	replID          string
+	active          bool // counted open in the handler's activity
 	start           time.Time
 	up, down        atomic.Int64 // bytes client→upstream, upstream→client
 	running         atomic.Int32
@@ -159,6 +164,9 @@ func (j *joined) close() {
 		j.idle.Stop()
 		_ = j.client.Close()
 		_ = j.backend.Close()
+		if j.active {
+			j.h.activity.closed(j.replID, time.Now())
+		}
 	})
 }
 

@@ -46,6 +46,7 @@ func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 type options struct {
 	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
 	migrate                                                     bool
+	wake                                                        bool
 	gcPercent                                                   int
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
@@ -110,6 +111,14 @@ Flags:
 	fs.DurationVar(&o.proxy.UpgradeIdleTimeout, "upgrade-idle-timeout", time.Hour, "close an upgraded (WebSocket) connection after this long with no traffic either way")
 	fs.DurationVar(&o.proxy.BodyWindow, "body-window", 10*time.Second, "a request body must bring at least 1 KiB in each such window, or it is cut")
 	fs.BoolVar(&o.proxy.AccessLog, "access-log", true, "log one line per request")
+	fs.BoolVar(&o.wake, "wake", true, "wake sleeping repls on request (through the store's wake protocol) and record the repls' activity; false: a request for a sleeping repl is a 503")
+	fs.DurationVar(&o.proxy.WakeTimeout, "wake-timeout", 30*time.Second, "how long a request waits for a sleeping repl to wake (then 503 with Retry-After)")
+	fs.DurationVar(&o.proxy.WakePageAfter, "wake-page-after", 2*time.Second, "how long a browser's GET waits for a sleeping repl before it gets the self-reloading \"waking up\" page")
+	fs.IntVar(&o.proxy.MaxHeld, "wake-max-held", 10_000, "requests held waiting for sleeping repls, in all (beyond it: 503 at once)")
+	fs.IntVar(&o.proxy.MaxHeldPerRepl, "wake-max-held-per-repl", 1_000, "requests held waiting for one sleeping repl (beyond it: 503 at once)")
+	fs.Float64Var(&o.proxy.WakeRate, "wake-rate", 10, "new wakes this proxy may request a second (a repl already waking costs none)")
+	fs.IntVar(&o.proxy.WakeBurst, "wake-burst", 20, "burst of -wake-rate")
+	fs.DurationVar(&o.proxy.ActivityFlush, "activity-flush", 10*time.Second, "how often the repls' last activity is written to the store (one statement a flush)")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
 	fs.BoolVar(&o.tlsOnDemand, "tls-on-demand", false, "obtain certificates on demand for -listen-tls through ACME: *.<owner>.ZONE and *.id.ZONE by DNS-01 (replns serves the records), linked custom domains by TLS-ALPN-01 or HTTP-01; -tls-cert then only serves other names")
@@ -135,6 +144,9 @@ Flags:
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
 	}
+	if err := o.checkWake(); err != nil {
+		return nil, err
+	}
 	switch anyTLS := o.peerFiles != (peertls.Files{}); {
 	case anyTLS && o.forwardPlaintext:
 		return nil, errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
@@ -144,6 +156,31 @@ Flags:
 		return nil, errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
 	}
 	return &o, nil
+}
+
+// checkWake validates the wake flags: zero would silently mean the default
+// in proxy.Config, so only positive values are taken.
+func (o *options) checkWake() error {
+	p := o.proxy
+	for name, d := range map[string]time.Duration{"wake-timeout": p.WakeTimeout, "wake-page-after": p.WakePageAfter, "activity-flush": p.ActivityFlush} {
+		if d <= 0 {
+			return fmt.Errorf("-%s must be positive (got %v)", name, d)
+		}
+	}
+	for name, n := range map[string]int{"wake-max-held": p.MaxHeld, "wake-max-held-per-repl": p.MaxHeldPerRepl, "wake-burst": p.WakeBurst} {
+		if n <= 0 {
+			return fmt.Errorf("-%s must be positive (got %d)", name, n)
+		}
+	}
+	switch {
+	case !(p.WakeRate > 0):
+		return fmt.Errorf("-wake-rate must be positive (got %v)", p.WakeRate)
+	case p.MaxHeldPerRepl > p.MaxHeld:
+		return fmt.Errorf("-wake-max-held-per-repl (%d) is more than -wake-max-held (%d)", p.MaxHeldPerRepl, p.MaxHeld)
+	case p.WakePageAfter > p.WakeTimeout:
+		return fmt.Errorf("-wake-page-after (%v) is longer than -wake-timeout (%v): browsers would never see the waking page", p.WakePageAfter, p.WakeTimeout)
+	}
+	return nil
 }
 
 // load reads what the flags name: the zone, the registry, the hop secret
@@ -220,6 +257,15 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 	}
 	defer st.Close()
 	cache := routecache.NewIndexed(st, o.cache, nil, logger)
+	if o.wake {
+		// A store.Store keeps wakes (store.Wakes); one without them
+		// (before that side exists) runs the proxy without waking.
+		if w, ok := st.(proxy.Waker); ok {
+			o.proxy.Wakes = w
+		} else {
+			logger.Warn("the store keeps no wakes: requests for sleeping repls are answered 503", zap.String("store", dsn.Redact(o.storeAddr)))
+		}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
