@@ -157,3 +157,31 @@ func (p *Platform) DNSLogs(t TB) string {
 	t.Helper()
 	return p.needDNS(t).logs.String()
 }
+
+// AddProxy starts one more proxy for cluster, beside the one Start
+// started, as a cluster with several proxies behind its load balancer has:
+// the same store, registry and flags, its own HTTP, forward and admin
+// addresses. It returns its HTTP and admin addresses; it stops at cleanup.
+func (p *Platform) AddProxy(t TB, cluster string) (addr, admin string) {
+	t.Helper()
+	c := p.Cluster(t, cluster)
+	listen, fwd := addrOn(t, c.IP, 0), addrOn(t, c.IP, 0)
+	admin = addrOn(t, c.IP, 0)
+	args := slices.Clone(c.proxy.args)
+	for i := range len(args) - 1 {
+		switch args[i] {
+		case "-listen":
+			args[i+1] = listen
+		case "-forward-listen":
+			args[i+1] = fwd
+		case "-admin-listen":
+			args[i+1] = admin
+		case "-listen-tls":
+			args[i+1] = addrOn(t, c.IP, 0)
+		}
+	}
+	d := p.newDaemon(t, c.proxy.kind, c.proxy.name+" (2)", args, "http://"+admin+"/readyz")
+	d.start(t)
+	d.waitReady(t)
+	return listen, admin
+}

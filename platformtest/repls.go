@@ -254,3 +254,17 @@ func (p *Platform) Move(ctx context.Context, id, to string, endpoints []string, 
 	_, err = m.Move(ctx, move.Request{Repl: id, To: to, Endpoints: endpoints, Holder: "platformtest"})
 	return err
 }
+
+// Sleep puts a live repl to sleep, as the platform's container manager does
+// with an idle one: its container is gone (its endpoints are cleared) and
+// its next request asks for a wake (package wake is the manager's side).
+func (p *Platform) Sleep(t TB, id string) {
+	t.Helper()
+	where := p.Where(t, id)
+	if where == "" {
+		t.Fatalf("platformtest: sleep %s: it is live in no cluster", id)
+	}
+	if _, err := p.Cluster(t, where).Store.Sleep(context.Background(), id); err != nil {
+		t.Fatalf("platformtest: sleep %s in %s: %v", id, where, err)
+	}
+}

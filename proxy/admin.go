@@ -53,6 +53,7 @@ type RouteInfo struct {
 	Cluster    string   `json:"cluster,omitempty"` // a tombstone's destination
 	Generation int64    `json:"generation,omitempty"`
 	Endpoints  []string `json:"endpoints,omitempty"`
+	Asleep     bool     `json:"asleep,omitempty"` // local: the repl is asleep (a request wakes it)
 }
 
 func (s *Server) debugRoute(w http.ResponseWriter, r *http.Request) {
@@ -77,7 +78,7 @@ func (s *Server) debugRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 		info.Route, info.ReplID, info.Generation = route.Kind.String(), route.ReplID, route.Generation
-		info.Cluster, info.Endpoints = route.Cluster, route.Endpoints
+		info.Cluster, info.Endpoints, info.Asleep = route.Cluster, route.Endpoints, route.Asleep
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(info)
