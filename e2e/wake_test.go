@@ -251,22 +251,25 @@ func waitAsleep(t *testing.T, host string, admins ...string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for _, admin := range admins {
-		for {
-			var ri proxy.RouteInfo
-			resp, err := http.Get("http://" + admin + "/debug/route?host=" + host)
-			if err == nil {
-				err = json.NewDecoder(resp.Body).Decode(&ri)
-				resp.Body.Close()
-			}
-			if err == nil && (ri.Route != "local" || ri.Asleep) {
-				break
-			}
+		for !notServing(host, admin) {
 			if time.Now().After(deadline) {
-				t.Fatalf("the proxy at %s does not see %s asleep: %+v %v", admin, host, ri, err)
+				t.Fatalf("the proxy at %s does not see %s asleep", admin, host)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+}
+
+// notServing reports whether the proxy at admin would not serve host from
+// a container now: asleep, or not local there (a tombstone forwards).
+func notServing(host, admin string) bool {
+	var ri proxy.RouteInfo
+	resp, err := http.Get("http://" + admin + "/debug/route?host=" + host)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(&ri) == nil && (ri.Route != "local" || ri.Asleep)
 }
 
 // waitFor polls cond until it holds, failing after limit.
