@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,24 +53,6 @@ func startManager(t *testing.T, st store.Store, app string, delay time.Duration)
 	go func() { defer close(done); _ = w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return m
-}
-
-// metricOf reads one sample from a /metrics page (absent: 0).
-func metricOf(t *testing.T, admin, sample string) float64 {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
 }
 
 // get sends a GET to proxy for host and returns the status and body.
@@ -182,7 +162,7 @@ func TestWakeOnRequest(t *testing.T) {
 			m.hang.Store(true)
 			p.Sleep(t, "blog1")
 			waitAsleep(t, host, admins...)
-			goroutines := metricOf(t, east.AdminAddr, "go_goroutines")
+			goroutines := adminMetric(t, east.AdminAddr, "go_goroutines")
 			start := time.Now()
 			var wg sync.WaitGroup
 			var unavailable atomic.Int64
@@ -200,13 +180,13 @@ func TestWakeOnRequest(t *testing.T) {
 				t.Errorf("a manager that never answers: %d of 50 got 503, after %v; want all, at the 3 s bound", unavailable.Load(), took)
 			}
 			for _, admin := range []string{east.AdminAddr, secondAdmin} {
-				if n := metricOf(t, admin, "replproxy_wake_held_requests"); n != 0 {
+				if n := adminMetric(t, admin, "replproxy_wake_held_requests"); n != 0 {
 					t.Errorf("%s: %v requests still held after the bound", admin, n)
 				}
 			}
 			client.CloseIdleConnections()
 			waitFor(t, 5*time.Second, "the proxy's goroutines back to before the held requests", func() bool {
-				return metricOf(t, east.AdminAddr, "go_goroutines") <= goroutines+10
+				return adminMetric(t, east.AdminAddr, "go_goroutines") <= goroutines+10
 			})
 
 			// A flood over 30 sleeping repls: new wakes at the proxy's rate

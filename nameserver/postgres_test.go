@@ -63,17 +63,7 @@ func TestPostgres(t *testing.T) {
 	mustCreate(t, east, store.Repl{ID: "r3", Owner: "bob", Slug: "api"})
 	mustCreate(t, west, store.Repl{ID: "r4", Owner: "carol", Slug: "app"})
 
-	path := writeWorld(t, map[string]string{"clusters.yaml": fmt.Sprintf(`
-clusters:
-  - name: east
-    proxy_ipv4: [192.0.2.10]
-    forward: 10.0.0.10:8443
-    store: %s
-  - name: west
-    proxy_ipv4: [198.51.100.10]
-    forward: 10.1.0.10:8443
-    store: %s
-`, dsns[0], dsns[1])})
+	path := twoClusterWorld(t, dsns)
 	cfg, _, looked := counting(nil)
 	c := startClusters(t, path, cfg)
 	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
@@ -227,17 +217,7 @@ func TestHungDatabase(t *testing.T) {
 		}
 		p.Close()
 	}
-	path := writeWorld(t, map[string]string{"clusters.yaml": fmt.Sprintf(`
-clusters:
-  - name: east
-    proxy_ipv4: [192.0.2.10]
-    forward: 10.0.0.10:8443
-    store: %s
-  - name: west
-    proxy_ipv4: [198.51.100.10]
-    forward: 10.1.0.10:8443
-    store: %s
-`, dsns[0], dsns[1])})
+	path := twoClusterWorld(t, dsns)
 	c := startClusters(t, path, ClustersConfig{})
 	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
 	if err != nil {
@@ -284,4 +264,21 @@ clusters:
 	if frozen > 200*time.Millisecond {
 		t.Errorf("p99 %v with east's database frozen (before: %v); want answers from memory", frozen, before)
 	}
+}
+
+// twoClusterWorld writes a registry of east and west on the stores at
+// dsns and returns its path.
+func twoClusterWorld(t *testing.T, dsns [2]string) string {
+	t.Helper()
+	return writeWorld(t, map[string]string{"clusters.yaml": fmt.Sprintf(`
+clusters:
+  - name: east
+    proxy_ipv4: [192.0.2.10]
+    forward: 10.0.0.10:8443
+    store: %s
+  - name: west
+    proxy_ipv4: [198.51.100.10]
+    forward: 10.1.0.10:8443
+    store: %s
+`, dsns[0], dsns[1])})
 }

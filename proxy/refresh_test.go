@@ -64,15 +64,7 @@ func TestForwardedRequestRefreshesAStaleTombstone(t *testing.T) {
 			srv := httptest.NewServer(h)
 			defer srv.Close()
 			mark := proxy.SignHop(testSecret, time.Now(), "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
-			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
-			req.Host = "blog.alice.repl.test"
-			req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
-				"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
-			resp, err := testClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
+			resp := forwardedGet(t, srv.URL, mark)
 			if resp.StatusCode != tc.want {
 				t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
 			}
@@ -261,15 +253,7 @@ func TestForwardedOnANewerTombstoneRefreshesPastTheLimit(t *testing.T) {
 		}
 		srv := httptest.NewServer(h)
 		mark := proxy.SignHopGen(testSecret, time.Now(), tc.gen, "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "http", "blog.alice.repl.test", "id-1")
-		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
-		req.Host = "blog.alice.repl.test"
-		req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
-			"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
-		resp, err := testClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		resp := forwardedGet(t, srv.URL, mark)
 		srv.Close()
 		if resp.StatusCode != tc.want || len(routes.staleAsks) != len(tc.asked) || len(tc.asked) > 0 && routes.staleAsks[0] != tc.asked[0] {
 			t.Errorf("forwarded on generation %d: status %d, stale asks %v; want %d and %v", tc.gen, resp.StatusCode, routes.staleAsks, tc.want, tc.asked)
@@ -313,4 +297,20 @@ func TestBounceProvesTheSenderStale(t *testing.T) {
 	if len(eastRoutes.staleAsks) != 1 || eastRoutes.staleAsks[0] != 3 {
 		t.Errorf("east's stale asks %v, want one for generation 3", eastRoutes.staleAsks)
 	}
+}
+
+// forwardedGet sends GET / for blog.alice.repl.test to url as east's proxy
+// would, with mark, and returns the response (its body closed).
+func forwardedGet(t *testing.T, url, mark string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
+	req.Host = "blog.alice.repl.test"
+	req.Header = http.Header{proxy.HopHeader: {mark}, "X-Forwarded-For": {"203.0.113.7"}, "X-Forwarded-Proto": {"http"},
+		"X-Forwarded-Host": {"blog.alice.repl.test"}, "X-Request-Id": {"id-1"}}
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
 }
