@@ -19,10 +19,11 @@ import (
 )
 
 // TestDemo runs `make run`'s program the way a new user does: it follows
-// the printed guide (dig, curl, a move, dig and curl again), then presses
-// Ctrl-C and checks that nothing is left running or on disk.
+// the printed guide (dig, curl, a move, dig and curl again; the wake of a
+// sleeping repl, and its sleep when idle), then presses Ctrl-C and checks
+// that nothing is left running or on disk.
 func TestDemo(t *testing.T) {
-	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.1:9090", "127.0.0.2:9090", "127.0.0.1:9153", "127.0.0.1:9101"} {
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.1:9090", "127.0.0.2:9090", "127.0.0.1:9153", "127.0.0.1:9101", "127.0.0.1:9104"} {
 		if ln, err := net.Listen("tcp", addr); err != nil {
 			t.Fatalf("the demo's address %s is taken (a `make run` still running?): %v", addr, err)
 		} else {
@@ -33,7 +34,8 @@ func TestDemo(t *testing.T) {
 		platformtest.Binary(t, name) // beside the demo's, where its -bin looks
 	}
 	demo := platformtest.Binary(t, "demo")
-	cmd := exec.Command(demo, "-bin", filepath.Dir(demo))
+	const idle = 4 * time.Second // the demo's -idle (20 s by default)
+	cmd := exec.Command(demo, "-bin", filepath.Dir(demo), "-idle", idle.String())
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +64,7 @@ func TestDemo(t *testing.T) {
 	}()
 	var guide strings.Builder
 	timeout := time.After(60 * time.Second)
-	for !strings.Contains(guide.String(), "Move it back with:") {
+	for !strings.Contains(guide.String(), "repl wake docs1 --wait") {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -79,8 +81,20 @@ func TestDemo(t *testing.T) {
 	}()
 	dir := regexp.MustCompile(`logs and files: (\S+)`).FindStringSubmatch(guide.String())
 	move := regexp.MustCompile(`(?m)^\s+(\S+replctl -registry \S+ move blog1 --to west --endpoint 127\.0\.0\.2:9101)$`).FindStringSubmatch(guide.String())
-	if dir == nil || move == nil {
-		t.Fatalf("the guide lacks its folder or its move line:\n%s", guide.String())
+	wakeCurl := regexp.MustCompile(`(?m)^\s+curl -s -o /dev/null -w '%\{http_code\} in %\{time_total\}s\\n' -H 'Host: (\S+)' http://(\S+)/$`).FindStringSubmatch(guide.String())
+	show := regexp.MustCompile(`(?m)^\s+(\S+replctl -registry \S+ repl show docs1)\s`).FindStringSubmatch(guide.String())
+	list := regexp.MustCompile(`(?m)^\s+(\S+replctl -registry \S+ repl list)\s`).FindStringSubmatch(guide.String())
+	if dir == nil || move == nil || wakeCurl == nil || show == nil || list == nil {
+		t.Fatalf("the guide lacks its folder, its move line, or its wake, show or list line:\n%s", guide.String())
+	}
+	replctl := func(line string) string {
+		t.Helper()
+		args := strings.Fields(line)
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", line, err, out)
+		}
+		return string(out)
 	}
 
 	resolve := func() string {
@@ -109,10 +123,7 @@ func TestDemo(t *testing.T) {
 	if got := get("127.0.0.1:8080"); !strings.Contains(got, "served in cluster east") {
 		t.Fatalf("before the move: %q", got)
 	}
-	args := strings.Fields(move[1])
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", move[1], err, out)
-	}
+	replctl(move[1])
 	deadline := time.Now().Add(5 * time.Second)
 	for resolve() != "127.0.0.2" {
 		if time.Now().After(deadline) {
@@ -120,18 +131,83 @@ func TestDemo(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// Through west, and through east (the stale address): east serves the
-	// request itself until its store's change reaches it (replns may have
-	// seen west's first), then forwards it to west.
-	for _, proxy := range []string{"127.0.0.2:8080", "127.0.0.1:8080"} {
+	// Through west, and through east (the stale address). Each proxy hears
+	// of the move through its own store's change feed, and replns may hear
+	// first: until then west does not know the repl (404), and east serves
+	// the request itself; then west serves it and east forwards it there.
+	for _, tc := range []struct{ proxy, before string }{
+		{"127.0.0.2:8080", "There is no repl at blog.alice.repl.test"},
+		{"127.0.0.1:8080", "served in cluster east"},
+	} {
+		proxy := tc.proxy
 		deadline := time.Now().Add(5 * time.Second)
 		for got := get(proxy); !strings.Contains(got, "served in cluster west"); got = get(proxy) {
-			if !strings.Contains(got, "served in cluster east") || time.Now().After(deadline) {
+			if !strings.Contains(got, tc.before) || time.Now().After(deadline) {
 				t.Fatalf("after the move, through %s: %q", proxy, got)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+
+	// dave's docs is asleep: its first request waits for the manager to
+	// start its app (1 s), the next ones do not, and repl show has it
+	// awake at its app.
+	host, proxyAddr := wakeCurl[1], wakeCurl[2]
+	client := &http.Client{Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	timed := func(what string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		code, body, err := getVia(client, proxyAddr, host)
+		if err != nil || code != http.StatusOK || !strings.Contains(body, "hello from dave/docs (repl docs1), served in cluster east") {
+			t.Fatalf("%s: %d %q %v", what, code, body, err)
+		}
+		return time.Since(start)
+	}
+	if took := timed("the first request, a wake"); took < time.Second {
+		t.Errorf("the first request took %v: less than the app's 1 s start, so it woke nothing", took)
+	}
+	if took := timed("the second request"); took >= time.Second {
+		t.Errorf("the second request took %v: another wake?", took)
+	}
+	if out := replctl(show[1]); !regexp.MustCompile(`(?m)^east\s+live\s+\d+\s+127\.0\.0\.1:9104\s`).MatchString(out) {
+		t.Fatalf("after the wake, %s says:\n%s", show[1], out)
+	}
+	// Requests keep it awake past the idle time (the manager reads the
+	// proxies' activity)...
+	var lastAt time.Time
+	for end := time.Now().Add(idle + 2*time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if took := timed("a request while in use"); took >= time.Second {
+			t.Fatalf("a request while the repl is in use took %v: it was put to sleep", took)
+		}
+		lastAt = time.Now()
+	}
+	// ...and then, idle, it goes to sleep and its app stops.
+	asleep := regexp.MustCompile(`(?m)^east\s+docs1\s+dave\s+docs\s+\d+\s+asleep\s`)
+	for out := replctl(list[1]); !asleep.MatchString(out); out = replctl(list[1]) {
+		if time.Since(lastAt) > idle+15*time.Second {
+			t.Fatalf("docs1 is not asleep %v after its last request:\n%s", time.Since(lastAt), out)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	slept := time.Since(lastAt)
+	if slept < idle-time.Second {
+		t.Errorf("docs1 went to sleep %v after its last request, before the idle time %v", slept, idle)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9104", time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("docs1's app still answers 10 s after it went to sleep")
+		}
+	}
+	if took := timed("the first request after the sleep"); took < time.Second {
+		t.Errorf("the first request after the sleep took %v: it woke nothing", took)
+	}
+	t.Logf("docs1 woke, stayed awake while in use, went to sleep %v after its last request, woke again", slept.Round(100*time.Millisecond))
 
 	// Ctrl-C: everything stops, nothing is left.
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
@@ -145,7 +221,7 @@ func TestDemo(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the demo did not stop within 30 s of Ctrl-C")
 	}
-	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.1:9153"} {
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.2:8080", "127.0.0.1:9153", "127.0.0.1:9104"} {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
 			t.Errorf("%s still answers after Ctrl-C", addr)
