@@ -137,7 +137,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		r = r.WithContext(ctx)
-		r.Body = newFloorBody(rec, r, h.cfg.BodyWindow, cancel)
+		fb := newFloorBody(rec, r, h.cfg.BodyWindow, cancel)
+		defer fb.finish() // before rec goes back to its pool
+		r.Body = fb
 	}
 	if ex.route == routeForwarded && r.Body != nil && r.Body != http.NoBody && !h.holdForward(rec, r, ex) {
 		return

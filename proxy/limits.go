@@ -139,6 +139,12 @@ const minBodyBytes = 1024
 
 // floorBody enforces minBodyBytes per window on a request body by moving
 // the request's read deadline a window on each time that many arrived.
+//
+// The Transport may still be reading the body (writing it upstream) after
+// the handler has returned, when the response came first: from finish on,
+// the deadlines are left alone — the ResponseWriter is no longer the
+// request's (the handler's recorder goes back to its pool, and the
+// connection may carry the next request).
 type floorBody struct {
 	body   interface{ Read([]byte) (int, error) }
 	closer func() error
@@ -146,11 +152,31 @@ type floorBody struct {
 	cancel func() // ends the request
 	window time.Duration
 	got    int
+
+	mu   sync.Mutex
+	done bool // the handler returned
+}
+
+// finish marks the handler returned; the caller does it before the
+// ResponseWriter goes.
+func (b *floorBody) finish() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
+}
+
+// deadline sets the request's read deadline while the handler runs.
+func (b *floorBody) deadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.done {
+		_ = b.rc.SetReadDeadline(t)
+	}
 }
 
 func newFloorBody(w http.ResponseWriter, r *http.Request, window time.Duration, cancel func()) *floorBody {
 	b := &floorBody{body: r.Body, closer: r.Body.Close, rc: http.NewResponseController(w), window: window, cancel: cancel}
-	_ = b.rc.SetReadDeadline(time.Now().Add(window))
+	b.deadline(time.Now().Add(window))
 	return b
 }
 
@@ -164,10 +190,10 @@ func (b *floorBody) Read(p []byte) (int, error) {
 	case err != nil:
 		// The body is over (or failed): the connection's reads are
 		// net/http's again, which takes a read deadline for a client gone.
-		_ = b.rc.SetReadDeadline(time.Time{})
+		b.deadline(time.Time{})
 	case b.got >= minBodyBytes:
 		b.got = 0
-		_ = b.rc.SetReadDeadline(time.Now().Add(b.window))
+		b.deadline(time.Now().Add(b.window))
 	}
 	return n, err
 }

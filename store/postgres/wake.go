@@ -40,9 +40,13 @@ func (p *Store) RequestWake(ctx context.Context, replID, by string) (bool, error
 	if err := store.CheckWakeName("requested by", by); err != nil {
 		return false, fmt.Errorf("%s: %w", doing, err)
 	}
+	// FOR UPDATE: a FinishWake in flight updates the repl row and deletes
+	// the wake in one transaction; without the lock this statement saw the
+	// repl asleep, waited on the conflicting wake, and inserted a new one
+	// for a repl awake by then (TestPostgresWakeRequestRacesFinish).
 	tag, err := p.pool.Exec(ctx, `
 INSERT INTO wakes (repl_id, requested_at, requested_by)
-SELECT id, $3, $2 FROM repls WHERE id = $1 AND asleep
+SELECT id, $3, $2 FROM repls WHERE id = $1 AND asleep FOR UPDATE
 ON CONFLICT (repl_id) DO UPDATE SET requested_at = excluded.requested_at, requested_by = excluded.requested_by,
     claimed_by = NULL, claimed_at = NULL, failed = NULL, failed_at = NULL
 WHERE wakes.failed IS NOT NULL`, replID, by, p.now())

@@ -201,3 +201,61 @@ func TestPostgresRecordActivityOneStatement(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresWakeRequestRacesFinish: a wake requested while the manager
+// finishes the one before must not be left behind for a repl that is awake
+// (it would be claimed, never finished, and hide the next real request
+// until its claim went stale). Under READ COMMITTED the INSERT ... SELECT
+// saw the repl asleep and, once the finishing transaction deleted the
+// conflicting wake, inserted a new one; the SELECT now locks the repl row.
+func TestPostgresWakeRequestRacesFinish(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	ctx := t.Context()
+	s := openMigrated(t, dsn)
+	if _, err := s.CreateRepl(ctx, store.Repl{ID: "r1", Owner: "alice", Slug: "blog", Endpoints: []string{"127.0.0.1:1"}}); err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	for i := range 200 {
+		if _, err := s.Sleep(ctx, "r1"); err != nil {
+			t.Fatal(err)
+		}
+		if made, err := s.RequestWake(ctx, "r1", "test"); err != nil || !made {
+			t.Fatalf("round %d: request: %v %v", i, made, err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.FinishWake(ctx, "r1", []string{"127.0.0.1:2"})
+			done <- err
+		}()
+		if _, err := s.RequestWake(ctx, "r1", "racer"); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.GetRepl(ctx, "r1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.GetWake(ctx, "r1"); err == nil && !r.Asleep {
+			left++
+			if err := s.FailWake(ctx, "r1", "cleanup"); err != nil { // so the next round starts clean
+				t.Fatal(err)
+			}
+			if _, err := s.Sleep(ctx, "r1"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.RequestWake(ctx, "r1", "cleanup"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.FinishWake(ctx, "r1", []string{"127.0.0.1:2"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if left > 0 {
+		t.Errorf("%d of 200 rounds left a wake behind for an awake repl", left)
+	}
+}
