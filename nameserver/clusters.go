@@ -144,6 +144,14 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
 		target := i
 		if movedTo != "" {
 			target = c.indexOf(movedTo)
+			if target >= 0 && c.notYet(target, k) {
+				// The destination's index has not seen the repl yet (its
+				// change notification is a moment behind the source's),
+				// and nor, likely, have its proxies: they would answer
+				// 404. Send clients to this cluster, whose tombstone
+				// forwards them, until it has.
+				target = i
+			}
 		}
 		if target >= 0 && (best < 0 || gen > bestGen) {
 			best, bestGen = target, gen
@@ -156,6 +164,13 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
 		return -1, failed
 	}
 	return -1, store.ErrNotFound
+}
+
+// notYet reports whether cluster i's index is current and does not have
+// k: a tombstone names a destination that has not learned of the repl.
+func (c *Clusters) notYet(i int, k store.Key) bool {
+	cache := c.cs[i].cache.Load()
+	return cache != nil && cache.Index().Knows(k) == routecache.KnownNo
 }
 
 // indexOf returns the position of the named cluster, or -1 for a cluster

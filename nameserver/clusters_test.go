@@ -211,9 +211,11 @@ func TestCreatedReplResolves(t *testing.T) {
 }
 
 // TestTombstonePointsTheWay: while a move's notifications arrive, the
-// source's tombstone may be seen before the destination's live row. The
-// tombstone names the destination, so the answer is already right — and a
-// name only a tombstone knows is not NXDOMAIN.
+// source's tombstone may be seen before the destination's live row. A name
+// only a tombstone knows is not NXDOMAIN: it is answered with the cluster
+// that holds the tombstone (its proxies forward) while the destination has
+// not learned of the repl — its proxies would answer 404 — and with the
+// destination once it has.
 func TestTombstonePointsTheWay(t *testing.T) {
 	path := writeWorld(t, map[string]string{
 		"clusters.yaml": testRegistry,
@@ -229,9 +231,20 @@ func TestTombstonePointsTheWay(t *testing.T) {
 	}
 	addr := startServer(t, h)
 	for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
-		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "198.51.100.10" {
-			t.Errorf("%s: %s, want west's address from east's tombstone", name, got)
+		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "192.0.2.10,192.0.2.11" {
+			t.Errorf("%s: %s, want east's addresses (its tombstone forwards) while west does not know the repl", name, got)
 		}
+	}
+	west, err := embedded.Open(context.Background(), filepath.Join(filepath.Dir(path), "west.yaml"), zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer west.Close()
+	if _, err := west.Activate(context.Background(), store.Repl{ID: "r7", Owner: "erin", Slug: "site", Endpoints: []string{"127.0.0.1:9007"}, Generation: 2}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
+		waitAnswer(t, addr, name, "198.51.100.10", time.Second)
 	}
 	if got := answerA(ask(t, addr, "erin.repl.test.", dns.TypeA)); got != "NODATA" {
 		t.Errorf("the owner: %s, want NODATA (an empty non-terminal)", got)
