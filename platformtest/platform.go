@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
@@ -480,6 +481,9 @@ func addrOn(t TB, ip string, port int) string {
 		try := 0
 		if hi-lo >= 1000 && i < 90 {
 			try = lo + rand.IntN(hi-lo)
+			if !reservePort(t, try) {
+				continue // another platform (in this process or another) has it
+			}
 		}
 		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, fmt.Sprint(try)))
 		if err != nil {
@@ -498,6 +502,41 @@ func addrOn(t TB, ip string, port int) string {
 	}
 	t.Fatalf("platformtest: no port free for both TCP and UDP on %s", ip)
 	return ""
+}
+
+// reservePort takes port for the test, against every other platform on the
+// machine, until its cleanup: random picks from one range by test processes
+// running side by side (go test runs packages in parallel) would otherwise
+// meet, one daemon failing with "address already in use". The reservation
+// is an flock on a file named by the port in the temporary folder, removed
+// when the test ends.
+func reservePort(t TB, port int) bool {
+	dir := filepath.Join(os.TempDir(), "platformtest-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return true // no reservations here: the bind check alone
+	}
+	path := filepath.Join(dir, fmt.Sprint(port))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		return true
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return false
+	}
+	// The holder before us may have removed the file between our open and
+	// our lock: then we hold a lock nobody else can see.
+	if fi, err := f.Stat(); err == nil {
+		if now, err := os.Stat(path); err != nil || !os.SameFile(fi, now) {
+			f.Close()
+			return false
+		}
+	}
+	t.Cleanup(func() {
+		_ = os.Remove(path) // while holding the lock, then release it
+		f.Close()
+	})
+	return true
 }
 
 // belowEphemeral returns the ports addrOn draws from: from 10000 to the
