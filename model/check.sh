@@ -43,5 +43,7 @@ check holds "a move, on, and back, with requests" -DSEQUENCE
 check fails "without claims: two moves split the repl" -DNOCLAIM
 check fails "retire before repoint: two hops" -DSEQUENCE -DRETIRE_FIRST
 check fails "508 served only when live at the source" -DSEQUENCE -DLOCAL_ONLY
-check fails "finding: the name index, a 404" -DSEQUENCE -DONE -DINDEX
+check holds "the name index, replns waiting for it" -DSEQUENCE -DONE -DINDEX
+check fails "the name index, replns trusting tombstones" -DSEQUENCE -DONE -DINDEX -DTARGET_FIRST
+check fails "finding: the name index behind replns" -DSEQUENCE -DONE -DINDEX -DDNS_AHEAD
 exit $status

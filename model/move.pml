@@ -23,13 +23,18 @@
  *                    its move is repointed, or a move that ended while the
  *                    request was on its way, gets 508;
  *   -DINDEX          the proxies' name index (a name it does not know is
- *                    404 with no store query): a FINDING, not a variant.
- *                    replns learns the destination from the source's
- *                    tombstone (step 3) while the destination's proxies have
- *                    not yet seen their own step 1 (their change feed is
- *                    slower or down), and a client that resolves then gets a
- *                    404 there. By default a proxy that does not know a name
- *                    asks its store (as it does while its index rebuilds).
+ *                    404 with no store query; a forwarded request asks the
+ *                    store past it: RefreshStale). With -DTARGET_FIRST it
+ *                    fails (found by this model): replns learns the
+ *                    destination from the source's tombstone (step 3) while
+ *                    the destination's proxies have not yet seen their own
+ *                    step 1, and a client that resolves then gets a 404
+ *                    there; replns now answers the tombstone's own cluster
+ *                    until it has heard of the repl at the destination. With
+ *                    -DDNS_AHEAD as well it still fails: replns's index of
+ *                    the destination may be ahead of the destination's
+ *                    proxies' (separate change feeds). By default a proxy
+ *                    that does not know a name asks its store.
  *   -DDNS_AHEAD      replns may see a cluster's change before that
  *                    cluster's own proxies do (by default they see it at the
  *                    same instant).
@@ -95,7 +100,10 @@ end:
 
 /* replns's answer: each cluster that knows the repl offers itself (live)
  * or its tombstone's target, at that generation; the highest wins, ties
- * going to registry order (nameserver.Clusters.Host). */
+ * going to registry order (nameserver.Clusters.Host). A tombstone whose
+ * target replns knows nothing of yet (its index has not seen the repl)
+ * offers its own cluster, whose proxies forward (-DTARGET_FIRST: the
+ * target, as replns did before). */
 inline answer(t) {
 	d_step {
 		byte i = 0, best = 0;
@@ -104,7 +112,10 @@ inline answer(t) {
 		:: i < N ->
 			if
 			:: nl[i] > best -> best = nl[i]; t = i
-			:: nl[i] == 0 && ng[i] > best -> best = ng[i]; t = nt[i]
+			:: nl[i] == 0 && ng[i] > best -> best = ng[i]; t = nt[i];
+#ifndef TARGET_FIRST
+				if :: nl[t] == 0 && ng[t] == 0 -> t = i :: else fi
+#endif
 			:: else
 			fi;
 			i++
