@@ -58,7 +58,7 @@ func BenchmarkWake(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
 				p.Sleep(b, "bench1")
-				waitAsleepB(b, host, east.AdminAddr)
+				waitAsleep(b, host, east.AdminAddr)
 				b.StartTimer()
 				t0 := time.Now()
 				code, _, err := getVia(client, east.ProxyAddr, host)
@@ -74,19 +74,5 @@ func BenchmarkWake(b *testing.B) {
 			b.ReportMetric(float64(added[len(added)/2].Microseconds())/1000, "median-ms")
 			b.ReportMetric(float64(added[len(added)*99/100].Microseconds())/1000, "p99-ms")
 		})
-	}
-}
-
-func waitAsleepB(b *testing.B, host, admin string) {
-	b.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if notServing(host, admin) {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not asleep at %s", host, admin)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -227,7 +227,7 @@ func TestWakeOnRequest(t *testing.T) {
 // waitAsleep waits until the proxies at admins see host asleep (their
 // /debug/route): a GET would otherwise be served by the container of
 // before.
-func waitAsleep(t *testing.T, host string, admins ...string) {
+func waitAsleep(t testing.TB, host string, admins ...string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for _, admin := range admins {

@@ -264,7 +264,7 @@ func (c *Cache) Lookup(ctx context.Context, k store.Key) (store.Route, error) {
 	if c.screen(k) {
 		return store.Route{}, errNotHosted
 	}
-	e, err := c.load(ctx, k, e)
+	e, err := c.load(ctx, k, e, false)
 	if err != nil {
 		return store.Route{}, err
 	}
@@ -353,23 +353,12 @@ func (c *Cache) confirm(ctx context.Context, k store.Key, old *entry) (store.Rou
 		return old.route, old.err
 	}
 	atomic.StoreInt64(&old.refreshed, now)
-	c.misses.Add(1)
-	ch := c.group.DoChan("confirm "+k.String(), func() (any, error) { return c.fetch(ctx, k, true) })
-	select {
-	case <-ctx.Done():
-		return store.Route{}, ctx.Err()
-	case res := <-ch:
-		if res.Err != nil {
-			e, err := c.serveStale(k, old, res.Err)
-			if err != nil {
-				return store.Route{}, err
-			}
-			return e.route, e.err
-		}
-		e := res.Val.(*entry)
-		atomic.StoreInt64(&e.refreshed, now)
-		return e.route, e.err
+	e, err := c.load(ctx, k, old, true)
+	if err != nil {
+		return store.Route{}, err
 	}
+	atomic.StoreInt64(&e.refreshed, now)
+	return e.route, e.err
 }
 
 // FeedLost reports whether the change feed is down (between EventLost and
@@ -424,24 +413,15 @@ func (c *Cache) RefreshStale(ctx context.Context, k store.Key, gen int64) (store
 		c.hits.Add(1)
 		return e.route, e.err
 	}
-	c.misses.Add(1)
-	ch := c.group.DoChan(fmt.Sprintf("stale %d %s", gen, k), func() (any, error) { return c.fetch(ctx, k, true) })
-	select {
-	case <-ctx.Done():
-		return store.Route{}, ctx.Err()
-	case res := <-ch:
-		if res.Err != nil {
-			old, err := c.serveStale(k, e, res.Err)
-			if err != nil {
-				return store.Route{}, err
-			}
-			return old.route, old.err
-		}
-		ne := res.Val.(*entry)
+	ne, err := c.load(ctx, k, e, true)
+	if err != nil {
+		return store.Route{}, err
+	}
+	if ne != e { // the store's answer, not e served stale
 		atomic.StoreInt64(&ne.staleGen, gen)
 		atomic.StoreInt64(&ne.refreshed, now)
-		return ne.route, ne.err
 	}
+	return ne.route, ne.err
 }
 
 // Challenges returns the unexpired challenge records named name, cached
@@ -453,7 +433,7 @@ func (c *Cache) Challenges(ctx context.Context, name string) ([]store.Challenge,
 		c.hits.Add(1)
 		return e.challenges, nil
 	}
-	e, err := c.load(ctx, k, e)
+	e, err := c.load(ctx, k, e, false)
 	if err != nil {
 		return nil, err
 	}
@@ -527,13 +507,18 @@ func (c *Cache) get(k store.Key) (*entry, bool) {
 }
 
 // load asks the backend for k, once for all concurrent callers, and serves
-// old (stale) when it fails.
-func (c *Cache) load(ctx context.Context, k store.Key, old *entry) (*entry, error) {
+// old (stale) when it fails. force asks even when the cache holds a fresh
+// entry (confirm, RefreshStale: the caller doubts it).
+func (c *Cache) load(ctx context.Context, k store.Key, old *entry, force bool) (*entry, error) {
 	c.misses.Add(1)
 	if c.now() < c.downUntil.Load() {
 		return c.serveStale(k, old, fmt.Errorf("lookup %s: %w: backend failed recently, retrying shortly", k, store.ErrUnavailable))
 	}
-	ch := c.group.DoChan(k.String(), func() (any, error) { return c.fetch(ctx, k, false) })
+	key := k.String()
+	if force {
+		key = "force " + key
+	}
+	ch := c.group.DoChan(key, func() (any, error) { return c.fetch(ctx, k, force) })
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
