@@ -21,13 +21,23 @@ type dnsServer struct {
 func startDNS(t *testing.T) *dnsServer {
 	t.Helper()
 	s := &dnsServer{}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// The UDP port the kernel picks may be taken for TCP (an outgoing
+	// connection of this machine, say): pick again.
+	var (
+		pc  net.PacketConn
+		ln  net.Listener
+		err error
+	)
+	for range 20 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
 		pc.Close()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	s.addr = pc.LocalAddr().String()
