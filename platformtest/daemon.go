@@ -178,6 +178,24 @@ func (d *daemon) end(sig syscall.Signal) error {
 	}
 }
 
+// waitExit waits up to timeout for a daemon that stops by itself (after a
+// handover) to exit, and says why it did when not cleanly; past the
+// timeout it is stopped.
+func (d *daemon) waitExit(timeout time.Duration) error {
+	d.mu.Lock()
+	done := d.done
+	d.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		if err := d.stop(); err != nil {
+			return fmt.Errorf("still running %v after it was replaced, then: %w", timeout, err)
+		}
+		return fmt.Errorf("still running %v after it was replaced\n%s", timeout, d.logs.tail(20))
+	}
+	return d.stop() // it has exited: stop reports how
+}
+
 // restart starts a stopped daemon again with the same flags and waits for
 // it.
 func (d *daemon) restart(t TB) {

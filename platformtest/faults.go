@@ -88,13 +88,14 @@ func (p *Platform) RestartProxy(t TB, cluster string) {
 }
 
 // ReplaceProxy replaces cluster's proxy with a new process (or, in
-// process, a new instance) as a rolling deployment does, with no moment
-// when its addresses refuse connections: the new one starts with the same
-// flags on the same addresses (replproxy listens with SO_REUSEPORT) but a
-// fresh admin address, ReplaceProxy waits until it is ready, then stops
-// the old one gracefully (SIGTERM: it drains its requests) and fails t if
-// the old one does not exit cleanly. The cluster's AdminAddr is the new
-// one's from then on, and Logs has the new one's lines only.
+// process, a new instance) as an upgrade does, with no connection refused
+// or reset: the new one starts with the same flags, its handover socket
+// included, but a fresh admin address; it takes over the old one's
+// listening sockets and, once it is ready, the old one drains and exits by
+// itself (its WebSockets get its -shutdown-timeout). ReplaceProxy returns
+// when the new one is ready and serving; the old one must have exited
+// cleanly by the test's end, or t fails then. The cluster's AdminAddr is
+// the new one's from then on, and Logs has the new one's lines only.
 func (p *Platform) ReplaceProxy(t TB, cluster string) {
 	t.Helper()
 	c := p.Cluster(t, cluster)
@@ -110,9 +111,18 @@ func (p *Platform) ReplaceProxy(t TB, cluster string) {
 	next.start(t)
 	next.waitReady(t)
 	c.proxy, c.AdminAddr = next, admin
-	if err := old.stop(); err != nil {
-		t.Fatalf("platformtest: stop the replaced proxy of %s: %v", cluster, err)
+	if !slices.Contains(args, "-handover-socket") {
+		// No handover (flags of the test's own): stop the old one.
+		if err := old.stop(); err != nil {
+			t.Fatalf("platformtest: stop the replaced proxy of %s: %v", cluster, err)
+		}
+		return
 	}
+	t.Cleanup(func() {
+		if err := old.waitExit(30 * time.Second); err != nil {
+			t.Fatalf("platformtest: the replaced proxy of %s: %v", cluster, err)
+		}
+	})
 }
 
 // StopDNS, KillDNS and RestartDNS do the same for replns.
@@ -170,6 +180,8 @@ func (p *Platform) AddProxy(t TB, cluster string) (addr, admin string) {
 	args := slices.Clone(c.proxy.args)
 	for i := range len(args) - 1 {
 		switch args[i] {
+		case "-handover-socket":
+			args[i+1] = p.handoverSocket(t, cluster)
 		case "-listen":
 			args[i+1] = listen
 		case "-forward-listen":

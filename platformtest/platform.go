@@ -179,6 +179,8 @@ type Platform struct {
 	opts     Options
 	zone     store.Zone
 	dir      string
+	sockDir  string // the handover sockets' (a short path: a Unix socket's has at most 107 bytes)
+	nsock    int    // handover sockets made
 	registry string // the registry replns and Move read
 	reg      *cluster.Registry
 	secret   string // the hop secret file every proxy reads
@@ -371,7 +373,7 @@ func (p *Platform) startDaemons(t TB) {
 		args := []string{"-zone", o.Zone, "-cluster", c.Name, "-registry", c.registry, "-hop-secret-file", p.secret,
 			"-listen", c.ProxyAddr, "-admin-listen", c.AdminAddr, "-forward-listen", c.ForwardAddr,
 			"-forward-cert", files.Cert, "-forward-key", files.Key, "-forward-ca", files.CA,
-			"-shutdown-timeout", "5s"}
+			"-shutdown-timeout", "5s", "-handover-socket", p.handoverSocket(t, c.Name)}
 		if o.Mode == InProcess {
 			args = append(args, "-gc-percent", "0") // GOGC is the test process's
 		}
@@ -420,6 +422,24 @@ func (p *Platform) Clusters() []*Cluster { return slices.Clone(p.clusters) }
 
 // Zone returns the platform's zone.
 func (p *Platform) Zone() store.Zone { return p.zone }
+
+// handoverSocket returns a new path for a daemon's handover socket (its
+// replacement, ReplaceProxy, takes the same).
+func (p *Platform) handoverSocket(t TB, name string) string {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sockDir == "" {
+		d, err := os.MkdirTemp("", "pt-")
+		if err != nil {
+			t.Fatalf("platformtest: %v", err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(d) }) // after the daemons' stops, registered later
+		p.sockDir = d
+	}
+	p.nsock++
+	return filepath.Join(p.sockDir, fmt.Sprintf("%s-%d.sock", name, p.nsock))
+}
 
 // Dir returns the folder of the platform's files: registries, the hop
 // secret, the clusters' certificates (<cluster>.crt, ca.crt), embedded

@@ -206,6 +206,13 @@ type ServerConfig struct {
 	// in-flight requests and upgraded connections get this long, then are
 	// closed. Zero means 30 s.
 	ShutdownTimeout time.Duration
+	// DrainGrace is the first part of the drain, when keep-alive
+	// connections may bring one more request (answered with Connection:
+	// close) before the ones still idle are closed. Zero means 1 s.
+	DrainGrace time.Duration
+	// Binder binds the listeners (a *handover.Sockets takes over those of
+	// the process being replaced). Nil binds them afresh with SO_REUSEPORT.
+	Binder Binder
 
 	// With certificates on demand, plain HTTP requests for hosts with a
 	// certificate are redirected to HTTPS on HTTPSPort (zero means the
@@ -237,6 +244,9 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.DrainGrace <= 0 {
+		c.DrainGrace = time.Second
 	}
 	if c.HTTPSPort < 0 {
 		c.HTTPSPort = 0

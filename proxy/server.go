@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,18 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[string]net.Listener // by role: "http", "https", "forward", "admin"
 	servers   map[string]*http.Server
+	gate      <-chan struct{} // AcceptAfter's; nil: accept at once
+
+	// draining is set when the drain starts: every HTTP/1 response says
+	// Connection: close from then on.
+	draining atomic.Bool
+}
+
+// Binder binds a Server's listening sockets, named by role ("http",
+// "https", "forward", "admin"): a *handover.Sockets takes them over from
+// the process being replaced. Nil binds each afresh (SO_REUSEPORT).
+type Binder interface {
+	Listen(ctx context.Context, name, network, addr string) (net.Listener, error)
 }
 
 // NewServer returns a Server for h. onDemand, when not nil, gives the
@@ -76,7 +89,12 @@ func (s *Server) Listen() error {
 		if l.addr == "" {
 			continue
 		}
-		ln, err := reusePort.Listen(context.Background(), "tcp", l.addr)
+		var ln net.Listener
+		if s.cfg.Binder != nil {
+			ln, err = s.cfg.Binder.Listen(context.Background(), l.role, "tcp", l.addr)
+		} else {
+			ln, err = reusePort.Listen(context.Background(), "tcp", l.addr)
+		}
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
@@ -151,6 +169,17 @@ func (s *Server) Addr(role string) string {
 	return ""
 }
 
+// closeWhenDraining makes every HTTP/1 response during the drain close
+// its connection (not an upgrade's: the 101 keeps it).
+func (s *Server) closeWhenDraining(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() && r.ProtoMajor == 1 && r.Header.Get("Upgrade") == "" {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 func (s *Server) httpServer(role string) *http.Server {
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -207,20 +236,31 @@ func (s *Server) httpServer(role string) *http.Server {
 			srv.Protocols = &p
 		}
 	}
+	if role != "admin" {
+		srv.Handler = s.closeWhenDraining(srv.Handler)
+	}
 	return srv
 }
 
-// Serve serves on the bound listeners until ctx is cancelled, then drains:
-// it stops accepting, waits up to ShutdownTimeout for in-flight requests
-// and upgraded connections, closes what is left, and returns nil. A
-// listener failing returns its error.
+// AcceptAfter makes Serve accept on every listener but the admin one only
+// once gate is closed: a process taking over another's sockets serves
+// nobody before it can route (the other one does meanwhile). Call it
+// before Serve.
+func (s *Server) AcceptAfter(gate <-chan struct{}) {
+	s.mu.Lock()
+	s.gate = gate
+	s.mu.Unlock()
+}
+
+// Serve serves on the bound listeners until ctx is cancelled, then drains
+// (see drain) and returns nil. A listener failing returns its error.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	servers := make(map[string]*http.Server, len(s.servers))
 	for role, srv := range s.servers {
 		servers[role] = srv
 	}
-	listeners := s.listeners
+	listeners, gate := s.listeners, s.gate
 	s.mu.Unlock()
 	if len(servers) == 0 {
 		return errors.New("serve: call Listen first")
@@ -237,7 +277,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		ln := listeners[role]
 		s.logger.Info("listening", zap.String("role", role), zap.String("addr", ln.Addr().String()))
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if gate != nil && role != "admin" {
+				select {
+				case <-gate:
+				case <-ctx.Done():
+				}
+			}
+			err := srv.Serve(ln)
+			switch {
+			case err == nil, errors.Is(err, http.ErrServerClosed):
+			case s.draining.Load() && errors.Is(err, net.ErrClosed): // drain closed it
+			default:
 				errc <- fmt.Errorf("serve %s on %s: %w", role, ln.Addr(), err)
 				return
 			}
@@ -253,7 +303,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		pending--
 	}
 
-	s.drain(ctx, servers)
+	s.drain(ctx, servers, listeners)
 	stopActivity()
 	<-actDone
 	// Collect the serve goroutines.
@@ -267,16 +317,44 @@ func (s *Server) Serve(ctx context.Context) error {
 	return serveErr
 }
 
-// drain shuts the servers down within ShutdownTimeout: every listener but
-// the admin one (metrics and health keep answering) stops accepting and
-// waits for its in-flight requests, then the upgraded connections get what
-// is left of the deadline; whatever is still open then is closed, and the
-// admin server last.
-func (s *Server) drain(ctx context.Context, servers map[string]*http.Server) {
+// drain shuts the servers down within ShutdownTimeout:
+//
+//   - Every listener but the admin one (metrics and health keep answering)
+//     stops accepting. After a handover the successor accepts on the same
+//     sockets; nothing is refused.
+//   - For DrainGrace, keep-alive connections may bring one more request:
+//     its response says Connection: close and the connection closes after
+//     it. Closing an idle connection races with a client sending on it (a
+//     request lost on the wire, which a client retries only when it is
+//     idempotent), so it is done only to connections idle all that time.
+//   - Then the servers shut down (HTTP/2 clients get GOAWAY, idle
+//     connections close) and wait for their in-flight requests, then the
+//     upgraded connections get what is left of the deadline; whatever is
+//     still open then is closed, and the admin server last.
+func (s *Server) drain(ctx context.Context, servers map[string]*http.Server, listeners map[string]net.Listener) {
 	s.logger.Info("draining", zap.Duration("deadline", s.cfg.ShutdownTimeout),
+		zap.Int("client_connections", int(s.conns.open.Load())),
 		zap.Int("upgraded_connections", s.handler.UpgradedConns()))
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
+	s.draining.Store(true)
+	for role, ln := range listeners {
+		if role != "admin" {
+			_ = ln.Close()
+		}
+	}
+	grace := time.NewTimer(min(s.cfg.DrainGrace, s.cfg.ShutdownTimeout))
+	defer grace.Stop()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for s.conns.open.Load() > int64(s.handler.UpgradedConns()) {
+		select {
+		case <-grace.C:
+		case <-poll.C:
+			continue
+		}
+		break
+	}
 	var wg sync.WaitGroup
 	for role, srv := range servers {
 		if role == "admin" {

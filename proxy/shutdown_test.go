@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -109,5 +110,85 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if n := len(c.Logs.FilterMessage("drain deadline passed; closing upgraded connections").All()); n != 1 {
 		t.Errorf("logged %d deadline messages, want 1", n)
+	}
+}
+
+// TestDrainLetsKeepAliveConnectionsFinish: a keep-alive connection idle
+// when the drain starts may still bring a request during the drain's
+// grace: it is answered, with Connection: close, and the connection then
+// closes. (Closing it at once, as http.Server.Shutdown does, loses a
+// request the client sent at that moment: after an upgrade's handover, a
+// client's request on the old process's idle connection.) A connection
+// that stays idle is closed once the grace is over.
+func TestDrainLetsKeepAliveConnectionsFinish(t *testing.T) {
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) {
+		s.ShutdownTimeout, s.DrainGrace = 10*time.Second, 2*time.Second
+	}})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }))
+	defer app.Close()
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "app", testbed.HostOf(app.URL))
+
+	request := "GET / HTTP/1.1\r\nHost: app.alice.repl.test\r\n\r\n"
+	dial := func() (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", c.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		br := bufio.NewReader(conn)
+		if _, err := io.WriteString(conn, request); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Close {
+			t.Fatal("the first response closes the connection")
+		}
+		return conn, br
+	}
+	busy, busyR := dial()
+	idle, idleR := dial()
+
+	c.Cancel() // the drain starts
+	testbed.WaitFor(t, 5*time.Second, "the listener to close", func() bool {
+		conn, err := net.DialTimeout("tcp", c.Addr, 200*time.Millisecond)
+		if err != nil {
+			return true
+		}
+		conn.Close()
+		return false
+	})
+	start := time.Now()
+	if _, err := io.WriteString(busy, request); err != nil {
+		t.Fatalf("a request on a kept-alive connection during the drain: %v", err)
+	}
+	_ = busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(busyR, nil)
+	if err != nil {
+		t.Fatalf("a request on a kept-alive connection during the drain got no response: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "ok" || !resp.Close {
+		t.Fatalf("during the drain: %d %q, Connection: close %v; want 200 \"ok\" closing the connection", resp.StatusCode, body, resp.Close)
+	}
+	if _, err := busyR.ReadByte(); err != io.EOF {
+		t.Fatalf("the connection after its last response: %v, want EOF", err)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idleR.ReadByte(); err != io.EOF {
+		t.Fatalf("the idle connection: %v, want closed (EOF)", err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Fatalf("the idle connection was closed %v into the drain, before the grace (2 s) was over", waited)
+	}
+	select {
+	case <-c.Served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return")
 	}
 }

@@ -79,6 +79,10 @@ type message struct {
 // maxSockets bounds the sockets passed in one handover (SCM_MAX_FD is 253).
 const maxSockets = 200
 
+// maxPath bounds the handover socket's path: a Unix socket's address holds
+// 107 bytes, and the new socket is bound beside it, named with the pid.
+const maxPath = 96
+
 // exchangeTimeout bounds each step of a handover on either side.
 const exchangeTimeout = 10 * time.Second
 
@@ -91,6 +95,9 @@ const exchangeTimeout = 10 * time.Second
 func New(ctx context.Context, path string, logger *zap.Logger) (*Sockets, error) {
 	if path == "" {
 		return nil, nil
+	}
+	if len(path) > maxPath {
+		return nil, fmt.Errorf("handover socket %s: %d bytes long, more than the %d a Unix socket's path may have here: choose a shorter path", path, len(path), maxPath)
 	}
 	if logger == nil {
 		logger = zap.NewNop()

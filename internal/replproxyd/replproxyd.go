@@ -25,6 +25,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/dsn"
+	"github.com/replproxy/replproxy/internal/handover"
 	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/ondemand"
@@ -45,6 +46,7 @@ func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 
 type options struct {
 	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
+	handoverSocket                                              string
 	migrate                                                     bool
 	wake                                                        bool
 	gcPercent                                                   int
@@ -98,7 +100,9 @@ Flags:
 	fs.BoolVar(&o.forwardPlaintext, "forward-plaintext", false, "forward between clusters in plaintext HTTP, without -forward-cert/-forward-key/-forward-ca: only on a private network")
 	fs.StringVar(&o.server.AdminListen, "admin-listen", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz and /debug/pprof/ (keep it private); empty: none")
 	fs.BoolVar(&o.server.H2C, "h2c", false, "accept HTTP/2 without TLS (prior knowledge) on the plain listeners")
-	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests and WebSockets may finish before they are closed")
+	fs.DurationVar(&o.server.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM or after a handover, how long in-flight requests and WebSockets may finish before they are closed")
+	fs.DurationVar(&o.server.DrainGrace, "drain-grace", time.Second, "at the start of a drain, how long keep-alive connections may bring one more request (answered with Connection: close) before the idle ones are closed")
+	fs.StringVar(&o.handoverSocket, "handover-socket", "", "Unix socket `file` through which a new replproxy started with the same file takes over this one's listening sockets, with no connection refused or reset, while this one drains (an upgrade: see the README); empty: none (a new process then shares the ports with SO_REUSEPORT, and connections queued on the old one's sockets are reset when it exits)")
 	fs.DurationVar(&o.server.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "bound on reading a client's request headers")
 	fs.DurationVar(&o.server.IdleTimeout, "idle-timeout", 120*time.Second, "close idle client connections after this long")
 	fs.IntVar(&o.server.MaxConns, "max-conns", 50_000, "client connections open at once; from 3/4 of it, idle keep-alive connections are closed")
@@ -285,13 +289,34 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 		}
 		onDemand = certs
 	}
-	srv, err := proxy.NewServer(o.server, h, onDemand, proxy.Ready(st, cache), reg, logger)
+	ready := proxy.Ready(st, cache)
+	sockets, err := handover.New(ctx, o.handoverSocket, logger)
+	if err != nil {
+		return err
+	}
+	defer sockets.Close()
+	o.server.Binder = sockets
+	// With a predecessor, /readyz says not ready until this process
+	// serves in its place.
+	gate := make(chan struct{})
+	serving := func(ctx context.Context) error {
+		select {
+		case <-gate:
+			return ready(ctx)
+		default:
+			return fmt.Errorf("taking over from replproxy %d: not serving yet", sockets.Predecessor())
+		}
+	}
+	srv, err := proxy.NewServer(o.server, h, onDemand, serving, reg, logger)
 	if err != nil {
 		return err
 	}
 	reg.MustRegister(srv.Collector())
 	if err := srv.Listen(); err != nil {
 		return err
+	}
+	if sockets.Predecessor() != 0 {
+		srv.AcceptAfter(gate)
 	}
 	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
 		zap.Strings("hop_keys", h.HopKeyIDs()))
@@ -301,7 +326,10 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 	// its context's error, which is no failure).
 	background, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { defer stopBackground(); return srv.Serve(gctx) })
+	serveCtx, stopServing := context.WithCancel(gctx)
+	defer stopServing()
+	g.Go(func() error { defer stopBackground(); return srv.Serve(serveCtx) })
+	g.Go(func() error { return takeOver(serveCtx, stopServing, sockets, gate, ready, cache, logger) })
 	g.Go(func() error { _ = cache.Run(background); return nil })
 	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
 	if o.proxy.Peers != nil {
@@ -313,4 +341,49 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 		g.Go(func() error { return certs.Run(background) })
 	}
 	return g.Wait()
+}
+
+// takeOver opens the gate of the listeners once the proxy can route (at
+// once without a predecessor; with one, when the store answers or routes
+// are cached, and the name index is built: until then the predecessor
+// serves), tells the predecessor to drain and serves the handover socket;
+// when a successor takes over it stops the serving. It returns when ctx
+// is done.
+func takeOver(ctx context.Context, stopServing func(), sockets *handover.Sockets, gate chan struct{}, ready func(context.Context) error,
+	cache *routecache.Cache, logger *zap.Logger) error {
+	if pid := sockets.Predecessor(); pid != 0 {
+		logger.Info("taking over the listening sockets of a running replproxy once ready", zap.Int("pid", pid))
+		for start, said := time.Now(), time.Now(); ; {
+			err := ready(ctx)
+			if ix := cache.Index(); err == nil && ix != nil && !ix.Stats().Built {
+				err = errors.New("the name index is not built yet")
+			}
+			if err == nil {
+				break
+			}
+			if time.Since(said) > 10*time.Second {
+				logger.Warn("not ready to take over yet; the running replproxy serves meanwhile", zap.Int("pid", pid),
+					zap.Duration("waited", time.Since(start).Round(time.Second)), zap.Error(err))
+				said = time.Now()
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	close(gate)
+	if err := sockets.Ready(ctx); err != nil {
+		// This process serves either way; the next upgrade binds anew.
+		logger.Error("handover", zap.Error(err))
+	}
+	select {
+	case <-ctx.Done():
+	case <-sockets.Done():
+		logger.Info("a new replproxy took over the listening sockets: draining")
+		stopServing()
+	}
+	sockets.Close() // a stopping process hands nothing over
+	return nil
 }
