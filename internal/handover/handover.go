@@ -23,7 +23,7 @@ import (
 	"io"
 	"net"
 	"os"
-		"strconv"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
