@@ -11,14 +11,16 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test rules lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
 	@echo "make run-postgres  the same demo on two throw-away PostgreSQL servers"
 	@echo "make build   build the binaries into bin/"
-	@echo "make test    lint, then every test with -race (examples/ too), a short fuzz run, and the move model (spin)"
+	@echo "make test    lint, then every test with -race (examples/ too), a short fuzz run, the move model (spin), make rules"
 	@echo "make model   check the move protocol model/move.pml with spin"
+	@echo "make rules   promtool on deploy/prometheus (checks, rule tests), systemd-analyze on deploy/systemd"
+	@echo "             (needs: apt-get install -y prometheus; systemd)"
 	@echo "make lint    gofmt (diff check), go vet, staticcheck"
 	@echo "make bench   every benchmark: go test -bench, then the proxy comparison"
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
@@ -39,7 +41,7 @@ run: build
 run-postgres: build
 	$(BIN)/demo -bin $(BIN) -postgres
 
-test: lint unit examples fuzz model
+test: lint unit examples fuzz model rules
 
 lint: fmt-check vet staticcheck
 
@@ -67,6 +69,13 @@ examples:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./store/
 	$(GO) test -run '^$$' -fuzz '^FuzzRespond$$' -fuzztime $(FUZZTIME) ./nameserver/
+
+# The Prometheus rules (promtool check and the rule tests) and the systemd
+# units (systemd-analyze verify on copies that run bin/, security --offline):
+# see deploy/check.sh. Without promtool or systemd-analyze it skips, saying
+# so, unless REPLPROXY_REQUIRE_TOOLS=1.
+rules: build
+	deploy/check.sh $(BIN)
 
 # The move protocol, checked exhaustively with spin (about 2 minutes,
 # 3 GiB): see model/move.pml. Needs: spin gcc.

@@ -27,6 +27,7 @@ type daemon struct {
 	args     []string
 	readyURL string
 	addr     string // replns: its DNS address
+	admin    string // replns: its admin listener (/metrics, /readyz)
 	mode     Mode
 	bin      string // Binaries: the executable
 	logs     *logBuffer

@@ -387,6 +387,7 @@ func (p *Platform) startDaemons(t TB) {
 			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
 		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+dnsAdmin+"/readyz?all=1")
 		p.dns.addr = dnsAddr
+		p.dns.admin = dnsAdmin
 	}
 	// They start together; each is waited for.
 	all := []*daemon{}
@@ -459,6 +460,15 @@ func (p *Platform) DNSAddr() string {
 		return ""
 	}
 	return p.dns.addr
+}
+
+// DNSAdmin returns the address of replns's admin listener (/metrics,
+// /healthz, /readyz), host:port; "" with NoDNS.
+func (p *Platform) DNSAdmin() string {
+	if p.dns == nil {
+		return ""
+	}
+	return p.dns.admin
 }
 
 // Host returns the name of a repl under the zone: Host("alice", "blog")
