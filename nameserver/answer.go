@@ -3,6 +3,7 @@ package nameserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/replproxy/replproxy/store"
@@ -28,14 +29,14 @@ func (h *Handler) answer(ctx context.Context, b *builder, q *query, sc *scratch)
 	b.zoneOff = headerLen + info.zoneOff
 
 	if info.apex {
-		h.static(b, q, &h.apex)
+		h.static(b, q, &b.z.apex)
 		return rcodeSuccess, flagAA
 	}
 	if !info.plain {
 		// Bytes no name of ours holds (escaped dots, spaces, UTF-8...).
 		return h.nxdomain(b)
 	}
-	if set := h.hosts[string(info.lower)]; set != nil {
+	if set := b.z.hosts[string(info.lower)]; set != nil {
 		h.static(b, q, set)
 		return rcodeSuccess, flagAA
 	}
@@ -54,11 +55,15 @@ func (h *Handler) answer(ctx context.Context, b *builder, q *query, sc *scratch)
 		}
 		return h.nxdomain(b)
 	case store.KeyRepl, store.KeyReplID:
-		i, err := h.src.Host(ctx, k)
+		host, err := h.src.Host(ctx, k)
 		if err != nil {
 			return h.failed(b, name, err)
 		}
-		return h.repl(b, q, &h.targets[i])
+		t := h.target(host)
+		if t == nil {
+			return h.failed(b, name, fmt.Errorf("cluster %s: %w: not in the registry", host, store.ErrUnavailable))
+		}
+		return h.repl(b, q, t)
 	case store.KeyChallenge:
 		return h.challenge(ctx, b, q, sc, name)
 	}
@@ -113,7 +118,8 @@ func (h *Handler) repl(b *builder, q *query, t *target) (int, uint16) {
 
 // static answers for the apex or an in-zone name server.
 func (h *Handler) static(b *builder, q *query, set *staticSet) {
-	apex := set == &h.apex
+	z := b.z
+	apex := set == &z.apex
 	switch {
 	case q.qtype == typeANY:
 		h.hinfo(b)
@@ -123,14 +129,14 @@ func (h *Handler) static(b *builder, q *query, set *staticSet) {
 		b.an++
 		return
 	case apex && q.qtype == typeNS:
-		for i := range h.ns {
+		for i := range z.ns {
 			b.pointer(b.zoneOff)
 			at := b.rrHeader(typeNS, h.soaTTL)
-			b.name(&h.ns[i])
+			b.name(&z.ns[i])
 			b.endRR(at)
 			b.an++
 		}
-		for _, g := range h.glue {
+		for _, g := range z.glue {
 			h.records(b, g, typeA, true)
 			h.records(b, g, typeAAAA, true)
 		}
@@ -171,9 +177,9 @@ func (h *Handler) records(b *builder, set *staticSet, t uint16, additional bool)
 func (h *Handler) soa(b *builder, ttl uint32) {
 	b.pointer(b.zoneOff)
 	at := b.rrHeader(typeSOA, ttl)
-	b.name(&h.mname)
-	b.name(&h.rname)
-	b.buf = append(b.buf, h.soaRR...)
+	b.name(&b.z.mname)
+	b.name(&b.z.rname)
+	b.buf = append(b.buf, b.z.soaRR...)
 	b.endRR(at)
 }
 
@@ -191,7 +197,7 @@ func (h *Handler) hinfo(b *builder) {
 // exists are looked up, so random challenge names cost no store query.
 func (h *Handler) challenge(ctx context.Context, b *builder, q *query, sc *scratch, name string) (int, uint16) {
 	base := name[len(store.ChallengePrefix):]
-	exists, err := h.exists(ctx, base)
+	exists, err := h.exists(ctx, b.z, base)
 	switch {
 	case err != nil:
 		return h.failed(b, name, err)
@@ -235,8 +241,8 @@ func (h *Handler) challenge(ctx context.Context, b *builder, q *query, sc *scrat
 }
 
 // exists reports whether base, a normalised name under the zone, exists.
-func (h *Handler) exists(ctx context.Context, base string) (bool, error) {
-	if base == h.zone.Name() || h.hosts[base] != nil {
+func (h *Handler) exists(ctx context.Context, z *zoneRecords, base string) (bool, error) {
+	if base == h.zone.Name() || z.hosts[base] != nil {
 		return true, nil
 	}
 	if !strings.HasSuffix(base, "."+h.zone.Name()) {

@@ -21,14 +21,15 @@ import (
 // No method waits for a store: replns's readers answer from memory, and a
 // name that would need a store look-up gets an error at once.
 type Source interface {
-	// Clusters lists the clusters, whose positions Host returns.
+	// Clusters lists the clusters as they are now (a reload may change
+	// them: see Clusters.SetRegistry).
 	Clusters() []cluster.Cluster
-	// Host returns the position of the cluster that hosts the repl named
-	// by k (KeyRepl or KeyReplID): of the clusters where it is live, the
-	// one with the highest generation. It returns an error wrapping
+	// Host returns the name of the cluster that hosts the repl named by k
+	// (KeyRepl or KeyReplID): of the clusters where it is live, the one
+	// with the highest generation. It returns an error wrapping
 	// store.ErrNotFound when no cluster has it, or store.ErrUnavailable
 	// when none has it but one could not tell at once.
-	Host(ctx context.Context, k store.Key) (int, error)
+	Host(ctx context.Context, k store.Key) (string, error)
 	// HasOwner reports whether owner has repls. When it cannot be sure it
 	// says true: an owner's name is an empty non-terminal, and a wrong
 	// NXDOMAIN there would hide every repl of the owner from resolvers.
@@ -61,20 +62,37 @@ type ClustersConfig struct {
 // index cannot tell: a name whose change is being read, a name missing from
 // an index being rebuilt, and every name of a cluster whose change feed is
 // lost (its index no longer follows the store; the cache's TTL bounds how
-// stale an answer gets). Run opens the stores and keeps them current.
+// stale an answer gets). Run opens the stores and keeps them current;
+// SetRegistry adds and removes clusters while it runs.
 type Clusters struct {
-	list   []cluster.Cluster
-	cs     []*member
+	set    atomic.Pointer[clusterSet]
 	cfg    ClustersConfig
 	logger *zap.Logger
+
+	mu      sync.Mutex      // guards runCtx, stopped and starting members
+	runCtx  context.Context // Run's; nil before Run
+	stopped bool            // Run's context is done: no member starts any more
+	wg      sync.WaitGroup  // the members' goroutines
 }
 
 var _ Source = (*Clusters)(nil)
 
+// clusterSet is the clusters at one time: the registry's, and a member
+// for each, in the same order. It is replaced whole, never modified, so a
+// reader that loaded it sees one registry throughout.
+type clusterSet struct {
+	list []cluster.Cluster
+	cs   []*member
+}
+
+// member is one cluster's store, cache and index. It lives as long as the
+// cluster is in the registry with the same store.
 type member struct {
-	info   cluster.Cluster
-	cache  atomic.Pointer[routecache.Cache] // with its index; nil until the store is open
-	synced atomic.Bool                      // the change feed's first resync came
+	name, store string
+	cache       atomic.Pointer[routecache.Cache] // with its index; nil until the store is open
+	synced      atomic.Bool                      // the change feed's first resync came
+	cancel      context.CancelFunc               // stops its run; nil until started (under Clusters.mu)
+	done        chan struct{}                    // closed when its run returned
 }
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
@@ -86,7 +104,7 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) 
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	c := &Clusters{list: slices.Clone(reg.Clusters), cfg: cfg, logger: logger.Named("clusters")}
+	c := &Clusters{cfg: cfg, logger: logger.Named("clusters")}
 	if c.cfg.Open == nil {
 		storeLogger := logger.Named("store")
 		c.cfg.Open = func(ctx context.Context, addr string) (store.Store, error) {
@@ -96,27 +114,30 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) 
 	if c.cfg.Now == nil {
 		c.cfg.Now = time.Now
 	}
-	for _, info := range c.list {
-		c.cs = append(c.cs, &member{info: info})
+	set := &clusterSet{list: slices.Clone(reg.Clusters)}
+	for _, info := range set.list {
+		set.cs = append(set.cs, &member{name: info.Name, store: info.Store})
 	}
+	c.set.Store(set)
 	return c, nil
 }
 
 // Clusters implements Source.
-func (c *Clusters) Clusters() []cluster.Cluster { return c.list }
+func (c *Clusters) Clusters() []cluster.Cluster { return c.set.Load().list }
 
 // Host implements Source. Each cluster that knows the repl offers a
 // candidate: itself when the repl is live there, or the cluster its
 // tombstone names. The highest generation wins. Trusting tombstones keeps
 // the answer right while a move's change notifications from the two
 // clusters arrive in either order.
-func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
+func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
+	set := c.set.Load()
 	best, bestGen := -1, int64(0)
 	var failed error
-	for i, cl := range c.cs {
+	for i, cl := range set.cs {
 		cache := cl.cache.Load()
 		if cache == nil {
-			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
+			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.name, store.ErrUnavailable)
 			continue
 		}
 		known, gen, movedTo := cache.Index().Where(k)
@@ -137,14 +158,14 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
 				// Nothing cached yet: the index's word, while the cache
 				// loads.
 			default:
-				failed = fmt.Errorf("cluster %s: lookup %s: %w", cl.info.Name, k, err)
+				failed = fmt.Errorf("cluster %s: lookup %s: %w", cl.name, k, err)
 				continue
 			}
 		}
 		target := i
 		if movedTo != "" {
-			target = c.indexOf(movedTo)
-			if target >= 0 && c.notYet(target, k) {
+			target = set.indexOf(movedTo)
+			if target >= 0 && set.notYet(target, k) {
 				// The destination's index has not seen the repl yet (its
 				// change notification is a moment behind the source's),
 				// and nor, likely, have its proxies: they would answer
@@ -159,24 +180,25 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (int, error) {
 	}
 	switch {
 	case best >= 0:
-		return best, nil
+		return set.list[best].Name, nil
 	case failed != nil:
-		return -1, failed
+		return "", failed
 	}
-	return -1, store.ErrNotFound
+	return "", store.ErrNotFound
 }
 
 // notYet reports whether cluster i's index is current and does not have
 // k: a tombstone names a destination that has not learned of the repl.
-func (c *Clusters) notYet(i int, k store.Key) bool {
-	cache := c.cs[i].cache.Load()
+func (s *clusterSet) notYet(i int, k store.Key) bool {
+	cache := s.cs[i].cache.Load()
 	return cache != nil && cache.Index().Knows(k) == routecache.KnownNo
 }
 
 // indexOf returns the position of the named cluster, or -1 for a cluster
-// the registry does not have.
-func (c *Clusters) indexOf(name string) int {
-	for i, cl := range c.list {
+// the registry does not have (a tombstone naming a cluster removed from
+// it: that candidate is passed over).
+func (s *clusterSet) indexOf(name string) int {
+	for i, cl := range s.list {
 		if cl.Name == name {
 			return i
 		}
@@ -186,7 +208,7 @@ func (c *Clusters) indexOf(name string) int {
 
 // HasOwner implements Source.
 func (c *Clusters) HasOwner(owner string) bool {
-	for _, cl := range c.cs {
+	for _, cl := range c.set.Load().cs {
 		cache := cl.cache.Load()
 		if cache == nil || cache.Index().Owner(owner) != routecache.KnownNo {
 			return true
@@ -201,17 +223,17 @@ func (c *Clusters) Challenges(_ context.Context, name string, dst []string) ([]s
 	start := len(dst)
 	now := c.cfg.Now()
 	var failed error
-	for _, cl := range c.cs {
+	for _, cl := range c.set.Load().cs {
 		cache := cl.cache.Load()
 		if cache == nil {
-			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.info.Name, store.ErrUnavailable)
+			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.name, store.ErrUnavailable)
 			continue
 		}
 		n := len(dst)
 		known, values := cache.Index().Challenges(name, now, dst)
 		dst = values[:n] // compacted in place below: writes never pass reads
 		if known == routecache.KnownUnsure {
-			failed = fmt.Errorf("cluster %s: challenges %s: %w: its index is catching up", cl.info.Name, name, store.ErrUnavailable)
+			failed = fmt.Errorf("cluster %s: challenges %s: %w: its index is catching up", cl.name, name, store.ErrUnavailable)
 		}
 		for _, v := range values[n:] {
 			if !slices.Contains(dst[start:], v) {
@@ -238,9 +260,10 @@ type ClusterStatus struct {
 
 // Status reports on every cluster, in registry order.
 func (c *Clusters) Status() []ClusterStatus {
-	out := make([]ClusterStatus, 0, len(c.cs))
-	for _, cl := range c.cs {
-		s := ClusterStatus{Name: cl.info.Name}
+	cs := c.set.Load().cs
+	out := make([]ClusterStatus, 0, len(cs))
+	for _, cl := range cs {
+		s := ClusterStatus{Name: cl.name}
 		if cache := cl.cache.Load(); cache != nil {
 			x := cache.Index().Stats()
 			s.Open, s.Cache = true, cache.Stats()
@@ -254,15 +277,102 @@ func (c *Clusters) Status() []ClusterStatus {
 
 // Run opens every cluster's store (retrying, with backoff, those that
 // cannot be reached: the others answer meanwhile) and keeps caches and
-// indexes current until ctx is done. It closes the stores and returns nil
-// when ctx is done.
+// indexes current until ctx is done, for the clusters of the registry as
+// SetRegistry changes it. It closes the stores and returns nil when ctx is
+// done.
 func (c *Clusters) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for _, cl := range c.cs {
-		wg.Go(func() { c.run(ctx, cl) })
+	c.mu.Lock()
+	if c.runCtx != nil {
+		c.mu.Unlock()
+		return errors.New("clusters: Run called twice")
 	}
-	wg.Wait()
+	c.runCtx = ctx
+	for _, cl := range c.set.Load().cs {
+		c.start(cl)
+	}
+	c.mu.Unlock()
+	<-ctx.Done()
+	c.mu.Lock()
+	c.stopped = true
+	c.mu.Unlock()
+	c.wg.Wait()
 	return nil
+}
+
+// start runs cl under Run's context; c.mu is held.
+func (c *Clusters) start(cl *member) {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	cl.cancel, cl.done = cancel, make(chan struct{})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer close(cl.done)
+		defer cancel()
+		c.run(ctx, cl)
+	}()
+}
+
+// SetRegistry makes reg's clusters the ones answered for, at once for
+// every query that follows (a reload): a cluster added is opened, indexed
+// and followed as at start (its repls are answered once its store is
+// open; /readyz counts it), a cluster removed stops (its change feed ends
+// and its store closes before SetRegistry returns), and a cluster whose
+// store address changed is a removal and an addition. The other clusters'
+// stores, caches and indexes are not touched; their new addresses (A and
+// AAAA) are for the Handler to take (Handler.SetClusters). It returns the
+// names of the clusters added, removed and restarted.
+func (c *Clusters) SetRegistry(reg *cluster.Registry) (added, removed, restarted []string, err error) {
+	if reg == nil || len(reg.Clusters) == 0 {
+		return nil, nil, nil, errors.New("clusters: the registry names no cluster")
+	}
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return nil, nil, nil, errors.New("clusters: stopped")
+	}
+	old := c.set.Load()
+	next := &clusterSet{list: slices.Clone(reg.Clusters)}
+	kept := make(map[*member]bool)
+	var fresh []*member
+	for _, info := range next.list {
+		i := old.indexOf(info.Name)
+		switch {
+		case i >= 0 && old.cs[i].store == info.Store:
+			next.cs = append(next.cs, old.cs[i])
+			kept[old.cs[i]] = true
+			continue
+		case i >= 0:
+			restarted = append(restarted, info.Name)
+		default:
+			added = append(added, info.Name)
+		}
+		m := &member{name: info.Name, store: info.Store}
+		next.cs = append(next.cs, m)
+		fresh = append(fresh, m)
+	}
+	var stop []*member
+	for _, cl := range old.cs {
+		if !kept[cl] {
+			stop = append(stop, cl)
+			if next.indexOf(cl.name) < 0 {
+				removed = append(removed, cl.name)
+			}
+		}
+	}
+	c.set.Store(next)
+	if c.runCtx != nil {
+		for _, m := range fresh {
+			c.start(m)
+		}
+	}
+	c.mu.Unlock()
+	for _, cl := range stop {
+		if cl.cancel != nil { // started
+			cl.cancel()
+			<-cl.done
+		}
+	}
+	return added, removed, restarted, nil
 }
 
 // Backoff bounds for opening a store and rebuilding an index.
@@ -272,11 +382,11 @@ const (
 )
 
 func (c *Clusters) run(ctx context.Context, cl *member) {
-	logger := c.logger.With(zap.String("cluster", cl.info.Name))
+	logger := c.logger.With(zap.String("cluster", cl.name))
 	var st store.Store
 	for delay := minBackoff; ; delay = min(2*delay, maxBackoff) {
 		var err error
-		if st, err = c.cfg.Open(ctx, cl.info.Store); err == nil {
+		if st, err = c.cfg.Open(ctx, cl.store); err == nil {
 			break
 		}
 		wait := backoff.Jitter(delay)

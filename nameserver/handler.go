@@ -3,8 +3,11 @@ package nameserver
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,14 +39,9 @@ type Handler struct {
 
 	ttl, challengeTTL, soaTTL, negTTL uint32
 
-	targets []target              // per cluster of the Source
-	hosts   map[string]*staticSet // in-zone name servers, by lower-case name
-	apex    staticSet
-	ns      []wireName // NS records, in order
-	glue    []*staticSet
-	soaRR   []byte // SOA RDATA after MNAME and RNAME
-	mname   wireName
-	rname   wireName
+	targets atomic.Pointer[map[string]*target] // by cluster name (SetClusters)
+	z       atomic.Pointer[zoneRecords]        // SetStatic
+	zoneMu  sync.Mutex                         // orders SetStatic calls
 
 	scratch  sync.Pool
 	queryN   atomic.Uint64    // for sampling the query log
@@ -56,6 +54,20 @@ type target struct {
 	a, aaaa   []byte
 	nA, nAAAA uint16
 	name      string
+}
+
+// zoneRecords are the SOA, NS, glue and static apex records, ready; a
+// reload replaces them whole (SetStatic), and each query reads one.
+type zoneRecords struct {
+	hosts  map[string]*staticSet // in-zone name servers, by lower-case name
+	apex   staticSet
+	ns     []wireName // NS records, in order
+	glue   []*staticSet
+	soaRR  []byte // SOA RDATA after MNAME and RNAME
+	mname  wireName
+	rname  wireName
+	serial uint32
+	key    string // the records they were made from, to tell a change
 }
 
 // staticSet is the static records of one name (the apex or an in-zone name
@@ -103,7 +115,6 @@ func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*
 		challengeTTL: seconds(cfg.ChallengeTTL),
 		soaTTL:       seconds(cfg.SOA.TTL),
 		negTTL:       seconds(min(cfg.SOA.TTL, cfg.SOA.Minimum)),
-		hosts:        make(map[string]*staticSet),
 	}
 	h.scratch.New = func() any {
 		return &scratch{
@@ -113,12 +124,81 @@ func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*
 			cookie: make([]byte, 0, clientCookieLen+serverCookieLen),
 		}
 	}
-	for _, c := range src.Clusters() {
-		h.targets = append(h.targets, h.makeTarget(c))
-	}
-	h.prepareZone()
+	h.SetClusters(src.Clusters())
+	h.z.Store(h.prepareZone(cfg.NameServers, cfg.Apex, cfg.SOA.Serial))
 	return h, nil
 }
+
+// SetClusters prepares the answers for the repls of clusters, the
+// Source's clusters after a reload changed them (their addresses, say):
+// every query that follows answers with them.
+func (h *Handler) SetClusters(clusters []cluster.Cluster) {
+	targets := make(map[string]*target, len(clusters))
+	for _, c := range clusters {
+		t := h.makeTarget(c)
+		targets[c.Name] = &t
+	}
+	h.targets.Store(&targets)
+}
+
+// target returns the answers for the repls of the named cluster. One the
+// Source has and SetClusters was not told of yet (a reload in progress)
+// is made from the Source's clusters; nil for a cluster neither has.
+func (h *Handler) target(name string) *target {
+	if t := (*h.targets.Load())[name]; t != nil {
+		return t
+	}
+	for _, c := range h.src.Clusters() {
+		if c.Name == name {
+			t := h.makeTarget(c)
+			return &t
+		}
+	}
+	return nil
+}
+
+// Serial returns the SOA serial answered now.
+func (h *Handler) Serial() uint32 { return h.z.Load().serial }
+
+// CheckStatic reports what SetStatic would refuse.
+func (h *Handler) CheckStatic(nss []NameServer, apex Apex) error {
+	_, _, err := h.checkStatic(nss, apex)
+	return err
+}
+
+func (h *Handler) checkStatic(nss []NameServer, apex Apex) ([]NameServer, Apex, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	apex = Apex{A: slices.Clone(apex.A), AAAA: slices.Clone(apex.AAAA), TXT: slices.Clone(apex.TXT),
+		MX: slices.Clone(apex.MX), CAA: slices.Clone(apex.CAA)} // checkApex normalises in place
+	nss = checkNameServers(nss, h.zone.Name(), bad)
+	apex = checkApex(apex, bad)
+	return nss, apex, errors.Join(errs...)
+}
+
+// SetStatic replaces the zone's NS records (with their glue) and its
+// static apex records, at once for every query that follows, and returns
+// the SOA serial answered from then on: the one before plus one when the
+// records changed (serial arithmetic, RFC 1982), else the same. It
+// refuses, changing nothing, what the Config's checks refuse.
+func (h *Handler) SetStatic(nss []NameServer, apex Apex) (serial uint32, changed bool, err error) {
+	nss, apex, err = h.checkStatic(nss, apex)
+	if err != nil {
+		return 0, false, err
+	}
+	h.zoneMu.Lock()
+	defer h.zoneMu.Unlock()
+	old := h.z.Load()
+	if staticKey(nss, apex) == old.key {
+		return old.serial, false, nil
+	}
+	next := h.prepareZone(nss, apex, old.serial+1)
+	h.z.Store(next)
+	return next.serial, true, nil
+}
+
+// staticKey is what tells that the static records changed.
+func staticKey(nss []NameServer, apex Apex) string { return fmt.Sprintf("%v|%v", nss, apex) }
 
 func seconds(d time.Duration) uint32 { return uint32(d / time.Second) }
 
@@ -162,22 +242,24 @@ func (h *Handler) relName(name string) wireName {
 	return wireName{full: appendWireName(nil, name)}
 }
 
-// prepareZone prepares the SOA, NS, glue and static apex records.
-func (h *Handler) prepareZone() {
+// prepareZone prepares the SOA, NS, glue and static apex records from
+// checked name servers and apex records.
+func (h *Handler) prepareZone(nss []NameServer, apexRecords Apex, serial uint32) *zoneRecords {
 	c := &h.cfg
-	h.mname = h.relName(c.NameServers[0].Name)
-	h.rname = h.relName(c.SOA.Mbox)
+	z := &zoneRecords{hosts: make(map[string]*staticSet), serial: serial, key: staticKey(nss, apexRecords)}
+	z.mname = h.relName(nss[0].Name)
+	z.rname = h.relName(c.SOA.Mbox)
 	for _, v := range []time.Duration{0, c.SOA.Refresh, c.SOA.Retry, c.SOA.Expire, c.SOA.Minimum} {
 		if v == 0 {
-			h.soaRR = binary.BigEndian.AppendUint32(h.soaRR, c.SOA.Serial)
+			z.soaRR = binary.BigEndian.AppendUint32(z.soaRR, serial)
 		} else {
-			h.soaRR = binary.BigEndian.AppendUint32(h.soaRR, seconds(v))
+			z.soaRR = binary.BigEndian.AppendUint32(z.soaRR, seconds(v))
 		}
 	}
 
-	for _, ns := range c.NameServers {
+	for _, ns := range nss {
 		w := h.relName(ns.Name)
-		h.ns = append(h.ns, w)
+		z.ns = append(z.ns, w)
 		if len(ns.Addrs) == 0 {
 			continue
 		}
@@ -191,37 +273,38 @@ func (h *Handler) prepareZone() {
 				set.records[typeAAAA] = append(set.records[typeAAAA], a[:])
 			}
 		}
-		h.hosts[ns.Name] = set
-		h.glue = append(h.glue, set)
+		z.hosts[ns.Name] = set
+		z.glue = append(z.glue, set)
 	}
 
-	apex := &h.apex
+	apex := &z.apex
 	apex.name = wireName{inZone: true}
 	apex.records = make(map[uint16][][]byte)
 	add := func(t uint16, rdata []byte) { apex.records[t] = append(apex.records[t], rdata) }
-	for _, ip := range c.Apex.A {
+	for _, ip := range apexRecords.A {
 		a := ip.As4()
 		add(typeA, a[:])
 	}
-	for _, ip := range c.Apex.AAAA {
+	for _, ip := range apexRecords.AAAA {
 		a := ip.As16()
 		add(typeAAAA, a[:])
 	}
-	for _, txt := range c.Apex.TXT {
+	for _, txt := range apexRecords.TXT {
 		var rd []byte
 		for _, s := range txt {
 			rd = append(append(rd, byte(len(s))), s...)
 		}
 		add(typeTXT, rd)
 	}
-	for _, mx := range c.Apex.MX {
+	for _, mx := range apexRecords.MX {
 		rd := binary.BigEndian.AppendUint16(nil, mx.Preference)
 		add(typeMX, appendWireName(rd, mx.Exchange))
 	}
-	for _, caa := range c.Apex.CAA {
+	for _, caa := range apexRecords.CAA {
 		rd := append([]byte{caa.Flag, byte(len(caa.Tag))}, caa.Tag...)
 		add(typeCAA, append(rd, caa.Value...))
 	}
+	return z
 }
 
 // ServeDNS implements dns.Handler, for a miekg/dns server. Server answers
@@ -274,7 +357,7 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 		validCookie = h.cookies.valid(q.cookie, client, now)
 	}
 
-	b := builder{buf: sc.resp[:0]}
+	b := builder{buf: sc.resp[:0], z: h.z.Load()}
 	b.header(q)
 	if !tcp && h.rrl != nil && !validCookie {
 		if a := h.rrl.take(client, now.UnixNano()); a != rrlAllow {

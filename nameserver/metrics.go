@@ -206,8 +206,8 @@ func RegisterClusters(reg prometheus.Registerer, c *Clusters) {
 // caches yields each open cluster's route cache by name.
 func (c *Clusters) caches() iter.Seq2[string, *routecache.Cache] {
 	return func(yield func(string, *routecache.Cache) bool) {
-		for _, cl := range c.cs {
-			if !yield(cl.info.Name, cl.cache.Load()) {
+		for _, cl := range c.set.Load().cs {
+			if !yield(cl.name, cl.cache.Load()) {
 				return
 			}
 		}

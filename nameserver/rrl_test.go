@@ -20,8 +20,8 @@ type emptySource struct{}
 func (emptySource) Clusters() []cluster.Cluster {
 	return []cluster.Cluster{{Name: "east", ProxyIPv4: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}}
 }
-func (emptySource) Host(context.Context, store.Key) (int, error) { return -1, store.ErrNotFound }
-func (emptySource) HasOwner(string) bool                         { return false }
+func (emptySource) Host(context.Context, store.Key) (string, error) { return "", store.ErrNotFound }
+func (emptySource) HasOwner(string) bool                            { return false }
 func (emptySource) Challenges(_ context.Context, _ string, dst []string) ([]string, error) {
 	return dst, nil
 }

@@ -350,6 +350,7 @@ type wireName struct {
 
 // builder writes a reply into a buffer.
 type builder struct {
+	z          *zoneRecords // the zone's records for this reply (loaded once)
 	buf        []byte
 	zoneOff    int // where the zone's name starts in the reply's question
 	an, ns, ar uint16

@@ -7,13 +7,45 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/replproxy/replproxy/internal/yamlline"
 )
 
-// LoadApex reads the static apex records of the zone from a YAML file:
+// LoadApex reads the static apex records of the zone from a zone file
+// (LoadZoneFile), without its name servers.
+func LoadApex(path string) (Apex, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Apex{}, fmt.Errorf("zone file: %w", err)
+	}
+	return ParseApex(path, data)
+}
+
+// ParseApex is LoadApex on data read from path (which names the file in
+// errors).
+func ParseApex(path string, data []byte) (Apex, error) {
+	f, err := ParseZoneFile(path, "", data)
+	return f.Apex, err
+}
+
+// ZoneFile is what a zone file holds: the static records at the zone's
+// apex, and optionally its name servers.
+type ZoneFile struct {
+	// NameServers, when the file lists them (ns), are the zone's NS
+	// records and glue, in place of replns's -ns. Nil: not listed.
+	NameServers []NameServer
+	Apex        Apex
+}
+
+// LoadZoneFile reads a zone file for zone:
 //
-//	# replns zone file: static records at the zone's apex (all optional)
+//	# replns zone file (every field optional)
+//	ns:                                   # the NS records, SOA primary first (instead of -ns)
+//	  - {name: ns1.repl.co, glue: [192.0.2.53, "2001:db8::53"]}   # in the zone: its addresses
+//	  - {name: ns2.example.net}           # outside it: none
 //	a: [192.0.2.1]
 //	aaaa: ["2001:db8::1"]                 # quote IPv6 addresses
 //	txt:
@@ -27,43 +59,84 @@ import (
 //
 // Unknown fields are errors; every problem is reported at once, each with
 // the file, line and field.
-func LoadApex(path string) (Apex, error) {
+func LoadZoneFile(path, zone string) (ZoneFile, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return Apex{}, fmt.Errorf("zone file: %w", err)
+		return ZoneFile{}, fmt.Errorf("zone file: %w", err)
 	}
-	return ParseApex(path, data)
+	return ParseZoneFile(path, zone, data)
 }
 
-type apexFile struct {
+type zoneFileYAML struct {
+	NS []struct {
+		Name yaml.Node   `yaml:"name"`
+		Glue []yaml.Node `yaml:"glue"`
+	} `yaml:"ns"`
 	A    []yaml.Node `yaml:"a"`
 	AAAA []yaml.Node `yaml:"aaaa"`
 	TXT  []yaml.Node `yaml:"txt"`
 	MX   []struct {
-		Preference uint16 `yaml:"preference"`
-		Exchange   string `yaml:"exchange"`
+		Preference uint16    `yaml:"preference"`
+		Exchange   yaml.Node `yaml:"exchange"`
 	} `yaml:"mx"`
 	CAA []struct {
-		Flag  uint8  `yaml:"flag"`
-		Tag   string `yaml:"tag"`
-		Value string `yaml:"value"`
+		Flag  uint8     `yaml:"flag"`
+		Tag   yaml.Node `yaml:"tag"`
+		Value string    `yaml:"value"`
 	} `yaml:"caa"`
 }
 
-// ParseApex is LoadApex on data read from path (which names the file in
-// errors).
-func ParseApex(path string, data []byte) (Apex, error) {
-	var f apexFile
+// ParseZoneFile is LoadZoneFile on data read from path (which names the
+// file in errors). An empty zone checks no name servers' place in it
+// (ParseApex).
+func ParseZoneFile(path, zone string, data []byte) (ZoneFile, error) {
+	var f zoneFileYAML
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return Apex{}, fmt.Errorf("%s: %w", path, err)
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return ZoneFile{}, fmt.Errorf("%s: %w", path, err) // "line N: ..." for each
+		}
+		line, msg := yamlline.SyntaxError(data, err)
+		return ZoneFile{}, fmt.Errorf("%s:%d: %s", path, line, msg)
 	}
 	var errs []error
 	bad := func(n *yaml.Node, field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", path, n.Line, field, fmt.Sprintf(format, args...)))
 	}
-	var a Apex
+	var zf ZoneFile
+	a := &zf.Apex
+	seen := make(map[string]bool)
+	for i, ns := range f.NS {
+		field := fmt.Sprintf("ns[%d]", i)
+		n := &ns.Name
+		name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n.Value)), ".")
+		if n.Kind != yaml.ScalarNode || name == "" {
+			bad(n, field, "want a name: {name: ns1.<zone>, glue: [its addresses]}")
+			continue
+		}
+		if seen[name] {
+			bad(n, field, "name server %q is listed twice", name)
+			continue
+		}
+		seen[name] = true
+		server := NameServer{Name: name}
+		for j, g := range ns.Glue {
+			ip, err := netip.ParseAddr(g.Value)
+			if g.Kind != yaml.ScalarNode || err != nil {
+				bad(&g, fmt.Sprintf("%s.glue[%d]", field, j), "%q is not an IP address (quote IPv6 addresses)", g.Value)
+				continue
+			}
+			server.Addrs = append(server.Addrs, ip)
+		}
+		if zone != "" {
+			checkNameServers([]NameServer{server}, zone, func(format string, args ...any) {
+				bad(n, field, format, args...)
+			})
+		}
+		zf.NameServers = append(zf.NameServers, server)
+	}
 	for i, n := range f.A {
 		ip, err := netip.ParseAddr(n.Value)
 		switch {
@@ -99,20 +172,35 @@ func ParseApex(path string, data []byte) (Apex, error) {
 		}
 		a.TXT = append(a.TXT, parts)
 	}
-	for _, mx := range f.MX {
-		a.MX = append(a.MX, MX{Preference: mx.Preference, Exchange: mx.Exchange})
+	for i, mx := range f.MX {
+		one := []MX{{Preference: mx.Preference, Exchange: mx.Exchange.Value}}
+		if ok := lineChecked(func(bad func(string, ...any)) { checkApex(Apex{MX: one}, bad) }, func(msg string) {
+			bad(&mx.Exchange, fmt.Sprintf("mx[%d].exchange", i), "%s", msg)
+		}); ok {
+			a.MX = append(a.MX, one[0])
+		}
 	}
-	for _, caa := range f.CAA {
-		a.CAA = append(a.CAA, CAA{Flag: caa.Flag, Tag: caa.Tag, Value: caa.Value})
+	for i, caa := range f.CAA {
+		one := CAA{Flag: caa.Flag, Tag: caa.Tag.Value, Value: caa.Value}
+		if ok := lineChecked(func(bad func(string, ...any)) { checkApex(Apex{CAA: []CAA{one}}, bad) }, func(msg string) {
+			bad(&caa.Tag, fmt.Sprintf("caa[%d]", i), "%s", msg)
+		}); ok {
+			a.CAA = append(a.CAA, one)
+		}
 	}
-	// The remaining checks (names, tags) are Config's.
-	var cerrs []error
-	checkApex(a, func(format string, args ...any) {
-		cerrs = append(cerrs, fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...)))
-	})
-	errs = append(errs, cerrs...)
 	if err := errors.Join(errs...); err != nil {
-		return Apex{}, err
+		return ZoneFile{}, err
 	}
-	return a, nil
+	return zf, nil
+}
+
+// lineChecked runs check, passing each problem it finds to fail, and
+// reports whether it found none.
+func lineChecked(check func(bad func(string, ...any)), fail func(msg string)) bool {
+	ok := true
+	check(func(format string, args ...any) {
+		ok = false
+		fail(fmt.Sprintf(format, args...))
+	})
+	return ok
 }

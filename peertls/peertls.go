@@ -41,7 +41,7 @@ type Files struct {
 type Peers struct {
 	files    Files
 	zone     store.Zone
-	registry *cluster.Registry
+	registry atomic.Pointer[cluster.Registry] // which clusters a peer may be (SetRegistry)
 	cur      atomic.Pointer[material]
 }
 
@@ -54,8 +54,9 @@ type material struct {
 // Load reads files for a proxy of the platform's zone; registry says which
 // clusters a peer may be.
 func Load(files Files, zone store.Zone, registry *cluster.Registry) (*Peers, error) {
-	p := &Peers{files: files, zone: zone, registry: registry}
-	m, err := p.load()
+	p := &Peers{files: files, zone: zone}
+	p.registry.Store(registry)
+	m, err := p.load(registry)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +64,7 @@ func Load(files Files, zone store.Zone, registry *cluster.Registry) (*Peers, err
 	return p, nil
 }
 
-func (p *Peers) load() (*material, error) {
+func (p *Peers) load(reg *cluster.Registry) (*material, error) {
 	var m material
 	for i, f := range []struct{ flag, path string }{{"-forward-cert", p.files.Cert}, {"-forward-key", p.files.Key}, {"-forward-ca", p.files.CA}} {
 		if f.path == "" {
@@ -85,10 +86,10 @@ func (p *Peers) load() (*material, error) {
 		return nil, fmt.Errorf("-forward-ca %s: no PEM certificate in it", p.files.CA)
 	}
 	leaf := cert.Leaf
-	name := p.clusterOf(leaf)
+	name := p.clusterIn(reg, leaf)
 	if name == "" {
 		return nil, fmt.Errorf("-forward-cert %s names no cluster of the registry: it needs a URI SAN %s (one of %v)",
-			p.files.Cert, Identity(p.zone, "<cluster>"), p.registry.Names())
+			p.files.Cert, Identity(p.zone, "<cluster>"), reg.Names())
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: m.pool, Intermediates: intermediates(&cert),
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}); err != nil {
@@ -102,14 +103,18 @@ func Identity(zone store.Zone, clusterName string) *url.URL {
 	return &url.URL{Scheme: "spiffe", Host: zone.Name(), Path: "/cluster/" + clusterName}
 }
 
-// clusterOf returns the registry cluster a certificate names, or "".
-func (p *Peers) clusterOf(c *x509.Certificate) string {
+// clusterOf returns the cluster of the registry in use a certificate
+// names, or "".
+func (p *Peers) clusterOf(c *x509.Certificate) string { return p.clusterIn(p.registry.Load(), c) }
+
+// clusterIn returns the cluster of reg a certificate names, or "".
+func (p *Peers) clusterIn(reg *cluster.Registry, c *x509.Certificate) string {
 	for _, u := range c.URIs {
 		name, ok := strings.CutPrefix(u.Path, "/cluster/")
 		if u.Scheme != "spiffe" || u.Host != p.zone.Name() || !ok {
 			continue
 		}
-		if _, known := p.registry.Cluster(name); known {
+		if _, known := reg.Cluster(name); known {
 			return name
 		}
 	}
@@ -217,7 +222,7 @@ func (p *Peers) Watch(ctx context.Context, interval time.Duration, logger *zap.L
 		if same(now, p.cur.Load().files) || same(now, refused) {
 			continue
 		}
-		m, err := p.load()
+		m, err := p.load(p.registry.Load())
 		if err != nil {
 			refused = now
 			logger.Error("forward TLS files refused; keeping the ones in use", zap.Error(err))
@@ -227,6 +232,28 @@ func (p *Peers) Watch(ctx context.Context, interval time.Duration, logger *zap.L
 		logger.Info("forward TLS files reloaded", zap.String("cluster", p.clusterOf(m.cert.Leaf)),
 			zap.Time("not_after", m.cert.Leaf.NotAfter))
 	}
+}
+
+// Prepare rereads the files and checks them against reg, the registry
+// that is to replace the one in use (nil: the one in use): the
+// certificate must still name a cluster of it. It returns a commit that
+// puts both in use: from then on a peer is accepted only when its
+// certificate names a cluster of reg (connections established before
+// are not touched). On an error nothing changes.
+func (p *Peers) Prepare(reg *cluster.Registry) (commit func(), err error) {
+	if reg == nil {
+		reg = p.registry.Load()
+	}
+	m, err := p.load(reg)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		p.registry.Store(reg)
+		if !same(m.files, p.cur.Load().files) {
+			p.cur.Store(m)
+		}
+	}, nil
 }
 
 func same(a, b [3][]byte) bool {

@@ -36,6 +36,7 @@ type daemon struct {
 	mu      sync.Mutex
 	running bool
 	cancel  context.CancelFunc // InProcess
+	reload  chan struct{}      // InProcess: its Hooks.Reload (reload.go)
 	cmd     *exec.Cmd          // Binaries
 	done    chan struct{}      // closed when it has exited
 	err     error              // why it exited; read after done
@@ -81,14 +82,16 @@ func (d *daemon) start(t TB) {
 	case InProcess:
 		ctx, cancel := context.WithCancel(context.Background())
 		d.cancel = cancel
+		reload := make(chan struct{}, 1)
+		d.reload = reload
 		noEnv := func(string) (string, bool) { return "", false }
 		go func() {
 			defer close(done)
 			var err error
 			if d.kind == "replns" {
-				err = replnsd.Main(ctx, d.args, noEnv, d.logs)
+				err = replnsd.MainWith(ctx, d.args, noEnv, d.logs, replnsd.Hooks{Reload: reload})
 			} else {
-				err = replproxyd.Main(ctx, d.args, noEnv, d.logs)
+				err = replproxyd.MainWith(ctx, d.args, noEnv, d.logs, replproxyd.Hooks{Reload: reload})
 			}
 			d.err = err
 		}()

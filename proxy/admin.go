@@ -15,7 +15,8 @@ import (
 )
 
 // adminMux serves the admin listener: /healthz, /readyz (the Server's
-// ready check), /metrics, /debug/route and /debug/pprof/.
+// ready check), /metrics, /debug/route, /loglevel (ServerConfig.LogLevel)
+// and /debug/pprof/.
 func (s *Server) adminMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -39,6 +40,9 @@ func (s *Server) adminMux() *http.ServeMux {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("GET /debug/route", s.debugRoute)
+	if s.cfg.LogLevel != nil {
+		mux.Handle("/loglevel", s.cfg.LogLevel)
+	}
 	admin.HandlePprof(mux)
 	return mux
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
@@ -184,6 +185,9 @@ type ServerConfig struct {
 	// AdminListen serves /metrics, /healthz, /readyz and /debug/pprof/.
 	// Keep it off the public network. Empty means no admin listener.
 	AdminListen string
+	// LogLevel, when set, is served at /loglevel on the admin listener:
+	// GET and PUT of {"level":"debug"} (a zap.AtomicLevel). Nil: none.
+	LogLevel http.Handler
 	// H2C accepts HTTP/2 without TLS (prior knowledge) on the plain
 	// listeners. False means HTTP/1 only there.
 	H2C bool

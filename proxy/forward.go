@@ -52,7 +52,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, ex *exchange, 
 				": the clusters disagree about where it lives. A request is forwarded at most once.")
 		return false
 	}
-	c, ok := h.cfg.Registry.Cluster(route.Cluster)
+	c, ok := h.registry.Load().Cluster(route.Cluster)
 	if !ok {
 		ex.route = routeForwarded
 		h.logger.Error("tombstone names a cluster missing from the registry",
@@ -98,7 +98,7 @@ func (h *Handler) staleForward(w http.ResponseWriter, ex *exchange) {
 			// ran meanwhile (or this proxy's cache had not seen its last
 			// repoint). Send it where that one points, once
 			// (model/move.pml checks that this suffices).
-			if c, ok := h.cfg.Registry.Cluster(route.Cluster); ok {
+			if c, ok := h.registry.Load().Cluster(route.Cluster); ok {
 				r.Body = body
 				if ex.sent != nil { // after the next peer's 100 Continue again
 					ex.sent = &sentBody{body: ex.sent.body}

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/ratelog"
 	"github.com/replproxy/replproxy/store"
 )
@@ -20,6 +21,7 @@ import (
 // with an error page (pages.go, errors.go).
 type Handler struct {
 	cfg      Config
+	registry atomic.Pointer[cluster.Registry] // cfg.Registry, then what SetRegistry put (registry.go)
 	routes   Routes
 	logger   *zap.Logger
 	metrics  *Metrics
@@ -60,11 +62,12 @@ func NewHandler(cfg Config, routes Routes, metrics *Metrics, now func() time.Tim
 		metrics: metrics,
 		ids:     newRequestIDs(),
 	}
+	h.registry.Store(cfg.Registry)
 	h.hop.keys.Store(cfg.hopKeys)
 	h.hop.now = now
 	h.upgrades = newUpgrades(metrics.upgradedDelta)
 	h.buffers = newBufferPool()
-	h.upstream = newUpstream(&h.cfg)
+	h.upstream = newUpstream(&h.cfg, h.clusterAt)
 	if cfg.Wakes != nil {
 		h.wakes = newWakes(h)
 		h.activity = newActivity(cfg.MaxActivity, metrics)

@@ -53,6 +53,7 @@ type testCluster struct {
 	Logs    *observer.ObservedLogs
 	Metrics *prometheus.Registry
 	Server  *proxy.Server
+	Handler *proxy.Handler
 	Cancel  func()          // starts the drain, like SIGTERM
 	Served  <-chan struct{} // closed when Serve returned
 	stop    func()
@@ -128,7 +129,7 @@ func startCluster(t testing.TB, name, addr string, st store.Store, reg *cluster.
 	var serveErr error
 	go func() { serveErr = srv.Serve(ctx); close(served) }()
 	c := &testCluster{Name: name, Store: indexedStore{Store: st, t: t, index: cache.Index()}, Cache: cache, Addr: srv.Addr("http"), Logs: logs, Metrics: metrics, Server: srv,
-		Cancel: cancel, Served: served}
+		Handler: h, Cancel: cancel, Served: served}
 	var stopped bool
 	c.stop = func() {
 		if stopped {

@@ -31,6 +31,7 @@ type Server struct {
 	conns    *connLimits // of the client connections
 
 	mu        sync.Mutex
+	cert      *CertFile               // the static certificate, once Listen loaded it; nil: none
 	listeners map[string]net.Listener // by role: "http", "https", "forward", "admin"
 	servers   map[string]*http.Server
 	gate      <-chan struct{} // AcceptAfter's; nil: accept at once
@@ -129,14 +130,13 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 	}
 	tlsConfig := &tls.Config{NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
 	if s.cfg.TLSCertFile != "" || s.onDemand == nil {
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+		var err error
+		if s.cert, err = LoadCertFile(s.cfg.TLSCertFile, s.cfg.TLSKeyFile); err != nil {
+			return nil, err
 		}
-		tlsConfig.Certificates = []tls.Certificate{cert}
 	}
+	tlsConfig.GetCertificate = chainCertificates(s.onDemand, s.cert) // certfile.go
 	if s.onDemand != nil {
-		tlsConfig.GetCertificate = s.onDemand.GetCertificate
 		tlsConfig.NextProtos = append(tlsConfig.NextProtos, acme.ALPNProto)
 	}
 	return tlsConfig, nil

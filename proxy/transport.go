@@ -79,18 +79,14 @@ type peerTransports struct {
 	h2, h1 *http.Transport
 }
 
-func newPeerTransports(cfg *Config) *peerTransports {
-	byAddr := map[string]string{} // forward address → cluster
-	for _, name := range cfg.Registry.Names() {
-		if c, ok := cfg.Registry.Cluster(name); ok {
-			byAddr[c.Forward] = name
-		}
-	}
+// clusterAt names the cluster whose forward address addr is, in the
+// registry in use when the connection is dialled.
+func newPeerTransports(cfg *Config, clusterAt func(addr string) (string, bool)) *peerTransports {
 	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 	dial := retryRefused(dialer.DialContext)
 	dialTLS := func(alpn ...string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return func(ctx context.Context, network, addr string) (net.Conn, error) {
-			name, ok := byAddr[addr]
+			name, ok := clusterAt(addr)
 			if !ok {
 				return nil, fmt.Errorf("forward to %s: no cluster of the registry has that forward address", addr)
 			}

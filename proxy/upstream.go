@@ -45,13 +45,13 @@ const (
 	max1xxResponses        = 5
 )
 
-func newUpstream(cfg *Config) *upstream {
+func newUpstream(cfg *Config, clusterAt func(addr string) (string, bool)) *upstream {
 	t := newTransport(cfg)
 	fresh := newTransport(cfg)
 	fresh.DisableKeepAlives = true
 	var peers *peerTransports
 	if cfg.Peers != nil {
-		peers = newPeerTransports(cfg)
+		peers = newPeerTransports(cfg, clusterAt)
 	}
 	return &upstream{
 		peers:      peers,

@@ -32,7 +32,7 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 }
 
 func testUpstream(headerWait time.Duration) *upstream {
-	return newUpstream(&Config{DialTimeout: time.Second, ResponseHeaderTimeout: headerWait, IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 4, MaxIdleConns: 16})
+	return newUpstream(&Config{DialTimeout: time.Second, ResponseHeaderTimeout: headerWait, IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 4, MaxIdleConns: 16}, nil)
 }
 
 func roundTrip(t *testing.T, u *upstream, ctx context.Context, method, url string) (*http.Response, string, error) {

@@ -15,12 +15,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/replnsd"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := replnsd.Main(ctx, os.Args[1:], os.LookupEnv, os.Stderr)
+	reload := cli.Notify(ctx, syscall.SIGHUP) // reloads the configuration
+	err := replnsd.MainWith(ctx, os.Args[1:], os.LookupEnv, os.Stderr, replnsd.Hooks{Reload: reload})
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):

@@ -17,12 +17,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/replproxyd"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := replproxyd.Main(ctx, os.Args[1:], os.LookupEnv, os.Stderr)
+	reload := cli.Notify(ctx, syscall.SIGHUP) // reloads the configuration
+	err := replproxyd.MainWith(ctx, os.Args[1:], os.LookupEnv, os.Stderr, replproxyd.Hooks{Reload: reload})
 	stop()
 	switch {
 	case errors.Is(err, flag.ErrHelp):

@@ -10,10 +10,12 @@
 package cli
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
 
 	"go.uber.org/zap"
@@ -113,10 +115,20 @@ func NewLogger(level string) (*zap.Logger, error) {
 // (as NewLogger) or "console" (the same fields, for people: tab-separated,
 // colourless).
 func NewLoggerTo(w io.Writer, level, format string) (*zap.Logger, error) {
+	logger, _, err := NewLoggerLevel(w, level, format)
+	return logger, err
+}
+
+// NewLoggerLevel is NewLoggerTo with the logger's level returned as a
+// zap.AtomicLevel: setting it changes what the logger writes at once, and
+// it serves GET and PUT of {"level":"debug"} as an http.Handler (the
+// daemons' /loglevel).
+func NewLoggerLevel(w io.Writer, level, format string) (*zap.Logger, zap.AtomicLevel, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
 	}
+	al := zap.NewAtomicLevelAt(lvl)
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = "time"
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -128,8 +140,32 @@ func NewLoggerTo(w io.Writer, level, format string) (*zap.Logger, error) {
 		enc.EncodeLevel = zapcore.CapitalLevelEncoder
 		encoder = zapcore.NewConsoleEncoder(enc)
 	default:
-		return nil, fmt.Errorf("-log-format %q: want json or console", format)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("-log-format %q: want json or console", format)
 	}
-	core := zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(w)), lvl)
-	return zap.New(core, zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel), zap.ErrorOutput(zapcore.Lock(os.Stderr))), nil
+	core := zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(w)), al)
+	return zap.New(core, zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel), zap.ErrorOutput(zapcore.Lock(os.Stderr))), al, nil
+}
+
+// Notify returns a channel that receives a value each time the process
+// gets one of sigs (SIGHUP for the daemons' reload), until ctx ends;
+// signals that arrive while one is pending are merged into it.
+func Notify(ctx context.Context, sigs ...os.Signal) <-chan struct{} {
+	in := make(chan os.Signal, 1)
+	signal.Notify(in, sigs...)
+	out := make(chan struct{}, 1)
+	go func() {
+		defer signal.Stop(in)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-in:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out
 }

@@ -87,8 +87,10 @@ func (o *options) zoneFlags(fs *flag.FlagSet, raw *rawFlags) {
 	fs.StringVar(&d.Zone, "zone", "", "the zone served, e.g. `repl.co` (required)")
 	fs.StringVar(&o.clusters, "registry", "", "the cluster registry `file` (required): each cluster's addresses and store")
 	fs.StringVar(&raw.ns, "ns", "", "the zone's name servers, a comma-separated `list`, the SOA's primary first; one under the\n"+
-		"zone takes its addresses after '=', joined by '+': ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net (required)")
-	fs.StringVar(&o.zoneFile, "zone-file", "", "a YAML `file` of static apex records (a, aaaa, txt, mx, caa); see the README, section replns")
+		"zone takes its addresses after '=', joined by '+': ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net\n"+
+		"(required, unless -zone-file lists them under ns, which then wins)")
+	fs.StringVar(&o.zoneFile, "zone-file", "", "a YAML `file` of static apex records (a, aaaa, txt, mx, caa) and name servers (ns);\n"+
+		"reread on SIGHUP; see the README, section replns")
 	fs.StringVar(&d.SOA.Mbox, "soa-mbox", "", "the SOA mailbox in DNS form, e.g. `hostmaster.repl.co` (default hostmaster.<zone>)")
 	fs.UintVar(&raw.serial, "soa-serial", 1, "the SOA serial")
 	fs.DurationVar(&d.SOA.Refresh, "soa-refresh", 4*time.Hour, "the SOA refresh timer")
@@ -157,11 +159,13 @@ func (raw *rawFlags) apply(o *options) error {
 	if o.clusters == "" {
 		errs = append(errs, errors.New("-registry is required: the cluster registry file"))
 	}
-	nss, err := parseNameServers(raw.ns)
-	if err != nil {
-		errs = append(errs, err)
+	if strings.TrimSpace(raw.ns) != "" || o.zoneFile == "" { // else the zone file may list them (build checks)
+		nss, err := parseNameServers(raw.ns)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		o.dns.NameServers = nss
 	}
-	o.dns.NameServers = nss
 	if raw.serial > 1<<32-1 {
 		errs = append(errs, fmt.Errorf("-soa-serial %d: the largest serial is 4294967295", raw.serial))
 	}
@@ -210,10 +214,13 @@ func checkTCP(s *nameserver.ServerConfig) []error {
 	return errs
 }
 
+// nsRequired says what to do without -ns.
+const nsRequired = "-ns is required (unless -zone-file lists them under ns): the zone's name servers, e.g. -ns ns1.repl.co=192.0.2.53,ns2.repl.co=198.51.100.53"
+
 // parseNameServers reads "ns1.repl.co=192.0.2.53+2001:db8::53,ns2.example.net".
 func parseNameServers(s string) ([]nameserver.NameServer, error) {
 	if strings.TrimSpace(s) == "" {
-		return nil, errors.New("-ns is required: the zone's name servers, e.g. -ns ns1.repl.co=192.0.2.53,ns2.repl.co=198.51.100.53")
+		return nil, errors.New(nsRequired)
 	}
 	var out []nameserver.NameServer
 	for item := range strings.SplitSeq(s, ",") {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/internal/reload"
 	"github.com/replproxy/replproxy/nameserver"
 )
 
@@ -29,8 +30,24 @@ type Env func(name string) (string, bool)
 
 // Main runs replns with the command-line arguments args (without the
 // program name) until ctx is done, then shuts down gracefully. It logs to
-// stderr and returns flag.ErrHelp after printing the usage for -h.
+// stderr and returns flag.ErrHelp after printing the usage for -h. It is
+// MainWith without hooks: nothing reloads it.
 func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
+	return MainWith(ctx, args, env, stderr, Hooks{})
+}
+
+// Hooks are what a caller gives the daemon besides its flags. The zero
+// value is none.
+type Hooks struct {
+	// Reload reloads the configuration each time it receives (see
+	// reload.go): cmd/replns sends on it on SIGHUP, the test platform when
+	// a test asks (platformtest's ReloadDNS), so that in-process daemons
+	// sharing a process do not all reload on one signal. Nil: never.
+	Reload <-chan struct{}
+}
+
+// MainWith is Main with hooks.
+func MainWith(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Hooks) error {
 	getenv := func(name string) string {
 		v, _ := env(name)
 		return v
@@ -39,15 +56,16 @@ func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger, err := cli.NewLoggerTo(stderr, o.logLevel, o.logFormat)
+	logger, level, err := cli.NewLoggerLevel(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
-	d, err := build(o, logger)
+	d, err := build(o, logger, level)
 	if err != nil {
 		return err
 	}
+	d.reload = hooks.Reload
 	err = d.run(ctx)
 	logger.Info("stopped")
 	return err
@@ -61,18 +79,29 @@ type daemon struct {
 	adminAddr       string
 	shutdownTimeout time.Duration
 	logger          *zap.Logger
+	reloader        *reloader
+	reload          <-chan struct{} // Hooks.Reload
 }
 
 // build makes the clusters, the handler, the server and the admin handler.
-func build(o *options, logger *zap.Logger) (*daemon, error) {
+func build(o *options, logger *zap.Logger, level zap.AtomicLevel) (*daemon, error) {
 	reg, err := cluster.Load(o.clusters)
 	if err != nil {
 		return nil, err
 	}
+	flagNS := o.dns.NameServers
 	if o.zoneFile != "" {
-		if o.dns.Apex, err = nameserver.LoadApex(o.zoneFile); err != nil {
+		zf, err := nameserver.LoadZoneFile(o.zoneFile, o.dns.Zone)
+		if err != nil {
 			return nil, err
 		}
+		o.dns.Apex = zf.Apex
+		if zf.NameServers != nil {
+			o.dns.NameServers = zf.NameServers
+		}
+	}
+	if len(o.dns.NameServers) == 0 {
+		return nil, errors.New(nsRequired)
 	}
 	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache}, logger)
 	if err != nil {
@@ -90,8 +119,14 @@ func build(o *options, logger *zap.Logger) (*daemon, error) {
 		return nil, err
 	}
 	d := &daemon{clusters: clusters, srv: srv, adminAddr: o.admin, shutdownTimeout: o.server.ShutdownTimeout, logger: logger}
+	d.reloader = &reloader{registry: o.clusters, zoneFile: o.zoneFile, zone: o.dns.Zone, flagNS: flagNS,
+		clusters: clusters, h: h, level: level, startLevel: level.Level(),
+		metrics: reload.NewMetrics(metrics, "replns", time.Now()), logger: logger.Named("reload")}
 	if o.admin != "" {
-		d.admin = &http.Server{Handler: nameserver.NewAdminHandler(metrics, srv, clusters), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/loglevel", level) // GET, PUT {"level":"debug"}
+		mux.Handle("/", nameserver.NewAdminHandler(metrics, srv, clusters))
+		d.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
 	return d, nil
 }
@@ -116,6 +151,7 @@ func (d *daemon) run(ctx context.Context) error {
 	dataCtx, stopData := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopData()
 	g.Go(func() error { return d.clusters.Run(dataCtx) })
+	g.Go(func() error { reload.Loop(gctx, d.reload, d.reloader.reload); return nil })
 	g.Go(func() error {
 		defer stopData()
 		return d.srv.Serve(gctx)

@@ -26,6 +26,7 @@ import (
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/internal/handover"
+	"github.com/replproxy/replproxy/internal/reload"
 	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/ondemand"
@@ -39,14 +40,32 @@ type Env func(name string) (string, bool)
 
 // Main runs replproxy with the command-line arguments args (without the
 // program name) until ctx is done, then shuts down gracefully. It logs to
-// stderr and returns flag.ErrHelp after printing the usage for -h.
+// stderr and returns flag.ErrHelp after printing the usage for -h. It is
+// MainWith without hooks: nothing reloads it.
 func Main(ctx context.Context, args []string, env Env, stderr io.Writer) error {
-	return run(ctx, args, env, stderr)
+	return MainWith(ctx, args, env, stderr, Hooks{})
+}
+
+// Hooks are what a caller gives the daemon besides its flags. The zero
+// value is none.
+type Hooks struct {
+	// Reload reloads the configuration each time it receives (see
+	// reload.go): cmd/replproxy sends on it on SIGHUP, the test platform
+	// when a test asks (platformtest's ReloadProxy), so that in-process
+	// daemons sharing a process do not all reload on one signal. Nil:
+	// never.
+	Reload <-chan struct{}
+}
+
+// MainWith is Main with hooks.
+func MainWith(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Hooks) error {
+	return run(ctx, args, env, stderr, hooks)
 }
 
 type options struct {
 	zone, cluster, registry, storeAddr, hopSecretFile, logLevel string
 	handoverSocket                                              string
+	storeFromRegistry                                           bool // -store was not given
 	migrate                                                     bool
 	wake                                                        bool
 	gcPercent                                                   int
@@ -218,7 +237,7 @@ func (o *options) load() error {
 		if !ok {
 			return fmt.Errorf("cluster %q is not in %s (it has %v)", o.cluster, o.registry, o.proxy.Registry.Names())
 		}
-		o.storeAddr = c.Store
+		o.storeAddr, o.storeFromRegistry = c.Store, true
 	}
 	if o.acmeCARoot != "" {
 		pem, err := os.ReadFile(o.acmeCARoot)
@@ -238,15 +257,16 @@ func (o *options) load() error {
 	return nil
 }
 
-func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
+func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Hooks) error {
 	o, err := parse(args, env, stderr)
 	if err != nil {
 		return err
 	}
-	logger, err := cli.NewLoggerTo(stderr, o.logLevel, "json")
+	logger, level, err := cli.NewLoggerLevel(stderr, o.logLevel, "json")
 	if err != nil {
 		return err
 	}
+	o.server.LogLevel = level
 	defer func() { _ = logger.Sync() }()
 	if o.gcPercent != 0 {
 		debug.SetGCPercent(o.gcPercent)
@@ -318,6 +338,8 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 	if sockets.Predecessor() != 0 {
 		srv.AcceptAfter(gate)
 	}
+	rl := &reloader{o: o, h: h, cert: srv.CertFile(), level: level, startLevel: level.Level(),
+		metrics: reload.NewMetrics(reg, "replproxy", time.Now()), logger: logger.Named("reload")}
 	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
 		zap.Strings("hop_keys", h.HopKeyIDs()))
 
@@ -332,6 +354,10 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer) error {
 	g.Go(func() error { return takeOver(serveCtx, stopServing, sockets, gate, ready, cache, logger) })
 	g.Go(func() error { _ = cache.Run(background); return nil })
 	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
+	g.Go(func() error { reload.Loop(background, hooks.Reload, rl.reload); return nil })
+	if rl.cert != nil {
+		g.Go(func() error { rl.cert.Watch(background, time.Second, logger.Named("tls")); return nil })
+	}
 	if o.proxy.Peers != nil {
 		g.Go(func() error { o.proxy.Peers.Watch(background, time.Second, logger.Named("peertls")); return nil })
 	} else {

@@ -1,0 +1,116 @@
+// Package reload is what both daemons share to reload their configuration
+// without a restart: the reload metrics, the loop that runs a reload on
+// each trigger (SIGHUP for the binaries, a channel in-process), and a poll
+// of files that reloads them when their content changes.
+package reload
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics count reloads: <prefix>_reload_total{result="ok|error"}, and
+// <prefix>_config_last_reload_successful (1 or 0) and
+// <prefix>_config_last_reload_success_timestamp_seconds, as Prometheus
+// names its own.
+type Metrics struct {
+	ok, failed  prometheus.Counter
+	successful  prometheus.Gauge
+	lastSuccess prometheus.Gauge
+}
+
+// NewMetrics registers the metrics with reg (nil: not registered), named
+// with prefix ("replproxy", "replns"); the start counts as the first
+// successful load.
+func NewMetrics(reg prometheus.Registerer, prefix string, now time.Time) *Metrics {
+	total := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: prefix + "_reload_total",
+		Help: "Configuration reloads (SIGHUP), by result: ok (everything reloaded), error (nothing changed: the configuration in use is kept).",
+	}, []string{"result"})
+	m := &Metrics{
+		ok:     total.WithLabelValues("ok"),
+		failed: total.WithLabelValues("error"),
+		successful: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "_config_last_reload_successful",
+			Help: "1 when the last reload (or the start) loaded every file, 0 when it was refused.",
+		}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: prefix + "_config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in use was loaded (the start or the last successful reload), in Unix seconds.",
+		}),
+	}
+	m.successful.Set(1)
+	m.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
+	if reg != nil {
+		reg.MustRegister(total, m.successful, m.lastSuccess)
+	}
+	return m
+}
+
+// Observe counts one reload that ended with err (nil: it succeeded) at
+// now.
+func (m *Metrics) Observe(err error, now time.Time) {
+	if err != nil {
+		m.failed.Inc()
+		m.successful.Set(0)
+		return
+	}
+	m.ok.Inc()
+	m.successful.Set(1)
+	m.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// Loop calls reload once for each value from trigger until ctx ends or
+// trigger is closed. A nil trigger never fires: Loop waits for ctx.
+func Loop(ctx context.Context, trigger <-chan struct{}, reload func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-trigger:
+			if !ok {
+				<-ctx.Done()
+				return
+			}
+			reload()
+		}
+	}
+}
+
+// Poll reads paths every interval until ctx ends and calls changed when
+// any content differs from what it read the time before (the first read
+// is at the call, so files as they are then are no change). A file that
+// cannot be read counts as empty: changed decides what that means, and is
+// called again once it is readable.
+func Poll(ctx context.Context, interval time.Duration, paths []string, changed func()) {
+	read := func() [][]byte {
+		out := make([][]byte, len(paths))
+		for i, p := range paths {
+			out[i], _ = os.ReadFile(p)
+		}
+		return out
+	}
+	last := read()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := read()
+		same := true
+		for i := range now {
+			same = same && bytes.Equal(now[i], last[i])
+		}
+		if !same {
+			last = now
+			changed()
+		}
+	}
+}
