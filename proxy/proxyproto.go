@@ -134,11 +134,15 @@ func (c *proxyConn) header() error {
 		if reason == refusedMalformed && !c.trusted {
 			reason = refusedUntrusted // whatever it was, it was not theirs to send
 		}
+		name := "gone" // the client went away before its header was whole
 		if reason >= 0 {
 			c.l.refused[reason].Add(1)
+			name = proxyRefusalNames[reason]
 		}
-		if ce := c.l.logger.Check(zap.DebugLevel, "connection refused"); ce != nil {
-			ce.Write(zap.Stringer("source", c.raw.RemoteAddr()), zap.Bool("trusted", c.trusted), zap.Error(err))
+		// Refusals come from the internet all day, as failed TLS
+		// handshakes do: debug, and the metric.
+		if ce := c.l.logger.Check(zap.DebugLevel, "PROXY protocol: connection closed"); ce != nil {
+			ce.Write(zap.Stringer("source", c.raw.RemoteAddr()), zap.Bool("trusted", c.trusted), zap.String("reason", name), zap.Error(err))
 		}
 		_ = c.raw.Close()
 		c.err = fmt.Errorf("PROXY protocol: %w", err)

@@ -358,3 +358,42 @@ func TestProxyProtocolOff(t *testing.T) {
 		t.Fatalf("a v1 header with the PROXY protocol off: %v %v, want 400", resp, err)
 	}
 }
+
+// TestProxyProtocolUpgradeHalfClose: an upgraded connection that came
+// with a PROXY header passes the container's half-close on to the client
+// as a half-close, and the client's last words still reach the container.
+func TestProxyProtocolUpgradeHalfClose(t *testing.T) {
+	heard := make(chan string, 1)
+	c := newRawContainer(t, func(_ int64, req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\nbye")
+		_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := io.ReadAll(conn)
+		heard <- string(got)
+		return true
+	})
+	pc := hostileCluster(t, c, clusterOpts{server: func(s *proxy.ServerConfig) {
+		s.ProxyProtocolFrom = []netip.Prefix{netip.MustParsePrefix(testLB + "/32")}
+	}})
+	conn := dialFrom(t, testLB, pc.Addr)
+	req := "GET / HTTP/1.1\r\nHost: " + evilHost + "\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n"
+	_, _ = conn.Write(append(proxyHeader(t, 2, "203.0.113.7:4000"), req...))
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if rest, err := io.ReadAll(br); err != nil || string(rest) != "bye" {
+		t.Fatalf("the client read %q, %v; want the container's bye, then its half-close", rest, err)
+	}
+	_, _ = io.WriteString(conn, "still here")
+	_ = conn.(*net.TCPConn).CloseWrite()
+	select {
+	case got := <-heard:
+		if got != "still here" {
+			t.Fatalf("the container heard %q after its half-close, want the client's last words", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the container heard nothing after its half-close")
+	}
+}
