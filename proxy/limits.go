@@ -177,7 +177,8 @@ type admittedConn struct {
 }
 
 // admitLate counts a late connection against its client, once, before
-// anything else is done with it.
+// anything else is done with it; one refused is closed and uncounted at
+// once.
 func (c *admittedConn) admitLate() error {
 	if c.lateConn == nil {
 		return nil
@@ -189,8 +190,10 @@ func (c *admittedConn) admitLate() error {
 			c.lateErr = err
 		case !c.l.move(c, addr):
 			c.lateErr = errClientOverBound
-			_ = c.Conn.Close()
+		default:
+			return
 		}
+		_ = c.Close()
 	})
 	return c.lateErr
 }
