@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/replproxy/replproxy/cluster"
@@ -206,6 +207,20 @@ type ServerConfig struct {
 	// (not the forward one: a peer cluster's proxy is one address). Zero
 	// means 1,024.
 	MaxConnsPerClient int
+	// ProxyProtocolFrom are the networks of the load balancers trusted to
+	// open a connection on the HTTP, HTTPS or forward listener with a
+	// PROXY protocol header (v1 or v2, before TLS): the client it names is
+	// then the connection's remote address for everything (the access log,
+	// X-Forwarded-For, MaxConnsPerClient); a v2 LOCAL header (a health
+	// check) leaves it the load balancer's. A connection from anywhere
+	// else that starts with a header is closed. A header is read within
+	// ReadHeaderTimeout. Empty means no PROXY protocol: nothing is read
+	// ahead.
+	ProxyProtocolFrom []netip.Prefix
+	// ProxyProtocolRequired closes a connection from ProxyProtocolFrom
+	// that does not start with a header. False means such a connection is
+	// the load balancer's own.
+	ProxyProtocolRequired bool
 	// ShutdownTimeout bounds the drain after the context is cancelled:
 	// in-flight requests and upgraded connections get this long, then are
 	// closed. Zero means 30 s.
@@ -233,6 +248,9 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.TLSListen != "" && (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return c, errors.New("-tls-cert and -tls-key go together")
+	}
+	if c.ProxyProtocolRequired && len(c.ProxyProtocolFrom) == 0 {
+		return c, errors.New("-proxy-protocol-required needs -proxy-protocol-from (the load balancers that send the header)")
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		c.ReadHeaderTimeout = 10 * time.Second

@@ -17,13 +17,15 @@ import (
 // per client network (a /32 for IPv4, a /64 for IPv6: one host, or one
 // customer's allocation), so that no client, and no crowd of them, can
 // hold every file descriptor. A connection beyond either bound is closed
-// as soon as it is accepted and counted. Near the bound in all, idle
-// keep-alive connections are closed when they go idle, to make room.
+// as soon as it is accepted (or, when a PROXY protocol header names its
+// client, as soon as that is read) and counted. Near the bound in all,
+// idle keep-alive connections are closed when they go idle, to make room.
 type connLimits struct {
 	max, perClient int
 	open           atomic.Int64
 	refused        atomic.Uint64
 	resetCuts      atomic.Uint64 // HTTP/2 connections cut for resetting streams too fast
+	proxyRefused   proxyRefusals // connections refused for the PROXY protocol
 	mu             sync.Mutex
 	byClient       map[netip.Prefix]int
 }
@@ -47,26 +49,59 @@ func clientNet(addr net.Addr) netip.Prefix {
 	return p
 }
 
-// admit counts a new connection from addr, or reports that it is over a
-// bound (the one per client only when perClient).
-func (l *connLimits) admit(addr net.Addr, perClient bool) (netip.Prefix, bool) {
+// admit counts a new connection c from addr, or reports that it is over a
+// bound (the one per client only when c.perClient). A connection whose
+// client is not known yet (late) is counted in all only, until move.
+func (l *connLimits) admit(c *admittedConn, addr net.Addr, late bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if int(l.open.Load()) >= l.max {
+		l.refused.Add(1)
+		return false
+	}
+	if !late {
+		p := clientNet(addr)
+		if c.perClient && l.byClient[p] >= l.perClient {
+			l.refused.Add(1)
+			return false
+		}
+		l.byClient[p]++
+		c.p, c.byClient = p, true
+	}
+	l.open.Add(1)
+	return true
+}
+
+// move counts c, admitted late, against its client network, or reports
+// that it is over that bound (or closed meanwhile).
+func (l *connLimits) move(c *admittedConn, addr net.Addr) bool {
 	p := clientNet(addr)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if int(l.open.Load()) >= l.max || perClient && l.byClient[p] >= l.perClient {
+	if c.closed {
+		return false
+	}
+	if c.perClient && l.byClient[p] >= l.perClient {
 		l.refused.Add(1)
-		return p, false
+		return false
 	}
 	l.byClient[p]++
-	l.open.Add(1)
-	return p, true
+	c.p, c.byClient = p, true
+	return true
 }
 
-func (l *connLimits) release(p netip.Prefix) {
+// release uncounts c, once.
+func (l *connLimits) release(c *admittedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.byClient[p]--; l.byClient[p] <= 0 {
-		delete(l.byClient, p)
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.byClient {
+		if l.byClient[c.p]--; l.byClient[c.p] <= 0 {
+			delete(l.byClient, c.p)
+		}
 	}
 	l.open.Add(-1)
 }
@@ -87,31 +122,106 @@ type limitedListener struct {
 	perClient bool
 }
 
+// lateConn is a connection whose client is known only once it has read
+// its first bytes: one from a load balancer trusted to open it with a
+// PROXY protocol header (proxyConn).
+type lateConn interface {
+	// late reports whether the client is not known yet.
+	late() bool
+	// client reads what names the client (within a bound of time) and
+	// returns it.
+	client() (net.Addr, error)
+}
+
 func (ll *limitedListener) Accept() (net.Conn, error) {
 	for {
 		c, err := ll.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		p, ok := ll.l.admit(c.RemoteAddr(), ll.perClient)
-		if !ok {
+		ac := &admittedConn{Conn: c, l: ll.l, perClient: ll.perClient}
+		// A connection whose client is not known yet is counted in all
+		// now, and against its client by its first use, in its own
+		// goroutine: reading the client here would keep every other
+		// connection waiting for a silent one.
+		var addr net.Addr
+		if lc, ok := c.(lateConn); ok && lc.late() {
+			ac.lateConn = lc
+		} else {
+			addr = c.RemoteAddr()
+		}
+		if !ll.l.admit(ac, addr, ac.lateConn != nil) {
 			_ = c.Close()
 			continue
 		}
-		return &admittedConn{Conn: c, l: ll.l, release: func() { ll.l.release(p) }}, nil
+		return ac, nil
 	}
 }
 
+// errClientOverBound ends a connection admitted late whose client is over
+// MaxConnsPerClient.
+var errClientOverBound = errorString("the client has as many connections as it may")
+
 type admittedConn struct {
 	net.Conn
-	l       *connLimits
-	once    sync.Once
-	release func()
+	l         *connLimits
+	perClient bool
+	lateConn  lateConn // the client is counted at first use; nil: at Accept
+	lateOnce  sync.Once
+	lateErr   error
+
+	// l.mu's
+	p        netip.Prefix
+	byClient bool // counted against p
+	closed   bool
+}
+
+// admitLate counts a late connection against its client, once, before
+// anything else is done with it; one refused is closed and uncounted at
+// once.
+func (c *admittedConn) admitLate() error {
+	if c.lateConn == nil {
+		return nil
+	}
+	c.lateOnce.Do(func() {
+		addr, err := c.lateConn.client()
+		switch {
+		case err != nil:
+			c.lateErr = err
+		case !c.l.move(c, addr):
+			c.lateErr = errClientOverBound
+		default:
+			return
+		}
+		_ = c.Close()
+	})
+	return c.lateErr
+}
+
+func (c *admittedConn) Read(p []byte) (int, error) {
+	if err := c.admitLate(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *admittedConn) Write(p []byte) (int, error) {
+	if err := c.admitLate(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// RemoteAddr is the client's address; for a late connection it waits for
+// the client to be known.
+func (c *admittedConn) RemoteAddr() net.Addr {
+	_ = c.admitLate()
+	return c.Conn.RemoteAddr()
 }
 
 func (c *admittedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	c.l.release(c)
 	return err
 }
 
@@ -205,6 +315,7 @@ func (l *connLimits) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descClientConns
 	ch <- descRefusedConns
 	ch <- descResetCuts
+	ch <- descProxyRefused
 }
 
 // Collect implements prometheus.Collector.
@@ -212,6 +323,7 @@ func (l *connLimits) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(l.open.Load()))
 	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(l.refused.Load()))
 	ch <- prometheus.MustNewConstMetric(descResetCuts, prometheus.CounterValue, float64(l.resetCuts.Load()))
+	l.proxyRefused.collect(ch)
 }
 
 var (

@@ -101,6 +101,15 @@ func (r *relay) first() byte {
 // is a relay in front of its forward listener.
 func mtlsClusters(t *testing.T) (east, west *testCluster, rel *relay, ca *peertls.CA, reg *cluster.Registry) {
 	t.Helper()
+	east, west, ca, reg = mtlsClustersVia(t, nil, func(t *testing.T, addr, to string) { rel = startRelay(t, addr, to) })
+	return east, west, rel, ca, reg
+}
+
+// mtlsClustersVia is mtlsClusters with west's ServerConfig tweaked by
+// westServer (when not nil), and the relay in front of west's forward
+// listener started by relay.
+func mtlsClustersVia(t *testing.T, westServer func(*proxy.ServerConfig), relay func(t *testing.T, addr, to string)) (east, west *testCluster, ca *peertls.CA, reg *cluster.Registry) {
+	t.Helper()
 	ca, err := peertls.NewCA(testZone, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -127,10 +136,16 @@ func mtlsClusters(t *testing.T) (east, west *testCluster, rel *relay, ca *peertl
 		server: func(s *proxy.ServerConfig) { s.ForwardListen = eastFwd },
 	})
 	west = startCluster(t, "west", freeAddr(t), westStore, reg, clusterOpts{
-		tweak:  func(c *proxy.Config) { c.Peers = westPeers },
-		server: func(s *proxy.ServerConfig) { s.ForwardListen = westFwd },
+		tweak: func(c *proxy.Config) { c.Peers = westPeers },
+		server: func(s *proxy.ServerConfig) {
+			s.ForwardListen = westFwd
+			if westServer != nil {
+				westServer(s)
+			}
+		},
 	})
-	return east, west, startRelay(t, relayAddr, westFwd), ca, reg
+	relay(t, relayAddr, westFwd)
+	return east, west, ca, reg
 }
 
 // moveEmbedded puts repl id live in dst at endpoint and a tombstone in src.

@@ -101,6 +101,7 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
 		}
 		if l.role != "admin" {
+			ln = s.proxyProtocol(ln) // before the caps and TLS: they see the client it names
 			gl := &guardListener{Listener: s.conns.listener(ln, l.role != "forward"),
 				handshake: s.cfg.ReadHeaderTimeout, cuts: &s.conns.resetCuts, logger: s.logger.Named("tls")}
 			switch {
@@ -154,8 +155,10 @@ func (s *Server) closeListeners() {
 const maxConcurrentStreams = 100
 
 // Collector returns the client-connection metrics, to register where
-// /metrics gathers: replproxy_client_connections and
-// replproxy_client_connections_refused_total.
+// /metrics gathers: replproxy_client_connections,
+// replproxy_client_connections_refused_total,
+// replproxy_connections_closed_for_resets_total and
+// replproxy_proxy_protocol_refused_total{reason}.
 func (s *Server) Collector() prometheus.Collector { return s.conns }
 
 // Addr returns the bound address of a listener ("http", "https",

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -77,6 +78,8 @@ type options struct {
 	peerFiles        peertls.Files
 	forwardPlaintext bool
 
+	proxyProtocolFrom string // -proxy-protocol-from, parsed into server
+
 	// Certificates on demand.
 	tlsOnDemand            bool
 	acmeCARoot, dns01Check string
@@ -126,6 +129,8 @@ Flags:
 	fs.DurationVar(&o.server.IdleTimeout, "idle-timeout", 120*time.Second, "close idle client connections after this long")
 	fs.IntVar(&o.server.MaxConns, "max-conns", 50_000, "client connections open at once; from 3/4 of it, idle keep-alive connections are closed")
 	fs.IntVar(&o.server.MaxConnsPerClient, "max-conns-per-client", 1024, "client connections open at once from one /32 (IPv4) or /64 (IPv6)")
+	fs.StringVar(&o.proxyProtocolFrom, "proxy-protocol-from", "", "comma-separated addresses or CIDR ranges of the load balancers trusted to open connections with a PROXY protocol header (v1 or v2) naming the client; a header from anywhere else is refused; empty: no PROXY protocol")
+	fs.BoolVar(&o.server.ProxyProtocolRequired, "proxy-protocol-required", false, "refuse a connection from -proxy-protocol-from that does not start with a PROXY protocol header")
 	fs.DurationVar(&o.proxy.DialTimeout, "dial-timeout", 5*time.Second, "bound on connecting to a container or another cluster's proxy (then 502)")
 	fs.DurationVar(&o.proxy.ResponseHeaderTimeout, "response-header-timeout", 60*time.Second, "bound on waiting for an upstream's response headers (then 504)")
 	fs.DurationVar(&o.proxy.IdleConnTimeout, "upstream-idle-timeout", 90*time.Second, "close idle upstream connections after this long")
@@ -170,6 +175,13 @@ Flags:
 	if err := o.checkWake(); err != nil {
 		return nil, err
 	}
+	var err error
+	if o.server.ProxyProtocolFrom, err = parsePrefixes("proxy-protocol-from", o.proxyProtocolFrom); err != nil {
+		return nil, err
+	}
+	if o.server.ProxyProtocolRequired && len(o.server.ProxyProtocolFrom) == 0 {
+		return nil, errors.New("-proxy-protocol-required needs -proxy-protocol-from: the load balancers that send the header")
+	}
 	switch anyTLS := o.peerFiles != (peertls.Files{}); {
 	case anyTLS && o.forwardPlaintext:
 		return nil, errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
@@ -179,6 +191,28 @@ Flags:
 		return nil, errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
 	}
 	return &o, nil
+}
+
+// parsePrefixes reads the comma-separated addresses and CIDR ranges of
+// flag name; an address is a range of one.
+func parsePrefixes(name, list string) ([]netip.Prefix, error) {
+	var ps []netip.Prefix
+	for _, item := range strings.Split(list, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		var p netip.Prefix
+		if a, err := netip.ParseAddr(item); err == nil {
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		} else if p, err = netip.ParsePrefix(item); err != nil {
+			return nil, fmt.Errorf("-%s: %q is neither an IP address nor a CIDR range such as 10.0.0.0/24", name, item)
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		ps = append(ps, p.Masked())
+	}
+	return ps, nil
 }
 
 // checkWake validates the wake flags: zero would silently mean the default

@@ -2,6 +2,8 @@ package replproxyd
 
 import (
 	"io"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,5 +33,39 @@ func TestWakeFlags(t *testing.T) {
 		if _, err := parse(append(append([]string(nil), base...), bad...), noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "-") {
 			t.Errorf("%v: accepted (err %v)", bad, err)
 		}
+	}
+}
+
+// TestProxyProtocolFlags: -proxy-protocol-from takes addresses and CIDR
+// ranges, from the command line or REPLPROXY_PROXY_PROTOCOL_FROM; a bad
+// entry is named with its flag; -proxy-protocol-required needs it.
+func TestProxyProtocolFlags(t *testing.T) {
+	base := []string{"-zone", "repl.test", "-cluster", "east", "-registry", "r.yaml", "-hop-secret-file", "hop", "-forward-plaintext"}
+	noEnv := func(string) (string, bool) { return "", false }
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"),
+		netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("198.51.100.0/24")}
+	const list = "10.1.2.3/8, 192.0.2.7,2001:db8::/32,::ffff:198.51.100.0/120"
+	o, err := parse(append(base, "-proxy-protocol-from", list, "-proxy-protocol-required"), noEnv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(o.server.ProxyProtocolFrom, want) || !o.server.ProxyProtocolRequired {
+		t.Errorf("parsed %v, required %v; want %v, required", o.server.ProxyProtocolFrom, o.server.ProxyProtocolRequired, want)
+	}
+	env := func(name string) (string, bool) { return list, name == "REPLPROXY_PROXY_PROTOCOL_FROM" }
+	if o, err := parse(base, env, io.Discard); err != nil || !slices.Equal(o.server.ProxyProtocolFrom, want) {
+		t.Errorf("from the environment: %v, %v", o, err)
+	}
+	if o, err := parse(base, noEnv, io.Discard); err != nil || o.server.ProxyProtocolFrom != nil {
+		t.Errorf("by default: %v, %v; want no PROXY protocol", o.server.ProxyProtocolFrom, err)
+	}
+	for _, bad := range []string{"10.0.0.300/24", "10.0.0.0/33", "lb.example", "10.0.0.1:80"} {
+		_, err := parse(append(base, "-proxy-protocol-from", "10.0.0.1,"+bad), noEnv, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "-proxy-protocol-from") || !strings.Contains(err.Error(), bad) {
+			t.Errorf("%q: %v, want an error naming the flag and the value", bad, err)
+		}
+	}
+	if _, err := parse(append(base, "-proxy-protocol-required"), noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "-proxy-protocol-from") {
+		t.Errorf("-proxy-protocol-required alone: %v", err)
 	}
 }
