@@ -21,6 +21,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/replproxy/replproxy/internal/acmetest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/platformtest"
 )
 
@@ -90,7 +91,7 @@ frontend stats
 
 	// Both proxies UP, their last health check passed (HAProxy starts
 	// with its servers UP).
-	waitUntil(t, 15*time.Second, "HAProxy's health checks of both proxies to pass (L7OK)", func() bool {
+	testbed.WaitFor(t, 15*time.Second, "HAProxy's health checks of both proxies to pass (L7OK)", func() bool {
 		csv, err := httpGet("http://" + stats + "/stats;csv")
 		return err == nil && csvField(csv, "p1", "status") == "UP" && csvField(csv, "p2", "status") == "UP" &&
 			csvField(csv, "p1", "check_status") == "L7OK" && csvField(csv, "p2", "check_status") == "L7OK"
@@ -284,16 +285,4 @@ func httpGet(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
-}
-
-// waitUntil polls ok every 50 ms until it holds, failing t after limit.
-func waitUntil(t *testing.T, limit time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
