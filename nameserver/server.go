@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -58,6 +59,17 @@ type ServerConfig struct {
 	TCPMessageTimeout time.Duration
 	// ShutdownTimeout bounds a graceful shutdown. Zero means 5 s.
 	ShutdownTimeout time.Duration
+	// Binder binds the sockets, named "udp 0", "udp 1", … and "tcp" (a
+	// *handover.Sockets takes over those of the process being replaced,
+	// which stops reading them: no query is lost). Nil binds them afresh
+	// with SO_REUSEPORT.
+	Binder Binder
+}
+
+// Binder binds a Server's sockets by name.
+type Binder interface {
+	Listen(ctx context.Context, name, network, addr string) (net.Listener, error)
+	ListenPacket(ctx context.Context, name, network, addr string) (net.PacketConn, error)
 }
 
 func (c ServerConfig) withDefaults() (ServerConfig, error) {
@@ -184,8 +196,16 @@ func (s *Server) listen(ctx context.Context) ([]*net.UDPConn, net.Listener, erro
 			c.Close()
 		}
 	}
+	listenPacket := func(i int, addr string) (net.PacketConn, error) { return lc.ListenPacket(ctx, "udp", addr) }
+	listen := func(addr string) (net.Listener, error) { return lc.Listen(ctx, "tcp", addr) }
+	if b := s.cfg.Binder; b != nil {
+		listenPacket = func(i int, addr string) (net.PacketConn, error) {
+			return b.ListenPacket(ctx, "udp "+strconv.Itoa(i), "udp", addr)
+		}
+		listen = func(addr string) (net.Listener, error) { return b.Listen(ctx, "tcp", "tcp", addr) }
+	}
 	for i := range s.cfg.UDPSockets {
-		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		pc, err := listenPacket(i, addr)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
@@ -197,7 +217,7 @@ func (s *Server) listen(ctx context.Context) ([]*net.UDPConn, net.Listener, erro
 			addr = c.LocalAddr().String() // the port picked, for the others
 		}
 	}
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := listen(addr)
 	if err != nil {
 		closeAll()
 		return nil, nil, err

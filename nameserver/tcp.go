@@ -71,6 +71,7 @@ type tcpConn struct {
 
 	// Guarded by tcpServer.mu.
 	idle       bool // in the idle list
+	began      bool // its first query began
 	gone       bool // released: shed, or closed by the shutdown
 	prev, next *tcpConn
 }
@@ -237,13 +238,16 @@ func (t *tcpServer) idleTimeout(open int) time.Duration {
 }
 
 // goIdle puts c in the idle list (where it stays if already there), and
-// returns when it must hear from the client by; false when the server is
-// shutting down or c was released.
+// returns when it must hear from the client by; false when c was released,
+// or when the server is shutting down and c has had a query.
 func (t *tcpServer) goIdle(c *tcpConn) (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closing || c.gone {
+	switch {
+	case c.gone, t.closing && c.began:
 		return time.Time{}, false
+	case t.closing: // its first query: see shutdown
+		return time.Now().Add(t.cfg.TCPMessageTimeout), true
 	}
 	if !c.idle {
 		t.idle.pushBack(c)
@@ -267,6 +271,7 @@ func (t *tcpServer) goBusy(c *tcpConn) bool {
 	if c.idle {
 		t.idle.remove(c)
 	}
+	c.began = true
 	return true
 }
 
@@ -374,18 +379,28 @@ func closeReason(err error) tcpClose {
 // shutdown stops accepting (the caller closed the listener and waited for
 // serve), closes the idle connections at once and lets the others finish
 // the query in hand until ctx is done, then closes them too; it returns
-// when every connection's goroutine has.
+// when every connection's goroutine has. A connection accepted but whose
+// first query has not begun is not idle but new: its client is sending
+// (after a handover, to the old process's last accepted connections), and
+// it gets TCPMessageTimeout for that query, answered, then closed.
 func (t *tcpServer) shutdown(ctx context.Context) {
 	t.mu.Lock()
 	t.closing = true
-	var idle []*tcpConn
+	var idle, fresh []*tcpConn
 	for c := t.idle.head; c != nil; c = c.next {
-		idle = append(idle, c)
+		if c.began {
+			idle = append(idle, c)
+		} else {
+			fresh = append(fresh, c)
+		}
 	}
 	for _, c := range idle {
 		t.releaseLocked(c)
 	}
 	t.mu.Unlock()
+	for _, c := range fresh {
+		_ = c.c.SetReadDeadline(time.Now().Add(t.cfg.TCPMessageTimeout))
+	}
 	for _, c := range idle {
 		t.m.tcpClose(closedShutdown)
 		_ = c.c.Close()

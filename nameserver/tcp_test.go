@@ -516,3 +516,42 @@ func TestTCPShutdown(t *testing.T) {
 		t.Errorf("open connections %v after the shutdown", n)
 	}
 }
+
+// TestTCPShutdownAnswersNewConnections: a connection accepted before the
+// shutdown whose first query has not begun is its client sending (after a
+// handover, the old process's last accepted connections): it gets its
+// answer, then is closed; one that sends nothing is closed after
+// TCPMessageTimeout.
+func TestTCPShutdownAnswersNewConnections(t *testing.T) {
+	f := startTCP(t, ServerConfig{ShutdownTimeout: 5 * time.Second, TCPMessageTimeout: time.Second})
+	fresh := dialFrom(t, f.addr, "127.0.0.1")
+	silent := dialFrom(t, f.addr, "127.0.0.1")
+	waitFor(t, 5*time.Second, "two connections accepted", func() bool {
+		open, _ := f.counts()
+		return open == 2
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- f.stop() }()
+	waitFor(t, 5*time.Second, "the listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", f.addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if _, err := fresh.Write(tcpQuery(t, "blog.alice.repl.test.", 7)); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := readReply(fresh); err != nil || answerA(r) != "192.0.2.10,192.0.2.11" {
+		t.Fatalf("the first query of a connection accepted before the shutdown: %v %v", r, err)
+	}
+	wantClosed(t, fresh, "the new connection once its reply was written")
+	start := time.Now()
+	wantClosed(t, silent, "the new connection that sent nothing")
+	if waited := time.Since(start); waited > 4*time.Second {
+		t.Errorf("the silent connection was closed after %v, not at TCPMessageTimeout (1 s)", waited)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -15,14 +15,14 @@ import (
 // truncated UDP reply is asked again over TCP) and returns the cluster
 // whose address it answered.
 func (p *Platform) Resolve(ctx context.Context, name string) (*Cluster, error) {
-	if p.dns == nil {
+	if p.dnsAddr == "" {
 		return nil, fmt.Errorf("resolve %s: the platform has no replns (Options.NoDNS)", name)
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-	r, _, err := (&dns.Client{Timeout: 2 * time.Second}).ExchangeContext(ctx, m, p.dns.addr)
+	r, _, err := (&dns.Client{Timeout: 2 * time.Second}).ExchangeContext(ctx, m, p.dnsAddr)
 	if err == nil && r.Truncated {
-		r, _, err = (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).ExchangeContext(ctx, m, p.dns.addr)
+		r, _, err = (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).ExchangeContext(ctx, m, p.dnsAddr)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", name, err)

@@ -125,6 +125,39 @@ func (p *Platform) ReplaceProxy(t TB, cluster string) {
 	})
 }
 
+// ReplaceDNS replaces replns as ReplaceProxy does its proxy: a new
+// process (or instance) with the same flags but a fresh admin address
+// takes over the old one's sockets once its clusters are ready, and the
+// old one finishes the queries it has read and exits; no query is lost.
+// DNSAdmin is the new one's from then on.
+func (p *Platform) ReplaceDNS(t TB) {
+	t.Helper()
+	old := p.needDNS(t)
+	admin := addrOn(t, "127.0.0.1", 0)
+	args := slices.Clone(old.args)
+	for i := range len(args) - 1 {
+		if args[i] == "-admin-listen" {
+			args[i+1] = admin
+		}
+	}
+	next := p.newDaemon(t, old.kind, old.name, args, "http://"+admin+"/readyz?all=1")
+	next.addr, next.admin = old.addr, admin
+	next.start(t)
+	next.waitReady(t)
+	p.dns = next
+	if !slices.Contains(args, "-handover-socket") {
+		if err := old.stop(); err != nil { // no handover (flags of the test's own)
+			t.Fatalf("platformtest: stop the replaced replns: %v", err)
+		}
+		return
+	}
+	t.Cleanup(func() {
+		if err := old.waitExit(30 * time.Second); err != nil {
+			t.Fatalf("platformtest: the replaced replns: %v", err)
+		}
+	})
+}
+
 // StopDNS, KillDNS and RestartDNS do the same for replns.
 func (p *Platform) StopDNS(t TB) {
 	t.Helper()

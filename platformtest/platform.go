@@ -186,6 +186,7 @@ type Platform struct {
 	secret   string // the hop secret file every proxy reads
 	clusters []*Cluster
 	dns      *daemon      // nil with NoDNS
+	dnsAddr  string       // replns's DNS address (ReplaceDNS keeps it); "" with NoDNS
 	tls      *tlsOnDemand // nil without TLS
 	mu       sync.Mutex   // guards clients
 	links    map[[2]string]*Link
@@ -384,9 +385,10 @@ func (p *Platform) startDaemons(t TB) {
 	}
 	if !o.NoDNS {
 		args := []string{"-zone", o.Zone, "-registry", p.registry, "-ns", "ns1." + o.Zone + "=127.0.0.1",
-			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s"}
+			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s",
+			"-handover-socket", p.handoverSocket(t, "replns")}
 		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+dnsAdmin+"/readyz?all=1")
-		p.dns.addr = dnsAddr
+		p.dns.addr, p.dnsAddr = dnsAddr, dnsAddr
 		p.dns.admin = dnsAdmin
 	}
 	// They start together; each is waited for.
@@ -455,12 +457,7 @@ func (p *Platform) Registry() string { return p.registry }
 func (p *Platform) HopSecretFile() string { return p.secret }
 
 // DNSAddr returns replns's address (UDP and TCP), or "" without replns.
-func (p *Platform) DNSAddr() string {
-	if p.dns == nil {
-		return ""
-	}
-	return p.dns.addr
-}
+func (p *Platform) DNSAddr() string { return p.dnsAddr }
 
 // DNSAdmin returns the address of replns's admin listener (/metrics,
 // /healthz, /readyz), host:port; "" with NoDNS.

@@ -21,6 +21,7 @@ type options struct {
 	clusters  string // the registry file
 	zoneFile  string
 	admin     string
+	handover  string // the handover socket's path
 	logLevel  string
 	logFormat string
 
@@ -144,6 +145,8 @@ func (o *options) cacheFlags(fs *flag.FlagSet) {
 
 // operationFlags are the admin listener and the logs.
 func (o *options) operationFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.handover, "handover-socket", "", "Unix socket `file` through which a new replns started with the same file takes over this one's\n"+
+		"sockets (UDP, TCP, admin) with no query lost, while this one drains (an upgrade: see the README); empty: none")
 	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9153", "the `host:port` of the admin HTTP listener (/metrics, /healthz, /readyz,\n/debug/pprof/); empty (on the command line) turns it off")
 	fs.IntVar(&o.dns.QueryLogEvery, "query-log-every", 0, "log one query in `n` (1: every query); 0: no query log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

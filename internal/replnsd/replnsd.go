@@ -20,6 +20,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/internal/handover"
 	"github.com/replproxy/replproxy/internal/reload"
 	"github.com/replproxy/replproxy/nameserver"
 )
@@ -61,11 +62,19 @@ func MainWith(ctx context.Context, args []string, env Env, stderr io.Writer, hoo
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
+	sockets, err := handover.New(ctx, o.handover, logger)
+	if err != nil {
+		return err
+	}
+	defer sockets.Close()
+	if sockets != nil {
+		o.server.Binder = sockets
+	}
 	d, err := build(o, logger, level)
 	if err != nil {
 		return err
 	}
-	d.reload = hooks.Reload
+	d.reload, d.sockets = hooks.Reload, sockets
 	err = d.run(ctx)
 	logger.Info("stopped")
 	return err
@@ -77,6 +86,7 @@ type daemon struct {
 	srv             *nameserver.Server
 	admin           *http.Server // nil without -admin-listen
 	adminAddr       string
+	sockets         *handover.Sockets // nil: no handover
 	shutdownTimeout time.Duration
 	logger          *zap.Logger
 	reloader        *reloader
@@ -141,7 +151,7 @@ func (d *daemon) run(ctx context.Context) error {
 	var adminLn net.Listener
 	if d.admin != nil {
 		var err error
-		if adminLn, err = net.Listen("tcp", d.adminAddr); err != nil {
+		if adminLn, err = d.sockets.Listen(ctx, "admin", "tcp", d.adminAddr); err != nil {
 			return fmt.Errorf("admin listener: %w", err)
 		}
 		d.logger.Info("admin listening", zap.Stringer("addr", adminLn.Addr()))
@@ -151,11 +161,18 @@ func (d *daemon) run(ctx context.Context) error {
 	dataCtx, stopData := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopData()
 	g.Go(func() error { return d.clusters.Run(dataCtx) })
-	g.Go(func() error { reload.Loop(gctx, d.reload, d.reloader.reload); return nil })
+	g.Go(func() error { reload.Loop(dataCtx, d.reload, d.reloader.reload); return nil })
+	serveCtx, stopServing := context.WithCancel(gctx)
+	defer stopServing()
 	g.Go(func() error {
 		defer stopData()
-		return d.srv.Serve(gctx)
+		if pid := d.sockets.Predecessor(); pid != 0 {
+			d.logger.Info("taking over the sockets of a running replns once its clusters are ready", zap.Int("pid", pid))
+			d.waitClusters(serveCtx)
+		}
+		return d.srv.Serve(serveCtx)
 	})
+	g.Go(func() error { d.handOver(serveCtx, stopServing); return nil })
 	if d.admin != nil {
 		g.Go(func() error {
 			if err := d.admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
@@ -171,4 +188,62 @@ func (d *daemon) run(ctx context.Context) error {
 		})
 	}
 	return g.Wait()
+}
+
+// takeOverWait is how long a replns taking over waits for every cluster to
+// be ready before it settles for one (a cluster that cannot be reached
+// must not hold an upgrade up for ever).
+const takeOverWait = 30 * time.Second
+
+// waitClusters returns once every cluster is ready (its store open, its
+// change feed and index current), or one is after takeOverWait, or ctx is
+// done: the predecessor answers meanwhile.
+func (d *daemon) waitClusters(ctx context.Context) {
+	start := time.Now()
+	for {
+		ready, total := 0, 0
+		for _, s := range d.clusters.Status() {
+			total++
+			if s.Open && s.Synced {
+				ready++
+			}
+		}
+		if ready == total || ready > 0 && time.Since(start) > takeOverWait {
+			if ready < total {
+				d.logger.Warn("taking over with clusters not ready", zap.Int("ready", ready), zap.Int("clusters", total))
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// handOver tells the predecessor, once this replns answers, to drain, and
+// serves the handover socket; when a successor takes over, it stops the
+// serving.
+func (d *daemon) handOver(ctx context.Context, stopServing func()) {
+	if d.sockets == nil {
+		return
+	}
+	defer d.sockets.Close() // a stopping process hands nothing over
+	for !d.srv.Serving() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := d.sockets.Ready(ctx); err != nil {
+		d.logger.Error("handover", zap.Error(err)) // this process answers either way
+	}
+	select {
+	case <-ctx.Done():
+	case <-d.sockets.Done():
+		d.logger.Info("a new replns took over the sockets: draining")
+		stopServing()
+	}
 }
