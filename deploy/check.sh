@@ -30,7 +30,9 @@ if need systemd-analyze systemd; then
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
 	for u in systemd/*.service; do
-		sed "s#/usr/local/bin/#$bin/#g" "$u" >"$tmp/${u##*/}"
+		name=${u##*/}
+		name=${name/@.service/@a.service} # a template is verified as an instance
+		sed "s#/usr/local/bin/#$bin/#g" "$u" >"$tmp/$name"
 	done
 	# verify exits 0 on warnings (an unknown key, a misspelt value): any
 	# output is a failure.

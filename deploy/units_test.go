@@ -49,8 +49,8 @@ func TestUnitsHardened(t *testing.T) {
 		caps              string // CapabilityBoundingSet and AmbientCapabilities
 		writable          string // StateDirectory
 	}{
-		{"replproxy.service", "replproxy", "replproxy.env", "CAP_NET_BIND_SERVICE", "replproxy"},
-		{"replns.service", "replns", "replns.env", "CAP_NET_BIND_SERVICE", ""},
+		{"replproxy@.service", "replproxy", "replproxy.env", "CAP_NET_BIND_SERVICE", "replproxy"},
+		{"replns@.service", "replns", "replns.env", "CAP_NET_BIND_SERVICE", ""},
 		{"replproxy-migrate.service", "replctl", "replproxy.env", "", ""},
 	} {
 		t.Run(c.unit, func(t *testing.T) {
@@ -119,6 +119,21 @@ func TestEnvironmentExamples(t *testing.T) {
 			n++
 		}
 		t.Logf("%s: %d variables, each a flag of %s", c.file, n, c.binary)
+	}
+	// The daemons' units set a handover socket (for upgrades between their
+	// two instances) that the binary reads, and reload on SIGHUP.
+	for _, c := range []struct{ file, binary, env string }{
+		{"systemd/replproxy@.service", "replproxy", "REPLPROXY_HANDOVER_SOCKET"},
+		{"systemd/replns@.service", "replns", "REPLNS_HANDOVER_SOCKET"},
+	} {
+		u := unit(t, c.file)
+		out, _ := exec.Command(platformtest.Binary(t, c.binary), "-h").CombinedOutput()
+		if env := strings.Join(u["[Service]Environment"], " "); !strings.HasPrefix(env, c.env+"=/run/") || !strings.Contains(string(out), "(env "+c.env+")") {
+			t.Errorf("%s: Environment=%q; want %s=/run/… (a variable %s -h names)", c.file, env, c.env, c.binary)
+		}
+		if r := strings.Join(u["[Service]ExecReload"], " "); r != "/bin/kill -HUP $MAINPID" {
+			t.Errorf("%s: ExecReload=%q, want SIGHUP", c.file, r)
+		}
 	}
 	migrate := strings.Join(unit(t, "systemd/replproxy-migrate.service")["[Service]ExecStart"], " ")
 	env, _ := os.ReadFile("systemd/replproxy.env.example")
