@@ -18,11 +18,14 @@ import (
 
 // TestGracefulShutdown: on cancel (SIGTERM in the binary) the proxy stops
 // accepting, lets an in-flight request and an open WebSocket finish within
-// the deadline, closes what is left at the deadline, and Serve returns nil.
+// the deadline, closes what is left at the deadline — the WebSocket with a
+// close frame (1001, going away) to the client and one to the container —
+// and Serve returns nil.
 func TestGracefulShutdown(t *testing.T) {
 	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) { s.ShutdownTimeout = 2 * time.Second }})
 	release := make(chan struct{})
 	arrived := make(chan struct{}, 1)
+	backendEnd := make(chan error, 1)
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/ws" {
 			conn, err := websocket.Accept(w, r, nil)
@@ -33,6 +36,7 @@ func TestGracefulShutdown(t *testing.T) {
 			for {
 				typ, msg, err := conn.Read(r.Context())
 				if err != nil {
+					backendEnd <- err
 					return
 				}
 				if err := conn.Write(r.Context(), typ, msg); err != nil {
@@ -105,8 +109,16 @@ func TestGracefulShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after the drain deadline")
 	}
-	if _, _, err := ws.Read(ctx); err == nil {
-		t.Fatal("the websocket is still open after the deadline")
+	if _, _, err := ws.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("the websocket after the deadline: %v, want closed with status 1001 (going away)", err)
+	}
+	select {
+	case err := <-backendEnd:
+		if websocket.CloseStatus(err) != websocket.StatusGoingAway {
+			t.Fatalf("the container's end of the websocket after the deadline: %v, want a close frame with status 1001", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the container's end of the websocket is still open")
 	}
 	if n := len(c.Logs.FilterMessage("drain deadline passed; closing upgraded connections").All()); n != 1 {
 		t.Errorf("logged %d deadline messages, want 1", n)

@@ -96,11 +96,20 @@ func (h *Handler) takeOver(ex *exchange, resp *http.Response) error {
 		j.active = true
 		h.activity.opened(j.replID)
 	}
+	toBackend, toClient := io.Writer(backend), io.Writer(client)
+	if strings.EqualFold(resUp, "websocket") {
+		// Followed frame by frame, to close it cleanly at a drain's end.
+		j.wsUp, j.wsDown = newWSDirection(backend, true), newWSDirection(client, false)
+		toBackend, toClient = j.wsUp, j.wsDown
+		if tc, ok := client.(*trackedConn); ok {
+			tc.setJoined(j)
+		}
+	}
 	j.running.Store(2)
 	j.touch()
 	j.idle = time.AfterFunc(h.cfg.UpgradeIdleTimeout, j.checkIdle)
-	go j.copy(backend, client, early, &j.up)
-	go j.copy(client, backend, nil, &j.down)
+	go j.copy(toBackend, client, early, &j.up)
+	go j.copy(toClient, backend, nil, &j.down)
 	return errUpgraded
 }
 
@@ -117,6 +126,7 @@ type joined struct {
 	last            atomic.Int64 // unix nanoseconds of the last bytes either way
 	idle            *time.Timer  // closes both when nothing passes for UpgradeIdleTimeout
 	closeOnce       sync.Once
+	wsUp, wsDown    *wsDirection // a WebSocket's directions (wsclose.go); nil for other upgrades
 }
 
 // copy copies src to dst. When src ends cleanly (the peer half-closed) it
@@ -130,7 +140,11 @@ func (j *joined) copy(dst io.Writer, src io.Reader, early []byte, count *atomic.
 		count.Add(int64(n))
 	}
 	err := j.h.pipe(dst, src, count, j.touch)
-	if cw, ok := dst.(interface{ CloseWrite() error }); err != nil || !ok || cw.CloseWrite() != nil {
+	switch cw, ok := dst.(interface{ CloseWrite() error }); {
+	case errors.Is(err, errGoneAway):
+		// The proxy closed this direction with a close frame: the peer
+		// answers with its own and hangs up, which ends the other one.
+	case err != nil || !ok || cw.CloseWrite() != nil:
 		j.close()
 	}
 	if j.running.Add(-1) > 0 {
@@ -218,17 +232,31 @@ func (h *Handler) pipe(dst io.Writer, src io.Reader, count *atomic.Int64, touch 
 func (h *Handler) UpgradedConns() int { return h.upgrades.Len() }
 
 // DrainUpgraded waits until every upgraded connection has closed or ctx is
-// done, then closes those still open and returns how many it closed:
-// http.Server.Shutdown does not wait for hijacked connections.
+// nearly done, then closes those still open and returns how many it
+// closed: http.Server.Shutdown does not wait for hijacked connections. A
+// WebSocket gets close frames (status 1001, going away) both ways, from a
+// second before ctx's deadline (or halfway through what is left, when
+// that is shorter), and is closed when its peers have answered.
 func (h *Handler) DrainUpgraded(ctx context.Context) int {
-	for h.upgrades.Len() > 0 && ctx.Err() == nil {
+	goAwayCtx := ctx
+	var grace time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		grace = min(time.Second, time.Until(dl)/2)
+		var cancel context.CancelFunc
+		goAwayCtx, cancel = context.WithDeadline(ctx, dl.Add(-grace))
+		defer cancel()
+	}
+	for h.upgrades.Len() > 0 {
 		select {
-		case <-ctx.Done():
+		case <-goAwayCtx.Done():
 		case <-time.After(50 * time.Millisecond):
+			continue
 		}
+		break
 	}
 	n := h.upgrades.Len()
 	if n > 0 {
+		h.upgrades.goAway(grace)
 		h.upgrades.closeAll()
 	}
 	return n
@@ -274,6 +302,24 @@ func (u *upgrades) Len() int {
 	return len(u.conns)
 }
 
+// goAway closes the WebSockets among the upgraded connections with close
+// frames, waiting up to wait for their peers (wsclose.go).
+func (u *upgrades) goAway(wait time.Duration) {
+	u.mu.Lock()
+	var js []*joined
+	for tc := range u.conns {
+		if j := tc.getJoined(); j != nil {
+			js = append(js, j)
+		}
+	}
+	u.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, j := range js {
+		wg.Go(func() { j.goAway(wait) })
+	}
+	wg.Wait()
+}
+
 // closeAll closes every upgraded connection (at the end of a drain).
 func (u *upgrades) closeAll() {
 	u.mu.Lock()
@@ -291,6 +337,21 @@ type trackedConn struct {
 	net.Conn
 	u    *upgrades
 	once sync.Once
+
+	mu     sync.Mutex
+	joined *joined // a WebSocket's pair, for goAway
+}
+
+func (tc *trackedConn) setJoined(j *joined) {
+	tc.mu.Lock()
+	tc.joined = j
+	tc.mu.Unlock()
+}
+
+func (tc *trackedConn) getJoined() *joined {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.joined
 }
 
 // CloseWrite half-closes the client connection when it can (TCP, TLS).
