@@ -23,6 +23,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -98,6 +99,12 @@ func New(ctx context.Context, path string, logger *zap.Logger) (*Sockets, error)
 	}
 	if len(path) > maxPath {
 		return nil, fmt.Errorf("handover socket %s: %d bytes long, more than the %d a Unix socket's path may have here: choose a shorter path", path, len(path), maxPath)
+	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = errors.New("not a folder")
+		}
+		return nil, fmt.Errorf("handover socket %s: its folder: %w (create it, e.g. with systemd's RuntimeDirectory=)", path, err)
 	}
 	if logger == nil {
 		logger = zap.NewNop()

@@ -378,3 +378,17 @@ func dialAndExit(path string) {
 	}
 	os.Exit(0)
 }
+
+// TestBadPaths: a path in no folder, or too long for a Unix socket, is
+// refused at start with what to do.
+func TestBadPaths(t *testing.T) {
+	for _, c := range []struct{ path, want string }{
+		{filepath.Join(t.TempDir(), "missing", "h.sock"), "create it"},
+		{"/tmp/" + strings.Repeat("x", 100), "choose a shorter path"},
+	} {
+		s, err := New(context.Background(), c.path, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("New(%q): %v, %v; want an error saying %q", c.path, s, err, c.want)
+		}
+	}
+}
