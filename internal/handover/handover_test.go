@@ -146,6 +146,7 @@ func TestQueuedConnectionsSurvive(t *testing.T) {
 					t.Fatalf("read %q, %v", got, err)
 				}
 			}
+			t.Logf("%d of %d queued connections reset", reset, len(conns))
 			if handover && reset != 0 {
 				t.Fatalf("%d of %d queued connections reset across the handover", reset, len(conns))
 			}
