@@ -28,8 +28,9 @@ import (
 // client asks east's proxy for a repl ten times a second. Healthy, no
 // alert is pending or firing. With east's database stopped, the store
 // outage alert ReplproxyStoreErrors fires for east's proxy (its cached
-// route expires, the reload fails, the route is served stale), and no
-// alert names west. Every query of the Grafana dashboard then runs without
+// route expires, the reload fails, the route is served stale),
+// ReplnsClusterFeedDown fires for east in replns (its change feed from
+// east's store is down), and no alert names west. Every query of the Grafana dashboard then runs without
 // error against that Prometheus. The rules are the real ones except for
 // their `for:` durations, cut to 5s in the copy Prometheus loads (promtool
 // tests the real ones: make rules); the proxies' -cache-ttl is 2s (60s by
@@ -77,19 +78,28 @@ func TestAlertsFireWhenDatabaseStops(t *testing.T) {
 	stopped := time.Now()
 	var fired []alert
 	eastProxy := p.Cluster(t, "east").AdminAddr
-	prom.waitAlerts(t, 90*time.Second, "ReplproxyStoreErrors firing for east", func(as []alert) bool {
+	firing := map[string]time.Duration{} // alert → when first seen firing for east
+	prom.waitAlerts(t, 90*time.Second, "ReplproxyStoreErrors and ReplnsClusterFeedDown firing for east", func(as []alert) bool {
 		fired = as
 		for _, a := range as {
-			if a.Labels["alertname"] == "ReplproxyStoreErrors" && a.Labels["cluster"] == "east" && a.Labels["instance"] == eastProxy && a.State == "firing" {
-				return true
+			name := a.Labels["alertname"]
+			switch {
+			case a.State != "firing" || a.Labels["cluster"] != "east" || firing[name] != 0:
+			case name == "ReplproxyStoreErrors" && a.Labels["instance"] == eastProxy,
+				name == "ReplnsClusterFeedDown" && a.Labels["instance"] == p.DNSAdmin():
+				firing[name] = time.Since(stopped)
 			}
 		}
-		return false
+		return firing["ReplproxyStoreErrors"] != 0 && firing["ReplnsClusterFeedDown"] != 0
 	})
-	t.Logf("east's database stopped: ReplproxyStoreErrors firing after %v (for: 5s); alerts then: %v", time.Since(stopped).Round(100*time.Millisecond), fired)
+	t.Logf("east's database stopped: ReplproxyStoreErrors firing after %v, ReplnsClusterFeedDown after %v (for: 5s); alerts then: %v",
+		firing["ReplproxyStoreErrors"].Round(100*time.Millisecond), firing["ReplnsClusterFeedDown"].Round(100*time.Millisecond), fired)
 	for _, a := range fired {
-		if a.Labels["cluster"] == "west" {
+		switch {
+		case a.Labels["cluster"] == "west":
 			t.Errorf("an alert names west, whose database runs: %v", a)
+		case a.Labels["alertname"] == "ReplnsClusterNotReady":
+			t.Errorf("ReplnsClusterNotReady beside ReplnsClusterFeedDown (one page per cause): %v", a)
 		}
 	}
 

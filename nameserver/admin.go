@@ -3,6 +3,7 @@ package nameserver
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -14,11 +15,15 @@ import (
 //
 //	/metrics       Prometheus metrics from g
 //	/healthz       200 while the process runs
-//	/readyz        200 once srv answers and at least one cluster's store is
-//	               open, notified and indexed (a cluster that cannot be
-//	               reached must not take the others' answers out of a load
-//	               balancer); 503 otherwise. The body says each cluster's state.
-//	/readyz?all=1  the strict view: 200 only when every cluster is ready
+//	/readyz        200 once srv answers and at least one cluster is answered
+//	               from its index (its store opened, notified and indexed
+//	               once: a cluster that cannot be reached must not take the
+//	               others' answers out of a load balancer, and a store that
+//	               went down since keeps its index answering, serve-stale);
+//	               503 otherwise. The body says each cluster's state.
+//	/readyz?all=1  the strict view: 200 only when every cluster is ready,
+//	               its change feed up (ClusterStatus.Ready, but a cluster
+//	               whose index is being rebuilt counts)
 //	/debug/pprof/  the runtime profiles
 func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handler {
 	mux := http.NewServeMux()
@@ -34,27 +39,37 @@ func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handl
 			lines = append(lines, "dns: not answering")
 		}
 		if c != nil {
-			serving, total := 0, 0
+			answering, strict, total := 0, 0, 0
+			now := time.Now()
 			for _, s := range c.Status() {
 				total++
 				state := "ready"
 				switch {
 				case !s.Open:
-					state = "store not open"
+					state = "store not open" + since(now, s.FeedDownSince)
 				case !s.Synced:
-					state = "waiting for change notifications and the index"
+					state = "waiting for change notifications and the index" + since(now, s.FeedDownSince)
+				case !s.FeedUp:
+					state = "change feed down" + since(now, s.FeedDownSince) + ": answering from its index, changes not seen"
 				case !s.Current:
 					state = "ready (index being rebuilt)"
 				}
 				if s.Open && s.Synced {
-					serving++
+					answering++
+					if s.FeedUp {
+						strict++
+					}
 				}
 				lines = append(lines, fmt.Sprintf("cluster %s: %s, %d repls indexed", s.Name, state, s.Indexed))
 			}
-			if serving == 0 || all && serving < total {
+			if answering == 0 || all && strict < total {
 				ready = false
 			}
-			lines = append(lines, fmt.Sprintf("%d of %d clusters ready", serving, total))
+			summary := fmt.Sprintf("%d of %d clusters ready", strict, total)
+			if answering > strict {
+				summary += fmt.Sprintf(", %d more answering from their index with the change feed down", answering-strict)
+			}
+			lines = append(lines, summary)
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !ready {
@@ -66,4 +81,12 @@ func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handl
 	})
 	admin.HandlePprof(mux)
 	return mux
+}
+
+// since says " since <t> (<how long>)", or "" for a zero t.
+func since(now, t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf(" since %s (%v)", t.UTC().Format(time.RFC3339), now.Sub(t).Round(time.Second))
 }

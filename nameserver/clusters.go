@@ -91,6 +91,8 @@ type member struct {
 	name, store string
 	cache       atomic.Pointer[routecache.Cache] // with its index; nil until the store is open
 	synced      atomic.Bool                      // the change feed's first resync came
+	started     atomic.Int64                     // unix nanoseconds when its run began: waiting for the feed since
+	ended       atomic.Int64                     // unix nanoseconds when its change feed stopped for good; 0 while it runs
 	cancel      context.CancelFunc               // stops its run; nil until started (under Clusters.mu)
 	done        chan struct{}                    // closed when its run returned
 }
@@ -250,13 +252,27 @@ func (c *Clusters) Challenges(_ context.Context, name string, dst []string) ([]s
 // ClusterStatus describes one cluster for readiness and metrics.
 type ClusterStatus struct {
 	Name string
-	// Open: the store is open. Synced: change notifications flow and the
-	// index was built at least once. Current: the index is current now.
-	Open, Synced, Current bool
-	Indexed               int    // repls in the index, live or tombstoned
-	IndexQueries          uint64 // store calls made to keep the index
-	Cache                 routecache.Stats
+	// Open: the store is open. Synced: change notifications came and the
+	// index was built, at least once: the cluster's names are answered
+	// from memory, and stay answered (serve-stale) while its store is down.
+	// FeedUp: the change feed is connected now (for PostgreSQL, its LISTEN
+	// connection, probed when quiet for 5 s): the index follows the store.
+	// Current: the index is current now (not being rebuilt).
+	Open, Synced, FeedUp, Current bool
+	// FeedDownSince is when the change feed was lost, or, for one that
+	// never came up, when replns began opening the store; zero while
+	// FeedUp.
+	FeedDownSince time.Time
+	Indexed       int    // repls in the index, live or tombstoned
+	IndexQueries  uint64 // store calls made to keep the index
+	Cache         routecache.Stats
 }
+
+// Ready reports whether the cluster's index follows its store now: open,
+// notified (the change feed up) and indexed (current). It is
+// replns_cluster_ready. A cluster that is Synced but not Ready still has
+// its names answered, from what its index held.
+func (s ClusterStatus) Ready() bool { return s.Open && s.Synced && s.FeedUp && s.Current }
 
 // Status reports on every cluster, in registry order.
 func (c *Clusters) Status() []ClusterStatus {
@@ -264,11 +280,25 @@ func (c *Clusters) Status() []ClusterStatus {
 	out := make([]ClusterStatus, 0, len(cs))
 	for _, cl := range cs {
 		s := ClusterStatus{Name: cl.name}
+		if at := cl.started.Load(); at != 0 {
+			s.FeedDownSince = time.Unix(0, at)
+		}
 		if cache := cl.cache.Load(); cache != nil {
 			x := cache.Index().Stats()
 			s.Open, s.Cache = true, cache.Stats()
 			s.Indexed, s.Current, s.IndexQueries = x.Repls, x.Current, x.Queries
-			s.Synced = x.Built && cl.synced.Load()
+			synced := cl.synced.Load()
+			s.Synced = x.Built && synced
+			lostAt, lost := cache.FeedLostSince()
+			ended := cl.ended.Load()
+			switch {
+			case ended != 0:
+				s.FeedDownSince = time.Unix(0, ended)
+			case lost:
+				s.FeedDownSince = lostAt
+			case synced:
+				s.FeedUp, s.FeedDownSince = true, time.Time{}
+			}
 		}
 		out = append(out, s)
 	}
@@ -382,6 +412,7 @@ const (
 )
 
 func (c *Clusters) run(ctx context.Context, cl *member) {
+	cl.started.Store(time.Now().UnixNano()) // the cache's clock, as FeedLostSince
 	logger := c.logger.With(zap.String("cluster", cl.name))
 	var st store.Store
 	for delay := minBackoff; ; delay = min(2*delay, maxBackoff) {
@@ -420,6 +451,7 @@ func (c *Clusters) run(ctx context.Context, cl *member) {
 		}
 	})
 	if err := cache.Run(ctx); err != nil && ctx.Err() == nil {
+		cl.ended.Store(time.Now().UnixNano())
 		logger.Error("change notifications stopped", zap.Error(err))
 	}
 }

@@ -218,7 +218,9 @@ type clustersCollector struct{ c *Clusters }
 
 var (
 	descReady = prometheus.NewDesc("replns_cluster_ready",
-		"1 when the cluster's store is open, change notifications flow and its index is current.", []string{"cluster"}, nil)
+		"1 when the cluster's store is open, its change feed is up and its index is current: the index follows the store.", []string{"cluster"}, nil)
+	descFeedUp = prometheus.NewDesc("replns_cluster_feed_up",
+		"1 while the cluster's change feed is connected (PostgreSQL: the LISTEN connection, probed when quiet for 5 s); 0 when the store is unreachable, hung or not open: its names are answered from what the index held, changes there are not seen.", []string{"cluster"}, nil)
 	descIndexed = prometheus.NewDesc("replns_index_repls",
 		"Repls, live or tombstoned, in the cluster's in-memory index.", []string{"cluster"}, nil)
 	descIndexQueries = prometheus.NewDesc("replns_index_store_queries_total",
@@ -226,19 +228,24 @@ var (
 )
 
 func (clustersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReady, descIndexed, descIndexQueries} {
+	for _, d := range []*prometheus.Desc{descReady, descFeedUp, descIndexed, descIndexQueries} {
 		ch <- d
 	}
 }
 
 func (cc clustersCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range cc.c.Status() {
-		ready := 0.0
-		if s.Open && s.Synced && s.Current {
-			ready = 1
-		}
-		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, s.Name)
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, gauge(s.Ready()), s.Name)
+		ch <- prometheus.MustNewConstMetric(descFeedUp, prometheus.GaugeValue, gauge(s.FeedUp), s.Name)
 		ch <- prometheus.MustNewConstMetric(descIndexed, prometheus.GaugeValue, float64(s.Indexed), s.Name)
 		ch <- prometheus.MustNewConstMetric(descIndexQueries, prometheus.CounterValue, float64(s.IndexQueries), s.Name)
 	}
+}
+
+// gauge is 1 for true, 0 for false.
+func gauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

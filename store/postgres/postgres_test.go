@@ -197,6 +197,45 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 	}
 }
 
+// TestPostgresWatchNoticesHungServer: a frozen server (SIGSTOP: its
+// connections stay open, nothing answers) is noticed by the LISTEN
+// connection's probe, as EventLost within watchProbeEvery+watchProbeTimeout
+// (8 s); a server stopped with a fast shutdown at once. Once the server
+// answers again the watcher resyncs. Before the probe a frozen server was
+// never noticed.
+func TestPostgresWatchNoticesHungServer(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	s := openMigrated(t, dsn)
+	events := watchEvents(t, s)
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventResync {
+		t.Fatalf("first event %+v, want resync", e)
+	}
+	next := func(what string, within time.Duration, kind store.EventKind) time.Duration {
+		t.Helper()
+		start := time.Now()
+		deadline := time.After(within)
+		for {
+			select {
+			case e := <-events:
+				if e.Kind == kind {
+					return time.Since(start)
+				}
+			case <-deadline:
+				t.Fatalf("%s: no %s event within %v", what, kind, within)
+			}
+		}
+	}
+	srv.Pause(t)
+	t.Logf("frozen: lost after %v", next("frozen", 12*time.Second, store.EventLost))
+	srv.Resume(t)
+	t.Logf("resumed: resynced after %v", next("resumed", 15*time.Second, store.EventResync))
+	srv.Stop(t)
+	t.Logf("stopped: lost after %v", next("stopped", 2*time.Second, store.EventLost))
+	srv.Restart(t)
+	t.Logf("restarted: resynced after %v", next("restarted", 15*time.Second, store.EventResync))
+}
+
 // TestPostgresLookupUsesIndex checks the plans of the request-path
 // lookups on a table large enough for the planner to care.
 func TestPostgresLookupUsesIndex(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/replproxy/replproxy/store"
 	"go.uber.org/zap"
 )
@@ -18,11 +19,25 @@ const (
 	watchMaxBackoff = 5 * time.Second
 )
 
+// A LISTEN connection quiet for watchProbeEvery is probed with an empty
+// query (Ping: no statement, so statement statistics do not count it),
+// which must be answered within watchProbeTimeout. A server that hangs
+// (SIGSTOP, a frozen host, a network that drops packets without a reset)
+// keeps the connection open and silent: without the probe its loss would
+// never be noticed. Connecting and LISTEN are bounded by watchConnectTimeout.
+// A hung server is noticed within watchProbeEvery+watchProbeTimeout.
+const (
+	watchProbeEvery     = 5 * time.Second
+	watchProbeTimeout   = 3 * time.Second
+	watchConnectTimeout = 5 * time.Second
+)
+
 // Watch implements Reader. It holds one connection of its own (not one of
-// the pool's) that LISTENs on the change channel. When the connection is
-// lost it reconnects with exponential backoff and jitter, and once it
-// listens again sends EventResync: notifications sent while it was away
-// are lost.
+// the pool's) that LISTENs on the change channel, probed when it has been
+// quiet for 5 s (see watchProbeEvery). When the connection is lost, or a
+// probe fails, it sends EventLost (again after every failed reconnection)
+// and reconnects with exponential backoff and jitter, and once it listens
+// again sends EventResync: notifications sent while it was away are lost.
 func (p *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 	backoff := watchMinBackoff
 	for {
@@ -45,7 +60,9 @@ func (p *Store) Watch(ctx context.Context, fn func(store.Event)) error {
 
 // listen runs one LISTEN connection until it fails or ctx is done.
 func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func()) error {
-	conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig)
+	setupCtx, cancel := context.WithTimeout(ctx, watchConnectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(setupCtx, p.pool.Config().ConnConfig)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -54,15 +71,16 @@ func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+	if _, err := conn.Exec(setupCtx, "LISTEN "+notifyChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	cancel()
 	connected()
 	fn(store.Event{Kind: store.EventResync})
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		n, err := waitForNotification(ctx, conn)
 		if err != nil {
-			return fmt.Errorf("wait for notification: %w", err)
+			return err
 		}
 		ev, ok := parseNotification(n.Payload)
 		if !ok {
@@ -71,6 +89,30 @@ func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func
 			ev = store.Event{Kind: store.EventResync}
 		}
 		fn(ev)
+	}
+}
+
+// waitForNotification waits for the next notification on conn, probing
+// the connection whenever it has been quiet for watchProbeEvery. A
+// timeout of WaitForNotification leaves the connection usable (pgconn
+// closes it on any other error).
+func waitForNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, watchProbeEvery)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case err == nil:
+			return n, nil
+		case ctx.Err() != nil || !pgconn.Timeout(err):
+			return nil, fmt.Errorf("wait for notification: %w", err)
+		}
+		probeCtx, cancel := context.WithTimeout(ctx, watchProbeTimeout)
+		err = conn.Ping(probeCtx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("probe the LISTEN connection, quiet for %v: %w", watchProbeEvery, err)
+		}
 	}
 }
 

@@ -104,6 +104,7 @@ type Cache struct {
 	coarse    atomic.Int64     // unix nanoseconds, kept by Run; 0 when not running
 	epoch     atomic.Uint64    // bumped by EventResync; older entries are stale
 	feedLost  atomic.Bool      // between EventLost and EventResync: tombstones are confirmed (Lookup)
+	lostAt    atomic.Int64     // unix nanoseconds of the EventLost that set feedLost; 0 while the feed is up
 	downUntil atomic.Int64     // unix nanoseconds; misses fail fast until then
 	failing   atomic.Bool      // an incident is in progress (logged once)
 	synced    chan struct{}
@@ -364,6 +365,17 @@ func (c *Cache) confirm(ctx context.Context, k store.Key, old *entry) (store.Rou
 // FeedLost reports whether the change feed is down (between EventLost and
 // the EventResync of its reconnection).
 func (c *Cache) FeedLost() bool { return c.feedLost.Load() }
+
+// FeedLostSince returns when the change feed was lost (the first EventLost
+// since it last resynced, by the cache's clock), and false while it is up
+// or before it ever went down.
+func (c *Cache) FeedLostSince() (time.Time, bool) {
+	at := c.lostAt.Load()
+	if at == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, at), true
+}
 
 // Refresh drops what the cache holds for k and looks it up in the backend:
 // for a caller that has reason to think the cached route is older than the
@@ -677,10 +689,16 @@ func (c *Cache) apply(ev store.Event) {
 	switch ev.Kind {
 	case store.EventResync:
 		c.epoch.Add(1)
+		c.lostAt.Store(0)
 		c.feedLost.Store(false)
 		c.syncOnce.Do(func() { close(c.synced) })
 	case store.EventLost:
-		c.feedLost.Store(true)
+		// A watcher repeats EventLost on every failed reconnection: the
+		// first one says since when. (apply runs on one goroutine.)
+		if !c.feedLost.Load() {
+			c.lostAt.Store(c.clock().UnixNano())
+			c.feedLost.Store(true)
+		}
 	case store.EventRepl:
 		c.invalidate(store.ReplKey(ev.Owner, ev.Slug))
 		c.invalidate(store.ReplIDKey(ev.ReplID))

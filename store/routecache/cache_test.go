@@ -585,6 +585,32 @@ func TestTombstoneConfirmedWhileFeedIsLost(t *testing.T) {
 	}
 }
 
+// TestFeedLostSince: the time the change feed went down is the first
+// EventLost's; the watcher's repeats (one per failed reconnection) keep it,
+// and EventResync clears it.
+func TestFeedLostSince(t *testing.T) {
+	r := &feedReader{countingReader: newCountingReader(), events: make(chan store.Event)}
+	clock := newFakeClock()
+	c := newClockedCache(t, r, routecache.Config{}, clock.Now, nil)
+	if at, lost := c.FeedLostSince(); lost {
+		t.Fatalf("after the first resync: lost since %v", at)
+	}
+	lostAt := clock.Now()
+	r.events <- store.Event{Kind: store.EventLost}
+	testbedWait(t, c.FeedLost)
+	clock.Advance(5 * time.Second)
+	r.events <- store.Event{Kind: store.EventLost}               // a reconnection failed
+	r.events <- store.Event{Kind: store.EventRepl, ReplID: "r1"} // the channel is unbuffered: the one before was applied
+	if at, lost := c.FeedLostSince(); !lost || !at.Equal(lostAt) {
+		t.Errorf("after two EventLost: %v, %v; want %v, true", at, lost, lostAt)
+	}
+	r.events <- store.Event{Kind: store.EventResync}
+	testbedWait(t, func() bool { return !c.FeedLost() })
+	if at, lost := c.FeedLostSince(); lost {
+		t.Errorf("after the resync: lost since %v", at)
+	}
+}
+
 func testbedWait(t *testing.T, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
