@@ -19,12 +19,12 @@ import (
 type replSet struct {
 	seed     maphash.Seed
 	testHash func(string) uint64 // when set, hash is it (tests force collisions)
-	ents     slab[entryVal] // strings: id, slug
-	owners   slab[ownerVal] // string: the owner
-	byID     hashTable      // ents by hash(id)
-	byName   hashTable      // ents by nameHash(hash(owner), hash(slug)); a name may have several
-	byOwner  hashTable      // owners by hash(owner)
-	clusters []string       // what entryVal.cluster numbers; [0] is "", live
+	ents     slab[entryVal]      // strings: id, slug
+	owners   slab[ownerVal]      // string: the owner
+	byID     hashTable           // ents by hash(id)
+	byName   hashTable           // ents by nameHash(hash(owner), hash(slug)); a name may have several
+	byOwner  hashTable           // owners by hash(owner)
+	clusters []string            // what entryVal.cluster numbers; [0] is "", live
 	cluster  map[string]uint32
 	mark     uint32 // 0 or markBit: what put gives entryVal.cluster (see Index.loadRepls)
 }
@@ -183,9 +183,11 @@ func (r *replSet) put(e IndexEntry) bool {
 	}
 	// A new name: out of byName under the old one, in under the new.
 	r.byName.delete(r.entNameHash(i), i)
-	r.releaseOwner(v.owner)
 	ho := r.hash(e.Owner)
-	v.owner = r.holdOwner(e.Owner, ho)
+	if string(owner) != e.Owner {
+		r.releaseOwner(v.owner)
+		v.owner = r.holdOwner(e.Owner, ho)
+	}
 	r.ents.set(i, e.ID, e.Slug)
 	r.byName.insert(nameHash(ho, r.hash(e.Slug)), i, r.entNameHash)
 	return true
