@@ -56,11 +56,9 @@ type Index struct {
 	logger *zap.Logger
 
 	mu      sync.RWMutex
-	byName  map[replName]IndexEntry
-	byID    map[string]IndexEntry
+	repls   replSet                      // by id, by owner/slug, and the owners
 	domains map[string]string            // custom domain → repl id
 	chs     map[string][]store.Challenge // challenge name → its records, by value
-	owners  map[string]int               // repls (live or tombstoned) per owner
 	pending map[store.Key]uint64         // names whose change is still to be read → its latest seq
 	seq     uint64                       // numbers the notifications given to Apply
 	current bool
@@ -70,17 +68,11 @@ type Index struct {
 	queries atomic.Uint64 // store calls made
 }
 
-type replName struct{ owner, slug string }
-
 // IndexEntry is what the index holds for one repl.
 type IndexEntry struct {
 	ID, Owner, Slug string
 	Generation      int64
 	MovedTo         string // for a tombstone: the cluster it names; "" when live
-}
-
-func (e IndexEntry) claim() store.Claim {
-	return store.Claim{Live: e.MovedTo == "", Generation: e.Generation, ReplID: e.ID}
 }
 
 // NewIndex returns an empty index of st, not current until Run has built
@@ -92,11 +84,9 @@ func NewIndex(st Lister, logger *zap.Logger) *Index {
 	return &Index{
 		st:      st,
 		logger:  logger.Named("index"),
-		byName:  make(map[replName]IndexEntry),
-		byID:    make(map[string]IndexEntry),
+		repls:   newReplSet(),
 		domains: make(map[string]string),
 		chs:     make(map[string][]store.Challenge),
-		owners:  make(map[string]int),
 		pending: make(map[store.Key]uint64),
 		queue:   eventQueue{wake: make(chan struct{}, 1)},
 	}
@@ -136,22 +126,26 @@ func (x *Index) Where(k store.Key) (kn Knowledge, generation int64, movedTo stri
 
 // lookupLocked finds k's entry, into e when it is there. x.mu is held.
 func (x *Index) lookupLocked(k store.Key, e *IndexEntry) Knowledge {
-	var ok bool
+	var (
+		i  uint32
+		ok bool
+	)
 	switch k.Kind {
 	case store.KeyRepl:
-		*e, ok = x.byName[replName{k.Owner, k.Slug}]
+		i, ok = x.repls.findName(k.Owner, k.Slug)
 	case store.KeyReplID:
-		*e, ok = x.byID[k.ID]
+		i, ok = x.repls.findID(k.ID)
 	case store.KeyDomain:
 		var id string
 		if id, ok = x.domains[k.Name]; ok {
-			*e, ok = x.byID[id]
+			i, ok = x.repls.findID(id)
 		}
 	default:
 		return KnownUnsure
 	}
 	switch {
 	case ok:
+		*e = x.repls.entry(i)
 		return KnownYes
 	case !x.current || len(x.pending) > 0 && x.pending[k] != 0:
 		return KnownUnsure
@@ -164,7 +158,7 @@ func (x *Index) Owner(owner string) Knowledge {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	switch {
-	case x.owners[owner] > 0:
+	case x.repls.hasOwner(owner):
 		return KnownYes
 	case x.current:
 		return KnownNo
@@ -215,7 +209,7 @@ func (x *Index) Stats() IndexStats {
 	for _, cs := range x.chs {
 		n += len(cs)
 	}
-	return IndexStats{Repls: len(x.byID), Domains: len(x.domains), Challenges: n, Current: x.current, Built: x.built, Queries: x.queries.Load()}
+	return IndexStats{Repls: x.repls.len(), Domains: len(x.domains), Challenges: n, Current: x.current, Built: x.built, Queries: x.queries.Load()}
 }
 
 // Apply takes one change notification; it never blocks. The names it
@@ -340,24 +334,8 @@ func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 	if err != nil {
 		return err
 	}
-	repls, tombstones, domains := snap.Repls, snap.Tombstones, snap.Domains
-	byName := make(map[replName]IndexEntry, len(repls)+len(tombstones))
-	byID := make(map[string]IndexEntry, len(repls)+len(tombstones))
-	owners := make(map[string]int)
-	add := func(e IndexEntry) {
-		n := replName{e.Owner, e.Slug}
-		if old, ok := byName[n]; !ok || store.Prefer(e.claim(), old.claim()) {
-			byName[n] = e
-		}
-		byID[e.ID] = e
-		owners[e.Owner]++
-	}
-	for _, t := range tombstones {
-		add(IndexEntry{ID: t.ReplID, Owner: t.Owner, Slug: t.Slug, Generation: t.Generation, MovedTo: t.Cluster})
-	}
-	for _, r := range repls {
-		add(IndexEntry{ID: r.ID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation})
-	}
+	x.loadRepls(snap)
+	domains := snap.Domains
 	byDomain := make(map[string]string, len(domains))
 	for _, d := range domains {
 		byDomain[d.Name] = d.ReplID
@@ -367,15 +345,16 @@ func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 		chs[c.Name] = append(chs[c.Name], c)
 	}
 	x.mu.Lock()
-	x.byName, x.byID, x.owners, x.domains, x.chs = byName, byID, owners, byDomain, chs
+	x.domains, x.chs = byDomain, chs
 	x.current, x.built = true, true
+	n := x.repls.len()
 	for k, s := range x.pending {
 		if s <= taken {
 			delete(x.pending, k)
 		}
 	}
 	x.mu.Unlock()
-	x.logger.Debug("index rebuilt", zap.Int("repls", len(byID)), zap.Int("domains", len(byDomain)))
+	x.logger.Debug("index rebuilt", zap.Int("repls", n), zap.Int("domains", len(byDomain)))
 	return nil
 }
 
@@ -438,33 +417,16 @@ func (x *Index) update(q queued, fn func()) {
 	x.mu.Unlock()
 }
 
-// putLocked records e, replacing what the index held for its id; it takes
-// the name only when store.Prefer picks it over the name's holder.
+// putLocked records e, replacing what the index held for its id. Of the
+// repls that claim a name, the one store.Prefer picks owns it.
 func (x *Index) putLocked(e IndexEntry) {
-	x.removeLocked(e.ID)
-	n := replName{e.Owner, e.Slug}
-	if cur, ok := x.byName[n]; !ok || store.Prefer(e.claim(), cur.claim()) {
-		x.byName[n] = e
+	if !x.repls.put(e) {
+		x.logger.Warn("repl not indexed: a string is too long", zap.String("repl_id", e.ID))
 	}
-	x.byID[e.ID] = e
-	x.owners[e.Owner]++
 }
 
 // removeLocked forgets the repl id.
-func (x *Index) removeLocked(id string) {
-	e, ok := x.byID[id]
-	if !ok {
-		return
-	}
-	delete(x.byID, id)
-	n := replName{e.Owner, e.Slug}
-	if cur, ok := x.byName[n]; ok && cur.ID == id {
-		delete(x.byName, n)
-	}
-	if x.owners[e.Owner]--; x.owners[e.Owner] <= 0 {
-		delete(x.owners, e.Owner)
-	}
-}
+func (x *Index) removeLocked(id string) { x.repls.remove(id) }
 
 // queued is a notification with its number.
 type queued struct {
