@@ -230,6 +230,16 @@ func (c *Cache) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { _ = c.index.Run(ctx) })
+	if f, ok := c.r.(store.Feed); ok {
+		// A change log: read in batches from the index's position, at the
+		// index's pace; a reconnection resumes from there.
+		return f.Follow(ctx, c.index.Position(), func(b store.Batch) {
+			for _, ev := range b.Events {
+				c.apply(ev)
+			}
+			_ = c.index.ApplyBatch(ctx, b) // only ctx's error
+		})
+	}
 	return c.r.Watch(ctx, func(ev store.Event) {
 		c.apply(ev)
 		c.index.Apply(ev)
@@ -362,7 +372,7 @@ func (c *Cache) confirm(ctx context.Context, k store.Key, old *entry) (store.Rou
 }
 
 // FeedLost reports whether the change feed is down (between EventLost and
-// the EventResync of its reconnection).
+// the EventResume or EventResync of its reconnection).
 func (c *Cache) FeedLost() bool { return c.feedLost.Load() }
 
 // Refresh drops what the cache holds for k and looks it up in the backend:
@@ -681,6 +691,8 @@ func (c *Cache) apply(ev store.Event) {
 		c.syncOnce.Do(func() { close(c.synced) })
 	case store.EventLost:
 		c.feedLost.Store(true)
+	case store.EventResume:
+		c.feedLost.Store(false)
 	case store.EventRepl:
 		c.invalidate(store.ReplKey(ev.Owner, ev.Slug))
 		c.invalidate(store.ReplIDKey(ev.ReplID))
