@@ -141,7 +141,7 @@ func TestPostgresNotifications(t *testing.T) {
 			_, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"})
 			return err
 		}, []store.Event{domain}},
-		{"retire", func() error { _, err := s.Retire(ctx, "r1", "west", 2); return err }, []store.Event{repl}}, // live row out, tombstone in: PostgreSQL folds identical payloads of one transaction
+		{"retire", func() error { _, err := s.Retire(ctx, "r1", "west", 2); return err }, []store.Event{repl, repl}}, // live row out, tombstone in: the log keeps both
 		{"repoint", func() error { return s.Repoint(ctx, "r1", "north", 3) }, []store.Event{repl}},
 		{"challenge", func() error {
 			return s.PutChallenge(ctx, store.Challenge{Name: challenge.Name, Value: "v", ExpiresAt: time.Now().Add(time.Hour)})
@@ -153,14 +153,29 @@ func TestPostgresNotifications(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		for _, want := range st.want {
-			if got := storetest.NextEvent(t, events); got != want {
+			if got := nextChange(t, events); got != want {
 				t.Fatalf("%s: event %+v, want %+v", st.name, got, want)
 			}
 		}
 	}
 }
 
-func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
+// nextChange is storetest.NextEvent with the event's log position checked
+// (growing) and then zeroed.
+func nextChange(t *testing.T, events <-chan store.Event) store.Event {
+	t.Helper()
+	e := storetest.NextEvent(t, events)
+	if e.Pos <= 0 {
+		t.Fatalf("event %+v has no position in the log", e)
+	}
+	e.Pos = 0
+	return e
+}
+
+// TestPostgresWatchReconnectsAndResumes: after the server's restart the
+// watcher reconnects and resumes from its position in the log (EventLost,
+// then EventResume), with no EventResync.
+func TestPostgresWatchReconnectsAndResumes(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
@@ -170,15 +185,21 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 		t.Fatalf("first event %+v, want resync", e)
 	}
 	srv.Stop(t)
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventLost {
+		t.Fatalf("event after the server stopped %+v, want lost", e)
+	}
 	srv.Restart(t)
-	// After the server is back, the watcher reconnects and asks for a resync.
+	// After the server is back, the watcher reconnects and resumes.
 	deadline := time.After(20 * time.Second)
-	for resynced := false; !resynced; {
+	for resumed := false; !resumed; {
 		select {
 		case e := <-events:
-			resynced = e.Kind == store.EventResync
+			if e.Kind == store.EventResync {
+				t.Fatal("a resync after a reconnection: want a resume from the log's position")
+			}
+			resumed = e.Kind == store.EventResume
 		case <-deadline:
-			t.Fatal("no resync within 20s of the server's restart")
+			t.Fatal("no resume within 20s of the server's restart")
 		}
 	}
 	// The pool's first use of a connection from before the restart may
