@@ -43,8 +43,9 @@ func (p *Platform) server(t TB, cluster, what string) *pgtest.Server {
 }
 
 // CutFeed ends the LISTEN connections of cluster's database: the change
-// feeds of its proxy and of replns. They reconnect by themselves (with
-// backoff) and resynchronise; changes made meanwhile reach them then. It
+// feeds' wake-ups of its proxy and of replns. They reconnect by themselves
+// (with backoff) and resume from their position in the change log, with
+// no rebuild; changes made meanwhile reach them then. It
 // returns how many connections it ended, and needs Store: Postgres.
 func (p *Platform) CutFeed(t TB, cluster string) int {
 	t.Helper()

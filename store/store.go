@@ -125,6 +125,12 @@ const (
 	// EventWake: the repl's wake was requested, claimed or failed, or
 	// went (ReplID). FinishWake changes the repl's row too: EventRepl.
 	EventWake
+	// EventResume: after an EventLost, the watcher reconnected and goes on
+	// from where it was in the store's change log (a Feed): no change was
+	// missed, and what consumers hold is as current as before.
+	EventResume
+	// EventCertificate: a certificate of the cluster's cache changed (Name).
+	EventCertificate
 )
 
 func (k EventKind) String() string {
@@ -141,6 +147,10 @@ func (k EventKind) String() string {
 		return "lost"
 	case EventWake:
 		return "wake"
+	case EventResume:
+		return "resume"
+	case EventCertificate:
+		return "certificate"
 	}
 	return "unknown"
 }
@@ -153,6 +163,9 @@ type Event struct {
 	Owner  string
 	Slug   string
 	Name   string
+	// Pos numbers the change in the store's change log (a Feed); 0 when
+	// the store has none, and for EventResync, EventLost and EventResume.
+	Pos int64
 }
 
 // Reader is what the daemons need on their request path.
@@ -164,9 +177,12 @@ type Reader interface {
 	// Challenges returns the unexpired challenge records named name.
 	Challenges(ctx context.Context, name string) ([]Challenge, error)
 	// Watch calls fn for every change until ctx is done, then returns
-	// ctx's error. It sends EventResync after every (re)connection,
-	// the first included, once changes from then on will be delivered.
-	// fn is called from one goroutine and must not block for long.
+	// ctx's error. It sends EventResync first, once changes from then on
+	// will be delivered, and again whenever it may have missed some (a
+	// reconnection, or a change log pruned past its position). A store
+	// with a change log (a Feed) resumes after a lost connection instead:
+	// EventLost, then EventResume and the changes made meanwhile. fn is
+	// called from one goroutine and must not block for long.
 	Watch(ctx context.Context, fn func(Event)) error
 }
 

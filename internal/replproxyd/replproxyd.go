@@ -32,6 +32,7 @@ import (
 	"github.com/replproxy/replproxy/proxy"
 	"github.com/replproxy/replproxy/proxy/ondemand"
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/postgres"
 	"github.com/replproxy/replproxy/store/routecache"
 )
 
@@ -70,6 +71,7 @@ type options struct {
 	migrate                                                     bool
 	wake                                                        bool
 	gcPercent                                                   int
+	feedRetention                                               time.Duration
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
 	cache                                                       routecache.Config
@@ -147,6 +149,7 @@ Flags:
 	fs.Float64Var(&o.proxy.WakeRate, "wake-rate", 10, "new wakes this proxy may request a second (a repl already waking costs none)")
 	fs.IntVar(&o.proxy.WakeBurst, "wake-burst", 20, "burst of -wake-rate")
 	fs.DurationVar(&o.proxy.ActivityFlush, "activity-flush", 10*time.Second, "how often the repls' last activity is written to the store (one statement a flush)")
+	fs.DurationVar(&o.feedRetention, "feed-retention", postgres.DefaultFeedRetention, "a PostgreSQL store: prune the cluster's change log of changes older than this (the cluster's proxies share the work); a proxy or replns away longer rebuilds its name index from a full read when it is back; 0: this proxy does not prune")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
 	fs.BoolVar(&o.tlsOnDemand, "tls-on-demand", false, "obtain certificates on demand for -listen-tls through ACME: *.<owner>.ZONE and *.id.ZONE by DNS-01 (replns serves the records), linked custom domains by TLS-ALPN-01 or HTTP-01; -tls-cert then only serves other names")
@@ -400,7 +403,16 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Ho
 	if certs != nil {
 		g.Go(func() error { return certs.Run(background) })
 	}
+	if p, ok := st.(*postgres.Store); ok && o.feedRetention > 0 {
+		g.Go(func() error { _ = p.RunPruner(background, o.feedRetention, pruneInterval(o.feedRetention)); return nil })
+	}
 	return g.Wait()
+}
+
+// pruneInterval is how often a proxy prunes the change log: a tenth of the
+// retention, between a second and ten minutes.
+func pruneInterval(retention time.Duration) time.Duration {
+	return min(max(retention/10, time.Second), 10*time.Minute)
 }
 
 // takeOver opens the gate of the listeners once the proxy can route (at

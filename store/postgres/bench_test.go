@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -151,6 +152,79 @@ func BenchmarkPostgresLookupScale(b *testing.B) {
 				}
 				i++
 			}
+		})
+	}
+}
+
+// notAFeed hides a store's change log from the index: it follows Watch one
+// change at a time and reads each changed name with its own query, as
+// before the log.
+type notAFeed struct{ store.Store }
+
+// BenchmarkIndexApply measures how fast a name index applies a burst of
+// changes from PostgreSQL: 5,000 repls' endpoints changed in one
+// statement per round, and the round ends when the index has read them
+// all. mode=batch is the change log read in batches with one read of the
+// changed rows per batch (store.Feed); mode=per-change is one query per
+// change.
+func BenchmarkIndexApply(b *testing.B) {
+	const n = 5_000 // below the index's queue bound: per-change never rebuilds
+	for _, mode := range []string{"batch", "per-change"} {
+		b.Run("mode="+mode, func(b *testing.B) {
+			srv := pgtest.Start(b)
+			ctx := context.Background()
+			dsn := srv.NewDatabase(b)
+			st, err := cluster.Open(ctx, dsn, cluster.OpenOptions{Migrate: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			pool, err := pgxpool.New(ctx, dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pool.Close()
+			if err := fillRepls(ctx, pool, n); err != nil {
+				b.Fatal(err)
+			}
+			var lister routecache.Lister = st
+			if mode == "per-change" {
+				lister = notAFeed{st}
+			}
+			c := routecache.NewIndexed(lister, routecache.Config{}, nil, nil)
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { defer close(done); _ = c.Run(runCtx) }()
+			defer func() { stop(); <-done }()
+			x := c.Index()
+			for !x.Stats().Current {
+				time.Sleep(time.Millisecond)
+			}
+			applied := func() uint64 {
+				if s := x.Stats(); mode == "batch" {
+					return s.Changes
+				} else {
+					return s.Queries
+				}
+			}
+			var total time.Duration
+			rounds := 0
+			for b.Loop() {
+				want := applied() + n
+				start := time.Now()
+				if _, err := pool.Exec(ctx, `UPDATE repls SET endpoints = ARRAY['10.1.0.' || (generation % 200) || ':' || (8000 + $1::int)] WHERE id LIKE 'r%'`, rounds); err != nil {
+					b.Fatal(err)
+				}
+				for applied() < want {
+					time.Sleep(100 * time.Microsecond)
+				}
+				total += time.Since(start)
+				rounds++
+			}
+			if r := x.Stats().Rebuilds; r != 1 {
+				b.Fatalf("%d rebuilds, want the first build only", r)
+			}
+			b.ReportMetric(float64(n*rounds)/total.Seconds(), "changes/s")
 		})
 	}
 }

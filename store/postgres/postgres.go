@@ -23,15 +23,14 @@ var migrationFiles embed.FS
 // schemaVersionTable is where tern records the applied migration.
 const schemaVersionTable = "replproxy_schema_version"
 
-// notifyChannel is the LISTEN/NOTIFY channel of every change.
-const notifyChannel = "replproxy"
-
 // Store is the production backend: one PostgreSQL database per cluster.
 type Store struct {
 	pool   *pgxpool.Pool
 	dsn    string // redacted, for messages
 	logger *zap.Logger
 	now    func() time.Time
+
+	feedPoll time.Duration // Follow's poll without wake-ups (SetFeedPoll)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -70,6 +69,8 @@ func New(pool *pgxpool.Pool, logger *zap.Logger) *Store {
 		dsn:    dsn.Redact(pool.Config().ConnString()),
 		logger: logger.Named("postgres"),
 		now:    time.Now,
+
+		feedPoll: DefaultFeedPoll,
 	}
 }
 

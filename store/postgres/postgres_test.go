@@ -141,7 +141,7 @@ func TestPostgresNotifications(t *testing.T) {
 			_, err := s.LinkDomain(ctx, store.Domain{Name: "www.example.com", ReplID: "r1"})
 			return err
 		}, []store.Event{domain}},
-		{"retire", func() error { _, err := s.Retire(ctx, "r1", "west", 2); return err }, []store.Event{repl}}, // live row out, tombstone in: PostgreSQL folds identical payloads of one transaction
+		{"retire", func() error { _, err := s.Retire(ctx, "r1", "west", 2); return err }, []store.Event{repl, repl}}, // live row out, tombstone in: the log keeps both
 		{"repoint", func() error { return s.Repoint(ctx, "r1", "north", 3) }, []store.Event{repl}},
 		{"challenge", func() error {
 			return s.PutChallenge(ctx, store.Challenge{Name: challenge.Name, Value: "v", ExpiresAt: time.Now().Add(time.Hour)})
@@ -153,14 +153,29 @@ func TestPostgresNotifications(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		for _, want := range st.want {
-			if got := storetest.NextEvent(t, events); got != want {
+			if got := nextChange(t, events); got != want {
 				t.Fatalf("%s: event %+v, want %+v", st.name, got, want)
 			}
 		}
 	}
 }
 
-func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
+// nextChange is storetest.NextEvent with the event's log position checked
+// (growing) and then zeroed.
+func nextChange(t *testing.T, events <-chan store.Event) store.Event {
+	t.Helper()
+	e := storetest.NextEvent(t, events)
+	if e.Pos <= 0 {
+		t.Fatalf("event %+v has no position in the log", e)
+	}
+	e.Pos = 0
+	return e
+}
+
+// TestPostgresWatchReconnectsAndResumes: after the server's restart the
+// watcher reconnects and resumes from its position in the log (EventLost,
+// then EventResume), with no EventResync.
+func TestPostgresWatchReconnectsAndResumes(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
 	ctx := t.Context()
@@ -170,15 +185,21 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 		t.Fatalf("first event %+v, want resync", e)
 	}
 	srv.Stop(t)
+	if e := storetest.NextEvent(t, events); e.Kind != store.EventLost {
+		t.Fatalf("event after the server stopped %+v, want lost", e)
+	}
 	srv.Restart(t)
-	// After the server is back, the watcher reconnects and asks for a resync.
+	// After the server is back, the watcher reconnects and resumes.
 	deadline := time.After(20 * time.Second)
-	for resynced := false; !resynced; {
+	for resumed := false; !resumed; {
 		select {
 		case e := <-events:
-			resynced = e.Kind == store.EventResync
+			if e.Kind == store.EventResync {
+				t.Fatal("a resync after a reconnection: want a resume from the log's position")
+			}
+			resumed = e.Kind == store.EventResume
 		case <-deadline:
-			t.Fatal("no resync within 20s of the server's restart")
+			t.Fatal("no resume within 20s of the server's restart")
 		}
 	}
 	// The pool's first use of a connection from before the restart may
@@ -192,7 +213,12 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 			t.Fatalf("create after restart (attempt %d): %v", attempt+1, err)
 		}
 	}
-	if e := storetest.NextEvent(t, events); e.Kind != store.EventRepl || e.ReplID != "r1" {
+	// The pool's stale connection may cost one more lost-and-resumed pair.
+	e := storetest.NextEvent(t, events)
+	for e.Kind == store.EventLost || e.Kind == store.EventResume {
+		e = storetest.NextEvent(t, events)
+	}
+	if e.Kind != store.EventRepl || e.ReplID != "r1" {
 		t.Fatalf("event after reconnect %+v, want repl r1", e)
 	}
 }
@@ -201,8 +227,8 @@ func TestPostgresWatchReconnectsAndResyncs(t *testing.T) {
 // connections stay open, nothing answers) is noticed by the LISTEN
 // connection's probe, as EventLost within watchProbeEvery+watchProbeTimeout
 // (8 s); a server stopped with a fast shutdown at once. Once the server
-// answers again the watcher resyncs. Before the probe a frozen server was
-// never noticed.
+// answers again the watcher resumes from its position in the log. Before
+// the probe a frozen server was never noticed.
 func TestPostgresWatchNoticesHungServer(t *testing.T) {
 	srv := pgtest.Start(t)
 	dsn := srv.NewDatabase(t)
@@ -229,11 +255,11 @@ func TestPostgresWatchNoticesHungServer(t *testing.T) {
 	srv.Pause(t)
 	t.Logf("frozen: lost after %v", next("frozen", 12*time.Second, store.EventLost))
 	srv.Resume(t)
-	t.Logf("resumed: resynced after %v", next("resumed", 15*time.Second, store.EventResync))
+	t.Logf("resumed: resumed after %v", next("resumed", 15*time.Second, store.EventResume))
 	srv.Stop(t)
 	t.Logf("stopped: lost after %v", next("stopped", 2*time.Second, store.EventLost))
 	srv.Restart(t)
-	t.Logf("restarted: resynced after %v", next("restarted", 15*time.Second, store.EventResync))
+	t.Logf("restarted: resumed after %v", next("restarted", 15*time.Second, store.EventResume))
 }
 
 // TestPostgresLookupUsesIndex checks the plans of the request-path

@@ -119,7 +119,7 @@ func TestPostgresWakeNotifications(t *testing.T) {
 			t.Fatalf("%s: %v", st.name, err)
 		}
 		for _, want := range st.want {
-			if got := storetest.NextEvent(t, events); got != want {
+			if got := nextChange(t, events); got != want {
 				t.Fatalf("%s: event %+v, want %+v", st.name, got, want)
 			}
 		}
@@ -131,7 +131,7 @@ func TestPostgresWakeNotifications(t *testing.T) {
 	if _, err := s.Sleep(ctx, "r1"); err != nil {
 		t.Fatal(err)
 	}
-	if got := storetest.NextEvent(t, events); got != repl {
+	if got := nextChange(t, events); got != repl {
 		t.Fatalf("event after activity and sleep %+v, want %+v", got, repl)
 	}
 }

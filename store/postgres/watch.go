@@ -2,18 +2,39 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"math/rand/v2"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/replproxy/replproxy/store"
 	"go.uber.org/zap"
+
+	"github.com/replproxy/replproxy/internal/backoff"
+	"github.com/replproxy/replproxy/store"
 )
 
-// Backoff bounds for reconnecting a lost LISTEN connection.
+// The change feed (README, "The change feed"): Follow reads the changes
+// table of migration 005 in batches; a LISTEN connection of its own only
+// wakes it up early.
+const (
+	// feedChannel is the wake-up channel of log_change(): one empty
+	// NOTIFY per writing transaction.
+	feedChannel = "replproxy_feed"
+	// feedBatch is how many changes one read of the log returns.
+	feedBatch = 5000
+	// DefaultFeedPoll is how often the log is read with no wake-up: the
+	// bound on a change's delay when NOTIFY does not come (a hot standby,
+	// where LISTEN is refused, or a lost LISTEN connection).
+	DefaultFeedPoll = time.Second
+	// heldMin is the first wait before the log is read again when it has
+	// rows an open transaction holds back (below, "the horizon").
+	heldMin = 5 * time.Millisecond
+)
+
+// Backoff bounds for reconnecting after a failed read or a lost LISTEN
+// connection.
 const (
 	watchMinBackoff = 100 * time.Millisecond
 	watchMaxBackoff = 5 * time.Second
@@ -24,42 +45,188 @@ const (
 // which must be answered within watchProbeTimeout. A server that hangs
 // (SIGSTOP, a frozen host, a network that drops packets without a reset)
 // keeps the connection open and silent: without the probe its loss would
-// never be noticed. Connecting and LISTEN are bounded by watchConnectTimeout.
-// A hung server is noticed within watchProbeEvery+watchProbeTimeout.
+// never be noticed. Connecting, LISTEN and each read of the log are
+// bounded by watchConnectTimeout. A hung server is noticed within
+// watchProbeEvery+watchProbeTimeout.
 const (
 	watchProbeEvery     = 5 * time.Second
 	watchProbeTimeout   = 3 * time.Second
 	watchConnectTimeout = 5 * time.Second
 )
 
-// Watch implements Reader. It holds one connection of its own (not one of
-// the pool's) that LISTENs on the change channel, probed when it has been
-// quiet for 5 s (see watchProbeEvery). When the connection is lost, or a
-// probe fails, it sends EventLost (again after every failed reconnection)
-// and reconnects with exponential backoff and jitter, and once it listens
-// again sends EventResync: notifications sent while it was away are lost.
+var _ store.Feed = (*Store)(nil)
+
+// Watch implements Reader: it is Follow from the log's end, one event at a
+// time.
 func (p *Store) Watch(ctx context.Context, fn func(store.Event)) error {
-	backoff := watchMinBackoff
-	for {
-		err := p.listen(ctx, fn, func() { backoff = watchMinBackoff })
-		if ctx.Err() != nil {
-			return ctx.Err()
+	return p.Follow(ctx, store.Position{}, func(b store.Batch) {
+		for _, ev := range b.Events {
+			fn(ev)
 		}
-		fn(store.Event{Kind: store.EventLost})
-		wait := backoff/2 + rand.N(backoff/2+1)
-		p.logger.Warn("change notifications lost, reconnecting",
-			zap.String("database", p.dsn), zap.Duration("retry_in", wait), zap.Error(err))
+	})
+}
+
+// SetFeedPoll sets how often Follow reads the log without a wake-up
+// (DefaultFeedPoll when d is 0 or less). Call it before Follow or Watch.
+func (p *Store) SetFeedPoll(d time.Duration) {
+	if d <= 0 {
+		d = DefaultFeedPoll
+	}
+	p.feedPoll = d
+}
+
+// listenState is what the LISTEN connection tells Follow.
+type listenState uint8
+
+const (
+	listenUp      listenState = iota + 1 // listening: wake-ups come
+	listenDown                           // lost: reconnecting
+	listenStandby                        // the server is a hot standby: no LISTEN, polling only
+)
+
+// errStandby: the server is in recovery, where LISTEN is refused.
+var errStandby = errors.New("the server is a hot standby")
+
+// Follow implements store.Feed.
+//
+// It reads the log with plain queries, so it follows a hot standby as
+// well as the primary: there it polls every SetFeedPoll (NOTIFY does not
+// reach a standby). A read takes the changes after the position whose
+// writer's transaction id is below the xmin of the read's own snapshot
+// (the horizon): those transactions have all ended, so no change can
+// later appear before them, and rows of transactions still open are read
+// once they end (the log is read again soon while some are held back).
+func (p *Store) Follow(ctx context.Context, from store.Position, fn func(store.Batch)) error {
+	lctx, cancel := context.WithCancel(ctx)
+	wake := make(chan struct{}, 1)
+	states := make(chan listenState, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { p.listenLoop(lctx, wake, states) })
+	defer wg.Wait()
+	defer cancel()
+
+	poll := p.feedPoll
+	if poll <= 0 {
+		poll = DefaultFeedPoll
+	}
+	var (
+		pos        = from
+		lost       bool // EventLost sent, EventResume not yet
+		listenGone bool // the LISTEN connection is down
+		retry      = watchMinBackoff
+		held       = heldMin
+	)
+	for {
+		rctx, cancelRead := context.WithTimeout(ctx, watchConnectTimeout)
+		r, err := p.readChanges(rctx, pos, feedBatch)
+		cancelRead()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !lost {
+				lost = true
+				p.logger.Warn("change log unreadable; retrying", zap.String("database", p.dsn), zap.Error(err))
+				fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: pos})
+			}
+			if !backoff.Sleep(ctx, backoff.Jitter(retry)) {
+				return ctx.Err()
+			}
+			retry = min(2*retry, watchMaxBackoff)
+			continue
+		}
+		retry = watchMinBackoff
+		var events []store.Event
+		switch {
+		case r.resync:
+			if !pos.IsZero() {
+				p.logger.Warn("change log pruned past this consumer's position: rebuilding from a full read",
+					zap.String("database", p.dsn), zap.Stringer("position", pos), zap.Stringer("pruned_to", r.pruned))
+			}
+			events = []store.Event{{Kind: store.EventResync}}
+			lost = false
+		case lost && !listenGone:
+			p.logger.Info("change log readable again: resuming", zap.String("database", p.dsn), zap.Stringer("position", pos))
+			events = append([]store.Event{{Kind: store.EventResume}}, r.events...)
+			lost = false
+		default:
+			events = r.events
+		}
+		pos = r.next
+		if len(events) > 0 {
+			fn(store.Batch{Events: events, Next: pos})
+		}
+		if r.full {
+			continue
+		}
+		wait := poll
+		if r.held {
+			wait, held = min(held, poll), min(2*held, poll)
+		} else {
+			held = heldMin
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
-		case <-time.After(wait):
+		case <-wake:
+		case s := <-states:
+			switch s {
+			case listenDown:
+				listenGone = true
+				if !lost {
+					lost = true
+					fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: pos})
+				}
+			case listenUp, listenStandby:
+				listenGone = false
+			}
+		case <-t.C:
 		}
-		backoff = min(backoff*2, watchMaxBackoff)
+		t.Stop()
 	}
 }
 
-// listen runs one LISTEN connection until it fails or ctx is done.
-func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func()) error {
+// listenLoop keeps a LISTEN connection on feedChannel, reconnecting with
+// backoff, and reports its state on states and every notification on wake.
+// On a hot standby it reports listenStandby and stops.
+func (p *Store) listenLoop(ctx context.Context, wake chan<- struct{}, states chan<- listenState) {
+	report := func(s listenState) bool {
+		select {
+		case states <- s:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	delay := watchMinBackoff
+	for {
+		err := p.listen(ctx, wake, func() { delay = watchMinBackoff; report(listenUp) })
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errStandby) {
+			p.logger.Info("following a hot standby's change log by polling", zap.String("database", p.dsn), zap.Duration("poll", p.feedPoll))
+			report(listenStandby)
+			return
+		}
+		if !report(listenDown) {
+			return
+		}
+		wait := backoff.Jitter(delay)
+		p.logger.Warn("change wake-ups lost, reconnecting",
+			zap.String("database", p.dsn), zap.Duration("retry_in", wait), zap.Error(err))
+		if !backoff.Sleep(ctx, wait) {
+			return
+		}
+		delay = min(2*delay, watchMaxBackoff)
+	}
+}
+
+// listen runs one LISTEN connection (not one of the pool's) until it fails
+// or ctx is done.
+func (p *Store) listen(ctx context.Context, wake chan<- struct{}, listening func()) error {
 	setupCtx, cancel := context.WithTimeout(ctx, watchConnectTimeout)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(setupCtx, p.pool.Config().ConnConfig)
@@ -71,69 +238,49 @@ func (p *Store) listen(ctx context.Context, fn func(store.Event), connected func
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(setupCtx, "LISTEN "+notifyChannel); err != nil {
+	var standby bool
+	if err := conn.QueryRow(setupCtx, "SELECT pg_is_in_recovery()").Scan(&standby); err != nil {
+		return fmt.Errorf("ask whether in recovery: %w", err)
+	}
+	if standby {
+		return errStandby
+	}
+	// The last statement of the connection: platformtest's CutFeed finds
+	// it by it.
+	if _, err := conn.Exec(setupCtx, "LISTEN "+feedChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	cancel()
-	connected()
-	fn(store.Event{Kind: store.EventResync})
+	listening()
 	for {
-		n, err := waitForNotification(ctx, conn)
-		if err != nil {
+		if err := waitForNotification(ctx, conn); err != nil {
 			return err
 		}
-		ev, ok := parseNotification(n.Payload)
-		if !ok {
-			// A payload this build does not know: be safe, drop everything.
-			p.logger.Warn("unknown change notification; resyncing", zap.String("payload", n.Payload))
-			ev = store.Event{Kind: store.EventResync}
+		select {
+		case wake <- struct{}{}:
+		default:
 		}
-		fn(ev)
 	}
 }
 
-// waitForNotification waits for the next notification on conn, probing
-// the connection whenever it has been quiet for watchProbeEvery. A
-// timeout of WaitForNotification leaves the connection usable (pgconn
-// closes it on any other error).
-func waitForNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
+// waitForNotification waits for the next notification on conn, probing it
+// whenever it has been quiet for watchProbeEvery.
+func waitForNotification(ctx context.Context, conn *pgx.Conn) error {
 	for {
 		waitCtx, cancel := context.WithTimeout(ctx, watchProbeEvery)
-		n, err := conn.WaitForNotification(waitCtx)
+		_, err := conn.WaitForNotification(waitCtx)
 		cancel()
 		switch {
 		case err == nil:
-			return n, nil
+			return nil
 		case ctx.Err() != nil || !pgconn.Timeout(err):
-			return nil, fmt.Errorf("wait for notification: %w", err)
+			return fmt.Errorf("wait for notification: %w", err)
 		}
 		probeCtx, cancel := context.WithTimeout(ctx, watchProbeTimeout)
 		err = conn.Ping(probeCtx)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("probe the LISTEN connection, quiet for %v: %w", watchProbeEvery, err)
+			return fmt.Errorf("probe the LISTEN connection, quiet for %v: %w", watchProbeEvery, err)
 		}
 	}
-}
-
-// parseNotification reads the payloads written by notify_change() in the
-// schema: "r <id> <owner> <slug>", "d <name>", "c <name>", and
-// notify_wake() of 004: "w <repl id>".
-func parseNotification(payload string) (store.Event, bool) {
-	kind, rest, _ := strings.Cut(payload, " ")
-	switch kind {
-	case "r":
-		f := strings.Fields(rest)
-		if len(f) != 3 {
-			return store.Event{}, false
-		}
-		return store.Event{Kind: store.EventRepl, ReplID: f[0], Owner: f[1], Slug: f[2]}, true
-	case "d":
-		return store.Event{Kind: store.EventDomain, Name: rest}, rest != ""
-	case "c":
-		return store.Event{Kind: store.EventChallenge, Name: rest}, rest != ""
-	case "w":
-		return store.Event{Kind: store.EventWake, ReplID: rest}, rest != ""
-	}
-	return store.Event{}, false
 }

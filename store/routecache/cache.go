@@ -231,6 +231,16 @@ func (c *Cache) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { _ = c.index.Run(ctx) })
+	if f, ok := c.r.(store.Feed); ok {
+		// A change log: read in batches from the index's position, at the
+		// index's pace; a reconnection resumes from there.
+		return f.Follow(ctx, c.index.Position(), func(b store.Batch) {
+			for _, ev := range b.Events {
+				c.apply(ev)
+			}
+			_ = c.index.ApplyBatch(ctx, b) // only ctx's error
+		})
+	}
 	return c.r.Watch(ctx, func(ev store.Event) {
 		c.apply(ev)
 		c.index.Apply(ev)
@@ -363,7 +373,7 @@ func (c *Cache) confirm(ctx context.Context, k store.Key, old *entry) (store.Rou
 }
 
 // FeedLost reports whether the change feed is down (between EventLost and
-// the EventResync of its reconnection).
+// the EventResume or EventResync of its reconnection).
 func (c *Cache) FeedLost() bool { return c.feedLost.Load() }
 
 // FeedLostSince returns when the change feed was lost (the first EventLost
@@ -699,6 +709,9 @@ func (c *Cache) apply(ev store.Event) {
 			c.lostAt.Store(c.clock().UnixNano())
 			c.feedLost.Store(true)
 		}
+	case store.EventResume:
+		c.lostAt.Store(0)
+		c.feedLost.Store(false)
 	case store.EventRepl:
 		c.invalidate(store.ReplKey(ev.Owner, ev.Slug))
 		c.invalidate(store.ReplIDKey(ev.ReplID))

@@ -66,6 +66,11 @@ type Index struct {
 
 	queue   eventQueue
 	queries atomic.Uint64 // store calls made
+
+	// The change feed, when the store has a log (store.Feed).
+	pos      store.Position // where the index is in the log: applied up to it; under mu
+	rebuilds atomic.Uint64  // full reads made (the first build included)
+	changes  atomic.Uint64  // changes applied from the feed without a rebuild
 }
 
 // IndexEntry is what the index holds for one repl.
@@ -88,7 +93,7 @@ func NewIndex(st Lister, logger *zap.Logger) *Index {
 		domains: make(map[string]string),
 		chs:     make(map[string][]store.Challenge),
 		pending: make(map[store.Key]uint64),
-		queue:   eventQueue{wake: make(chan struct{}, 1)},
+		queue:   eventQueue{wake: make(chan struct{}, 1), room: make(chan struct{}, 1)},
 	}
 }
 
@@ -199,6 +204,11 @@ type IndexStats struct {
 	Current    bool   // built and not behind a resync
 	Built      bool   // current at least once
 	Queries    uint64 // store calls made to build and follow it
+	Rebuilds   uint64 // full reads made, the first build included
+	Changes    uint64 // changes applied without a rebuild
+	// Position is where the index is in the store's change log (a
+	// store.Feed): every change before it is applied. Zero without one.
+	Position store.Position
 }
 
 // Stats returns what the index holds.
@@ -209,7 +219,8 @@ func (x *Index) Stats() IndexStats {
 	for _, cs := range x.chs {
 		n += len(cs)
 	}
-	return IndexStats{Repls: x.repls.len(), Domains: len(x.domains), Challenges: n, Current: x.current, Built: x.built, Queries: x.queries.Load()}
+	return IndexStats{Repls: x.repls.len(), Domains: len(x.domains), Challenges: n, Current: x.current, Built: x.built, Queries: x.queries.Load(),
+		Rebuilds: x.rebuilds.Load(), Changes: x.changes.Load(), Position: x.pos}
 }
 
 // Apply takes one change notification; it never blocks. The names it
@@ -230,6 +241,48 @@ func (x *Index) Apply(ev store.Event) {
 		x.pending[k] = x.seq
 	}
 	x.queue.push(queued{ev, x.seq}) // under mu: Run takes the queue and seq together
+}
+
+// Position returns where the index is in the store's change log: every
+// change before it is applied (zero before the first build, and for a
+// store without a log). Following the log from it again misses nothing.
+func (x *Index) Position() store.Position {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.pos
+}
+
+// ApplyBatch takes a batch of store.Feed's changes, as Apply takes one. It
+// never drops them for a rebuild: while the index has maxQueuedEvents or
+// more to read, it waits (the feed then waits too, and the log keeps what
+// it has not read), until ctx is done (then it returns ctx's error).
+func (x *Index) ApplyBatch(ctx context.Context, b store.Batch) error {
+	for !x.queue.hasRoom() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-x.queue.room:
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, ev := range b.Events {
+		switch ev.Kind {
+		case store.EventResync, store.EventRepl, store.EventDomain, store.EventChallenge:
+		default:
+			continue
+		}
+		x.seq++
+		if ev.Kind == store.EventResync {
+			x.current = false
+		}
+		for _, k := range eventKeys(ev) {
+			x.pending[k] = x.seq
+		}
+		x.queue.pushFeed(queued{ev, x.seq})
+	}
+	x.queue.follow(b.Next)
+	return nil
 }
 
 // eventKeys returns the names an event is about.
@@ -277,7 +330,7 @@ func (x *Index) Run(ctx context.Context) error {
 		case <-x.queue.wake:
 		}
 		x.mu.Lock()
-		resync, events := x.queue.take()
+		resync, events, next := x.queue.take()
 		taken := x.seq
 		x.mu.Unlock()
 		if resync {
@@ -290,13 +343,38 @@ func (x *Index) Run(ctx context.Context) error {
 				x.logger.Warn("cannot rebuild the name index; looking names up in the store meanwhile",
 					zap.Duration("retry_in", wait), zap.Error(err))
 				x.queue.push(queued{store.Event{Kind: store.EventResync}, 0})
+				x.queue.follow(next)
 				if !backoff.Sleep(ctx, wait) {
 					return ctx.Err()
 				}
 				continue
 			}
 			delay = minBackoff
+			x.setPosition(next)
 			continue // the lists already reflect the events taken with them
+		}
+		if f, ok := x.st.(store.Feed); ok && !next.IsZero() {
+			// From a change log: the changed names in one read. A failure
+			// is retried; the log keeps the changes, so no rebuild.
+			for {
+				err := x.readBatch(ctx, f, events)
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				wait := backoff.Jitter(delay)
+				delay = min(2*delay, maxBackoff)
+				x.logger.Warn("cannot read the changed names; retrying (they are looked up in the store meanwhile)",
+					zap.Int("changes", len(events)), zap.Duration("retry_in", wait), zap.Error(err))
+				if !backoff.Sleep(ctx, wait) {
+					return ctx.Err()
+				}
+			}
+			delay = minBackoff
+			x.setPosition(next)
+			continue
 		}
 		for _, q := range events {
 			if err := x.read(ctx, q); err != nil {
@@ -326,6 +404,7 @@ func (x *Index) Rebuild(ctx context.Context) error {
 // settled by them.
 func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 	x.queries.Add(1)
+	x.rebuilds.Add(1)
 	// One instant: lists read one after another can miss a repl whose
 	// live row became a tombstone (or the reverse) between them, and with
 	// the change feed down nothing would correct the index until the next
@@ -355,6 +434,90 @@ func (x *Index) rebuild(ctx context.Context, taken uint64) error {
 	}
 	x.mu.Unlock()
 	x.logger.Debug("index rebuilt", zap.Int("repls", n), zap.Int("domains", len(byDomain)))
+	return nil
+}
+
+// setPosition records that the index has applied the log up to next (a
+// zero next: the changes came from no log).
+func (x *Index) setPosition(next store.Position) {
+	if next.IsZero() {
+		return
+	}
+	x.mu.Lock()
+	x.pos = next
+	x.mu.Unlock()
+}
+
+// readBatch applies changes from a store.Feed: it reads every name they
+// touched again in one call, and applies what it found in one critical
+// section.
+func (x *Index) readBatch(ctx context.Context, f store.Feed, events []queued) error {
+	var ids, domains, chs []string
+	seen := make(map[store.Key]struct{}, len(events))
+	for _, q := range events {
+		ev := q.ev
+		var k store.Key
+		switch ev.Kind {
+		case store.EventRepl:
+			k = store.ReplIDKey(ev.ReplID)
+		case store.EventDomain:
+			k = store.DomainKey(ev.Name)
+		case store.EventChallenge:
+			k = challengeKey(ev.Name)
+		default:
+			continue
+		}
+		if _, ok := seen[k]; ok {
+			continue
+		}
+		seen[k] = struct{}{}
+		switch ev.Kind {
+		case store.EventRepl:
+			ids = append(ids, ev.ReplID)
+		case store.EventDomain:
+			domains = append(domains, ev.Name)
+		case store.EventChallenge:
+			chs = append(chs, ev.Name)
+		}
+	}
+	if len(seen) > 0 {
+		x.queries.Add(1)
+	}
+	cur, err := f.Current(ctx, ids, domains, chs)
+	if err != nil {
+		return err
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, id := range ids {
+		r, ok := cur.Routes[id]
+		switch {
+		case !ok:
+			x.removeLocked(id)
+		case r.Kind == store.RouteLocal:
+			x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation})
+		default:
+			x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation, MovedTo: r.Cluster})
+		}
+	}
+	for _, name := range domains {
+		if id, ok := cur.Domains[name]; ok {
+			x.domains[name] = id
+		} else {
+			delete(x.domains, name)
+		}
+	}
+	for _, name := range chs {
+		if cs := cur.Challenges[name]; len(cs) > 0 {
+			x.chs[name] = cs
+		} else {
+			delete(x.chs, name)
+		}
+	}
+	for _, q := range events {
+		x.doneLocked(eventKeys(q.ev), q.seq)
+	}
+	x.changes.Add(uint64(len(events)))
 	return nil
 }
 
@@ -441,7 +604,9 @@ type eventQueue struct {
 	mu     sync.Mutex
 	events []queued
 	resync bool
+	next   store.Position // of the latest batch from a store.Feed
 	wake   chan struct{}
+	room   chan struct{} // take emptied the queue (ApplyBatch waits for it)
 }
 
 const maxQueuedEvents = 10000
@@ -461,10 +626,48 @@ func (q *eventQueue) push(e queued) {
 	}
 }
 
-func (q *eventQueue) take() (resync bool, events []queued) {
+// pushFeed is push for an event from a change log: more than
+// maxQueuedEvents do not collapse into a rebuild (ApplyBatch waits for
+// room instead). The caller signals Run with follow.
+func (q *eventQueue) pushFeed(e queued) {
+	q.mu.Lock()
+	switch {
+	case e.ev.Kind == store.EventResync:
+		q.resync, q.events = true, nil
+	case !q.resync:
+		q.events = append(q.events, e)
+	}
+	q.mu.Unlock()
+}
+
+// follow records the log position after the events pushed, and wakes Run.
+func (q *eventQueue) follow(next store.Position) {
+	q.mu.Lock()
+	if !next.IsZero() {
+		q.next = next
+	}
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// hasRoom reports whether the queue holds fewer than maxQueuedEvents.
+func (q *eventQueue) hasRoom() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	resync, events = q.resync, q.events
+	return len(q.events) < maxQueuedEvents
+}
+
+func (q *eventQueue) take() (resync bool, events []queued, next store.Position) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	resync, events, next = q.resync, q.events, q.next
 	q.resync, q.events = false, nil
-	return resync, events
+	select {
+	case q.room <- struct{}{}:
+	default:
+	}
+	return resync, events, next
 }

@@ -17,10 +17,16 @@ import (
 //	    found nothing and could start no call)
 //	<namespace>_route_cache_entries{cluster, kind}        gauge; kind is found or
 //	    negative (not-found and challenge entries)
+//	<namespace>_index_rebuilds_total{cluster}             counter; full reads of
+//	    the store by the name index (the first build included)
+//	<namespace>_index_changes_total{cluster}              counter; changes the
+//	    name index applied from the change feed without a rebuild
 type Collector struct {
-	caches  func() iter.Seq2[string, *Cache]
-	events  *prometheus.Desc
-	entries *prometheus.Desc
+	caches   func() iter.Seq2[string, *Cache]
+	events   *prometheus.Desc
+	entries  *prometheus.Desc
+	rebuilds *prometheus.Desc
+	changes  *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -37,6 +43,12 @@ func NewCollector(namespace string, caches func() iter.Seq2[string, *Cache]) *Co
 		entries: prometheus.NewDesc(namespace+"_route_cache_entries",
 			"Route cache entries held: found routes, and negative (not-found or challenge) entries.",
 			[]string{"cluster", "kind"}, nil),
+		rebuilds: prometheus.NewDesc(namespace+"_index_rebuilds_total",
+			"Full reads of the store by the name index: the first build, and a rebuild when the change feed cannot resume (a change log pruned past the index's position, or a store without one).",
+			[]string{"cluster"}, nil),
+		changes: prometheus.NewDesc(namespace+"_index_changes_total",
+			"Changes the name index applied from the change feed without a rebuild.",
+			[]string{"cluster"}, nil),
 	}
 }
 
@@ -44,6 +56,8 @@ func NewCollector(namespace string, caches func() iter.Seq2[string, *Cache]) *Co
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.events
 	ch <- c.entries
+	ch <- c.rebuilds
+	ch <- c.changes
 }
 
 // Collect implements prometheus.Collector.
@@ -65,6 +79,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Entries), cluster, "found")
 		ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Negative), cluster, "negative")
+		if x := cache.Index(); x != nil {
+			xs := x.Stats()
+			ch <- prometheus.MustNewConstMetric(c.rebuilds, prometheus.CounterValue, float64(xs.Rebuilds), cluster)
+			ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(xs.Changes), cluster)
+		}
 	}
 }
 
