@@ -31,6 +31,11 @@ const (
 	// heldMin is the first wait before the log is read again when it has
 	// rows an open transaction holds back (below, "the horizon").
 	heldMin = 5 * time.Millisecond
+	// listeningPoll is how often the log is read with no wake-up while the
+	// LISTEN connection is up: every writing transaction's commit wakes
+	// the reader then, so this is only a safety net, and an idle consumer
+	// (a hundred proxies per cluster) costs next to nothing.
+	listeningPoll = 30 * time.Second
 )
 
 // Backoff bounds for reconnecting after a failed read or a lost LISTEN
@@ -113,6 +118,7 @@ func (p *Store) Follow(ctx context.Context, from store.Position, fn func(store.B
 		pos        = from
 		lost       bool // EventLost sent, EventResume not yet
 		listenGone bool // the LISTEN connection is down
+		listening  bool // the LISTEN connection is up: commits wake the reader
 		retry      = watchMinBackoff
 		held       = heldMin
 	)
@@ -160,6 +166,9 @@ func (p *Store) Follow(ctx context.Context, from store.Position, fn func(store.B
 			continue
 		}
 		wait := poll
+		if listening {
+			wait = max(poll, listeningPoll)
+		}
 		if r.held {
 			wait, held = min(held, poll), min(2*held, poll)
 		} else {
@@ -174,13 +183,15 @@ func (p *Store) Follow(ctx context.Context, from store.Position, fn func(store.B
 		case s := <-states:
 			switch s {
 			case listenDown:
-				listenGone = true
+				listenGone, listening = true, false
 				if !lost {
 					lost = true
 					fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: pos})
 				}
-			case listenUp, listenStandby:
-				listenGone = false
+			case listenUp:
+				listenGone, listening = false, true
+			case listenStandby:
+				listenGone, listening = false, false
 			}
 		case <-t.C:
 		}
