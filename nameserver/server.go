@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/handover"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -188,7 +188,7 @@ func (s *Server) Listen(ctx context.Context) error {
 
 // listen binds the UDP sockets, then TCP on the same port.
 func (s *Server) listen(ctx context.Context) ([]*net.UDPConn, net.Listener, error) {
-	lc := net.ListenConfig{Control: reusePort}
+	lc := net.ListenConfig{Control: handover.ReusePort}
 	addr := s.cfg.Addr
 	var conns []*net.UDPConn
 	closeAll := func() {
@@ -320,18 +320,6 @@ func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) {
 			_, _ = c.WriteToUDPAddrPort(out, from)
 		}
 	}
-}
-
-// reusePort sets SO_REUSEPORT, so several sockets share one address.
-func reusePort(network, address string, rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }
 
 // setReadBuffer sets a UDP socket's receive buffer, past the system's

@@ -10,13 +10,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/replproxy/replproxy/internal/handover"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/acme"
-	"golang.org/x/sys/unix"
 )
 
 // Server runs a Handler on its listeners, and the admin endpoints.
@@ -90,12 +89,11 @@ func (s *Server) Listen() error {
 		if l.addr == "" {
 			continue
 		}
-		var ln net.Listener
-		if s.cfg.Binder != nil {
-			ln, err = s.cfg.Binder.Listen(context.Background(), l.role, "tcp", l.addr)
-		} else {
-			ln, err = reusePort.Listen(context.Background(), "tcp", l.addr)
+		binder := s.cfg.Binder
+		if binder == nil {
+			binder = (*handover.Sockets)(nil) // binds afresh, with SO_REUSEPORT
 		}
+		ln, err := binder.Listen(context.Background(), l.role, "tcp", l.addr)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen for %s on %s: %w", l.role, l.addr, err)
@@ -378,17 +376,3 @@ func (s *Server) drain(ctx context.Context, servers map[string]*http.Server, lis
 		_ = admin.Close()
 	}
 }
-
-// reusePort listens with SO_REUSEPORT, so that a new replproxy can take
-// over the addresses of a running one without a moment when connections
-// are refused: start it, wait for its /readyz, then SIGTERM the old one,
-// which drains. (Linux lets only processes of the same user share a port.)
-var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-	var err error
-	if cerr := c.Control(func(fd uintptr) {
-		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}); cerr != nil {
-		return cerr
-	}
-	return err
-}}

@@ -200,9 +200,11 @@ func (s *Sockets) record(e entry, f interface{ File() (*os.File, error) }) {
 	s.mu.Unlock()
 }
 
-// reusePort binds with SO_REUSEPORT: a socket bound fresh can then share
-// its address with a running process that did not hand its own over.
-var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+// ReusePort is a net.ListenConfig Control that sets SO_REUSEPORT: a socket
+// bound fresh can then share its address with a running process (of the
+// same user) that did not hand its own over, and several sockets of one
+// process can share an address (replns's UDP sockets).
+func ReusePort(_, _ string, c syscall.RawConn) error {
 	var err error
 	if cerr := c.Control(func(fd uintptr) {
 		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
@@ -210,7 +212,7 @@ var reusePort = net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) e
 		return cerr
 	}
 	return err
-}}
+}
 
 // Listen returns the stream listener named name on network and addr: the
 // predecessor's when it passed one under the same name and address, else a
@@ -228,7 +230,7 @@ func (s *Sockets) Listen(ctx context.Context, name, network, addr string) (net.L
 		}
 		return ln, nil
 	}
-	ln, err := reusePort.Listen(ctx, network, addr)
+	ln, err := (&net.ListenConfig{Control: ReusePort}).Listen(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +256,7 @@ func (s *Sockets) ListenPacket(ctx context.Context, name, network, addr string) 
 		}
 		return pc, nil
 	}
-	pc, err := reusePort.ListenPacket(ctx, network, addr)
+	pc, err := (&net.ListenConfig{Control: ReusePort}).ListenPacket(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
