@@ -138,6 +138,7 @@ func (o *options) cacheFlags(fs *flag.FlagSet) {
 	c := &o.cache
 	fs.DurationVar(&c.TTL, "cache-ttl", 60*time.Second, "how long a cached route is trusted without a change notification")
 	fs.DurationVar(&c.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for not-found names and challenge records")
+	fs.DurationVar(&c.KeepExpired, "cache-keep-expired", 10*time.Minute, "how long a cached route stays in memory past its TTL unused (to be served stale if a store fails); older ones are dropped, except while the store fails")
 	fs.IntVar(&c.MaxEntries, "cache-max-entries", 1_000_000, "found routes cached, per cluster")
 	fs.IntVar(&c.MaxNegative, "cache-max-negative", 100_000, "not-found and challenge entries cached, per cluster")
 	fs.DurationVar(&c.LoadTimeout, "cache-load-timeout", 2*time.Second, "how long one store lookup may take")

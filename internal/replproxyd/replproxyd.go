@@ -152,6 +152,7 @@ Flags:
 	fs.DurationVar(&o.feedRetention, "feed-retention", postgres.DefaultFeedRetention, "a PostgreSQL store: prune the cluster's change log of changes older than this (the cluster's proxies share the work); a proxy or replns away longer rebuilds its name index from a full read when it is back; 0: this proxy does not prune")
 	fs.DurationVar(&o.cache.TTL, "cache-ttl", 60*time.Second, "how long a route is trusted without a change notification (a safety net)")
 	fs.DurationVar(&o.cache.NegativeTTL, "cache-negative-ttl", 10*time.Second, "the same for unknown hosts")
+	fs.DurationVar(&o.cache.KeepExpired, "cache-keep-expired", 10*time.Minute, "how long a cached route stays in memory past its TTL unused (to be served stale if the store fails); older ones are dropped, except while the store fails")
 	fs.BoolVar(&o.tlsOnDemand, "tls-on-demand", false, "obtain certificates on demand for -listen-tls through ACME: *.<owner>.ZONE and *.id.ZONE by DNS-01 (replns serves the records), linked custom domains by TLS-ALPN-01 or HTTP-01; -tls-cert then only serves other names")
 	fs.StringVar(&o.certs.Directory, "acme-directory", autocert.DefaultACMEDirectory, "the ACME server's directory URL")
 	fs.StringVar(&o.certs.Email, "acme-email", "", "contact address of the ACME account")

@@ -40,6 +40,12 @@ type Config struct {
 	// at once (one per key); a Peek that would start one more gets
 	// ErrUnavailable at once. Zero means 64.
 	MaxBackground int
+	// KeepExpired is how long an entry stays in memory once its TTL has
+	// run out without it being asked for again (it is kept to be served
+	// stale should the store fail): Run sweeps out older ones, so that
+	// memory follows the names in use, not every name ever asked. Nothing
+	// is swept while the store is failing. Zero means 10 min.
+	KeepExpired time.Duration
 }
 
 // withDefaults returns c with every zero (or negative) field set to its
@@ -66,6 +72,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBackground <= 0 {
 		c.MaxBackground = 64
 	}
+	if c.KeepExpired <= 0 {
+		c.KeepExpired = 10 * time.Minute
+	}
 	return c
 }
 
@@ -77,6 +86,7 @@ type Stats struct {
 	Loads        uint64 // backend calls made
 	LoadErrors   uint64 // backend calls that failed
 	Evictions    uint64 // entries dropped for room
+	Swept        uint64 // entries dropped long after their TTL (KeepExpired)
 	Invalidation uint64 // entries dropped by change notifications
 	Screened     uint64 // misses answered not found by the name index, without the backend
 	Background   uint64 // backend calls Peek started in the background
@@ -121,7 +131,7 @@ type Cache struct {
 	bgKeys map[store.Key]struct{} // keys Peek is loading in the background
 	bgWG   sync.WaitGroup
 
-	hits, misses, stale, loads, loadErrors, evictions, invalidations, screened, bgLoads, refused atomic.Uint64
+	hits, misses, stale, loads, loadErrors, evictions, invalidations, screened, bgLoads, refused, swept atomic.Uint64
 }
 
 const cacheShards = 64
@@ -218,6 +228,13 @@ func (c *Cache) Run(ctx context.Context) error {
 			c.coarse.Store(0)
 		}()
 	}
+	stopSweep := make(chan struct{})
+	var sweepWG sync.WaitGroup
+	sweepWG.Go(func() { c.runSweep(stopSweep) })
+	defer func() {
+		close(stopSweep)
+		sweepWG.Wait()
+	}()
 	if c.index == nil {
 		return c.r.Watch(ctx, c.apply)
 	}
@@ -240,6 +257,72 @@ func (c *Cache) Run(ctx context.Context) error {
 		c.apply(ev)
 		c.index.Apply(ev)
 	})
+}
+
+// sweepEvery is how often runSweep looks (at most: KeepExpired/2 when it
+// is shorter).
+const sweepEvery = time.Minute
+
+// runSweep drops entries expired longer than KeepExpired ago, until stop.
+func (c *Cache) runSweep(stop <-chan struct{}) {
+	tick := time.NewTicker(min(sweepEvery, c.cfg.KeepExpired/2))
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			c.sweep(c.clock().UnixNano())
+		}
+	}
+}
+
+// sweep drops the entries whose TTL ran out before now-KeepExpired, one
+// shard at a time, and forgets the swept domain keys of byRepl; it does
+// nothing while the store is failing (they may be all there is to serve).
+func (c *Cache) sweep(now int64) int {
+	if c.failing.Load() {
+		return 0
+	}
+	before := now - int64(c.cfg.KeepExpired)
+	n := 0
+	type domainKey struct {
+		replID string
+		key    store.Key
+	}
+	var domains []domainKey
+	for i := range c.found {
+		for _, s := range [...]*shard{&c.found[i], &c.negative[i]} {
+			s.mu.Lock()
+			for h, e := range s.entries {
+				for ; e != nil; e = e.next {
+					if e.expires >= before {
+						continue
+					}
+					if e.key.Kind == store.KeyDomain && e.route.ReplID != "" {
+						domains = append(domains, domainKey{e.route.ReplID, e.key})
+					}
+					s.del(h, e.key)
+					n++
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	if len(domains) > 0 {
+		c.byReplMu.Lock()
+		for _, d := range domains {
+			if ks := c.byRepl[d.replID]; ks != nil {
+				delete(ks, d.key)
+				if len(ks) == 0 {
+					delete(c.byRepl, d.replID)
+				}
+			}
+		}
+		c.byReplMu.Unlock()
+	}
+	c.swept.Add(uint64(n))
+	return n
 }
 
 // runClock keeps the coarse clock while it is read, until stop.
@@ -788,6 +871,7 @@ func (c *Cache) Stats() Stats {
 		Loads:        c.loads.Load(),
 		LoadErrors:   c.loadErrors.Load(),
 		Evictions:    c.evictions.Load(),
+		Swept:        c.swept.Load(),
 		Invalidation: c.invalidations.Load(),
 		Screened:     c.screened.Load(),
 		Background:   c.bgLoads.Load(),

@@ -758,3 +758,51 @@ func TestRefreshStale(t *testing.T) {
 		t.Errorf("%d backend calls for 10 RefreshStale(4) with the store behind, want 1", n)
 	}
 }
+
+// TestCacheSweepsLongExpiredEntries: an entry whose TTL ran out
+// KeepExpired ago without being asked for leaves memory (found and not
+// found alike, a custom domain's repl link too), one still within it
+// stays (to be served stale), and nothing is swept while the store fails.
+func TestCacheSweepsLongExpiredEntries(t *testing.T) {
+	r := newCountingReader()
+	clock := newFakeClock()
+	c := newClockedCache(t, r, routecache.Config{TTL: time.Minute, NegativeTTL: 5 * time.Second, KeepExpired: 30 * time.Second}, clock.Now, nil)
+	r.set(blogKey, blogRoute)
+	domain := store.Key{Kind: store.KeyDomain, Name: "www.example.com"}
+	r.set(domain, blogRoute)
+	for _, k := range []store.Key{blogKey, domain, store.ReplKey("alice", "nothing")} {
+		_, _ = lookup(t, c, k)
+	}
+	if s := c.Stats(); s.Entries != 2 || s.Negative != 1 {
+		t.Fatalf("cached %d found and %d negative, want 2 and 1", s.Entries, s.Negative)
+	}
+	// Within the TTL, and just past it: kept.
+	clock.Advance(61 * time.Second)
+	c.Sweep()
+	if s := c.Stats(); s.Entries != 2 || s.Swept != 1 {
+		t.Fatalf("found entries expired for 1 s: %d kept, %d swept; want 2 kept and only the negative one (expired 56 s ago) swept", s.Entries, s.Swept)
+	}
+	// The store fails: nothing is swept, the expired route is served stale.
+	r.setFail(errors.New("connection refused"))
+	clock.Advance(time.Hour)
+	if got, err := lookup(t, c, blogKey); err != nil || got.ReplID != "r1" {
+		t.Fatalf("served stale: %+v, %v", got, err)
+	}
+	if n := c.Sweep(); n != 0 {
+		t.Fatalf("swept %d entries while the store fails", n)
+	}
+	if s := c.Stats(); s.Entries != 2 {
+		t.Fatalf("%d found entries left while the store fails, want 2 (nothing swept)", s.Entries)
+	}
+	// The store answers again: the long-expired ones go.
+	r.setFail(nil)
+	clock.Advance(2 * time.Second) // past RetryAfter
+	if _, err := lookup(t, c, store.ReplKey("alice", "other")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("lookup after recovery: %v", err)
+	}
+	clock.Advance(time.Hour)
+	c.Sweep()
+	if s := c.Stats(); s.Entries != 0 || s.Negative != 0 {
+		t.Fatalf("%d found and %d negative entries left an hour past their TTL", s.Entries, s.Negative)
+	}
+}

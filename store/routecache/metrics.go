@@ -11,7 +11,8 @@ import (
 //
 //	<namespace>_route_cache_events_total{cluster, event}  counter; event is hit,
 //	    miss, stale (answered old while the store failed), load (store
-//	    calls), load_error, eviction, invalidation, screened (a miss
+//	    calls), load_error, eviction, swept (an entry dropped long after
+//	    its TTL, unused), invalidation, screened (a miss
 //	    answered not found by the name index, without the store),
 //	    background (a store call Peek started) or refused (a Peek that
 //	    found nothing and could start no call)
@@ -38,7 +39,7 @@ func NewCollector(namespace string, caches func() iter.Seq2[string, *Cache]) *Co
 	return &Collector{
 		caches: caches,
 		events: prometheus.NewDesc(namespace+"_route_cache_events_total",
-			"Route cache events by kind: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, invalidation, screened (not found by the name index, no store call), background (a store call started without a waiting reader), refused (nothing held and no call could be started).",
+			"Route cache events by kind: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, swept (dropped long after its TTL, unused), invalidation, screened (not found by the name index, no store call), background (a store call started without a waiting reader), refused (nothing held and no call could be started).",
 			[]string{"cluster", "event"}, nil),
 		entries: prometheus.NewDesc(namespace+"_route_cache_entries",
 			"Route cache entries held: found routes, and negative (not-found or challenge) entries.",
@@ -72,7 +73,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			v    uint64
 		}{
 			{"hit", s.Hits}, {"miss", s.Misses}, {"stale", s.Stale}, {"load", s.Loads},
-			{"load_error", s.LoadErrors}, {"eviction", s.Evictions}, {"invalidation", s.Invalidation},
+			{"load_error", s.LoadErrors}, {"eviction", s.Evictions}, {"swept", s.Swept}, {"invalidation", s.Invalidation},
 			{"screened", s.Screened}, {"background", s.Background}, {"refused", s.Refused},
 		} {
 			ch <- prometheus.MustNewConstMetric(c.events, prometheus.CounterValue, float64(e.v), cluster, e.name)

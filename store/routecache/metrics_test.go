@@ -32,7 +32,7 @@ func TestCollector(t *testing.T) {
 # TYPE replproxy_route_cache_entries gauge
 replproxy_route_cache_entries{cluster="east",kind="found"} 1
 replproxy_route_cache_entries{cluster="east",kind="negative"} 1
-# HELP replproxy_route_cache_events_total Route cache events by kind: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, invalidation, screened (not found by the name index, no store call), background (a store call started without a waiting reader), refused (nothing held and no call could be started).
+# HELP replproxy_route_cache_events_total Route cache events by kind: hit, miss, stale (answered old while the store failed), load (store calls), load_error, eviction, swept (dropped long after its TTL, unused), invalidation, screened (not found by the name index, no store call), background (a store call started without a waiting reader), refused (nothing held and no call could be started).
 # TYPE replproxy_route_cache_events_total counter
 replproxy_route_cache_events_total{cluster="east",event="background"} 0
 replproxy_route_cache_events_total{cluster="east",event="eviction"} 0
@@ -44,6 +44,7 @@ replproxy_route_cache_events_total{cluster="east",event="miss"} 2
 replproxy_route_cache_events_total{cluster="east",event="refused"} 0
 replproxy_route_cache_events_total{cluster="east",event="screened"} 0
 replproxy_route_cache_events_total{cluster="east",event="stale"} 0
+replproxy_route_cache_events_total{cluster="east",event="swept"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
 		t.Fatal(err)
