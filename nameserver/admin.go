@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/replproxy/replproxy/internal/admin"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // NewAdminHandler serves the operator's endpoints, for a listener apart
@@ -24,6 +25,8 @@ import (
 //	/readyz?all=1  the strict view: 200 only when every cluster is ready,
 //	               its change feed up (ClusterStatus.Ready, but a cluster
 //	               whose index is being rebuilt counts)
+//	/debug/index/passed?cluster=NAME&xid=N[,N...]  when the cluster's name
+//	               index applied a change (admin.IndexPassed)
 //	/debug/pprof/  the runtime profiles
 func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handler {
 	mux := http.NewServeMux()
@@ -80,6 +83,17 @@ func NewAdminHandler(g prometheus.Gatherer, srv *Server, c *Clusters) http.Handl
 		}
 	})
 	admin.HandlePprof(mux)
+	admin.HandleIndexPassed(mux, func(name string) (string, *routecache.Index) {
+		if c == nil {
+			return name, nil
+		}
+		for n, cache := range c.caches() {
+			if n == name && cache != nil {
+				return n, cache.Index()
+			}
+		}
+		return name, nil
+	})
 	return mux
 }
 

@@ -9,14 +9,16 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/store"
+	"github.com/replproxy/replproxy/store/routecache"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/replproxy/replproxy/internal/admin"
 )
 
 // adminMux serves the admin listener: /healthz, /readyz (the Server's
-// ready check), /metrics, /debug/route, /loglevel (ServerConfig.LogLevel)
-// and /debug/pprof/.
+// ready check), /metrics, /debug/route, /loglevel (ServerConfig.LogLevel),
+// /debug/index/passed (when the name index applied a change: see
+// admin.IndexPassed) and /debug/pprof/.
 func (s *Server) adminMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -44,6 +46,12 @@ func (s *Server) adminMux() *http.ServeMux {
 		mux.Handle("/loglevel", s.cfg.LogLevel)
 	}
 	admin.HandlePprof(mux)
+	admin.HandleIndexPassed(mux, func(string) (string, *routecache.Index) {
+		if c, ok := s.handler.routes.(interface{ Index() *routecache.Index }); ok {
+			return s.handler.cfg.Cluster, c.Index()
+		}
+		return s.handler.cfg.Cluster, nil
+	})
 	return mux
 }
 

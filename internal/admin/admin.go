@@ -1,5 +1,5 @@
 // Package admin holds what both daemons' admin listeners serve alike: the
-// Go profiler's routes.
+// Go profiler's routes and /debug/index/passed.
 package admin
 
 import (

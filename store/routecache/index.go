@@ -69,6 +69,7 @@ type Index struct {
 
 	// The change feed, when the store has a log (store.Feed).
 	pos      store.Position // where the index is in the log: applied up to it; under mu
+	reached  positionLog    // its last positions and when it reached each; under mu
 	rebuilds atomic.Uint64  // full reads made (the first build included)
 	changes  atomic.Uint64  // changes applied from the feed without a rebuild
 }
@@ -443,9 +444,63 @@ func (x *Index) setPosition(next store.Position) {
 	if next.IsZero() {
 		return
 	}
+	now := time.Now()
 	x.mu.Lock()
 	x.pos = next
+	x.reached.add(next, now)
 	x.mu.Unlock()
+}
+
+// PassedAt returns when the index's position first went past every change
+// of the log's transaction xid (the writer's pg_current_xact_id()): from
+// then on the index had applied them. ok is false when it has not got
+// there yet, and when it got there before the oldest of the last
+// positionsKept positions it remembers (Position then says which). For
+// benchmarks of the feed's fan-out: how long a commit takes to reach every
+// consumer.
+func (x *Index) PassedAt(xid int64) (at time.Time, ok bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.reached.passed(xid)
+}
+
+// positionsKept is how many positions PassedAt remembers (64 KiB): at a
+// batch a millisecond, the last 4 s.
+const positionsKept = 4096
+
+// positionLog is a ring of the index's last positions, oldest first from
+// next, and when it reached each.
+type positionLog struct {
+	ring [positionsKept]reachedAt
+	n    uint64 // positions added, ever
+}
+
+type reachedAt struct {
+	xid int64 // of the position: every change of a transaction below it is applied
+	at  int64 // Unix nanoseconds
+}
+
+func (l *positionLog) add(p store.Position, at time.Time) {
+	l.ring[l.n%positionsKept] = reachedAt{xid: p.XID, at: at.UnixNano()}
+	l.n++
+}
+
+// passed returns when a position first went past transaction xid, if one
+// it remembers did and the one before it (when it remembers it) did not.
+func (l *positionLog) passed(xid int64) (time.Time, bool) {
+	first := uint64(0)
+	if l.n > positionsKept {
+		first = l.n - positionsKept
+	}
+	for i := first; i < l.n; i++ {
+		if e := l.ring[i%positionsKept]; e.xid > xid {
+			if i == first && first > 0 {
+				return time.Time{}, false // forgotten: it may have passed earlier
+			}
+			return time.Unix(0, e.at), true
+		}
+	}
+	return time.Time{}, false
 }
 
 // readBatch applies changes from a store.Feed: it reads every name they
