@@ -120,6 +120,19 @@ func startN(t testing.TB, cfg config, n int) []*Server {
 // `make run-postgres`. stop stops them and removes their folders; call it
 // even when Launch failed part-way.
 func Launch(n int) (servers []*Server, stop func() error, err error) {
+	return LaunchWith(n, LaunchOptions{})
+}
+
+// LaunchOptions are the choices of LaunchWith. The zero value is Launch's.
+type LaunchOptions struct {
+	// MaxConnections is the servers' max_connections; 0 means
+	// defaultMaxConnections (200).
+	MaxConnections int
+}
+
+// LaunchWith is Launch with options, for benchmarks that connect more
+// clients than a test does (bench/fanout).
+func LaunchWith(n int, o LaunchOptions) (servers []*Server, stop func() error, err error) {
 	bin, err := findBinaries(os.Getenv("PATH"), libDir)
 	if err != nil {
 		return nil, func() error { return nil }, fmt.Errorf("%w; install them with: apt-get install -y postgresql", err)
@@ -130,7 +143,7 @@ func Launch(n int) (servers []*Server, stop func() error, err error) {
 	}
 	servers = make([]*Server, n)
 	for i := range servers {
-		servers[i] = &Server{bin: bin, cred: cred}
+		servers[i] = &Server{bin: bin, cred: cred, maxConns: o.MaxConnections}
 	}
 	stop = func() error {
 		var errs []error

@@ -446,3 +446,29 @@ func TestLaunchOutsideATest(t *testing.T) {
 	}
 	checkGone(t, root, pid)
 }
+
+func TestLaunchWithMaxConnections(t *testing.T) {
+	if _, err := findBinaries(os.Getenv("PATH"), libDir); err != nil {
+		missingBinaries(t, configFromEnv().require, err)
+	}
+	servers, stop, err := LaunchWith(1, LaunchOptions{MaxConnections: 321})
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if servers[0].PID() == 0 {
+		t.Error("PID() = 0 for a running server")
+	}
+	conn := connect(t, servers[0].DSN())
+	var got string
+	if err := conn.QueryRow(context.Background(), "SHOW max_connections").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != "321" {
+		t.Errorf("max_connections = %s, want 321", got)
+	}
+}

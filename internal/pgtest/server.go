@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,8 @@ const (
 	logTailLines  = 40                    // of the server's log in error messages
 	sharedBuffers = "32MB"                // enough for tests, small enough for many clusters
 	superuser     = "postgres"            // made by initdb; the DSNs' user
+
+	defaultMaxConnections = 200 // a test's; LaunchOptions may ask for more
 )
 
 // errPortInUse means postgres could not listen on its port, which another
@@ -40,6 +43,7 @@ var errPortInUse = errors.New("port already in use")
 type Server struct {
 	dsn      string // of the default database
 	external bool   // EnvURL's server, not ours to stop
+	maxConns int    // max_connections; 0 means defaultMaxConnections
 
 	// Set by boot, before the Server is shared.
 	bin     binaries
@@ -159,6 +163,10 @@ func (s *Server) running() bool {
 	return s.proc != nil
 }
 
+// PID returns the postmaster's process id, or 0 while stopped or for a
+// server of EnvURL; benchmarks read its children's CPU time from /proc.
+func (s *Server) PID() int { return s.pid() }
+
 // pid returns the postmaster's process id, or 0 while stopped; for tests.
 func (s *Server) pid() int {
 	s.mu.Lock()
@@ -242,7 +250,7 @@ func (s *Server) launch() error {
 		"-c", "fsync=off",
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
-		"-c", "max_connections=200",
+		"-c", "max_connections="+strconv.Itoa(cmp.Or(s.maxConns, defaultMaxConnections)),
 		"-c", "shared_buffers="+sharedBuffers,
 	)
 	cmd.Dir = s.root
