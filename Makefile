@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test rules lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse clean
+.PHONY: help run run-postgres build test rules lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse bench-fanout clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
@@ -26,6 +26,8 @@ help:
 	@echo "             (bench-proxy needs: apt-get install -y nginx haproxy caddy nghttp2-client)"
 	@echo "make bench-tls  TLS handshakes per CPU-second, replproxy vs nginx (needs nginx)"
 	@echo "make bench-abuse  HTTP/2 rapid reset and a random-name flood against replproxy"
+	@echo "make bench-fanout  one cluster's change feed to PROXIES replproxy and DNS replns at RATES changes/s"
+	@echo "             (needs: postgresql; about 5 minutes)"
 	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls (REPLS=400000 for more)"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
 	@echo "make bench-dns-torture  water torture on 400,000 repls: floods of challenge, random"
@@ -111,3 +113,15 @@ bench-tls: build
 bench-abuse: build
 	$(GO) build -o $(BIN)/abusebench ./bench/abuse
 	taskset -c 1 $(BIN)/abusebench -replproxy $(BIN)/replproxy
+
+# One cluster's change feed fanned out: PROXIES replproxy processes (one
+# round each) and DNS replns on one throw-away PostgreSQL, a writer at each
+# of RATES changes/s (FANOUT_BATCH changes a transaction) for
+# FANOUT_DURATION; see bench/fanout.
+PROXIES         ?= 10,25,50,100
+DNS             ?= 5
+RATES           ?= 500,1000,2000
+FANOUT_BATCH    ?= 1
+FANOUT_DURATION ?= 10s
+bench-fanout: build
+	$(GO) run ./bench/fanout -replproxy $(BIN)/replproxy -replns $(BIN)/replns -proxies $(PROXIES) -dns $(DNS) -rates $(RATES) -batch $(FANOUT_BATCH) -duration $(FANOUT_DURATION)
