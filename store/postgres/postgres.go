@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -35,9 +36,19 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
+// DefaultPoolMaxConns is the pool's size when the DSN sets no
+// pool_max_conns. pgxpool's own default is the host's CPU count (at least
+// 4): a proxy on a 32-core host could open 32 connections, and a cluster's
+// hundred proxies many times PostgreSQL's default max_connections (100).
+// A daemon needs few at once: the change feed reads one statement at a
+// time, and the name index sends the store only the names it knows and
+// has not cached. Each Follow holds one LISTEN connection besides (README,
+// "Connections").
+const DefaultPoolMaxConns = 4
+
 // Open connects to the database at addr, a DSN, and checks that it answers.
 // Pool sizing and timeouts stay in the DSN (pool_max_conns, connect_timeout,
-// ...). An unreachable server gives one error naming the DSN, password
+// ...; without pool_max_conns the pool holds up to DefaultPoolMaxConns). An unreachable server gives one error naming the DSN, password
 // masked. It does not check the schema: see Migrate and CheckSchema.
 func Open(ctx context.Context, addr string, logger *zap.Logger) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(addr)
@@ -46,6 +57,9 @@ func Open(ctx context.Context, addr string, logger *zap.Logger) (*Store, error) 
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	if !strings.Contains(addr, "pool_max_conns") {
+		cfg.MaxConns = DefaultPoolMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -287,3 +287,25 @@ func TestPostgresLookupUsesIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresPoolSize: without pool_max_conns in the DSN the pool holds
+// DefaultPoolMaxConns, whatever the host's CPU count (pgxpool's own
+// default); the DSN's value wins.
+func TestPostgresPoolSize(t *testing.T) {
+	dsn := pgtest.Start(t).NewDatabase(t)
+	tests := []struct {
+		name string
+		dsn  string
+		want int32
+	}{
+		{name: "default", dsn: dsn, want: postgres.DefaultPoolMaxConns},
+		{name: "from the DSN", dsn: dsn + "&pool_max_conns=7", want: 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := postgres.PoolMaxConns(openPostgres(t, tt.dsn)); got != tt.want {
+				t.Errorf("pool of %s: %d connections, want %d", tt.dsn, got, tt.want)
+			}
+		})
+	}
+}
