@@ -335,3 +335,53 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestFeedCoalescesWakeUps: a stream of 200 one-change transactions, one
+// every millisecond or so, is read in a few batches (a read at most every
+// readGap, 25 ms), not once per commit: each read costs the database CPU
+// per consumer (make bench-fanout), so with a hundred consumers per
+// cluster reading per commit is what saturates it. Every change arrives.
+func TestFeedCoalescesWakeUps(t *testing.T) {
+	s, pool, _, _ := openFeed(t)
+	ctx := t.Context()
+	batches := follow(t, s, store.Position{})
+	if b := nextBatch(t, batches, 10*time.Second); b.Events[0].Kind != store.EventResync {
+		t.Fatalf("first batch %+v, want a resync", b)
+	}
+	time.Sleep(200 * time.Millisecond) // listening
+	var want []string
+	start := time.Now()
+	for i := range 200 {
+		id := fmt.Sprintf("c%d", i)
+		want = append(want, id)
+		if _, err := pool.Exec(ctx, `INSERT INTO repls (id, owner, slug, endpoints) VALUES ($1, 'o', $1, '{127.0.0.1:1}')`, id); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(start)
+	missing := map[string]bool{}
+	for _, id := range want {
+		missing[id] = true
+	}
+	reads := 0
+	deadline := time.After(10 * time.Second)
+	for len(missing) > 0 {
+		select {
+		case b := <-batches:
+			reads++
+			for _, ev := range b.Events {
+				delete(missing, ev.ReplID)
+			}
+		case <-deadline:
+			t.Fatalf("%d changes not delivered", len(missing))
+		}
+	}
+	// One read per 25 ms over the stream, a few more for the held-back
+	// rows of commits in progress: far fewer than 200.
+	limit := int(took/(25*time.Millisecond))*3 + 10
+	t.Logf("200 commits over %v delivered in %d reads (limit %d)", took.Round(time.Millisecond), reads, limit)
+	if reads > limit {
+		t.Fatalf("200 commits over %v took %d reads of the log, want at most %d: wake-ups are not coalesced", took.Round(time.Millisecond), reads, limit)
+	}
+}
