@@ -19,6 +19,9 @@ type OpenOptions struct {
 	// Without it, a database whose schema is not current is an error that
 	// says to run `replctl migrate`.
 	Migrate bool
+	// AppName names a PostgreSQL store's connections (application_name)
+	// when its DSN does not. Empty: unnamed.
+	AppName string
 }
 
 // Open opens the store at addr: a postgres:// or postgresql:// DSN opens
@@ -35,7 +38,7 @@ func Open(ctx context.Context, addr string, opts OpenOptions) (store.Store, erro
 		}
 		return e, nil
 	}
-	p, err := postgres.Open(ctx, addr, opts.Logger)
+	p, err := postgres.Open(ctx, addr, opts.Logger, postgres.WithApplicationName(opts.AppName))
 	if err != nil {
 		return nil, err
 	}

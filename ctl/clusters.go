@@ -48,7 +48,7 @@ func (a *app) openStores(ctx context.Context, names ...string) ([]opened, func()
 	for i, c := range clusters {
 		out[i].cluster = c
 		wg.Go(func() {
-			s, err := cluster.Open(ctx, c.Store, cluster.OpenOptions{Logger: a.logger})
+			s, err := cluster.Open(ctx, c.Store, cluster.OpenOptions{Logger: a.logger, AppName: "replctl"})
 			if err != nil {
 				out[i].err = fmt.Errorf("cluster %s: %w", c.Name, err)
 				return

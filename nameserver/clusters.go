@@ -110,7 +110,7 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) 
 	if c.cfg.Open == nil {
 		storeLogger := logger.Named("store")
 		c.cfg.Open = func(ctx context.Context, addr string) (store.Store, error) {
-			return cluster.Open(ctx, addr, cluster.OpenOptions{Logger: storeLogger})
+			return cluster.Open(ctx, addr, cluster.OpenOptions{Logger: storeLogger, AppName: "replns"})
 		}
 	}
 	if c.cfg.Now == nil {

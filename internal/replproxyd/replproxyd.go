@@ -313,7 +313,7 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Ho
 		return err
 	}
 
-	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Logger: logger, Migrate: o.migrate})
+	st, err := cluster.Open(ctx, o.storeAddr, cluster.OpenOptions{Logger: logger, Migrate: o.migrate, AppName: "replproxy " + o.cluster})
 	if err != nil {
 		return err
 	}

@@ -46,14 +46,33 @@ var _ store.Store = (*Store)(nil)
 // "Connections").
 const DefaultPoolMaxConns = 4
 
+// An Option changes how Open connects.
+type Option func(*pgxpool.Config)
+
+// WithApplicationName names the connections (PostgreSQL's
+// application_name, in pg_stat_activity) when the DSN does not: the
+// daemons say who they are ("replproxy east", "replns"), so that an
+// operator counting a cluster's connections sees whose they are.
+func WithApplicationName(name string) Option {
+	return func(cfg *pgxpool.Config) {
+		if name != "" && cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+			cfg.ConnConfig.RuntimeParams["application_name"] = name
+		}
+	}
+}
+
 // Open connects to the database at addr, a DSN, and checks that it answers.
 // Pool sizing and timeouts stay in the DSN (pool_max_conns, connect_timeout,
-// ...; without pool_max_conns the pool holds up to DefaultPoolMaxConns). An unreachable server gives one error naming the DSN, password
-// masked. It does not check the schema: see Migrate and CheckSchema.
-func Open(ctx context.Context, addr string, logger *zap.Logger) (*Store, error) {
+// ...; without pool_max_conns the pool holds up to DefaultPoolMaxConns). An
+// unreachable server gives one error naming the DSN, password masked. It
+// does not check the schema: see Migrate and CheckSchema.
+func Open(ctx context.Context, addr string, logger *zap.Logger, opts ...Option) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(addr)
 	if err != nil {
 		return nil, fmt.Errorf("parse database DSN %s: %w", dsn.Redact(addr), err)
+	}
+	for _, o := range opts {
+		o(cfg)
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 5 * time.Second

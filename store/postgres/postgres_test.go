@@ -12,6 +12,7 @@ import (
 
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/pgtest"
+	"github.com/replproxy/replproxy/internal/testbed"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/postgres"
 	"github.com/replproxy/replproxy/store/storetest"
@@ -307,5 +308,72 @@ func TestPostgresPoolSize(t *testing.T) {
 				t.Errorf("pool of %s: %d connections, want %d", tt.dsn, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestPostgresApplicationName: the daemons' connections, the LISTEN one
+// included, carry the name Open is given (pg_stat_activity shows whose
+// they are); a DSN's own application_name wins.
+func TestPostgresApplicationName(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewDatabase(t)
+	m, err := cluster.Open(t.Context(), dsn, cluster.OpenOptions{Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close() // its connections are unnamed: gone before the counts
+	names := func(s *postgres.Store, pool *pgxpool.Pool) map[string]int {
+		t.Helper()
+		events := watchEvents(t, s)
+		_ = storetest.NextEvent(t, events) // following: its LISTEN connection is up
+		if _, err := s.Lookup(t.Context(), store.ReplKey("alice", "blog")); !errors.Is(err, store.ErrNotFound) {
+			t.Fatal(err)
+		}
+		got := map[string]int{}
+		var rows []string
+		testbed.WaitFor(t, 5*time.Second, "the LISTEN connection", func() bool {
+			r, err := pool.Query(t.Context(), `SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'watcher' AND backend_type = 'client backend'`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, err = pgx.CollectRows(r, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(rows) >= 2
+		})
+		for _, n := range rows {
+			got[n]++
+		}
+		return got
+	}
+	watcher, err := pgxpool.New(t.Context(), dsn+map[bool]string{true: "&", false: "?"}[strings.Contains(dsn, "?")]+"application_name=watcher")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+
+	s, err := postgres.Open(t.Context(), dsn, nil, postgres.WithApplicationName("replproxy east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := names(s, watcher)
+	s.Close()
+	if len(got) != 1 || got["replproxy east"] < 2 {
+		t.Fatalf("connections named %v, want every one (pool and LISTEN) \"replproxy east\"", got)
+	}
+	own := dsn + map[bool]string{true: "&", false: "?"}[strings.Contains(dsn, "?")] + "application_name=mine"
+	if !strings.HasPrefix(dsn, "postgres") {
+		own = dsn + " application_name=mine"
+	}
+	s, err = postgres.Open(t.Context(), own, nil, postgres.WithApplicationName("replproxy east"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// (The first store's watcher keeps its LISTEN connection until the
+	// test ends.)
+	if got := names(s, watcher); got["mine"] < 2 || len(got) > 2 || got[""] != 0 {
+		t.Fatalf("connections named %v, want the second store's (pool and LISTEN) the DSN's own name \"mine\"", got)
 	}
 }
