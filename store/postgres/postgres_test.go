@@ -322,7 +322,7 @@ func TestPostgresApplicationName(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Close() // its connections are unnamed: gone before the counts
-	names := func(s *postgres.Store, pool *pgxpool.Pool) map[string]int {
+	names := func(s *postgres.Store, pool *pgxpool.Pool, want string) map[string]int {
 		t.Helper()
 		events := watchEvents(t, s)
 		_ = storetest.NextEvent(t, events) // following: its LISTEN connection is up
@@ -331,7 +331,7 @@ func TestPostgresApplicationName(t *testing.T) {
 		}
 		got := map[string]int{}
 		var rows []string
-		testbed.WaitFor(t, 5*time.Second, "the LISTEN connection", func() bool {
+		testbed.WaitFor(t, 5*time.Second, "a pool connection and the LISTEN one named "+want, func() bool {
 			r, err := pool.Query(t.Context(), `SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'watcher' AND backend_type = 'client backend'`)
 			if err != nil {
 				t.Fatal(err)
@@ -340,7 +340,13 @@ func TestPostgresApplicationName(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return len(rows) >= 2
+			n := 0
+			for _, name := range rows {
+				if name == want {
+					n++
+				}
+			}
+			return n >= 2 // a pool connection and the LISTEN one
 		})
 		for _, n := range rows {
 			got[n]++
@@ -357,7 +363,7 @@ func TestPostgresApplicationName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := names(s, watcher)
+	got := names(s, watcher, "replproxy east")
 	s.Close()
 	if len(got) != 1 || got["replproxy east"] < 2 {
 		t.Fatalf("connections named %v, want every one (pool and LISTEN) \"replproxy east\"", got)
@@ -373,7 +379,7 @@ func TestPostgresApplicationName(t *testing.T) {
 	defer s.Close()
 	// (The first store's watcher keeps its LISTEN connection until the
 	// test ends.)
-	if got := names(s, watcher); got["mine"] < 2 || len(got) > 2 || got[""] != 0 {
+	if got := names(s, watcher, "mine"); got["mine"] < 2 || len(got) > 2 || got[""] != 0 {
 		t.Fatalf("connections named %v, want the second store's (pool and LISTEN) the DSN's own name \"mine\"", got)
 	}
 }
