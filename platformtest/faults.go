@@ -100,30 +100,9 @@ func (p *Platform) RestartProxy(t TB, cluster string) {
 func (p *Platform) ReplaceProxy(t TB, cluster string) {
 	t.Helper()
 	c := p.Cluster(t, cluster)
-	old := c.proxy
 	admin := addrOn(t, c.IP, 0)
-	args := slices.Clone(old.args)
-	for i := range len(args) - 1 {
-		if args[i] == "-admin-listen" {
-			args[i+1] = admin
-		}
-	}
-	next := p.newDaemon(t, old.kind, old.name, args, "http://"+admin+"/readyz")
-	next.start(t)
-	next.waitReady(t)
-	c.proxy, c.AdminAddr = next, admin
-	if !slices.Contains(args, "-handover-socket") {
-		// No handover (flags of the test's own): stop the old one.
-		if err := old.stop(); err != nil {
-			t.Fatalf("platformtest: stop the replaced proxy of %s: %v", cluster, err)
-		}
-		return
-	}
-	t.Cleanup(func() {
-		if err := old.waitExit(30 * time.Second); err != nil {
-			t.Fatalf("platformtest: the replaced proxy of %s: %v", cluster, err)
-		}
-	})
+	c.proxy = p.replace(t, c.proxy, admin, "http://"+admin+"/readyz")
+	c.AdminAddr = admin
 }
 
 // ReplaceDNS replaces replns as ReplaceProxy does its proxy: a new
@@ -133,30 +112,39 @@ func (p *Platform) ReplaceProxy(t TB, cluster string) {
 // DNSAdmin is the new one's from then on.
 func (p *Platform) ReplaceDNS(t TB) {
 	t.Helper()
-	old := p.needDNS(t)
 	admin := addrOn(t, "127.0.0.1", 0)
+	p.dns = p.replace(t, p.needDNS(t), admin, "http://"+admin+"/readyz?all=1")
+}
+
+// replace starts old's successor, with old's flags but admin as its admin
+// address, and returns it once it is ready. With a handover socket among
+// the flags the successor takes old's sockets and old drains and exits by
+// itself, which t's cleanup checks; without one (flags of the test's own)
+// old is stopped here.
+func (p *Platform) replace(t TB, old *daemon, admin, readyURL string) *daemon {
+	t.Helper()
 	args := slices.Clone(old.args)
 	for i := range len(args) - 1 {
 		if args[i] == "-admin-listen" {
 			args[i+1] = admin
 		}
 	}
-	next := p.newDaemon(t, old.kind, old.name, args, "http://"+admin+"/readyz?all=1")
+	next := p.newDaemon(t, old.kind, old.name, args, readyURL)
 	next.addr, next.admin = old.addr, admin
 	next.start(t)
 	next.waitReady(t)
-	p.dns = next
 	if !slices.Contains(args, "-handover-socket") {
-		if err := old.stop(); err != nil { // no handover (flags of the test's own)
-			t.Fatalf("platformtest: stop the replaced replns: %v", err)
+		if err := old.stop(); err != nil {
+			t.Fatalf("platformtest: stop the replaced %s: %v", old.name, err)
 		}
-		return
+		return next
 	}
 	t.Cleanup(func() {
 		if err := old.waitExit(30 * time.Second); err != nil {
-			t.Fatalf("platformtest: the replaced replns: %v", err)
+			t.Fatalf("platformtest: the replaced %s: %v", old.name, err)
 		}
 	})
+	return next
 }
 
 // StopDNS, KillDNS and RestartDNS do the same for replns.

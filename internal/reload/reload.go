@@ -1,13 +1,10 @@
 // Package reload is what both daemons share to reload their configuration
 // without a restart: the reload metrics, the loop that runs a reload on
-// each trigger (SIGHUP for the binaries, a channel in-process), and a poll
-// of files that reloads them when their content changes.
+// each trigger (SIGHUP for the binaries, a channel in-process).
 package reload
 
 import (
-	"bytes"
 	"context"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,40 +74,6 @@ func Loop(ctx context.Context, trigger <-chan struct{}, reload func()) {
 				return
 			}
 			reload()
-		}
-	}
-}
-
-// Poll reads paths every interval until ctx ends and calls changed when
-// any content differs from what it read the time before (the first read
-// is at the call, so files as they are then are no change). A file that
-// cannot be read counts as empty: changed decides what that means, and is
-// called again once it is readable.
-func Poll(ctx context.Context, interval time.Duration, paths []string, changed func()) {
-	read := func() [][]byte {
-		out := make([][]byte, len(paths))
-		for i, p := range paths {
-			out[i], _ = os.ReadFile(p)
-		}
-		return out
-	}
-	last := read()
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		now := read()
-		same := true
-		for i := range now {
-			same = same && bytes.Equal(now[i], last[i])
-		}
-		if !same {
-			last = now
-			changed()
 		}
 	}
 }
