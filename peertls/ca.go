@@ -56,7 +56,7 @@ func NewCA(zone store.Zone, validity time.Duration) (*CA, error) {
 func (ca *CA) CertPEM() []byte { return ca.pem }
 
 // Issue returns a certificate and key (PEM) for the proxies of cluster,
-// valid for validity; the identity is spiffeID when given (tests make
+// valid for validity but never past the CA's own end; the identity is spiffeID when given (tests make
 // wrong ones), Identity(zone, cluster) otherwise.
 func (ca *CA) Issue(cluster string, validity time.Duration, spiffeID ...*url.URL) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -67,12 +67,16 @@ func (ca *CA) Issue(cluster string, validity time.Duration, spiffeID ...*url.URL
 	if len(uris) == 0 {
 		uris = []*url.URL{Identity(ca.zone, cluster)}
 	}
+	notAfter := time.Now().Add(validity)
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter // a certificate its issuer no longer vouches for fails anyway
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: cluster},
 		URIs:         uris,
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(validity),
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
@@ -88,7 +92,8 @@ func (ca *CA) Issue(cluster string, validity time.Duration, spiffeID ...*url.URL
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
 
-// WriteFiles issues a certificate for cluster (valid a year) and writes it,
+// WriteFiles issues a certificate for cluster (valid a year, or until the
+// CA's end if that is sooner) and writes it,
 // its key and the CA certificate into dir as <cluster>.crt, <cluster>.key
 // and ca.crt.
 func (ca *CA) WriteFiles(dir, cluster string) (Files, error) {

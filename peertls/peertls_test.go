@@ -110,3 +110,37 @@ func TestWatchReloads(t *testing.T) {
 		t.Error("the CA certificate is no CA")
 	}
 }
+
+// A certificate never outlives the CA that issued it: the demo's CA and
+// its proxies' certificates end together instead of the proxies failing
+// every handshake once the CA has expired under them.
+func TestIssueStopsAtTheCAsEnd(t *testing.T) {
+	_, _, ca, dir := setup(t) // the CA is valid for an hour
+	files, err := ca.WriteFiles(dir, "east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(path string) *x509.Certificate {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(b)
+		if block == nil {
+			t.Fatalf("%s: no PEM block", path)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	leaf, root := read(files.Cert), read(files.CA)
+	if leaf.NotAfter.After(root.NotAfter) {
+		t.Errorf("east's certificate ends %v, after its CA (%v)", leaf.NotAfter, root.NotAfter)
+	}
+	if leaf.NotAfter.Before(root.NotAfter.Add(-time.Minute)) {
+		t.Errorf("east's certificate ends %v, well before its CA (%v): the cap cut too much", leaf.NotAfter, root.NotAfter)
+	}
+}

@@ -362,7 +362,7 @@ func (p *Platform) startDaemons(t TB) {
 	if o.TLS {
 		p.tls = startTLS(t, p.dir, dnsAddr)
 	}
-	ca, err := peertls.NewCA(p.zone, 24*time.Hour)
+	ca, err := peertls.NewCA(p.zone, 365*24*time.Hour) // as long as the certificates it issues: a demo may run for days
 	if err != nil {
 		t.Fatalf("platformtest: certificate authority: %v", err)
 	}
