@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -317,6 +318,63 @@ func TestConnectionCaps(t *testing.T) {
 	}
 	if n := gauge(t, c, "replproxy_client_connections_refused_total"); n != 2 {
 		t.Errorf("refused connections counted %v, want 2", n)
+	}
+}
+
+// TestForwardListenerHasItsOwnCaps: connections to the forward listener,
+// which anyone can open, count against its own bounds, in all and per
+// client, and never against the public listeners': a flood of them
+// leaves every public connection to be served.
+func TestForwardListenerHasItsOwnCaps(t *testing.T) {
+	c := oneCluster(t, clusterOpts{server: func(s *proxy.ServerConfig) {
+		s.MaxConns, s.MaxConnsPerClient = 8, 3
+		s.MaxForwardConns, s.MaxForwardConnsPerClient = 4, 2
+		s.ForwardListen = "127.0.0.1:0"
+	}})
+	app := testbed.EchoServer(t, "app")
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	fwd := c.Server.Addr("forward")
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+		for range 8 {
+			dialFrom(t, ip, fwd)
+		}
+	}
+	testbed.WaitFor(t, 10*time.Second, "the proxy to see 16 connections", func() bool {
+		n := 0.0
+		for _, m := range []string{"replproxy_forward_connections", "replproxy_forward_connections_refused_total", "replproxy_client_connections", "replproxy_client_connections_refused_total"} {
+			n += max(gauge(t, c, m), 0)
+		}
+		return n == 16
+	})
+	if open, refused := gauge(t, c, "replproxy_forward_connections"), gauge(t, c, "replproxy_forward_connections_refused_total"); open != 4 || refused != 12 {
+		t.Errorf("16 forward connections from two clients: %v open, %v refused; want 4 (2 each) and 12", open, refused)
+	}
+	// The public listener holds as many connections as its own bound,
+	// and serves them.
+	var public []net.Conn
+	for i := range 8 {
+		public = append(public, dialFrom(t, fmt.Sprintf("127.0.0.%d", 4+i/3), c.Addr))
+	}
+	testbed.WaitFor(t, 10*time.Second, "the public listener to hold 8 connections", func() bool {
+		return gauge(t, c, "replproxy_client_connections") == 8
+	})
+	if !closedAtOnce(dialFrom(t, "127.0.0.9", c.Addr)) {
+		t.Fatal("a public connection beyond MaxConns was accepted")
+	}
+	for i, conn := range public {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: blog.alice.repl.test\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("public connection %d, with the forward listener full: %v", i+1, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("public connection %d: status %d", i+1, resp.StatusCode)
+		}
+	}
+	if n := gauge(t, c, "replproxy_client_connections_refused_total"); n != 1 {
+		t.Errorf("public connections refused %v, want 1", n)
 	}
 }
 

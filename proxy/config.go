@@ -197,16 +197,22 @@ type ServerConfig struct {
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes idle client connections. Zero means 120 s.
 	IdleTimeout time.Duration
-	// MaxConns bounds the client connections open at once on the HTTP,
-	// HTTPS and forward listeners; beyond it a new connection is closed
-	// as soon as it is accepted, and from 3/4 of it on, keep-alive
-	// connections are closed when they go idle. Zero means 50,000.
+	// MaxConns bounds the client connections open at once on the HTTP
+	// and HTTPS listeners; beyond it a new connection is closed as soon
+	// as it is accepted, and from 3/4 of it on, keep-alive connections
+	// are closed when they go idle. Zero means 50,000.
 	MaxConns int
 	// MaxConnsPerClient bounds the connections from one client network, a
-	// /32 for IPv4 and a /64 for IPv6, on the HTTP and HTTPS listeners
-	// (not the forward one: a peer cluster's proxy is one address). Zero
-	// means 1,024.
+	// /32 for IPv4 and a /64 for IPv6, on the HTTP and HTTPS listeners.
+	// Zero means 1,024.
 	MaxConnsPerClient int
+	// MaxForwardConns and MaxForwardConnsPerClient are the same bounds
+	// on the forward listener, its own: connections to it (anyone can
+	// open one, and hold it through a TLS handshake) never take room
+	// from the public listeners, nor theirs from it. Zero means 10,000
+	// and 1,024 (a peer cluster's proxy is one address).
+	MaxForwardConns          int
+	MaxForwardConnsPerClient int
 	// ProxyProtocolFrom are the networks of the load balancers trusted to
 	// open a connection on the HTTP, HTTPS or forward listener with a
 	// PROXY protocol header (v1 or v2, before TLS): the client it names is
@@ -260,6 +266,12 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.MaxConnsPerClient <= 0 {
 		c.MaxConnsPerClient = 1024
+	}
+	if c.MaxForwardConns <= 0 {
+		c.MaxForwardConns = 10_000
+	}
+	if c.MaxForwardConnsPerClient <= 0 {
+		c.MaxForwardConnsPerClient = 1024
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second

@@ -13,10 +13,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// connLimits bounds the client connections a Server holds: in all, and
-// per client network (a /32 for IPv4, a /64 for IPv6: one host, or one
-// customer's allocation), so that no client, and no crowd of them, can
-// hold every file descriptor. A connection beyond either bound is closed
+// connLimits bounds the client connections a Server holds on some of its
+// listeners: in all, and per client network (a /32 for IPv4, a /64 for
+// IPv6: one host, or one customer's allocation), so that no client, and
+// no crowd of them, can hold every file descriptor. The public listeners
+// (HTTP, HTTPS) share one connLimits and the forward listener has its
+// own: connections to the one never take room from the other. A connection beyond either bound is closed
 // as soon as it is accepted (or, when a PROXY protocol header names its
 // client, as soon as that is read) and counted. Near the bound in all,
 // idle keep-alive connections are closed when they go idle, to make room.
@@ -24,14 +26,21 @@ type connLimits struct {
 	max, perClient int
 	open           atomic.Int64
 	refused        atomic.Uint64
-	resetCuts      atomic.Uint64 // HTTP/2 connections cut for resetting streams too fast
-	proxyRefused   proxyRefusals // connections refused for the PROXY protocol
 	mu             sync.Mutex
 	byClient       map[netip.Prefix]int
 }
 
 func newConnLimits(max, perClient int) *connLimits {
 	return &connLimits{max: max, perClient: perClient, byClient: make(map[netip.Prefix]int)}
+}
+
+// connMetrics are a Server's client-connection metrics: the public
+// listeners' connections and the forward listener's, and what every
+// listener counts.
+type connMetrics struct {
+	public, forward *connLimits
+	resetCuts       atomic.Uint64 // HTTP/2 connections cut for resetting streams too fast
+	proxyRefused    proxyRefusals // connections refused for the PROXY protocol
 }
 
 // clientNet is the network a client address counts against.
@@ -50,8 +59,8 @@ func clientNet(addr net.Addr) netip.Prefix {
 }
 
 // admit counts a new connection c from addr, or reports that it is over a
-// bound (the one per client only when c.perClient). A connection whose
-// client is not known yet (late) is counted in all only, until move.
+// bound. A connection whose client is not known yet (late) is counted in
+// all only, until move.
 func (l *connLimits) admit(c *admittedConn, addr net.Addr, late bool) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -61,7 +70,7 @@ func (l *connLimits) admit(c *admittedConn, addr net.Addr, late bool) bool {
 	}
 	if !late {
 		p := clientNet(addr)
-		if c.perClient && l.byClient[p] >= l.perClient {
+		if l.byClient[p] >= l.perClient {
 			l.refused.Add(1)
 			return false
 		}
@@ -81,7 +90,7 @@ func (l *connLimits) move(c *admittedConn, addr net.Addr) bool {
 	if c.closed {
 		return false
 	}
-	if c.perClient && l.byClient[p] >= l.perClient {
+	if l.byClient[p] >= l.perClient {
 		l.refused.Add(1)
 		return false
 	}
@@ -110,16 +119,14 @@ func (l *connLimits) release(c *admittedConn) {
 // of it): idle keep-alive connections then make room.
 func (l *connLimits) crowded() bool { return 4*l.open.Load() >= 3*int64(l.max) }
 
-// listener wraps ln so that every connection it accepts is admitted,
-// counted against its client's bound too when perClient.
-func (l *connLimits) listener(ln net.Listener, perClient bool) net.Listener {
-	return &limitedListener{Listener: ln, l: l, perClient: perClient}
+// listener wraps ln so that every connection it accepts is admitted.
+func (l *connLimits) listener(ln net.Listener) net.Listener {
+	return &limitedListener{Listener: ln, l: l}
 }
 
 type limitedListener struct {
 	net.Listener
-	l         *connLimits
-	perClient bool
+	l *connLimits
 }
 
 // lateConn is a connection whose client is known only once it has read
@@ -139,7 +146,7 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ac := &admittedConn{Conn: c, l: ll.l, perClient: ll.perClient}
+		ac := &admittedConn{Conn: c, l: ll.l}
 		// A connection whose client is not known yet is counted in all
 		// now, and against its client by its first use, in its own
 		// goroutine: reading the client here would keep every other
@@ -159,16 +166,15 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 }
 
 // errClientOverBound ends a connection admitted late whose client is over
-// MaxConnsPerClient.
+// MaxConnsPerClient (MaxForwardConnsPerClient on the forward listener).
 var errClientOverBound = errorString("the client has as many connections as it may")
 
 type admittedConn struct {
 	net.Conn
-	l         *connLimits
-	perClient bool
-	lateConn  lateConn // the client is counted at first use; nil: at Accept
-	lateOnce  sync.Once
-	lateErr   error
+	l        *connLimits
+	lateConn lateConn // the client is counted at first use; nil: at Accept
+	lateOnce sync.Once
+	lateErr  error
 
 	// l.mu's
 	p        netip.Prefix
@@ -311,25 +317,32 @@ func (b *floorBody) Read(p []byte) (int, error) {
 func (b *floorBody) Close() error { return b.closer() }
 
 // Describe implements prometheus.Collector.
-func (l *connLimits) Describe(ch chan<- *prometheus.Desc) {
+func (m *connMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descClientConns
 	ch <- descRefusedConns
+	ch <- descForwardConns
+	ch <- descForwardRefused
 	ch <- descResetCuts
 	ch <- descProxyRefused
 }
 
 // Collect implements prometheus.Collector.
-func (l *connLimits) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(l.open.Load()))
-	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(l.refused.Load()))
-	ch <- prometheus.MustNewConstMetric(descResetCuts, prometheus.CounterValue, float64(l.resetCuts.Load()))
-	l.proxyRefused.collect(ch)
+func (m *connMetrics) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descClientConns, prometheus.GaugeValue, float64(m.public.open.Load()))
+	ch <- prometheus.MustNewConstMetric(descRefusedConns, prometheus.CounterValue, float64(m.public.refused.Load()))
+	ch <- prometheus.MustNewConstMetric(descForwardConns, prometheus.GaugeValue, float64(m.forward.open.Load()))
+	ch <- prometheus.MustNewConstMetric(descForwardRefused, prometheus.CounterValue, float64(m.forward.refused.Load()))
+	ch <- prometheus.MustNewConstMetric(descResetCuts, prometheus.CounterValue, float64(m.resetCuts.Load()))
+	m.proxyRefused.collect(ch)
 }
 
 var (
 	descResetCuts = prometheus.NewDesc("replproxy_connections_closed_for_resets_total",
 		"HTTP/2 client connections closed, below the HTTP/2 server, for sending RST_STREAM faster than the budget (rapid reset).", nil, nil)
-	descClientConns  = prometheus.NewDesc("replproxy_client_connections", "Client connections open (HTTP, HTTPS, forward).", nil, nil)
+	descClientConns  = prometheus.NewDesc("replproxy_client_connections", "Client connections open on the public listeners (HTTP, HTTPS).", nil, nil)
 	descRefusedConns = prometheus.NewDesc("replproxy_client_connections_refused_total",
-		"Client connections closed at once for being over MaxConns, or MaxConnsPerClient from one /32 (IPv4) or /64 (IPv6).", nil, nil)
+		"Public-listener connections closed at once for being over MaxConns, or MaxConnsPerClient from one /32 (IPv4) or /64 (IPv6).", nil, nil)
+	descForwardConns   = prometheus.NewDesc("replproxy_forward_connections", "Connections open on the forward listener (other clusters' proxies).", nil, nil)
+	descForwardRefused = prometheus.NewDesc("replproxy_forward_connections_refused_total",
+		"Forward-listener connections closed at once for being over MaxForwardConns, or MaxForwardConnsPerClient from one /32 (IPv4) or /64 (IPv6).", nil, nil)
 )

@@ -43,7 +43,7 @@ func (s *Server) proxyProtocol(ln net.Listener) net.Listener {
 		return ln
 	}
 	return &proxyListener{Listener: ln, trusted: s.cfg.ProxyProtocolFrom, required: s.cfg.ProxyProtocolRequired,
-		timeout: s.cfg.ReadHeaderTimeout, refused: &s.conns.proxyRefused, logger: s.logger.Named("proxyproto")}
+		timeout: s.cfg.ReadHeaderTimeout, refused: &s.metrics.proxyRefused, logger: s.logger.Named("proxyproto")}
 }
 
 type proxyListener struct {

@@ -27,7 +27,9 @@ type Server struct {
 	logger   *zap.Logger
 	ready    func(context.Context) error
 	gather   prometheus.Gatherer
-	conns    *connLimits // of the client connections
+	conns    *connLimits  // of the public listeners' (HTTP, HTTPS) client connections
+	fwdConns *connLimits  // of the forward listener's
+	metrics  *connMetrics // of both, and what every listener counts
 
 	mu        sync.Mutex
 	cert      *CertFile               // the static certificate, once Listen loaded it; nil: none
@@ -67,7 +69,9 @@ func NewServer(cfg ServerConfig, h *Handler, onDemand OnDemand, ready func(conte
 	}
 	s := &Server{cfg: cfg, handler: h, onDemand: onDemand, logger: logger, ready: ready, gather: gather,
 		conns:     newConnLimits(cfg.MaxConns, cfg.MaxConnsPerClient),
+		fwdConns:  newConnLimits(cfg.MaxForwardConns, cfg.MaxForwardConnsPerClient),
 		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}
+	s.metrics = &connMetrics{public: s.conns, forward: s.fwdConns}
 	if cfg.HSTSMaxAge > 0 {
 		s.hsts = "max-age=" + strconv.FormatInt(int64(cfg.HSTSMaxAge/time.Second), 10)
 	}
@@ -100,8 +104,8 @@ func (s *Server) Listen() error {
 		}
 		if l.role != "admin" {
 			ln = s.proxyProtocol(ln) // before the caps and TLS: they see the client it names
-			gl := &guardListener{Listener: s.conns.listener(ln, l.role != "forward"),
-				handshake: s.cfg.ReadHeaderTimeout, cuts: &s.conns.resetCuts, logger: s.logger.Named("tls")}
+			gl := &guardListener{Listener: s.limits(l.role).listener(ln),
+				handshake: s.cfg.ReadHeaderTimeout, cuts: &s.metrics.resetCuts, logger: s.logger.Named("tls")}
 			switch {
 			case l.role == "https":
 				if s.cfg.HTTPSPort == 0 {
@@ -152,12 +156,26 @@ func (s *Server) closeListeners() {
 // connection (Go's default is 250; browsers open at most about 100).
 const maxConcurrentStreams = 100
 
+// limits are the connection bounds of a listener's role: the forward
+// listener's own, or the public listeners'.
+func (s *Server) limits(role string) *connLimits {
+	if role == "forward" {
+		return s.fwdConns
+	}
+	return s.conns
+}
+
+// openConns is how many client connections are open, on every listener.
+func (s *Server) openConns() int64 { return s.conns.open.Load() + s.fwdConns.open.Load() }
+
 // Collector returns the client-connection metrics, to register where
 // /metrics gathers: replproxy_client_connections,
 // replproxy_client_connections_refused_total,
+// replproxy_forward_connections,
+// replproxy_forward_connections_refused_total,
 // replproxy_connections_closed_for_resets_total and
 // replproxy_proxy_protocol_refused_total{reason}.
-func (s *Server) Collector() prometheus.Collector { return s.conns }
+func (s *Server) Collector() prometheus.Collector { return s.metrics }
 
 // Addr returns the bound address of a listener ("http", "https",
 // "forward", "admin"), or "" when it is not configured.
@@ -189,7 +207,7 @@ func (s *Server) httpServer(role string) *http.Server {
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          serverErrorLog(s.logger.Named("http." + role)),
 		ConnContext:       withConnSlot,
-		ConnState:         s.conns.connState,
+		ConnState:         s.limits(role).connState,
 		// Streams a client may have open on one HTTP/2 connection, set
 		// rather than left to the library: each is a request in flight
 		// here and, most likely, a connection to a container.
@@ -334,7 +352,7 @@ func (s *Server) Serve(ctx context.Context) error {
 //     still open then is closed, and the admin server last.
 func (s *Server) drain(ctx context.Context, servers map[string]*http.Server, listeners map[string]net.Listener) {
 	s.logger.Info("draining", zap.Duration("deadline", s.cfg.ShutdownTimeout),
-		zap.Int("client_connections", int(s.conns.open.Load())),
+		zap.Int("client_connections", int(s.openConns())),
 		zap.Int("upgraded_connections", s.handler.UpgradedConns()))
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -348,7 +366,7 @@ func (s *Server) drain(ctx context.Context, servers map[string]*http.Server, lis
 	defer grace.Stop()
 	poll := time.NewTicker(10 * time.Millisecond)
 	defer poll.Stop()
-	for s.conns.open.Load() > int64(s.handler.UpgradedConns()) {
+	for s.openConns() > int64(s.handler.UpgradedConns()) {
 		select {
 		case <-grace.C:
 		case <-poll.C:
