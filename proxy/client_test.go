@@ -409,6 +409,103 @@ func TestSlowBodyIsCut(t *testing.T) {
 	t.Fatalf("a body sending 10 B/s was not cut in 5 s (the client got %q)", got.String())
 }
 
+// TestBodyFloorSparesASlowContainer: the body-rate floor counts only the
+// time the proxy waits for the client. A client sending 64 MiB at full
+// speed to a container that waits longer than BodyWindow before it
+// reads, and again midway, is served, over HTTP/1 and HTTP/2.
+func TestBodyFloorSparesASlowContainer(t *testing.T) {
+	const size = 64 << 20
+	c := oneCluster(t, clusterOpts{
+		tweak:  func(cfg *proxy.Config) { cfg.BodyWindow = 300 * time.Millisecond },
+		server: func(s *proxy.ServerConfig) { s.H2C = true },
+	})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Second) // back-pressure: the container is busy
+		n, err := io.CopyN(io.Discard, r.Body, size/2)
+		if err == nil {
+			time.Sleep(time.Second)
+			var m int64
+			m, err = io.Copy(io.Discard, r.Body)
+			n += m
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		fmt.Fprint(w, n)
+	}))
+	defer app.Close()
+	testbed.CreateRepl(t, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	for _, h2 := range []bool{false, true} {
+		t.Run(map[bool]string{false: "http1", true: "h2c"}[h2], func(t *testing.T) {
+			tr := &http.Transport{}
+			if h2 {
+				var p http.Protocols
+				p.SetUnencryptedHTTP2(true)
+				tr.Protocols = &p
+			}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequest(http.MethodPost, c.URL("/"), io.LimitReader(zeros{}, size))
+			req.Host, req.ContentLength = "blog.alice.repl.test", size
+			resp, err := (&http.Client{Transport: tr, Timeout: time.Minute}).Do(req)
+			if err != nil {
+				t.Fatalf("a fast upload to a slow container: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			t.Logf("%s: %d", resp.Proto, resp.StatusCode)
+			if resp.StatusCode != http.StatusOK || string(body) != fmt.Sprint(size) {
+				t.Fatalf("a fast upload to a slow container: %d %q (%s), want 200 and the whole body", resp.StatusCode, body, resp.Proto)
+			}
+		})
+	}
+}
+
+// BenchmarkUpload: a 16 MiB request body through the proxy, which sets
+// and clears its read deadline around each Read (the body-rate floor).
+func BenchmarkUpload(b *testing.B) {
+	const size = 16 << 20
+	c := oneCluster(b, clusterOpts{server: func(s *proxy.ServerConfig) { s.H2C = true }})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	defer app.Close()
+	testbed.CreateRepl(b, c.Store, "r1", "alice", "blog", testbed.HostOf(app.URL))
+	for _, h2 := range []bool{false, true} {
+		b.Run(map[bool]string{false: "http1", true: "h2c"}[h2], func(b *testing.B) {
+			tr := &http.Transport{}
+			if h2 {
+				var p http.Protocols
+				p.SetUnencryptedHTTP2(true)
+				tr.Protocols = &p
+			}
+			defer tr.CloseIdleConnections()
+			b.SetBytes(size)
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodPost, c.URL("/"), io.LimitReader(zeros{}, size))
+				req.Host, req.ContentLength = "blog.alice.repl.test", size
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatal(resp.Status)
+				}
+			}
+		})
+	}
+}
+
+// zeros reads as endless zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
 // gauge returns a metric's value from c's registry.
 func gauge(t *testing.T, c *testCluster, name string) float64 {
 	t.Helper()

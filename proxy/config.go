@@ -54,8 +54,10 @@ type Config struct {
 	// nothing has passed either way for that long. Zero means 1 h.
 	UpgradeIdleTimeout time.Duration
 	// BodyWindow is the floor on how fast a request body arrives: at
-	// least 1 KiB in every BodyWindow, or the request fails and its
-	// connection is cut. Zero means 10 s.
+	// least 1 KiB in every BodyWindow of time spent waiting for the
+	// client, or the request fails and its connection is cut. Time the
+	// proxy is not reading the body (the container is slow to take it)
+	// does not count. Zero means 10 s.
 	BodyWindow time.Duration
 	// AccessLog writes one log line per request. False means none.
 	AccessLog bool

@@ -253,8 +253,13 @@ func (l *connLimits) connState(c net.Conn, s http.ConnState) {
 // connection here, and one to the container, for ever.
 const minBodyBytes = 1024
 
-// floorBody enforces minBodyBytes per window on a request body by moving
-// the request's read deadline a window on each time that many arrived.
+// floorBody enforces minBodyBytes per window on a request body: each
+// minBodyBytes must arrive within a window of time spent waiting for the
+// client. Only the time inside Read counts: while the proxy is not
+// reading (the container is slow to take the body, and the Transport
+// waits to write it upstream) the client is not late, and no deadline is
+// set. Each Read sets the request's read deadline to what is left of the
+// window when it starts, and clears it when it returns.
 //
 // The Transport may still be reading the body (writing it upstream) after
 // the handler has returned, when the response came first: from finish on,
@@ -267,7 +272,10 @@ type floorBody struct {
 	rc     *http.ResponseController
 	cancel func() // ends the request
 	window time.Duration
-	got    int
+
+	// The reading goroutine's.
+	got   int           // bytes since the last minBodyBytes
+	spent time.Duration // in Read since then
 
 	mu   sync.Mutex
 	done bool // the handler returned
@@ -291,25 +299,26 @@ func (b *floorBody) deadline(t time.Time) {
 }
 
 func newFloorBody(w http.ResponseWriter, r *http.Request, window time.Duration, cancel func()) *floorBody {
-	b := &floorBody{body: r.Body, closer: r.Body.Close, rc: http.NewResponseController(w), window: window, cancel: cancel}
-	b.deadline(time.Now().Add(window))
-	return b
+	return &floorBody{body: r.Body, closer: r.Body.Close, rc: http.NewResponseController(w), window: window, cancel: cancel}
 }
 
 func (b *floorBody) Read(p []byte) (int, error) {
+	start := time.Now()
+	b.deadline(start.Add(b.window - b.spent))
 	n, err := b.body.Read(p)
-	switch b.got += n; {
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	b.spent += time.Since(start)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
 		// Too slow: the whole request goes, upstream included (a
 		// container waiting for the rest of the body would hold it).
 		b.cancel()
-	case err != nil:
-		// The body is over (or failed): the connection's reads are
-		// net/http's again, which takes a read deadline for a client gone.
-		b.deadline(time.Time{})
-	case b.got >= minBodyBytes:
-		b.got = 0
-		b.deadline(time.Now().Add(b.window))
+		return n, err
+	}
+	// Until the next Read, the client is not waited for. When the body
+	// is over (or failed), the connection's reads are net/http's again,
+	// which takes a read deadline for a client gone.
+	b.deadline(time.Time{})
+	if b.got += n; b.got >= minBodyBytes {
+		b.got, b.spent = 0, 0
 	}
 	return n, err
 }
