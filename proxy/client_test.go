@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/net/http2"
@@ -577,6 +578,19 @@ func TestHTTP2RapidReset(t *testing.T) {
 			if read := (goAway.LastStreamID + 1) / 2; read > 1000 {
 				t.Errorf("the connection was cut after %d reset streams, want within 1,000", read)
 			}
+			// Streams reset before their handler ran cost no route and no
+			// log line, only a count; the cancels that reached handlers
+			// count against the connection's budget too, which may have
+			// closed it as well, once at most.
+			early := gauge(t, c, "replproxy_requests_cancelled_early_total")
+			lines := len(c.Logs.FilterMessage("request").All())
+			t.Logf("%v streams cancelled before their handler; %d access-log lines", early, lines)
+			if read := float64(goAway.LastStreamID+1) / 2; early < 1 || early+float64(lines) > read {
+				t.Errorf("replproxy_requests_cancelled_early_total = %v (and %d access-log lines), want at least 1, and with the lines at most the %v streams read", early, lines, read)
+			}
+			if n := gauge(t, c, "replproxy_connections_closed_for_cancels_total"); n != 0 && n != 1 {
+				t.Errorf("replproxy_connections_closed_for_cancels_total = %v, want 0 or 1 (one connection)", n)
+			}
 			if n := reached.Load(); n > resetBudgetForTest {
 				t.Errorf("%d requests reached the container, want at most %d", n, resetBudgetForTest)
 			}
@@ -584,6 +598,50 @@ func TestHTTP2RapidReset(t *testing.T) {
 				t.Errorf("%d access-log lines for reset streams, want at most %d", n, resetBudgetForTest)
 			}
 		})
+	}
+}
+
+// TestCancelBudgetClosesTheConnection: requests their client cancelled
+// before their handler ran are counted, each, and against their
+// connection's budget (resetBudgetForTest at once): the one over it
+// closes the connection, counted once.
+func TestCancelBudgetClosesTheConnection(t *testing.T) {
+	reg := testbed.Registry(t, map[string][2]string{"east": {"127.0.0.1:1", "east.yaml"}})
+	metrics := prometheus.NewRegistry()
+	h, err := proxy.NewHandler(proxy.Config{Zone: testZone, Cluster: "east", Registry: reg, HopSecret: testSecret},
+		failingRoutes{}, proxy.NewMetrics(metrics, "east", nil), nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := net.Pipe()
+	defer client.Close()
+	closed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, client); close(closed) }()
+	ctx, cancel := context.WithCancel(proxy.WithConnSlot(t.Context(), server))
+	cancel()
+	c := &testCluster{Metrics: metrics}
+	calls := 0
+	for ; calls < 5*resetBudgetForTest; calls++ {
+		select {
+		case <-closed:
+		default:
+			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://blog.alice.repl.test/", nil)
+			h.ServeHTTP(httptest.NewRecorder(), req)
+			continue
+		}
+		break
+	}
+	if calls <= resetBudgetForTest {
+		t.Errorf("the connection was closed after %d cancelled requests, want more than the budget, %d", calls, resetBudgetForTest)
+	}
+	if calls == 5*resetBudgetForTest {
+		t.Fatalf("the connection is still open after %d cancelled requests", calls)
+	}
+	if n := gauge(t, c, "replproxy_requests_cancelled_early_total"); n != float64(calls) {
+		t.Errorf("replproxy_requests_cancelled_early_total = %v, want %d", n, calls)
+	}
+	if n := gauge(t, c, "replproxy_connections_closed_for_cancels_total"); n != 1 {
+		t.Errorf("replproxy_connections_closed_for_cancels_total = %v, want 1", n)
 	}
 }
 

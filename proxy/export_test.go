@@ -26,3 +26,7 @@ func SignHopGen(secrets []byte, now time.Time, gen int64, source, method, target
 	s.keys.Store(keys)
 	return s.sign(hopFields{Source: source, Gen: gen, Method: method, Target: target, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
 }
+
+// WithConnSlot gives ctx the slot of a client connection c, as the
+// server's ConnContext does.
+var WithConnSlot = withConnSlot
