@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/replproxy/replproxy/internal/childproc"
 )
 
 // StartStandby starts a hot standby of s: a new server made from a base
@@ -69,13 +71,13 @@ func (s *Server) bootStandby(primary *Server) error {
 	cmd.SysProcAttr = sysProcAttr(s.cred)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	p, err := startProcess(cmd)
+	p, err := childproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("pg_basebackup: %w", err)
 	}
-	<-p.done
-	if p.err != nil {
-		return fmt.Errorf("pg_basebackup: %w\n%s", p.err, out.Bytes())
+	<-p.Done()
+	if p.Err() != nil {
+		return fmt.Errorf("pg_basebackup: %w\n%s", p.Err(), out.Bytes())
 	}
 	for range portAttempts {
 		port, perr := freePort()
