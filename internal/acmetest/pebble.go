@@ -14,7 +14,6 @@
 package acmetest
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -173,7 +172,7 @@ func StartPebble(t T, cfg PebbleConfig) *Pebble {
 			t.Logf("pebble: %v", err)
 		}
 		if f, ok := t.(interface{ Failed() bool }); ok && f.Failed() {
-			t.Logf("pebble log (%s):\n%s", logFile, Tail(logFile, 40))
+			t.Logf("pebble log (%s):\n%s", logFile, childproc.Tail(logFile, 40))
 		}
 	})
 	p.waitReady(t)
@@ -195,7 +194,7 @@ func (p *Pebble) waitReady(t T) {
 	for {
 		select {
 		case <-p.proc.Done():
-			t.Fatalf("pebble exited: %v\n%s", p.proc.Err(), Tail(p.log, 40))
+			t.Fatalf("pebble exited: %v\n%s", p.proc.Err(), childproc.Tail(p.log, 40))
 		default:
 		}
 		resp, err := c.Get(p.Directory)
@@ -207,7 +206,7 @@ func (p *Pebble) waitReady(t T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pebble's directory %s did not answer within 20s: %v\n%s", p.Directory, err, Tail(p.log, 40))
+			t.Fatalf("pebble's directory %s did not answer within 20s: %v\n%s", p.Directory, err, childproc.Tail(p.log, 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -308,22 +307,4 @@ func writeLeaf(t T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, certFile, key
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		t.Fatalf("%v", err)
 	}
-}
-
-// Tail returns the last n lines of a file.
-func Tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	for i, cut := len(b)-1, 0; i >= 0; i-- {
-		if b[i] == '\n' {
-			if cut++; cut == n {
-				b = b[i+1:]
-				break
-			}
-		}
-	}
-	return string(b)
 }

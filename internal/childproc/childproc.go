@@ -10,6 +10,8 @@
 package childproc
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -75,4 +77,26 @@ func (p *Process) Stop(sig os.Signal, timeout time.Duration) (killed bool) {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	return true
+}
+
+// Tail returns the last n lines of the file at path (a child's log), for
+// error messages.
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	b = bytes.TrimRight(b, "\n")
+	for i, cut := len(b)-1, 0; i >= 0; i-- {
+		if b[i] == '\n' {
+			if cut++; cut == n {
+				b = b[i+1:]
+				break
+			}
+		}
+	}
+	if len(b) == 0 {
+		return "(empty log)"
+	}
+	return string(b)
 }

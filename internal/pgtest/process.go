@@ -65,24 +65,3 @@ func childEnv() []string {
 	}
 	return env
 }
-
-// tail returns the last n lines of the file at path, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	for i, cut := len(b)-1, 0; i >= 0; i-- {
-		if b[i] == '\n' {
-			if cut++; cut == n {
-				b = b[i+1:]
-				break
-			}
-		}
-	}
-	if len(b) == 0 {
-		return "(empty log)"
-	}
-	return string(b)
-}

@@ -96,7 +96,7 @@ func (s *Server) Stop(t T) {
 	p := s.proc
 	s.proc = nil
 	if err := stopPostgres(p, stopTimeout); err != nil {
-		t.Fatalf("pgtest: %v\n%s", err, tail(s.logPath, logTailLines))
+		t.Fatalf("pgtest: %v\n%s", err, childproc.Tail(s.logPath, logTailLines))
 	}
 }
 
@@ -271,7 +271,7 @@ func (s *Server) launch() error {
 		if bindFailed(s.logPath, logStart) {
 			return fmt.Errorf("postgres on port %d: %w", s.port, errPortInUse)
 		}
-		return fmt.Errorf("postgres on port %d: %w\nserver log (tail):\n%s", s.port, err, tail(s.logPath, logTailLines))
+		return fmt.Errorf("postgres on port %d: %w\nserver log (tail):\n%s", s.port, err, childproc.Tail(s.logPath, logTailLines))
 	}
 	s.proc = p
 	return nil
@@ -365,7 +365,7 @@ func (s *Server) shutdown() (stopErr, removeErr error) {
 	defer s.mu.Unlock()
 	if s.proc != nil {
 		if err := stopPostgres(s.proc, stopTimeout); err != nil {
-			stopErr = fmt.Errorf("%w\n%s", err, tail(s.logPath, logTailLines))
+			stopErr = fmt.Errorf("%w\n%s", err, childproc.Tail(s.logPath, logTailLines))
 		}
 		s.proc = nil
 	}
