@@ -195,6 +195,14 @@ func (s *Server) boot(freePort func() (int, error)) error {
 	if err := s.initdb(); err != nil {
 		return err
 	}
+	return s.launchOnFreePort(freePort)
+}
+
+// launchOnFreePort launches the server on a port from freePort, and on
+// another when that one turns out to be taken (portAttempts in all).
+// s.mu is held.
+func (s *Server) launchOnFreePort(freePort func() (int, error)) error {
+	var err error
 	for range portAttempts {
 		port, perr := freePort()
 		if perr != nil {

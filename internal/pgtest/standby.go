@@ -3,7 +3,6 @@ package pgtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -79,16 +78,5 @@ func (s *Server) bootStandby(primary *Server) error {
 	if p.Err() != nil {
 		return fmt.Errorf("pg_basebackup: %w\n%s", p.Err(), out.Bytes())
 	}
-	for range portAttempts {
-		port, perr := freePort()
-		if perr != nil {
-			return fmt.Errorf("pick a port: %w", perr)
-		}
-		s.port = port
-		s.dsn = fmt.Sprintf("postgres://%s@127.0.0.1:%d/postgres?sslmode=disable", superuser, port)
-		if err = s.launch(); !errors.Is(err, errPortInUse) {
-			return err
-		}
-	}
-	return err
+	return s.launchOnFreePort(freePort)
 }
