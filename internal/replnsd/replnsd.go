@@ -157,7 +157,10 @@ func (d *daemon) run(ctx context.Context) error {
 	dataCtx, stopData := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopData()
 	g.Go(func() error { return d.clusters.Run(dataCtx) })
-	g.Go(func() error { reload.Loop(dataCtx, d.reload, d.reloader.reload); return nil })
+	g.Go(func() error {
+		reload.Loop(dataCtx, d.reload, d.reloader.apply, d.reloader.metrics, d.reloader.logger)
+		return nil
+	})
 	serveCtx, stopServing := context.WithCancel(gctx)
 	defer stopServing()
 	g.Go(func() error {

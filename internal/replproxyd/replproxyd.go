@@ -435,7 +435,7 @@ func (d *daemon) run(ctx context.Context) error {
 	g.Go(func() error { return takeOver(serveCtx, stopServing, d.sockets, d.gate, d.ready, d.cache, logger) })
 	g.Go(func() error { _ = d.cache.Run(background); return nil })
 	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, d.h, logger); return nil })
-	g.Go(func() error { reload.Loop(background, d.reload, d.rl.reload); return nil })
+	g.Go(func() error { reload.Loop(background, d.reload, d.rl.apply, d.rl.metrics, d.rl.logger); return nil })
 	if d.rl.cert != nil {
 		g.Go(func() error { d.rl.cert.Watch(background, time.Second, logger.Named("tls")); return nil })
 	}
