@@ -45,7 +45,7 @@ func TestReadyWithOneClusterServing(t *testing.T) {
 				}
 				return cluster.Open(ctx, addr, cluster.OpenOptions{})
 			}
-			c, err := NewClusters(reg, ClustersConfig{Open: open}, zaptest.NewLogger(t))
+			c, err := NewClusters(reg, ClustersConfig{Open: open}, nil, zaptest.NewLogger(t))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -15,7 +15,7 @@ func benchHandler(b *testing.B) *Handler {
 	c := startClusters(b, defaultWorld(b), ClustersConfig{})
 	cfg := testConfig()
 	cfg.QueryLogEvery = 0
-	h, err := NewHandler(cfg, c, nil, zap.NewNop())
+	h, err := NewHandler(cfg, c, nil, nil, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}

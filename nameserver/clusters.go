@@ -49,8 +49,6 @@ type ClustersConfig struct {
 	// Open opens a cluster's store. Nil means cluster.Open without
 	// migrations (replns only reads), logging as "store".
 	Open func(ctx context.Context, addr string) (store.Store, error)
-	// Now is the clock challenge records expire by; nil means time.Now.
-	Now func() time.Time
 }
 
 // Clusters reads every cluster of the registry: each store through a
@@ -67,6 +65,7 @@ type ClustersConfig struct {
 type Clusters struct {
 	set    atomic.Pointer[clusterSet]
 	cfg    ClustersConfig
+	now    func() time.Time // the clock challenge records expire by
 	logger *zap.Logger
 
 	mu      sync.Mutex      // guards runCtx, stopped and starting members
@@ -98,23 +97,24 @@ type member struct {
 }
 
 // NewClusters prepares to read the clusters of reg. Nothing is opened
-// until Run.
-func NewClusters(reg *cluster.Registry, cfg ClustersConfig, logger *zap.Logger) (*Clusters, error) {
+// until Run. now is the clock challenge records expire by; nil means
+// time.Now. A nil logger means zap.NewNop().
+func NewClusters(reg *cluster.Registry, cfg ClustersConfig, now func() time.Time, logger *zap.Logger) (*Clusters, error) {
 	if reg == nil || len(reg.Clusters) == 0 {
 		return nil, errors.New("clusters: the registry names no cluster")
+	}
+	if now == nil {
+		now = time.Now
 	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	c := &Clusters{cfg: cfg, logger: logger.Named("clusters")}
+	c := &Clusters{cfg: cfg, now: now, logger: logger.Named("clusters")}
 	if c.cfg.Open == nil {
 		storeLogger := logger.Named("store")
 		c.cfg.Open = func(ctx context.Context, addr string) (store.Store, error) {
 			return cluster.Open(ctx, addr, cluster.OpenOptions{Logger: storeLogger, AppName: "replns"})
 		}
-	}
-	if c.cfg.Now == nil {
-		c.cfg.Now = time.Now
 	}
 	set := &clusterSet{list: slices.Clone(reg.Clusters)}
 	for _, info := range set.list {
@@ -223,7 +223,7 @@ func (c *Clusters) HasOwner(owner string) bool {
 // few and short-lived, and each index holds its cluster's.
 func (c *Clusters) Challenges(_ context.Context, name string, dst []string) ([]string, error) {
 	start := len(dst)
-	now := c.cfg.Now()
+	now := c.now()
 	var failed error
 	for _, cl := range c.set.Load().cs {
 		cache := cl.cache.Load()

@@ -142,7 +142,7 @@ func waitAnswer(t testing.TB, addr, name, want string, limit time.Duration) time
 func TestRandomNamesTouchNoStore(t *testing.T) {
 	cfg, count, _ := counting(nil)
 	c := startClusters(t, defaultWorld(t), cfg)
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestRandomNamesTouchNoStore(t *testing.T) {
 func TestCreatedReplResolves(t *testing.T) {
 	path := defaultWorld(t)
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestTombstonePointsTheWay(t *testing.T) {
 		"west.yaml": "",
 	})
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

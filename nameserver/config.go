@@ -49,9 +49,6 @@ type Config struct {
 	// QueryLogEvery logs one query in this many (at info level, logger
 	// "query"). Zero means no query log.
 	QueryLogEvery int
-
-	// Now is the clock, for cookies and rate limits. Nil means time.Now.
-	Now func() time.Time
 }
 
 // Off turns off a setting whose zero value means its default: RRLConfig's
@@ -228,9 +225,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RRL, err = c.RRL.withDefaults(); err != nil {
 		errs = append(errs, err)
-	}
-	if c.Now == nil {
-		c.Now = time.Now
 	}
 	return c, errors.Join(errs...)
 }

@@ -37,7 +37,7 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := good()
 			tc.change(&c)
-			_, err := NewHandler(c, emptySource{}, nil, nil)
+			_, err := NewHandler(c, emptySource{}, nil, nil, nil)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("unexpected error: %v", err)
@@ -48,8 +48,14 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// parseApex is the apex of ParseZoneFile for no zone in particular.
+func parseApex(path string, data []byte) (Apex, error) {
+	f, err := ParseZoneFile(path, "", data)
+	return f.Apex, err
+}
+
 func TestParseApex(t *testing.T) {
-	a, err := ParseApex("zone.yaml", []byte(`
+	a, err := parseApex("zone.yaml", []byte(`
 a: [192.0.2.1]
 aaaa: ["2001:db8::1"]
 txt:
@@ -67,7 +73,7 @@ caa:
 		t.Errorf("parsed %+v", a)
 	}
 
-	_, err = ParseApex("zone.yaml", []byte(`
+	_, err = parseApex("zone.yaml", []byte(`
 a: ["2001:db8::1"]
 aaaa: [192.0.2.1]
 mx:
@@ -77,7 +83,7 @@ bogus: 1
 	if err == nil {
 		t.Fatal("no error")
 	}
-	_, err = ParseApex("zone.yaml", []byte(`
+	_, err = parseApex("zone.yaml", []byte(`
 a: ["2001:db8::1"]
 aaaa: [192.0.2.1]
 caa:
@@ -96,7 +102,7 @@ func TestValidationZone(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
 	cfg := testConfig()
 	cfg.ValidationZone = "acme.example.net"
-	h, err := NewHandler(cfg, c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(cfg, c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,12 +10,12 @@
 // of goroutines, with response rate limiting) and TCP. NewAdminHandler
 // serves metrics, health, readiness and pprof.
 //
-//	clusters, _ := nameserver.NewClusters(registry, nameserver.ClustersConfig{}, logger)
+//	clusters, _ := nameserver.NewClusters(registry, nameserver.ClustersConfig{}, nil, logger)
 //	go clusters.Run(ctx)
 //	h, _ := nameserver.NewHandler(nameserver.Config{
 //		Zone:        "repl.co",
 //		NameServers: []nameserver.NameServer{{Name: "ns1.repl.co", Addrs: addrs}},
-//	}, clusters, nameserver.NewMetrics(prometheus.DefaultRegisterer), logger)
+//	}, clusters, nameserver.NewMetrics(prometheus.DefaultRegisterer), nil, logger)
 //	srv, _ := nameserver.NewServer(nameserver.ServerConfig{Addr: "192.0.2.53:53"}, h, logger)
 //	err := srv.Serve(ctx)
 package nameserver

@@ -100,11 +100,17 @@ func testConfig() Config {
 // ends, and waits until every cluster is synced.
 func startClusters(t testing.TB, path string, cfg ClustersConfig) *Clusters {
 	t.Helper()
+	return startClustersAt(t, path, cfg, nil)
+}
+
+// startClustersAt is startClusters with the clock now.
+func startClustersAt(t testing.TB, path string, cfg ClustersConfig, now func() time.Time) *Clusters {
+	t.Helper()
 	reg, err := cluster.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewClusters(reg, cfg, zaptest.NewLogger(t))
+	c, err := NewClusters(reg, cfg, now, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

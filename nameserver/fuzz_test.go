@@ -32,7 +32,7 @@ func FuzzRespond(f *testing.F) {
 	cfg := testConfig()
 	cfg.QueryLogEvery = 0
 	cfg.RRL = RRLConfig{Rate: 5} // let the limiter run too
-	h, err := NewHandler(cfg, c, nil, zap.NewNop())
+	h, err := NewHandler(cfg, c, nil, nil, zap.NewNop())
 	if err != nil {
 		f.Fatal(err)
 	}

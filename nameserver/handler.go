@@ -36,6 +36,7 @@ type Handler struct {
 	cookies  cookieKey
 	rrl      *limiter
 	metrics  *Metrics
+	now      func() time.Time
 
 	ttl, challengeTTL, soaTTL, negTTL uint32
 
@@ -89,12 +90,16 @@ type scratch struct {
 }
 
 // NewHandler checks cfg and returns a Handler answering from src, counting
-// queries, latency and rate-limited replies in metrics (nil: none). A nil
-// logger means zap.NewNop().
-func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*Handler, error) {
+// queries, latency and rate-limited replies in metrics (nil: none). now is
+// the clock of cookies, rate limits and latencies; nil means time.Now. A
+// nil logger means zap.NewNop().
+func NewHandler(cfg Config, src Source, metrics *Metrics, now func() time.Time, logger *zap.Logger) (*Handler, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if now == nil {
+		now = time.Now
 	}
 	if logger == nil {
 		logger = zap.NewNop()
@@ -110,6 +115,7 @@ func NewHandler(cfg Config, src Source, metrics *Metrics, logger *zap.Logger) (*
 		cookies:      newCookieKey(cfg.CookieSecret),
 		rrl:          newLimiter(cfg.RRL),
 		metrics:      metrics,
+		now:          now,
 		failLogs:     ratelog.New(time.Second),
 		ttl:          seconds(cfg.TTL),
 		challengeTTL: seconds(cfg.ChallengeTTL),
@@ -343,7 +349,7 @@ func addrOf(a net.Addr) netip.Addr {
 // respond answers the query in msg from client, into sc.resp. It returns
 // the reply, or nil when none is to be sent.
 func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client netip.Addr, tcp bool) []byte {
-	now := h.cfg.Now()
+	now := h.now()
 	q := &sc.q
 	if err := parseQuery(msg, q); err != nil {
 		h.metrics.observe(0, -1, 0)
@@ -389,7 +395,7 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 	out := b.finish()
 	sc.resp = out
 
-	d := h.cfg.Now().Sub(now)
+	d := h.now().Sub(now)
 	h.metrics.observe(q.qtype, rcode, d)
 	h.logQuery(sc, client, tcp, rcode, len(out), flags&flagTC != 0, d)
 	return out
@@ -401,7 +407,7 @@ func (h *Handler) limited(sc *scratch, b *builder, a rrlAction, cookie []byte, s
 	q := &sc.q
 	h.metrics.rateLimited(a)
 	if a == rrlDrop {
-		h.metrics.observe(q.qtype, -1, h.cfg.Now().Sub(start))
+		h.metrics.observe(q.qtype, -1, h.now().Sub(start))
 		return nil
 	}
 	if q.qname != nil {
@@ -413,7 +419,7 @@ func (h *Handler) limited(sc *scratch, b *builder, a rrlAction, cookie []byte, s
 	b.flags(q, flagTC, rcodeSuccess)
 	out := b.finish()
 	sc.resp = out
-	h.metrics.observe(q.qtype, rcodeSuccess, h.cfg.Now().Sub(start))
+	h.metrics.observe(q.qtype, rcodeSuccess, h.now().Sub(start))
 	return out
 }
 

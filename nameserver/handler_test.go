@@ -356,7 +356,7 @@ func strs(rrs []dns.RR) []string {
 // sockets.
 func TestAnswers(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func checkReply(t *testing.T, tc dnsCase, req, r *dns.Msg) {
 // dns.Handler is used by miekg/dns's own server.
 func TestServeDNS(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

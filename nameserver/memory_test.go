@@ -26,7 +26,7 @@ import (
 func TestKnownNamesTouchNoStore(t *testing.T) {
 	cfg, count, _ := counting(nil)
 	c := startClusters(t, defaultWorld(t), cfg)
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestKnownNamesTouchNoStore(t *testing.T) {
 func TestChallengesFollowTheStore(t *testing.T) {
 	path := defaultWorld(t)
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,8 +114,8 @@ func TestExpiredChallengesAreNotAnswered(t *testing.T) {
 	now := time.Now()
 	var clock atomic.Int64
 	clock.Store(now.UnixNano())
-	c := startClusters(t, path, ClustersConfig{Now: func() time.Time { return time.Unix(0, clock.Load()) }})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	c := startClustersAt(t, path, ClustersConfig{}, func() time.Time { return time.Unix(0, clock.Load()) })
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestNoReaderWaitsOnAStore(t *testing.T) {
 	}
 	const maxBackground = 8
 	c := startClusters(t, path, ClustersConfig{Open: open, Cache: routecache.Config{LoadTimeout: time.Minute, MaxBackground: maxBackground}})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,7 +66,7 @@ func TestDatabaseOutageIsReported(t *testing.T) {
 	create(t, west, store.Repl{ID: "r2", Owner: "carol", Slug: "app"})
 
 	c := startClusters(t, twoClusterWorld(t, dsns), ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

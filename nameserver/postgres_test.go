@@ -66,7 +66,7 @@ func TestPostgres(t *testing.T) {
 	path := twoClusterWorld(t, dsns)
 	cfg, _, looked := counting(nil)
 	c := startClusters(t, path, cfg)
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestHungDatabase(t *testing.T) {
 	}
 	path := twoClusterWorld(t, dsns)
 	c := startClusters(t, path, ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

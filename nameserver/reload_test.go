@@ -63,7 +63,7 @@ func TestClustersSetRegistry(t *testing.T) {
 		return slices.Clone(closed)
 	}
 	c := startClusters(t, path, cfg)
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestClustersSetRegistry(t *testing.T) {
 // ones in use keep being answered.
 func TestSetStatic(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
-	h, err := NewHandler(testConfig(), c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

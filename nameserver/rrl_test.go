@@ -35,8 +35,7 @@ func TestRateLimit(t *testing.T) {
 	clk := &clock{t: time.Unix(1_800_000_000, 0)}
 	cfg := testConfig()
 	cfg.RRL = RRLConfig{Rate: 10, Slip: 2}
-	cfg.Now = clk.now
-	h, err := NewHandler(cfg, emptySource{}, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(cfg, emptySource{}, nil, clk.now, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,8 +212,7 @@ func TestRateLimitCollision(t *testing.T) {
 			clk := &clock{t: time.Unix(1_800_000_000, 0)}
 			cfg := testConfig()
 			cfg.RRL = RRLConfig{} // the defaults: 200 a second, a burst of 200, slip 2
-			cfg.Now = clk.now
-			h, err := NewHandler(cfg, emptySource{}, nil, zaptest.NewLogger(t))
+			h, err := NewHandler(cfg, emptySource{}, nil, clk.now, zaptest.NewLogger(t))
 			if err != nil {
 				t.Fatal(err)
 			}

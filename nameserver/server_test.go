@@ -20,7 +20,7 @@ func TestOverloadBounded(t *testing.T) {
 	c := startClusters(t, defaultWorld(t), ClustersConfig{})
 	cfg := testConfig()
 	cfg.QueryLogEvery = 0
-	h, err := NewHandler(cfg, c, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(cfg, c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

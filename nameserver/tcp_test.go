@@ -36,7 +36,7 @@ func startTCP(t *testing.T, cfg ServerConfig) *tcpFixture {
 	hcfg := testConfig()
 	hcfg.QueryLogEvery = 0
 	m := NewMetrics(prometheus.NewRegistry())
-	h, err := NewHandler(hcfg, c, m, zaptest.NewLogger(t))
+	h, err := NewHandler(hcfg, c, m, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 // and TCP: replns, which has no keys, answers NOTAUTH with an unsigned
 // BADKEY TSIG, which the client then cannot verify.
 func TestTSIGClient(t *testing.T) {
-	h, err := NewHandler(testConfig(), emptySource{}, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), emptySource{}, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestTSIGClient(t *testing.T) {
 // TestTSIGMalformed: a TSIG cut short anywhere, or whose RDATA is shorter
 // than its fields, or whose names loop, is FORMERR over UDP and TCP.
 func TestTSIGMalformed(t *testing.T) {
-	h, err := NewHandler(testConfig(), emptySource{}, nil, zaptest.NewLogger(t))
+	h, err := NewHandler(testConfig(), emptySource{}, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func tsigSeeds(t testing.TB) []tsigSeed {
 // TestTSIGNoAllocs: reading a TSIG and writing the BADKEY reply allocate
 // nothing.
 func TestTSIGNoAllocs(t *testing.T) {
-	h, err := NewHandler(testConfig(), emptySource{}, nil, nil)
+	h, err := NewHandler(testConfig(), emptySource{}, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,23 +14,6 @@ import (
 	"github.com/replproxy/replproxy/internal/yamlline"
 )
 
-// LoadApex reads the static apex records of the zone from a zone file
-// (LoadZoneFile), without its name servers.
-func LoadApex(path string) (Apex, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Apex{}, fmt.Errorf("zone file: %w", err)
-	}
-	return ParseApex(path, data)
-}
-
-// ParseApex is LoadApex on data read from path (which names the file in
-// errors).
-func ParseApex(path string, data []byte) (Apex, error) {
-	f, err := ParseZoneFile(path, "", data)
-	return f.Apex, err
-}
-
 // ZoneFile is what a zone file holds: the static records at the zone's
 // apex, and optionally its name servers.
 type ZoneFile struct {
@@ -68,13 +51,10 @@ func LoadZoneFile(path, zone string) (ZoneFile, error) {
 }
 
 type zoneFileYAML struct {
-	NS []struct {
-		Name yaml.Node   `yaml:"name"`
-		Glue []yaml.Node `yaml:"glue"`
-	} `yaml:"ns"`
-	A    []yaml.Node `yaml:"a"`
-	AAAA []yaml.Node `yaml:"aaaa"`
-	TXT  []yaml.Node `yaml:"txt"`
+	NS   []zoneFileNS `yaml:"ns"`
+	A    []yaml.Node  `yaml:"a"`
+	AAAA []yaml.Node  `yaml:"aaaa"`
+	TXT  []yaml.Node  `yaml:"txt"`
 	MX   []struct {
 		Preference uint16    `yaml:"preference"`
 		Exchange   yaml.Node `yaml:"exchange"`
@@ -86,9 +66,14 @@ type zoneFileYAML struct {
 	} `yaml:"caa"`
 }
 
+// zoneFileNS is one name server of a zone file, and its glue.
+type zoneFileNS struct {
+	Name yaml.Node   `yaml:"name"`
+	Glue []yaml.Node `yaml:"glue"`
+}
+
 // ParseZoneFile is LoadZoneFile on data read from path (which names the
-// file in errors). An empty zone checks no name servers' place in it
-// (ParseApex).
+// file in errors). An empty zone checks no name servers' place in it.
 func ParseZoneFile(path, zone string, data []byte) (ZoneFile, error) {
 	var f zoneFileYAML
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -105,38 +90,8 @@ func ParseZoneFile(path, zone string, data []byte) (ZoneFile, error) {
 	bad := func(n *yaml.Node, field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s:%d: %s: %s", path, n.Line, field, fmt.Sprintf(format, args...)))
 	}
-	var zf ZoneFile
+	zf := ZoneFile{NameServers: zoneNameServers(f.NS, zone, bad)}
 	a := &zf.Apex
-	seen := make(map[string]bool)
-	for i, ns := range f.NS {
-		field := fmt.Sprintf("ns[%d]", i)
-		n := &ns.Name
-		name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n.Value)), ".")
-		if n.Kind != yaml.ScalarNode || name == "" {
-			bad(n, field, "want a name: {name: ns1.<zone>, glue: [its addresses]}")
-			continue
-		}
-		if seen[name] {
-			bad(n, field, "name server %q is listed twice", name)
-			continue
-		}
-		seen[name] = true
-		server := NameServer{Name: name}
-		for j, g := range ns.Glue {
-			ip, err := netip.ParseAddr(g.Value)
-			if g.Kind != yaml.ScalarNode || err != nil {
-				bad(&g, fmt.Sprintf("%s.glue[%d]", field, j), "%q is not an IP address (quote IPv6 addresses)", g.Value)
-				continue
-			}
-			server.Addrs = append(server.Addrs, ip)
-		}
-		if zone != "" {
-			checkNameServers([]NameServer{server}, zone, func(format string, args ...any) {
-				bad(n, field, format, args...)
-			})
-		}
-		zf.NameServers = append(zf.NameServers, server)
-	}
 	for i, n := range f.A {
 		ip, err := netip.ParseAddr(n.Value)
 		switch {
@@ -192,6 +147,44 @@ func ParseZoneFile(path, zone string, data []byte) (ZoneFile, error) {
 		return ZoneFile{}, err
 	}
 	return zf, nil
+}
+
+// zoneNameServers reads a zone file's ns list, passing each problem to bad.
+// A name server is checked against zone (checkNameServers) unless zone is
+// empty.
+func zoneNameServers(list []zoneFileNS, zone string, bad func(n *yaml.Node, field, format string, args ...any)) []NameServer {
+	var out []NameServer
+	seen := make(map[string]bool)
+	for i, ns := range list {
+		field := fmt.Sprintf("ns[%d]", i)
+		n := &ns.Name
+		name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n.Value)), ".")
+		if n.Kind != yaml.ScalarNode || name == "" {
+			bad(n, field, "want a name: {name: ns1.<zone>, glue: [its addresses]}")
+			continue
+		}
+		if seen[name] {
+			bad(n, field, "name server %q is listed twice", name)
+			continue
+		}
+		seen[name] = true
+		server := NameServer{Name: name}
+		for j, g := range ns.Glue {
+			ip, err := netip.ParseAddr(g.Value)
+			if g.Kind != yaml.ScalarNode || err != nil {
+				bad(&g, fmt.Sprintf("%s.glue[%d]", field, j), "%q is not an IP address (quote IPv6 addresses)", g.Value)
+				continue
+			}
+			server.Addrs = append(server.Addrs, ip)
+		}
+		if zone != "" {
+			checkNameServers([]NameServer{server}, zone, func(format string, args ...any) {
+				bad(n, field, format, args...)
+			})
+		}
+		out = append(out, server)
+	}
+	return out
 }
 
 // lineChecked runs check, passing each problem it finds to fail, and

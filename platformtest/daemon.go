@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/replproxy/replproxy/internal/childproc"
 	"github.com/replproxy/replproxy/internal/replnsd"
 	"github.com/replproxy/replproxy/internal/replproxyd"
 )
@@ -99,14 +100,17 @@ func (d *daemon) start(t TB) {
 		cmd := exec.Command(d.bin, d.args...)
 		cmd.Env = cleanEnv()
 		cmd.Stdout, cmd.Stderr = d.logs, d.logs
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
+		// childproc: killed with the test process (Pdeathsig), from a
+		// thread that lives as long as the child.
+		p, err := childproc.Start(cmd)
+		if err != nil {
 			t.Fatalf("platformtest: start %s: %v", d.name, err)
 		}
 		d.cmd = cmd
 		go func() {
 			defer close(done)
-			d.err = cmd.Wait()
+			<-p.Done()
+			d.err = p.Err()
 		}()
 	}
 	d.done, d.running = done, true

@@ -47,13 +47,21 @@ func (s *Server) adminMux() *http.ServeMux {
 	}
 	admin.HandlePprof(mux)
 	admin.HandleIndexPassed(mux, func(string) (string, *routecache.Index) {
-		if c, ok := s.handler.routes.(interface{ Index() *routecache.Index }); ok {
+		if c, ok := s.handler.routes.(indexedRoutes); ok {
 			return s.handler.cfg.Cluster, c.Index()
 		}
 		return s.handler.cfg.Cluster, nil
 	})
 	return mux
 }
+
+// indexedRoutes is a Routes with a name index, which /debug/index/passed
+// reads: routecache.Cache (nil when made without one, by New).
+type indexedRoutes interface {
+	Index() *routecache.Index
+}
+
+var _ indexedRoutes = (*routecache.Cache)(nil)
 
 // RouteInfo is what GET /debug/route?host=NAME answers, as JSON: where
 // this proxy sends a request for NAME now (from its route cache, as a

@@ -150,6 +150,9 @@ func (c *proxyConn) header() error {
 	return c.err
 }
 
+// The connection limits count a proxyConn's client once it is known.
+var _ lateConn = (*proxyConn)(nil)
+
 // late reports whether the client is known only once the header is read
 // (lateConn).
 func (c *proxyConn) late() bool { return c.trusted }

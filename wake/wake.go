@@ -41,17 +41,20 @@ const (
 	DefaultStartTimeout = 2 * time.Minute
 )
 
-// Config configures a Manager.
+// Config configures a Manager. Store, Name and Start are required; a zero
+// (or negative) duration takes the default named on it.
 type Config struct {
+	// Store is the cluster's store, whose wakes the Manager does.
+	// Required.
 	Store store.Store
 	// Name is who claims: e.g. "manager-1"; unique among the Managers of
-	// one store (1 to store.MaxWakeText bytes).
+	// one store (1 to store.MaxWakeText bytes). Required.
 	Name string
 	// Start starts the repl's container and returns its endpoints
 	// (host:port). Its error's text is the wake's failure reason, which
 	// the proxies may show. ctx ends after StartTimeout or when Run ends;
 	// a Start that does not return by then is abandoned (and the wake
-	// failed, on a timeout).
+	// failed, on a timeout). Required.
 	Start func(ctx context.Context, w store.Wake) (endpoints []string, err error)
 	// ClaimTTL: a claim older than this is taken over by another Manager
 	// (default 1 min). A Manager refreshes its claims every ClaimTTL/3

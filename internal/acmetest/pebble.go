@@ -14,7 +14,6 @@
 package acmetest
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -31,10 +30,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/childproc"
 )
 
 // T is what this file's helpers need of a test: testing.TB is one, and so
@@ -102,7 +102,7 @@ type Pebble struct {
 	// Mgmt is the management listener (https://Mgmt/roots/0).
 	Mgmt string
 
-	proc *process
+	proc *childproc.Process
 	log  string
 }
 
@@ -153,7 +153,7 @@ func StartPebble(t T, cfg PebbleConfig) *Pebble {
 	// of earlier authorizations: every order is validated for real.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	proc, err := startProcess(cmd)
+	proc, err := childproc.Start(cmd)
 	if err != nil {
 		t.Fatalf("start pebble: %v", err)
 	}
@@ -162,14 +162,17 @@ func StartPebble(t T, cfg PebbleConfig) *Pebble {
 	p.CARoots = x509.NewCertPool()
 	p.CARoots.AddCert(ca)
 	t.Cleanup(func() {
-		err := proc.stop(5 * time.Second)
+		var err error
+		if proc.Stop(syscall.SIGTERM, 5*time.Second) {
+			err = fmt.Errorf("%s (pid %d) did not stop within %v: killed it", bin, proc.Pid(), 5*time.Second)
+		}
 		if e, ok := t.(interface{ Errorf(string, ...any) }); ok && err != nil {
 			e.Errorf("pebble: %v", err)
 		} else if err != nil {
 			t.Logf("pebble: %v", err)
 		}
 		if f, ok := t.(interface{ Failed() bool }); ok && f.Failed() {
-			t.Logf("pebble log (%s):\n%s", logFile, Tail(logFile, 40))
+			t.Logf("pebble log (%s):\n%s", logFile, childproc.Tail(logFile, 40))
 		}
 	})
 	p.waitReady(t)
@@ -190,8 +193,8 @@ func (p *Pebble) waitReady(t T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		select {
-		case <-p.proc.done:
-			t.Fatalf("pebble exited: %v\n%s", p.proc.err, Tail(p.log, 40))
+		case <-p.proc.Done():
+			t.Fatalf("pebble exited: %v\n%s", p.proc.Err(), childproc.Tail(p.log, 40))
 		default:
 		}
 		resp, err := c.Get(p.Directory)
@@ -203,7 +206,7 @@ func (p *Pebble) waitReady(t T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pebble's directory %s did not answer within 20s: %v\n%s", p.Directory, err, Tail(p.log, 40))
+			t.Fatalf("pebble's directory %s did not answer within 20s: %v\n%s", p.Directory, err, childproc.Tail(p.log, 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -304,67 +307,4 @@ func writeLeaf(t T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, certFile, key
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		t.Fatalf("%v", err)
 	}
-}
-
-// process is a running child, reaped by its own goroutine.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
-
-// startProcess starts cmd from a goroutine locked to its thread for the
-// child's whole life: Pdeathsig fires when the thread that started the
-// child exits, not the process.
-func startProcess(cmd *exec.Cmd) (*process, error) {
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return p, nil
-}
-
-// stop sends SIGTERM and kills the child if it has not exited within
-// timeout; the child is reaped when stop returns.
-func (p *process) stop(timeout time.Duration) error {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return fmt.Errorf("%s (pid %d) did not stop within %v: killed it", p.cmd.Path, p.cmd.Process.Pid, timeout)
-}
-
-// Tail returns the last n lines of a file.
-func Tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	for i, cut := len(b)-1, 0; i >= 0; i-- {
-		if b[i] == '\n' {
-			if cut++; cut == n {
-				b = b[i+1:]
-				break
-			}
-		}
-	}
-	return string(b)
 }

@@ -34,16 +34,11 @@ func EnvName(prefix, name string) string {
 const EnvRule = "Every flag can also be set in the environment variable shown beside it; the\n" +
 	"command line wins, and a variable set to the empty string counts as not set."
 
-// Parse parses args into fs, after which every flag not given on the
-// command line takes its environment variable, when set and not empty
-// (os.LookupEnv). Positional arguments are refused. The usage message
-// lists the variables. Errors name the flag or the variable.
-func Parse(fs *flag.FlagSet, prefix string, args []string) error {
-	return ParseEnv(fs, prefix, args, os.LookupEnv)
-}
-
-// ParseEnv is Parse with the environment read through lookup (os.LookupEnv,
-// or a map in tests).
+// ParseEnv parses args into fs, after which every flag not given on the
+// command line takes its environment variable, read through lookup
+// (os.LookupEnv, or a map in tests), when set and not empty. Positional
+// arguments are refused. The usage message lists the variables. Errors
+// name the flag or the variable.
 func ParseEnv(fs *flag.FlagSet, prefix string, args []string, lookup func(string) (string, bool)) error {
 	AddEnvUsage(fs, prefix)
 	if err := fs.Parse(args); err != nil {
@@ -58,8 +53,8 @@ func ParseEnv(fs *flag.FlagSet, prefix string, args []string, lookup func(string
 }
 
 // AddEnvUsage appends each flag's variable to its usage: " (env
-// PREFIX_NAME)". Parse calls it; a command that parses in stages calls it
-// once itself.
+// PREFIX_NAME)". ParseEnv calls it; a command that parses in stages calls
+// it once itself.
 func AddEnvUsage(fs *flag.FlagSet, prefix string) {
 	fs.VisitAll(func(f *flag.Flag) {
 		f.Usage += " (env " + EnvName(prefix, f.Name) + ")"
@@ -104,16 +99,10 @@ func want(f *flag.Flag, err error) string {
 	return err.Error()
 }
 
-// NewLogger returns the daemons' logger: JSON lines on stderr at level
-// ("debug", "info", "warn", "error"), the time under "time" in ISO 8601,
-// no sampling.
-func NewLogger(level string) (*zap.Logger, error) {
-	return NewLoggerTo(os.Stderr, level, "json")
-}
-
-// NewLoggerTo returns a logger writing to w at level, in format "json"
-// (as NewLogger) or "console" (the same fields, for people: tab-separated,
-// colourless).
+// NewLoggerTo returns a logger writing to w at level ("debug", "info",
+// "warn", "error"), in format "json" (the daemons': JSON lines, the time
+// under "time" in ISO 8601, no sampling) or "console" (the same fields,
+// for people: tab-separated, colourless).
 func NewLoggerTo(w io.Writer, level, format string) (*zap.Logger, error) {
 	logger, _, err := NewLoggerLevel(w, level, format)
 	return logger, err

@@ -4,63 +4,22 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/replproxy/replproxy/internal/childproc"
 )
 
-// process is a running child, reaped by its own goroutine.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the child is reaped
-	err  error         // from Wait; read after done
-}
-
-// startProcess starts cmd and reaps it in the background.
-//
-// Pdeathsig is delivered when the thread that started the child exits, not
-// the process, so the child is started and waited for from a goroutine locked
-// to its thread for the child's whole life. The goroutine returns still
-// locked, which ends the thread once the child is gone.
-func startProcess(cmd *exec.Cmd) (*process, error) {
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
+// stopPostgres asks postgres for a fast shutdown (SIGINT), which
+// disconnects clients and checkpoints, and kills it if it has not exited
+// within timeout. Either way the child has been reaped when it returns.
+func stopPostgres(p *childproc.Process, timeout time.Duration) error {
+	if p.Stop(syscall.SIGINT, timeout) {
+		return fmt.Errorf("postgres (pid %d) did not shut down within %v: killed it", p.Pid(), timeout)
 	}
-	return p, nil
-}
-
-func (p *process) pid() int { return p.cmd.Process.Pid }
-
-// stop asks postgres for a fast shutdown (SIGINT), which disconnects clients
-// and checkpoints, and kills it if it has not exited within timeout. Either
-// way the child has been reaped when stop returns.
-func (p *process) stop(timeout time.Duration) error {
-	_ = p.cmd.Process.Signal(syscall.SIGINT) // fails only if it has exited already
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-timer.C:
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return fmt.Errorf("postgres (pid %d) did not shut down within %v: killed it", p.pid(), timeout)
+	return nil
 }
 
 // sysProcAttr makes a child run as cred (nil: as we do) and get killed when
@@ -105,25 +64,4 @@ func childEnv() []string {
 		env = append(env, "TZ="+tz)
 	}
 	return env
-}
-
-// tail returns the last n lines of the file at path, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	b = bytes.TrimRight(b, "\n")
-	for i, cut := len(b)-1, 0; i >= 0; i-- {
-		if b[i] == '\n' {
-			if cut++; cut == n {
-				b = b[i+1:]
-				break
-			}
-		}
-	}
-	if len(b) == 0 {
-		return "(empty log)"
-	}
-	return string(b)
 }

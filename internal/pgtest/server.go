@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/replproxy/replproxy/internal/childproc"
 )
 
 const (
@@ -53,8 +55,8 @@ type Server struct {
 	logPath string              // the server's stderr, in root
 	port    int
 
-	mu   sync.Mutex // held while starting or stopping the server
-	proc *process   // nil while stopped
+	mu   sync.Mutex         // held while starting or stopping the server
+	proc *childproc.Process // nil while stopped
 }
 
 // DSN returns the address of the server's default "postgres" database, in
@@ -93,8 +95,8 @@ func (s *Server) Stop(t T) {
 	}
 	p := s.proc
 	s.proc = nil
-	if err := p.stop(stopTimeout); err != nil {
-		t.Fatalf("pgtest: %v\n%s", err, tail(s.logPath, logTailLines))
+	if err := stopPostgres(p, stopTimeout); err != nil {
+		t.Fatalf("pgtest: %v\n%s", err, childproc.Tail(s.logPath, logTailLines))
 	}
 }
 
@@ -174,7 +176,7 @@ func (s *Server) pid() int {
 	if s.proc == nil {
 		return 0
 	}
-	return s.proc.pid()
+	return s.proc.Pid()
 }
 
 // folder returns the folder removed at cleanup; for tests.
@@ -193,6 +195,14 @@ func (s *Server) boot(freePort func() (int, error)) error {
 	if err := s.initdb(); err != nil {
 		return err
 	}
+	return s.launchOnFreePort(freePort)
+}
+
+// launchOnFreePort launches the server on a port from freePort, and on
+// another when that one turns out to be taken (portAttempts in all).
+// s.mu is held.
+func (s *Server) launchOnFreePort(freePort func() (int, error)) error {
+	var err error
 	for range portAttempts {
 		port, perr := freePort()
 		if perr != nil {
@@ -217,13 +227,13 @@ func (s *Server) initdb() error {
 	cmd.SysProcAttr = sysProcAttr(s.cred)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	p, err := startProcess(cmd)
+	p, err := childproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("initdb: %w", err)
 	}
-	<-p.done
-	if p.err != nil {
-		return fmt.Errorf("initdb %s: %w\n%s", s.data, p.err, out.Bytes())
+	<-p.Done()
+	if p.Err() != nil {
+		return fmt.Errorf("initdb %s: %w\n%s", s.data, p.Err(), out.Bytes())
 	}
 	return nil
 }
@@ -258,18 +268,18 @@ func (s *Server) launch() error {
 	cmd.Stdout = logFile // an *os.File goes to the child as is: no copying goroutine
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = sysProcAttr(s.cred)
-	p, err := startProcess(cmd)
+	p, err := childproc.Start(cmd)
 	_ = logFile.Close() // the child has its own descriptor
 	if err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
 
 	if err := s.waitReady(p); err != nil {
-		_ = p.stop(stopTimeout) // and the log is complete
+		_ = stopPostgres(p, stopTimeout) // and the log is complete
 		if bindFailed(s.logPath, logStart) {
 			return fmt.Errorf("postgres on port %d: %w", s.port, errPortInUse)
 		}
-		return fmt.Errorf("postgres on port %d: %w\nserver log (tail):\n%s", s.port, err, tail(s.logPath, logTailLines))
+		return fmt.Errorf("postgres on port %d: %w\nserver log (tail):\n%s", s.port, err, childproc.Tail(s.logPath, logTailLines))
 	}
 	s.proc = p
 	return nil
@@ -280,12 +290,12 @@ var errOtherServer = errors.New("another server answers on this port")
 
 // waitReady waits until the server started as p accepts connections, p exits
 // or startTimeout passes.
-func (s *Server) waitReady(p *process) error {
+func (s *Server) waitReady(p *childproc.Process) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	go func() { // end a connection attempt hanging on whatever else holds the port
 		select {
-		case <-p.done:
+		case <-p.Done():
 			cancel()
 		case <-ctx.Done():
 		}
@@ -303,8 +313,8 @@ func (s *Server) waitReady(p *process) error {
 			continue
 		}
 		select {
-		case <-p.done:
-			return fmt.Errorf("exited before accepting connections (%v)", p.err)
+		case <-p.Done():
+			return fmt.Errorf("exited before accepting connections (%v)", p.Err())
 		default:
 			return fmt.Errorf("not accepting connections after %v: %w", startTimeout, err)
 		}
@@ -362,8 +372,8 @@ func (s *Server) shutdown() (stopErr, removeErr error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.proc != nil {
-		if err := s.proc.stop(stopTimeout); err != nil {
-			stopErr = fmt.Errorf("%w\n%s", err, tail(s.logPath, logTailLines))
+		if err := stopPostgres(s.proc, stopTimeout); err != nil {
+			stopErr = fmt.Errorf("%w\n%s", err, childproc.Tail(s.logPath, logTailLines))
 		}
 		s.proc = nil
 	}

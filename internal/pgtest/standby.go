@@ -3,13 +3,14 @@ package pgtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/replproxy/replproxy/internal/childproc"
 )
 
 // StartStandby starts a hot standby of s: a new server made from a base
@@ -69,24 +70,13 @@ func (s *Server) bootStandby(primary *Server) error {
 	cmd.SysProcAttr = sysProcAttr(s.cred)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	p, err := startProcess(cmd)
+	p, err := childproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("pg_basebackup: %w", err)
 	}
-	<-p.done
-	if p.err != nil {
-		return fmt.Errorf("pg_basebackup: %w\n%s", p.err, out.Bytes())
+	<-p.Done()
+	if p.Err() != nil {
+		return fmt.Errorf("pg_basebackup: %w\n%s", p.Err(), out.Bytes())
 	}
-	for range portAttempts {
-		port, perr := freePort()
-		if perr != nil {
-			return fmt.Errorf("pick a port: %w", perr)
-		}
-		s.port = port
-		s.dsn = fmt.Sprintf("postgres://%s@127.0.0.1:%d/postgres?sslmode=disable", superuser, port)
-		if err = s.launch(); !errors.Is(err, errPortInUse) {
-			return err
-		}
-	}
-	return err
+	return s.launchOnFreePort(freePort)
 }

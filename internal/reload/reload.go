@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 )
 
 // Metrics count reloads: <prefix>_reload_total{result="ok|error"}, and
@@ -61,9 +62,18 @@ func (m *Metrics) Observe(err error, now time.Time) {
 	m.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
 }
 
-// Loop calls reload once for each value from trigger until ctx ends or
-// trigger is closed. A nil trigger never fires: Loop waits for ctx.
-func Loop(ctx context.Context, trigger <-chan struct{}, reload func()) {
+// Loop reloads once for each value from trigger until ctx ends or trigger
+// is closed: it calls apply, counts the result in m, and logs a refused
+// reload (the configuration in use keeps serving). A nil trigger never
+// fires: Loop waits for ctx.
+func Loop(ctx context.Context, trigger <-chan struct{}, apply func() error, m *Metrics, logger *zap.Logger) {
+	reload := func() {
+		err := apply()
+		m.Observe(err, time.Now())
+		if err != nil {
+			logger.Error("reload refused; the configuration in use keeps serving", zap.Error(err))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():

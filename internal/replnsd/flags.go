@@ -51,10 +51,10 @@ Durations are like 60s, 5m, 24h.
 Flags:
 `
 
-// parseFlags reads the command line, then the environment (through
-// getenv; empty means not set) for flags not given. It returns
-// flag.ErrHelp after printing the usage for -h.
-func parseFlags(args []string, getenv func(string) string, out io.Writer) (*options, error) {
+// parseFlags reads the command line, then the environment (through env;
+// empty means not set) for flags not given. It returns flag.ErrHelp after
+// printing the usage for -h.
+func parseFlags(args []string, env Env, out io.Writer) (*options, error) {
 	o := &options{}
 	var raw rawFlags
 	fs := flag.NewFlagSet("replns", flag.ContinueOnError)
@@ -68,8 +68,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*opti
 	o.cacheFlags(fs)
 	o.operationFlags(fs)
 
-	lookup := func(k string) (string, bool) { v := getenv(k); return v, v != "" }
-	if err := cli.ParseEnv(fs, envPrefix, args, lookup); err != nil {
+	if err := cli.ParseEnv(fs, envPrefix, args, env); err != nil {
 		return nil, err
 	}
 	return o, raw.apply(o)

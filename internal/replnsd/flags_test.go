@@ -17,7 +17,7 @@ func TestParseFlags(t *testing.T) {
 		"REPLNS_LISTEN":   "127.0.0.1:5353",
 		"REPLNS_RRL_RATE": "0",
 	}
-	o, err := parseFlags([]string{"-listen", "127.0.0.2:53", "-ttl", "30s"}, func(k string) string { return env[k] }, io.Discard)
+	o, err := parseFlags([]string{"-listen", "127.0.0.2:53", "-ttl", "30s"}, lookup(env), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,14 +54,14 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-idle-timeout", "0"}, nil, "-tcp-idle-timeout 0s: must be more than 0"},
 		{[]string{"-zone", "repl.test", "-registry", "c.yaml", "-ns", "a.b", "-tcp-per-client", "many"}, nil, "-tcp-per-client"},
 	} {
-		_, err := parseFlags(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
+		_, err := parseFlags(tc.args, lookup(tc.env), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q %v: error %v, want %q", tc.args, tc.env, err, tc.want)
 		}
 	}
 	// An empty variable counts as not set; -1 is off like 0.
 	env = map[string]string{"REPLNS_ZONE": "repl.test", "REPLNS_REGISTRY": "c.yaml", "REPLNS_NS": "a.b", "REPLNS_LISTEN": "", "REPLNS_RRL_SLIP": ""}
-	o, err = parseFlags([]string{"-rrl-rate", "-1"}, func(k string) string { return env[k] }, io.Discard)
+	o, err = parseFlags([]string{"-rrl-rate", "-1"}, lookup(env), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,16 +72,27 @@ func TestParseFlags(t *testing.T) {
 		s.TCPMaxLifetime != 2*time.Minute || s.TCPMessageTimeout != 2*time.Second {
 		t.Errorf("TCP settings %d %d %v %v %v: want the defaults", s.MaxTCPConns, s.MaxTCPPerClient, s.TCPIdleTimeout, s.TCPMaxLifetime, s.TCPMessageTimeout)
 	}
-	o, err = parseFlags([]string{"-tcp-per-client", "4", "-tcp-max-lifetime", "30s"}, func(k string) string {
-		return map[string]string{"REPLNS_TCP_MESSAGE_TIMEOUT": "500ms"}[k] + env[k]
-	}, io.Discard)
+	o, err = parseFlags([]string{"-tcp-per-client", "4", "-tcp-max-lifetime", "30s"}, lookup(env, map[string]string{"REPLNS_TCP_MESSAGE_TIMEOUT": "500ms"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s := o.server; s.MaxTCPPerClient != 4 || s.TCPMaxLifetime != 30*time.Second || s.TCPMessageTimeout != 500*time.Millisecond {
 		t.Errorf("TCP settings %d %v %v: want 4 30s 500ms", s.MaxTCPPerClient, s.TCPMaxLifetime, s.TCPMessageTimeout)
 	}
-	if _, err := parseFlags([]string{"-h"}, func(string) string { return "" }, io.Discard); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlags([]string{"-h"}, lookup(nil), io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
+	}
+}
+
+// lookup is an Env of the variables in maps, the later ones winning.
+func lookup(maps ...map[string]string) Env {
+	return func(k string) (string, bool) {
+		v, ok := "", false
+		for _, m := range maps {
+			if mv, in := m[k]; in {
+				v, ok = mv, true
+			}
+		}
+		return v, ok
 	}
 }

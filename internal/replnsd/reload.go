@@ -3,7 +3,6 @@ package replnsd
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -28,14 +27,6 @@ type reloader struct {
 	startLevel               zapcore.Level
 	metrics                  *reload.Metrics
 	logger                   *zap.Logger
-}
-
-func (r *reloader) reload() {
-	err := r.apply()
-	r.metrics.Observe(err, time.Now())
-	if err != nil {
-		r.logger.Error("reload refused; the configuration in use keeps serving", zap.Error(err))
-	}
 }
 
 func (r *reloader) apply() error {

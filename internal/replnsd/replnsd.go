@@ -49,11 +49,7 @@ type Hooks struct {
 
 // MainWith is Main with hooks.
 func MainWith(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Hooks) error {
-	getenv := func(name string) string {
-		v, _ := env(name)
-		return v
-	}
-	o, err := parseFlags(args, getenv, stderr)
+	o, err := parseFlags(args, env, stderr)
 	if err != nil {
 		return err
 	}
@@ -113,14 +109,14 @@ func build(o *options, logger *zap.Logger, level zap.AtomicLevel) (*daemon, erro
 	if len(o.dns.NameServers) == 0 {
 		return nil, errors.New(nsRequired)
 	}
-	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache}, logger)
+	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache}, nil, logger)
 	if err != nil {
 		return nil, err
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	nameserver.RegisterClusters(metrics, clusters)
-	h, err := nameserver.NewHandler(o.dns, clusters, nameserver.NewMetrics(metrics), logger)
+	h, err := nameserver.NewHandler(o.dns, clusters, nameserver.NewMetrics(metrics), nil, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +157,10 @@ func (d *daemon) run(ctx context.Context) error {
 	dataCtx, stopData := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopData()
 	g.Go(func() error { return d.clusters.Run(dataCtx) })
-	g.Go(func() error { reload.Loop(dataCtx, d.reload, d.reloader.reload); return nil })
+	g.Go(func() error {
+		reload.Loop(dataCtx, d.reload, d.reloader.apply, d.reloader.metrics, d.reloader.logger)
+		return nil
+	})
 	serveCtx, stopServing := context.WithCancel(gctx)
 	defer stopServing()
 	g.Go(func() error {

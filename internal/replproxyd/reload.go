@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -29,14 +28,6 @@ type reloader struct {
 	startLevel zapcore.Level // -log-level
 	metrics    *reload.Metrics
 	logger     *zap.Logger
-}
-
-func (r *reloader) reload() {
-	err := r.apply()
-	r.metrics.Observe(err, time.Now())
-	if err != nil {
-		r.logger.Error("reload refused; the configuration in use keeps serving", zap.Error(err))
-	}
 }
 
 func (r *reloader) apply() error {

@@ -169,6 +169,15 @@ Flags:
 	if err := cli.ParseEnv(fs, "REPLPROXY", args, env); err != nil {
 		return nil, err
 	}
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
+
+// check refuses what the flags cannot mean: a required flag left out, and
+// settings that contradict each other. It parses -proxy-protocol-from.
+func (o *options) check() error {
 	var missing []string
 	for name, v := range map[string]string{"zone": o.zone, "cluster": o.cluster, "registry": o.registry, "hop-secret-file": o.hopSecretFile} {
 		if v == "" {
@@ -176,27 +185,27 @@ Flags:
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
+		return fmt.Errorf("missing %s (see replproxy -h)", strings.Join(missing, ", "))
 	}
 	if err := o.checkWake(); err != nil {
-		return nil, err
+		return err
 	}
 	var err error
 	if o.server.ProxyProtocolFrom, err = parsePrefixes("proxy-protocol-from", o.proxyProtocolFrom); err != nil {
-		return nil, err
+		return err
 	}
 	if o.server.ProxyProtocolRequired && len(o.server.ProxyProtocolFrom) == 0 {
-		return nil, errors.New("-proxy-protocol-required needs -proxy-protocol-from: the load balancers that send the header")
+		return errors.New("-proxy-protocol-required needs -proxy-protocol-from: the load balancers that send the header")
 	}
 	switch anyTLS := o.peerFiles != (peertls.Files{}); {
 	case anyTLS && o.forwardPlaintext:
-		return nil, errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
+		return errors.New("-forward-plaintext and -forward-cert/-forward-key/-forward-ca exclude each other: choose one")
 	case !anyTLS && !o.forwardPlaintext:
-		return nil, errors.New("forwarding between clusters needs -forward-cert, -forward-key and -forward-ca (mutual TLS; `make run` shows how to make them), or -forward-plaintext on a private network")
+		return errors.New("forwarding between clusters needs -forward-cert, -forward-key and -forward-ca (mutual TLS; `make run` shows how to make them), or -forward-plaintext on a private network")
 	case anyTLS && o.server.ForwardListen == "":
-		return nil, errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
+		return errors.New("-forward-cert needs -forward-listen: forwarded requests arrive over mutual TLS on a listener of their own (the registry's forward address)")
 	}
-	return &o, nil
+	return nil
 }
 
 // parsePrefixes reads the comma-separated addresses and CIDR ranges of
@@ -320,93 +329,127 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Ho
 		return err
 	}
 	defer st.Close()
-	cache := routecache.NewIndexed(st, o.cache, nil, logger)
-	if o.wake {
-		// A store.Store keeps wakes (store.Wakes); one without them
-		// (before that side exists) runs the proxy without waking.
-		if w, ok := st.(proxy.Waker); ok {
-			o.proxy.Wakes = w
-		} else {
-			logger.Warn("the store keeps no wakes: requests for sleeping repls are answered 503", zap.String("store", dsn.Redact(o.storeAddr)))
-		}
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h, err := proxy.NewHandler(o.proxy, cache, proxy.NewMetrics(reg, o.proxy.Cluster, cache), nil, logger.Named("proxy"))
+	d, err := build(o, st, reg, logger)
 	if err != nil {
 		return err
 	}
-	var certs *ondemand.Manager
-	var onDemand proxy.OnDemand // a nil *ondemand.Manager in it would not be nil
+	if d.sockets, err = handover.New(ctx, o.handoverSocket, logger); err != nil {
+		return err
+	}
+	defer d.sockets.Close()
+	if err := d.listen(reg, level); err != nil {
+		return err
+	}
+	d.reload = hooks.Reload
+	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
+		zap.Strings("hop_keys", d.h.HopKeyIDs()))
+	return d.run(ctx)
+}
+
+// daemon is replproxy built from its flags: build makes its request path,
+// listen its server on the listening sockets, and run runs it.
+type daemon struct {
+	o       *options
+	st      store.Store
+	cache   *routecache.Cache // with its name index
+	h       *proxy.Handler
+	certs   *ondemand.Manager // nil without -tls-on-demand
+	sockets *handover.Sockets
+	srv     *proxy.Server
+	ready   func(context.Context) error // the store answers or routes are cached
+	gate    chan struct{}               // closed once this process serves in its predecessor's place
+	rl      *reloader
+	reload  <-chan struct{} // Hooks.Reload
+	logger  *zap.Logger
+}
+
+// build makes the route cache over st, the handler and, with
+// -tls-on-demand, the certificate manager, their metrics in reg.
+func build(o *options, st store.Store, reg *prometheus.Registry, logger *zap.Logger) (*daemon, error) {
+	d := &daemon{o: o, st: st, cache: routecache.NewIndexed(st, o.cache, nil, logger), logger: logger}
+	if o.wake {
+		o.proxy.Wakes = st // both backends keep wakes (store.Wakes)
+	}
+	var err error
+	if d.h, err = proxy.NewHandler(o.proxy, d.cache, proxy.NewMetrics(reg, o.proxy.Cluster, d.cache), nil, logger.Named("proxy")); err != nil {
+		return nil, err
+	}
 	if o.tlsOnDemand {
 		cs, ok := st.(ondemand.Store)
 		if !ok {
-			return fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
+			return nil, fmt.Errorf("store %s keeps no certificates", dsn.Redact(o.storeAddr))
 		}
-		if certs, err = ondemand.New(o.certs, cs, cache, ondemand.NewMetrics(reg), nil, logger); err != nil {
-			return err
+		if d.certs, err = ondemand.New(o.certs, cs, d.cache, ondemand.NewMetrics(reg), nil, logger); err != nil {
+			return nil, err
 		}
-		onDemand = certs
 	}
-	ready := proxy.Ready(st, cache)
-	sockets, err := handover.New(ctx, o.handoverSocket, logger)
-	if err != nil {
-		return err
-	}
-	defer sockets.Close()
-	o.server.Binder = sockets
-	// With a predecessor, /readyz says not ready until this process
-	// serves in its place.
-	gate := make(chan struct{})
+	d.ready = proxy.Ready(st, d.cache)
+	return d, nil
+}
+
+// listen makes the server and binds its listeners (taking over those of a
+// predecessor: d.sockets). With a predecessor, /readyz says not ready and
+// nothing is accepted until this process serves in its place (d.gate).
+func (d *daemon) listen(reg *prometheus.Registry, level zap.AtomicLevel) error {
+	d.gate = make(chan struct{})
 	serving := func(ctx context.Context) error {
 		select {
-		case <-gate:
-			return ready(ctx)
+		case <-d.gate:
+			return d.ready(ctx)
 		default:
-			return fmt.Errorf("taking over from replproxy %d: not serving yet", sockets.Predecessor())
+			return fmt.Errorf("taking over from replproxy %d: not serving yet", d.sockets.Predecessor())
 		}
 	}
-	srv, err := proxy.NewServer(o.server, h, onDemand, serving, reg, logger)
-	if err != nil {
+	var onDemand proxy.OnDemand // a nil *ondemand.Manager in it would not be nil
+	if d.certs != nil {
+		onDemand = d.certs
+	}
+	d.o.server.Binder = d.sockets
+	var err error
+	if d.srv, err = proxy.NewServer(d.o.server, d.h, onDemand, serving, reg, d.logger); err != nil {
 		return err
 	}
-	reg.MustRegister(srv.Collector())
-	if err := srv.Listen(); err != nil {
+	reg.MustRegister(d.srv.Collector())
+	if err := d.srv.Listen(); err != nil {
 		return err
 	}
-	if sockets.Predecessor() != 0 {
-		srv.AcceptAfter(gate)
+	if d.sockets.Predecessor() != 0 {
+		d.srv.AcceptAfter(d.gate)
 	}
-	rl := &reloader{o: o, h: h, cert: srv.CertFile(), level: level, startLevel: level.Level(),
-		metrics: reload.NewMetrics(reg, "replproxy", time.Now()), logger: logger.Named("reload")}
-	logger.Info("replproxy started", zap.String("zone", o.zone), zap.String("cluster", o.cluster), zap.String("store", dsn.Redact(o.storeAddr)),
-		zap.Strings("hop_keys", h.HopKeyIDs()))
+	d.rl = &reloader{o: d.o, h: d.h, cert: d.srv.CertFile(), level: level, startLevel: level.Level(),
+		metrics: reload.NewMetrics(reg, "replproxy", time.Now()), logger: d.logger.Named("reload")}
+	return nil
+}
 
-	// The route cache and the certificates keep working while the server
-	// drains, and stop once it has; both return only then (the cache with
-	// its context's error, which is no failure).
+// run serves until ctx is done or a part fails. The route cache and the
+// certificates keep working while the server drains, and stop once it
+// has; both return only then (the cache with its context's error, which
+// is no failure).
+func (d *daemon) run(ctx context.Context) error {
+	o, logger := d.o, d.logger
 	background, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	g, gctx := errgroup.WithContext(ctx)
 	serveCtx, stopServing := context.WithCancel(gctx)
 	defer stopServing()
-	g.Go(func() error { defer stopBackground(); return srv.Serve(serveCtx) })
-	g.Go(func() error { return takeOver(serveCtx, stopServing, sockets, gate, ready, cache, logger) })
-	g.Go(func() error { _ = cache.Run(background); return nil })
-	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, h, logger); return nil })
-	g.Go(func() error { reload.Loop(background, hooks.Reload, rl.reload); return nil })
-	if rl.cert != nil {
-		g.Go(func() error { rl.cert.Watch(background, time.Second, logger.Named("tls")); return nil })
+	g.Go(func() error { defer stopBackground(); return d.srv.Serve(serveCtx) })
+	g.Go(func() error { return takeOver(serveCtx, stopServing, d.sockets, d.gate, d.ready, d.cache, logger) })
+	g.Go(func() error { _ = d.cache.Run(background); return nil })
+	g.Go(func() error { proxy.WatchHopSecret(background, o.hopSecretFile, time.Second, d.h, logger); return nil })
+	g.Go(func() error { reload.Loop(background, d.reload, d.rl.apply, d.rl.metrics, d.rl.logger); return nil })
+	if d.rl.cert != nil {
+		g.Go(func() error { d.rl.cert.Watch(background, time.Second, logger.Named("tls")); return nil })
 	}
 	if o.proxy.Peers != nil {
 		g.Go(func() error { o.proxy.Peers.Watch(background, time.Second, logger.Named("peertls")); return nil })
 	} else {
 		logger.Warn("forwarding between clusters in PLAINTEXT (-forward-plaintext): every forwarded request, cookies and credentials included, crosses the network between clusters readable and alterable; use it only on a private network")
 	}
-	if certs != nil {
-		g.Go(func() error { return certs.Run(background) })
+	if d.certs != nil {
+		g.Go(func() error { return d.certs.Run(background) })
 	}
-	if p, ok := st.(*postgres.Store); ok && o.feedRetention > 0 {
+	if p, ok := d.st.(*postgres.Store); ok && o.feedRetention > 0 {
 		g.Go(func() error { _ = p.RunPruner(background, o.feedRetention, pruneInterval(o.feedRetention)); return nil })
 	}
 	return g.Wait()

@@ -27,6 +27,10 @@ import (
 // The YAML file's watcher does not look into the folder: certificate
 // writes send no change notifications (neither backend sends any).
 
+// The certificate storage that store.CertsOf (replctl certs) and
+// replproxy's TLS on demand find by a type assertion.
+var _ store.Certs = (*Store)(nil)
+
 func (s *Store) certDir() string { return s.path + ".certs" }
 
 func (s *Store) leaseDir() string { return filepath.Join(s.certDir(), ".leases") }

@@ -14,6 +14,10 @@ import (
 // cert_leases (002). Lease expiry is reckoned by the database's clock, so
 // that proxies whose clocks disagree still agree on who holds a lease.
 
+// The certificate storage that store.CertsOf (replctl certs) and
+// replproxy's TLS on demand find by a type assertion.
+var _ store.Certs = (*Store)(nil)
+
 // GetCert implements Certs.
 func (p *Store) GetCert(ctx context.Context, name string) ([]byte, error) {
 	if err := store.CheckCertName(name); err != nil {

@@ -118,102 +118,127 @@ func (p *Store) Follow(ctx context.Context, from store.Position, fn func(store.B
 	defer wg.Wait()
 	defer cancel()
 
-	poll := p.feedPoll
-	if poll <= 0 {
-		poll = DefaultFeedPoll
+	f := &follower{p: p, fn: fn, poll: p.feedPoll, pos: from, retry: watchMinBackoff, held: heldMin}
+	if f.poll <= 0 {
+		f.poll = DefaultFeedPoll
 	}
-	var (
-		pos        = from
-		lost       bool // EventLost sent, EventResume not yet
-		listenGone bool // the LISTEN connection is down
-		listening  bool // the LISTEN connection is up: commits wake the reader
-		lastRead   time.Time
-		retry      = watchMinBackoff
-		held       = heldMin
-	)
 	for {
-		lastRead = time.Now()
+		f.lastRead = time.Now()
 		rctx, cancelRead := context.WithTimeout(ctx, watchConnectTimeout)
-		r, err := p.readChanges(rctx, pos, feedBatch)
+		r, err := p.readChanges(rctx, f.pos, feedBatch)
 		cancelRead()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if !lost {
-				lost = true
+			if !f.lost {
 				p.logger.Warn("change log unreadable; retrying", zap.String("database", p.dsn), zap.Error(err))
-				fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: pos})
+				f.lose()
 			}
-			if !backoff.Sleep(ctx, backoff.Jitter(retry)) {
+			if !backoff.Sleep(ctx, backoff.Jitter(f.retry)) {
 				return ctx.Err()
 			}
-			retry = min(2*retry, watchMaxBackoff)
+			f.retry = min(2*f.retry, watchMaxBackoff)
 			continue
 		}
-		retry = watchMinBackoff
-		var events []store.Event
-		switch {
-		case r.resync:
-			if !pos.IsZero() {
-				p.logger.Warn("change log pruned past this consumer's position: rebuilding from a full read",
-					zap.String("database", p.dsn), zap.Stringer("position", pos), zap.Stringer("pruned_to", r.pruned))
-			}
-			events = []store.Event{{Kind: store.EventResync}}
-			lost = false
-		case lost && !listenGone:
-			p.logger.Info("change log readable again: resuming", zap.String("database", p.dsn), zap.Stringer("position", pos))
-			events = append([]store.Event{{Kind: store.EventResume}}, r.events...)
-			lost = false
-		default:
-			events = r.events
-		}
-		pos = r.next
-		if len(events) > 0 {
-			fn(store.Batch{Events: events, Next: pos})
-		}
+		f.retry = watchMinBackoff
+		f.deliver(r)
 		if r.full {
 			continue
 		}
-		wait := poll
-		if listening {
-			wait = max(poll, listeningPoll)
+		if err := f.wait(ctx, r.held, wake, states); err != nil {
+			return err
 		}
-		if r.held {
-			wait, held = min(held, poll), min(2*held, poll)
-		} else {
-			held = heldMin
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-wake:
-			// Coalesce: wait out the gap since the last read.
-			if gap := readGap - time.Since(lastRead); gap > 0 {
-				if !backoff.Sleep(ctx, gap) {
-					t.Stop()
-					return ctx.Err()
-				}
-			}
-		case s := <-states:
-			switch s {
-			case listenDown:
-				listenGone, listening = true, false
-				if !lost {
-					lost = true
-					fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: pos})
-				}
-			case listenUp:
-				listenGone, listening = false, true
-			case listenStandby:
-				listenGone, listening = false, false
-			}
-		case <-t.C:
-		}
-		t.Stop()
 	}
+}
+
+// follower is one Follow's state between its reads of the log.
+type follower struct {
+	p          *Store
+	fn         func(store.Batch)
+	poll       time.Duration  // SetFeedPoll's
+	pos        store.Position // where the next read starts
+	lost       bool           // EventLost sent, EventResume not yet
+	listenGone bool           // the LISTEN connection is down
+	listening  bool           // the LISTEN connection is up: commits wake the reader
+	lastRead   time.Time
+	retry      time.Duration // the wait after a failed read
+	held       time.Duration // the wait while open transactions hold changes back
+}
+
+// lose sends EventLost, once until the feed resumes or resyncs.
+func (f *follower) lose() {
+	if !f.lost {
+		f.lost = true
+		f.fn(store.Batch{Events: []store.Event{{Kind: store.EventLost}}, Next: f.pos})
+	}
+}
+
+// deliver hands fn what a read found, after EventResync when the log was
+// pruned past the position (or there was none) and EventResume when it
+// is readable again after EventLost, with its LISTEN connection up.
+func (f *follower) deliver(r changesRead) {
+	var events []store.Event
+	switch {
+	case r.resync:
+		if !f.pos.IsZero() {
+			f.p.logger.Warn("change log pruned past this consumer's position: rebuilding from a full read",
+				zap.String("database", f.p.dsn), zap.Stringer("position", f.pos), zap.Stringer("pruned_to", r.pruned))
+		}
+		events = []store.Event{{Kind: store.EventResync}}
+		f.lost = false
+	case f.lost && !f.listenGone:
+		f.p.logger.Info("change log readable again: resuming", zap.String("database", f.p.dsn), zap.Stringer("position", f.pos))
+		events = append([]store.Event{{Kind: store.EventResume}}, r.events...)
+		f.lost = false
+	default:
+		events = r.events
+	}
+	f.pos = r.next
+	if len(events) > 0 {
+		f.fn(store.Batch{Events: events, Next: f.pos})
+	}
+}
+
+// wait waits until the log should be read again: a wake-up (no sooner
+// than readGap after the last read), a change of the LISTEN connection's
+// state, or the poll (soon while held: open transactions hold changes
+// back). It returns ctx's error once ctx is done.
+func (f *follower) wait(ctx context.Context, held bool, wake <-chan struct{}, states <-chan listenState) error {
+	wait := f.poll
+	if f.listening {
+		wait = max(f.poll, listeningPoll)
+	}
+	if held {
+		wait, f.held = min(f.held, f.poll), min(2*f.held, f.poll)
+	} else {
+		f.held = heldMin
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-wake:
+		// Coalesce: wait out the gap since the last read.
+		if gap := readGap - time.Since(f.lastRead); gap > 0 {
+			if !backoff.Sleep(ctx, gap) {
+				return ctx.Err()
+			}
+		}
+	case s := <-states:
+		switch s {
+		case listenDown:
+			f.listenGone, f.listening = true, false
+			f.lose()
+		case listenUp:
+			f.listenGone, f.listening = false, true
+		case listenStandby:
+			f.listenGone, f.listening = false, false
+		}
+	case <-t.C:
+	}
+	return nil
 }
 
 // listenLoop keeps a LISTEN connection on feedChannel, reconnecting with

@@ -228,6 +228,32 @@ var contractCases = []contractCase{
 		wantErr(t, "retire to a bad cluster name", err, store.ErrInvalid)
 		wantStats(t, ctx, s, store.Stats{Repls: 1})
 	}},
+	{"a name several rows carry goes to the row store.Prefer picks", func(t *testing.T, ctx context.Context, s store.Store) {
+		name := store.ReplKey("alice", "blog")
+		tomb := func(id, cluster string, gen int64) store.Route {
+			return store.Route{Kind: store.RouteTombstone, ReplID: id, Owner: "alice", Slug: "blog", Cluster: cluster, Generation: gen}
+		}
+		mustCreate(t, ctx, s, "r2", "alice", "blog")
+		if _, err := s.Retire(ctx, "r2", "west", 2); err != nil {
+			t.Fatal(err)
+		}
+		// A new repl given the name: the live row wins over a tombstone of
+		// a higher generation.
+		r1 := mustCreate(t, ctx, s, "r1", "alice", "blog")
+		wantRoute(t, ctx, s, name, store.Route{Kind: store.RouteLocal, ReplID: "r1", Owner: "alice", Slug: "blog", Endpoints: r1.Endpoints, Generation: 1})
+		// Two tombstones of one generation: the smaller repl id.
+		if _, err := s.Retire(ctx, "r1", "west", 2); err != nil {
+			t.Fatal(err)
+		}
+		wantRoute(t, ctx, s, name, tomb("r1", "west", 2))
+		// Then the higher generation.
+		if err := s.Repoint(ctx, "r2", "north", 3); err != nil {
+			t.Fatal(err)
+		}
+		wantRoute(t, ctx, s, name, tomb("r2", "north", 3))
+		wantRoute(t, ctx, s, store.ReplIDKey("r1"), tomb("r1", "west", 2))
+		wantStats(t, ctx, s, store.Stats{Tombstones: 2})
+	}},
 	{"activate with domains", func(t *testing.T, ctx context.Context, s store.Store) {
 		at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 		doms := []store.Domain{{Name: "a.example.com", Token: "tok-a", VerifiedAt: at}, {Name: "b.example.com", Token: "tok-b"}}
