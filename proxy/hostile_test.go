@@ -490,13 +490,14 @@ func upgrade(t *testing.T, pc *testCluster) net.Conn {
 // TestContainerRestartsUnderLoad: a container restarted 20 times (each a
 // graceful stop, then a new process on the same port) under a steady load
 // of GET and POST requests costs no GET, and at most eight of about 210
-// POSTs (seen in 40 runs under -race: 0 to 3). A POST never takes an idle
-// connection, so it cannot meet one the container is closing, but a
-// net/http server that is shutting down still accepts a new connection
-// and closes it unanswered after reading the request (server.go: "if
-// c.server.shuttingDown() { return }"), and then sending it again would
-// not be safe (RFC 9110 §9.2.2). A GET meeting the same is sent again, on
-// one more fresh connection if need be.
+// POSTs (seen under -race: 0 to 3, POSTs on pooled connections as on
+// fresh ones). A net/http server that is shutting down reads a request
+// that reaches it and closes the connection unanswered (server.go: "if
+// c.server.shuttingDown() { return }"), on an idle connection it has not
+// closed yet or on one just accepted, and then sending it again would not
+// be safe (RFC 9110 §9.2.2): nothing tells that from a server that acted
+// on it. A GET meeting the same is sent again, on one more fresh
+// connection if need be.
 func TestContainerRestartsUnderLoad(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
