@@ -309,6 +309,43 @@ func TestHostileForgedProxyHeaders(t *testing.T) {
 	}
 }
 
+// TestHostileForgedProxyTrailers: what a container may not say in its
+// headers it may not say in its trailers either, announced (Trailer:) or
+// not; other trailers pass.
+func TestHostileForgedProxyTrailers(t *testing.T) {
+	c := newRawContainer(t, func(_ int64, req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nTrailer: Replproxy-Loop, X-Request-Id, X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"2\r\nok\r\n0\r\nReplproxy-Loop: loop2;k;east;x\r\nX-Request-Id: chosen-by-container\r\nX-Checksum: 42\r\n"+
+			"Replproxy-Hop: v2;k;east;0;0;x\r\n\r\n")
+		return false
+	})
+	pc := hostileCluster(t, c, clusterOpts{})
+	req, _ := http.NewRequest(http.MethodGet, pc.URL("/"), nil)
+	req.Host = evilHost
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	for k := range resp.Trailer {
+		if k != "X-Checksum" {
+			t.Errorf("the proxy announced the container's trailer %s", k)
+		}
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "ok" {
+		t.Fatalf("body %q, %v", body, err)
+	}
+	for k, v := range resp.Trailer {
+		if strings.HasPrefix(strings.ToLower(k), "replproxy-") || k == "X-Request-Id" {
+			t.Errorf("the client got the container's trailer %s: %q", k, v)
+		}
+	}
+	if got := resp.Trailer.Get("X-Checksum"); got != "42" {
+		t.Errorf("trailer X-Checksum %q, want the container's 42", got)
+	}
+}
+
 // routed reports whether the access log has a request with this route.
 func routed(c *testCluster, route string) bool {
 	for _, l := range c.Logs.FilterMessage("request").All() {
