@@ -562,6 +562,43 @@ func TestUpstreamReusesConnectionsForPOST(t *testing.T) {
 	}
 }
 
+// TestUpstreamLargeBodyIdleCap: the large-body path's idle connections
+// are bounded across all containers as the lean path's are
+// (Config.MaxIdleConns): the least recently used one is closed.
+func TestUpstreamLargeBodyIdleCap(t *testing.T) {
+	var urls []string
+	var counts []*atomic.Int64
+	for range 3 {
+		srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+		})
+		urls, counts = append(urls, srv.URL), append(counts, conns)
+	}
+	u := newUpstream(&Config{DialTimeout: time.Second, ResponseHeaderTimeout: time.Second, IdleConnTimeout: time.Minute,
+		MaxIdleConnsPerHost: 4, MaxIdleConns: 2}, nil)
+	defer u.CloseIdleConnections()
+	post := func(url string) {
+		req, _ := http.NewRequest("POST", url+"/", strings.NewReader(strings.Repeat("p", leanBody+1)))
+		resp, err := u.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for _, url := range urls {
+		post(url) // the third evicts the first's connection
+	}
+	for i := len(urls) - 1; i >= 0; i-- {
+		post(urls[i])
+	}
+	for i, want := range []int64{2, 1, 1} {
+		if got := counts[i].Load(); got != want {
+			t.Errorf("container %d: %d connections, want %d (idle connections capped at 2 in all)", i, got, want)
+		}
+	}
+}
+
 // BenchmarkUpstreamRoundTrip is one request with a 1 KiB body through the
 // lean path to a loopback net/http server: PUT (replayable) and POST (not).
 func BenchmarkUpstreamRoundTrip(b *testing.B) {
