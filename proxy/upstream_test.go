@@ -320,6 +320,43 @@ func TestUpstreamRestartedServer(t *testing.T) {
 	}
 }
 
+// TestUpstreamStaleDropsAddress: one exchange that finds its pooled
+// connection closed by the server drops every idle connection to that
+// address (they are likely dead too), not only the one it met. The
+// liveness check would catch connections whose FIN has arrived; it is
+// bypassed here, as for a server that closes them while they are handed out.
+func TestUpstreamStaleDropsAddress(t *testing.T) {
+	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok")
+	})
+	addr := testbedHost(srv.URL)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	u := testUpstream(time.Second)
+	defer u.CloseIdleConnections()
+	for range 3 {
+		client, server := tcpPair(t, ln)
+		server.Close() // the peer is gone
+		dead := pooled(client, addr)
+		dead.raw = nil // the check passes it
+		u.pool.put(dead)
+	}
+	before := conns.Load()
+	resp, body, err := roundTrip(t, u, context.Background(), "GET", srv.URL+"/")
+	if err != nil || resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("GET after meeting a dead pooled connection: %v %q", err, body)
+	}
+	if n := conns.Load() - before; n != 1 {
+		t.Fatalf("%d new connections, want 1 (the retry's)", n)
+	}
+	if n, _ := u.pool.idle(); n != 1 {
+		t.Fatalf("%d idle connections, want 1, the retry's (the dead ones dropped)", n)
+	}
+}
+
 // TestUpstreamShuttingDownServer: a server that is stopping may read a
 // request on a new connection and close it unanswered (net/http's server
 // does, for a request read after Shutdown began). A GET is sent again on
