@@ -26,3 +26,15 @@ func SignHopGen(secrets []byte, now time.Time, gen int64, source, method, target
 	s.keys.Store(keys)
 	return s.sign(hopFields{Source: source, Gen: gen, Method: method, Target: target, Host: host, For: xff, Proto: proto, FHost: fhost, RequestID: id})
 }
+
+// SignLoop signs a loop signal (LoopHeader) naming cluster for the
+// request with id requestID, as a peer proxy with secrets would.
+func SignLoop(secrets []byte, cluster, requestID string) string {
+	keys, err := ParseHopKeys(secrets)
+	if err != nil {
+		panic(err)
+	}
+	s := &hopSigner{now: time.Now}
+	s.keys.Store(keys)
+	return s.signLoop(cluster, requestID)
+}

@@ -346,6 +346,75 @@ func TestHostileForgedProxyTrailers(t *testing.T) {
 	}
 }
 
+// TestLoopSignalMustBeSigned: a peer proxy's 508 is taken for a loop
+// pointing back here (staleForward) only when its loop signal is signed
+// with the hop secret for that very request. Whatever answers on a peer's
+// forward address and says so otherwise (unsigned, signed for another
+// request, with another secret, or a mark of another kind) is passed on
+// as its own 508: this proxy does not ask its store again, log a loop or
+// count one.
+func TestLoopSignalMustBeSigned(t *testing.T) {
+	otherSecret := []byte("another-secret-another-secret-another")
+	for _, tc := range []struct {
+		name   string
+		signal func(requestID string) string
+		loop   bool
+	}{
+		{"unsigned", func(string) string { return "east" }, false},
+		{"the old unsigned form", func(string) string { return "loop2;k;east;" }, false},
+		{"signed for another request", func(string) string { return proxy.SignLoop(testSecret, "east", "another-request") }, false},
+		{"signed with another secret", func(id string) string { return proxy.SignLoop(otherSecret, "east", id) }, false},
+		{"its cluster changed", func(id string) string {
+			return strings.Replace(proxy.SignLoop(testSecret, "south", id), ";south;", ";east;", 1)
+		}, false},
+		{"a hop mark", func(id string) string {
+			return proxy.SignHop(testSecret, time.Now(), "west", "GET", "/", evilHost, "", "", "", id)
+		}, false},
+		{"signed for the request", func(id string) string { return proxy.SignLoop(testSecret, "east", id) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A fake west proxy: every forwarded request gets a 508
+			// with the loop signal under test.
+			peer := newRawContainer(t, func(_ int64, req *http.Request, conn net.Conn) bool {
+				body := "the peer's own 508"
+				_, _ = fmt.Fprintf(conn, "HTTP/1.1 508 Loop Detected\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
+					proxy.LoopHeader, tc.signal(req.Header.Get("X-Request-Id")), len(body), body)
+				return false
+			})
+			st, path := embeddedStore(t)
+			addr := freeAddr(t)
+			reg := testbed.Registry(t, map[string][2]string{"east": {addr, path}, "west": {peer.addr(), path + ".west"}})
+			east := startCluster(t, "east", addr, st, reg, clusterOpts{})
+			testbed.CreateRepl(t, east.Store, "r666", "mallory", "evil", "127.0.0.1:1")
+			if _, err := east.Store.Retire(context.Background(), "r666", "west", 2); err != nil {
+				t.Fatal(err)
+			}
+			resp, body, err := send(t, east, http.MethodGet, "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusLoopDetected {
+				t.Fatalf("status %d %q, want 508", resp.StatusCode, body)
+			}
+			if peer.reqs.Load() != 1 {
+				t.Fatalf("the peer got %d requests, want 1", peer.reqs.Load())
+			}
+			logged := len(east.Logs.FilterMessageSnippet("forwarding loop").All()) != 0
+			if !tc.loop {
+				if body != "the peer's own 508" || logged || routed(east, "loop") {
+					t.Fatalf("taken for a loop signal (body %q, loop logged %v, counted %v); want the peer's 508 passed on", body, logged, routed(east, "loop"))
+				}
+				return
+			}
+			// Signed: this proxy asks its store, which agrees with its
+			// tombstone: a real loop, answered, logged and counted here.
+			if body == "the peer's own 508" || !logged || !routed(east, "loop") {
+				t.Fatalf("a signed loop signal was not acted on (body %q, loop logged %v, counted %v)", body, logged, routed(east, "loop"))
+			}
+		})
+	}
+}
+
 // routed reports whether the access log has a request with this route.
 func routed(c *testCluster, route string) bool {
 	for _, l := range c.Logs.FilterMessage("request").All() {
