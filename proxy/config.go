@@ -48,7 +48,9 @@ type Config struct {
 	MaxIdleConnsPerHost int
 	// MaxIdleConns bounds the idle upstream connections kept across all
 	// containers and peer proxies; beyond it the least recently used is
-	// closed. Zero means 4096.
+	// closed. Each pool has the bound: the lean path's, the large-body
+	// path's (http.Transport), and each of the peer transports'. Zero
+	// means 4096.
 	MaxIdleConns int
 	// UpgradeIdleTimeout closes an upgraded (WebSocket) connection when
 	// nothing has passed either way for that long. Zero means 1 h.

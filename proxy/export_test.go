@@ -30,3 +30,15 @@ func SignHopGen(secrets []byte, now time.Time, gen int64, source, method, target
 // WithConnSlot gives ctx the slot of a client connection c, as the
 // server's ConnContext does.
 var WithConnSlot = withConnSlot
+
+// SignLoop signs a loop signal (LoopHeader) naming cluster for the
+// request with id requestID, as a peer proxy with secrets would.
+func SignLoop(secrets []byte, cluster, requestID string) string {
+	keys, err := ParseHopKeys(secrets)
+	if err != nil {
+		panic(err)
+	}
+	s := &hopSigner{now: time.Now}
+	s.keys.Store(keys)
+	return s.signLoop(cluster, requestID)
+}

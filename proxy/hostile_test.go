@@ -309,6 +309,112 @@ func TestHostileForgedProxyHeaders(t *testing.T) {
 	}
 }
 
+// TestHostileForgedProxyTrailers: what a container may not say in its
+// headers it may not say in its trailers either, announced (Trailer:) or
+// not; other trailers pass.
+func TestHostileForgedProxyTrailers(t *testing.T) {
+	c := newRawContainer(t, func(_ int64, req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nTrailer: Replproxy-Loop, X-Request-Id, X-Checksum\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"2\r\nok\r\n0\r\nReplproxy-Loop: loop2;k;east;x\r\nX-Request-Id: chosen-by-container\r\nX-Checksum: 42\r\n"+
+			"Replproxy-Hop: v2;k;east;0;0;x\r\n\r\n")
+		return false
+	})
+	pc := hostileCluster(t, c, clusterOpts{})
+	req, _ := http.NewRequest(http.MethodGet, pc.URL("/"), nil)
+	req.Host = evilHost
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	for k := range resp.Trailer {
+		if k != "X-Checksum" {
+			t.Errorf("the proxy announced the container's trailer %s", k)
+		}
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "ok" {
+		t.Fatalf("body %q, %v", body, err)
+	}
+	for k, v := range resp.Trailer {
+		if strings.HasPrefix(strings.ToLower(k), "replproxy-") || k == "X-Request-Id" {
+			t.Errorf("the client got the container's trailer %s: %q", k, v)
+		}
+	}
+	if got := resp.Trailer.Get("X-Checksum"); got != "42" {
+		t.Errorf("trailer X-Checksum %q, want the container's 42", got)
+	}
+}
+
+// TestLoopSignalMustBeSigned: a peer proxy's 508 is taken for a loop
+// pointing back here (staleForward) only when its loop signal is signed
+// with the hop secret for that very request. Whatever answers on a peer's
+// forward address and says so otherwise (unsigned, signed for another
+// request, with another secret, or a mark of another kind) is passed on
+// as its own 508: this proxy does not ask its store again, log a loop or
+// count one.
+func TestLoopSignalMustBeSigned(t *testing.T) {
+	otherSecret := []byte("another-secret-another-secret-another")
+	for _, tc := range []struct {
+		name   string
+		signal func(requestID string) string
+		loop   bool
+	}{
+		{"unsigned", func(string) string { return "east" }, false},
+		{"the old unsigned form", func(string) string { return "loop2;k;east;" }, false},
+		{"signed for another request", func(string) string { return proxy.SignLoop(testSecret, "east", "another-request") }, false},
+		{"signed with another secret", func(id string) string { return proxy.SignLoop(otherSecret, "east", id) }, false},
+		{"its cluster changed", func(id string) string {
+			return strings.Replace(proxy.SignLoop(testSecret, "south", id), ";south;", ";east;", 1)
+		}, false},
+		{"a hop mark", func(id string) string {
+			return proxy.SignHop(testSecret, time.Now(), "west", "GET", "/", evilHost, "", "", "", id)
+		}, false},
+		{"signed for the request", func(id string) string { return proxy.SignLoop(testSecret, "east", id) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A fake west proxy: every forwarded request gets a 508
+			// with the loop signal under test.
+			peer := newRawContainer(t, func(_ int64, req *http.Request, conn net.Conn) bool {
+				body := "the peer's own 508"
+				_, _ = fmt.Fprintf(conn, "HTTP/1.1 508 Loop Detected\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
+					proxy.LoopHeader, tc.signal(req.Header.Get("X-Request-Id")), len(body), body)
+				return false
+			})
+			st, path := embeddedStore(t)
+			addr := freeAddr(t)
+			reg := testbed.Registry(t, map[string][2]string{"east": {addr, path}, "west": {peer.addr(), path + ".west"}})
+			east := startCluster(t, "east", addr, st, reg, clusterOpts{})
+			testbed.CreateRepl(t, east.Store, "r666", "mallory", "evil", "127.0.0.1:1")
+			if _, err := east.Store.Retire(context.Background(), "r666", "west", 2); err != nil {
+				t.Fatal(err)
+			}
+			resp, body, err := send(t, east, http.MethodGet, "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusLoopDetected {
+				t.Fatalf("status %d %q, want 508", resp.StatusCode, body)
+			}
+			if peer.reqs.Load() != 1 {
+				t.Fatalf("the peer got %d requests, want 1", peer.reqs.Load())
+			}
+			logged := len(east.Logs.FilterMessageSnippet("forwarding loop").All()) != 0
+			if !tc.loop {
+				if body != "the peer's own 508" || logged || routed(east, "loop") {
+					t.Fatalf("taken for a loop signal (body %q, loop logged %v, counted %v); want the peer's 508 passed on", body, logged, routed(east, "loop"))
+				}
+				return
+			}
+			// Signed: this proxy asks its store, which agrees with its
+			// tombstone: a real loop, answered, logged and counted here.
+			if body == "the peer's own 508" || !logged || !routed(east, "loop") {
+				t.Fatalf("a signed loop signal was not acted on (body %q, loop logged %v, counted %v)", body, logged, routed(east, "loop"))
+			}
+		})
+	}
+}
+
 // routed reports whether the access log has a request with this route.
 func routed(c *testCluster, route string) bool {
 	for _, l := range c.Logs.FilterMessage("request").All() {
@@ -490,13 +596,14 @@ func upgrade(t *testing.T, pc *testCluster) net.Conn {
 // TestContainerRestartsUnderLoad: a container restarted 20 times (each a
 // graceful stop, then a new process on the same port) under a steady load
 // of GET and POST requests costs no GET, and at most eight of about 210
-// POSTs (seen in 40 runs under -race: 0 to 3). A POST never takes an idle
-// connection, so it cannot meet one the container is closing, but a
-// net/http server that is shutting down still accepts a new connection
-// and closes it unanswered after reading the request (server.go: "if
-// c.server.shuttingDown() { return }"), and then sending it again would
-// not be safe (RFC 9110 §9.2.2). A GET meeting the same is sent again, on
-// one more fresh connection if need be.
+// POSTs (seen under -race: 0 to 3, POSTs on pooled connections as on
+// fresh ones). A net/http server that is shutting down reads a request
+// that reaches it and closes the connection unanswered (server.go: "if
+// c.server.shuttingDown() { return }"), on an idle connection it has not
+// closed yet or on one just accepted, and then sending it again would not
+// be safe (RFC 9110 §9.2.2): nothing tells that from a server that acted
+// on it. A GET meeting the same is sent again, on one more fresh
+// connection if need be.
 func TestContainerRestartsUnderLoad(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

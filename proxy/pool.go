@@ -54,8 +54,9 @@ type upConn struct {
 	idleSince time.Time
 	readLimit int64 // bytes br may still read; math.MaxInt64 outside headers
 
-	read  int64 // bytes of the current response read: a failure before any may be retried
-	reset bool  // the current exchange failed with a connection reset
+	read     int64 // bytes of the current response read: a failure before any may be retried
+	wrote    int64 // bytes of the current request written to the socket
+	writeErr error // the first write error of the current request
 
 	// For quiet: the socket, and what its peek needs without allocating.
 	raw     syscall.RawConn

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -136,6 +137,12 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 		loopTo = h.hop.verifyLoop(resp.Header.Get(LoopHeader), ex.id)
 	}
 	stripProxyHeaders(resp.Header)
+	if resp.StatusCode != http.StatusSwitchingProtocols && mayHaveTrailers(resp) {
+		// Trailers may not say it either: the announced names now, the
+		// values when they have arrived (trailerGuard).
+		stripProxyHeaders(resp.Trailer)
+		resp.Body = &trailerGuard{ReadCloser: resp.Body, resp: resp}
+	}
 	if ex.route != routeForwarded {
 		// A peer proxy's answer has its Via already: the client sees one
 		// replproxy, as if it had asked the right cluster.
@@ -153,7 +160,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 }
 
 // stripProxyHeaders removes what only this proxy may say from an upstream
-// response: every Replproxy-* header (hop and loop marks: a container must
+// response's headers or trailers: every Replproxy-* header (hop and loop marks: a container must
 // not be able to forge them, and a peer's are read before this), and
 // X-Request-Id, which ServeHTTP set already (the response would carry two).
 func stripProxyHeaders(h http.Header) {
@@ -163,4 +170,30 @@ func stripProxyHeaders(h http.Header) {
 		}
 	}
 	delete(h, "X-Request-Id")
+}
+
+// mayHaveTrailers reports whether resp's body can end with trailers: a
+// chunked HTTP/1.1 body, or any HTTP/2 one.
+func mayHaveTrailers(resp *http.Response) bool {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return false
+	}
+	return resp.ProtoMajor >= 2 || len(resp.TransferEncoding) > 0 || len(resp.Trailer) > 0
+}
+
+// trailerGuard is an upstream response's body that, once read to the end
+// (the trailers have then been read into resp.Trailer, announced or not),
+// strips from them what stripProxyHeaders strips from headers, before
+// ReverseProxy copies them to the client.
+type trailerGuard struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (g *trailerGuard) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if err == io.EOF {
+		stripProxyHeaders(g.resp.Trailer)
+	}
+	return n, err
 }

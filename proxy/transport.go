@@ -21,7 +21,7 @@ func newTransport(cfg *Config) *http.Transport {
 	return &http.Transport{
 		Proxy:                  nil, // never an environment proxy
 		DialContext:            retryRefused(dialer.DialContext),
-		MaxIdleConns:           0, // no overall limit; per host below
+		MaxIdleConns:           cfg.MaxIdleConns, // in all, as the lean path (pool)
 		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:        cfg.IdleConnTimeout,
 		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,

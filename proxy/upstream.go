@@ -19,8 +19,9 @@ import (
 // upstream is the proxy's RoundTripper. Requests without a body or with a
 // small one (most of them, upgrades included) take a lean HTTP/1.1 path:
 // the request is written and the response read on the calling goroutine,
-// over pooled keep-alive connections, so there is no hand-off to
-// per-connection read and write goroutines as in http.Transport. Requests
+// over pooled keep-alive connections (whatever the method), so there is
+// no hand-off to per-connection read and write goroutines as in
+// http.Transport. Requests
 // with a large or unsized body go through the tuned http.Transport.
 //
 // Every container runs a stranger's code, so the lean path trusts nothing
@@ -30,7 +31,6 @@ import (
 // for stray bytes before it is used again (pool).
 type upstream struct {
 	slow       *http.Transport
-	slowFresh  *http.Transport // the same, with no idle connections: for requests not replayable
 	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	headerWait time.Duration // ResponseHeaderTimeout
 	maxHeader  int64         // MaxResponseHeaderBytes
@@ -47,8 +47,6 @@ const (
 
 func newUpstream(cfg *Config, clusterAt func(addr string) (string, bool)) *upstream {
 	t := newTransport(cfg)
-	fresh := newTransport(cfg)
-	fresh.DisableKeepAlives = true
 	var peers *peerTransports
 	if cfg.Peers != nil {
 		peers = newPeerTransports(cfg, clusterAt)
@@ -56,7 +54,6 @@ func newUpstream(cfg *Config, clusterAt func(addr string) (string, bool)) *upstr
 	return &upstream{
 		peers:      peers,
 		slow:       t,
-		slowFresh:  fresh,
 		dial:       t.DialContext,
 		headerWait: cfg.ResponseHeaderTimeout,
 		maxHeader:  maxResponseHeaderBytes,
@@ -92,9 +89,9 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return u.peers.RoundTrip(req)
 	}
 	if !lean(req) {
-		if !replayable(req) {
-			return u.slowFresh.RoundTrip(req)
-		}
+		// http.Transport reuses connections for every method and sends a
+		// request that is not replayable again only when nothing of it
+		// was written, as the lean path does.
 		return u.slow.RoundTrip(req)
 	}
 	body, err := holdBody(req)
@@ -102,29 +99,22 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	addr := req.URL.Host
-	var c *upConn
-	if replayable(req) {
-		c, err = u.get(req.Context(), addr)
-	} else {
-		// A request that must not be sent twice never takes an idle
-		// connection: the server may be closing it at this very moment
-		// (a restart closes idle connections), and then whether it acted
-		// on the request cannot be told. A connection of its own can.
-		c, err = u.dialFresh(req.Context(), addr)
-	}
+	// Any request, replayable or not, takes a pooled connection that
+	// passes the liveness check (pool.get), as with http.Transport: a
+	// connection each for POSTs would cost a dial and a TIME_WAIT each
+	// and, off loopback, run out of ports at a few hundred a second.
+	c, err := u.get(req.Context(), addr)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := u.exchange(c, req)
-	// The server closed the connection before answering. A replayable
-	// request may be sent again; so may any request on a connection the
-	// server reset (a socket closed with our request unread, or a
-	// listener's queue dropped, answers RST: the request was never read).
-	// The server likely closed its other connections too (a restart):
-	// drop them, and try again on a connection of its own. A server
-	// shutting down may still accept that one and close it unanswered
-	// (net/http does, for a request read after Shutdown began), so a
-	// second fresh try is allowed; by then the old listener is gone.
+	// The server closed the connection before answering (retryable says
+	// which requests may then be sent again). It likely closed its other
+	// connections too (a restart): drop them, and try again on a
+	// connection of its own. A server shutting down may still accept
+	// that one and close it unanswered (net/http does, for a request
+	// read after Shutdown began), so a second fresh try is allowed; by
+	// then the old listener is gone.
 	for retry := 0; retry < maxRetries && u.retryable(c, req, err); retry++ {
 		u.pool.dropAddr(addr)
 		if c, err = u.dialFresh(req.Context(), addr); err != nil {
@@ -144,9 +134,31 @@ const maxRetries = 2
 
 // retryable reports whether req, which failed with err on c, may be sent
 // again: c was closed before any of the response arrived, and either req
-// is replayable or the server reset c with the request unread.
+// is replayable (RFC 9110 §9.2.2) or not a byte of it was written.
+//
+// Nothing weaker proves that a request the server may not see twice was
+// not acted on. A reset does not: it says that the server's socket was
+// closed with bytes of the request unread (or that its process aborted
+// the connection, SO_LINGER 0), not that it read none of them. A
+// container that read the head of a POST, acted on it, and died before
+// reading the body resets, and so does one that read the first 4 KiB
+// and crashed. That the connection passed the liveness check just
+// before the write does not help: it says nothing had arrived from the
+// server then (no FIN, no bytes), not what the server did with the
+// request afterwards. An end of stream proves no more (net/http's
+// server reads a request and closes the connection unanswered when it
+// is shutting down). So, as with http.Transport, a request that is not
+// replayable is sent once; a server that closes an idle connection at
+// the moment it is reused costs that request a 502 (the liveness check
+// leaves microseconds for it).
 func (u *upstream) retryable(c *upConn, req *http.Request, err error) bool {
-	return err != nil && req.Context().Err() == nil && staleConn(err) && c.read == 0 && (replayable(req) || c.reset)
+	if err == nil || req.Context().Err() != nil {
+		return false
+	}
+	if c.wrote == 0 && c.writeErr != nil {
+		return true // the server cannot have read what never left
+	}
+	return staleConn(err) && c.read == 0 && replayable(req)
 }
 
 // holdBody reads a lean request's (small) body, so that it can be sent
@@ -191,18 +203,22 @@ func (u *upstream) dialFresh(ctx context.Context, addr string) (*upConn, error) 
 	if err != nil {
 		return nil, err
 	}
+	return newUpConn(conn, addr), nil
+}
+
+// newUpConn wraps a new connection to addr.
+func newUpConn(conn net.Conn, addr string) *upConn {
 	c := &upConn{conn: conn, addr: addr, readLimit: math.MaxInt64}
 	c.br = bufio.NewReader(limitedConn{c})
-	c.bw = bufio.NewWriter(conn)
+	c.bw = bufio.NewWriter(countedConn{c})
 	c.watch()
-	return c, nil
+	return c
 }
 
 // CloseIdleConnections closes every pooled connection.
 func (u *upstream) CloseIdleConnections() {
 	u.pool.closeAll()
 	u.slow.CloseIdleConnections()
-	u.slowFresh.CloseIdleConnections()
 	if u.peers != nil {
 		u.peers.CloseIdleConnections()
 	}
@@ -235,6 +251,22 @@ func (l limitedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// countedConn is what a connection's writer writes through: it counts
+// the bytes of the current request that reached the socket, and keeps
+// the first write error (req.Write reports one met while copying the body
+// as a body read error, which unwraps to nothing).
+type countedConn struct{ c *upConn }
+
+func (w countedConn) Write(p []byte) (int, error) {
+	c := w.c
+	n, err := c.conn.Write(p)
+	c.wrote += int64(n)
+	if err != nil && c.writeErr == nil {
+		c.writeErr = err
+	}
+	return n, err
+}
+
 // exchange writes req on c and reads the response headers.
 func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
@@ -246,14 +278,16 @@ func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if c.writeErr != nil {
+			err = c.writeErr // the socket's error, not req.Write's wrapping of it
+		}
 		var ne net.Error
 		if errors.As(err, &ne) && !ne.Timeout() && isReset(err) {
 			err = errors.Join(errConnReset, err)
 		}
-		c.reset = errors.Is(err, syscall.ECONNRESET)
 		return nil, err
 	}
-	c.read, c.reset = 0, false
+	c.read, c.wrote, c.writeErr = 0, 0, nil
 	if err := req.Write(c.bw); err != nil {
 		return fail(err)
 	}
