@@ -52,7 +52,7 @@ func manager(t *testing.T, addr string, start func(context.Context, store.Wake) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := wake.New(wake.Config{Store: s, Name: "manager-1", Poll: 50 * time.Millisecond, Start: start})
+	m, err := wake.New(s, wake.Config{Name: "manager-1", Poll: 50 * time.Millisecond, Start: start}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

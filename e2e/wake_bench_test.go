@@ -35,7 +35,7 @@ func BenchmarkWake(b *testing.B) {
 			east := p.Cluster(b, "east")
 			var mu sync.Mutex
 			var startTook time.Duration
-			m, err := wake.New(wake.Config{Store: east.Store, Name: "bench", Poll: 100 * time.Millisecond,
+			m, err := wake.New(east.Store, wake.Config{Name: "bench", Poll: 100 * time.Millisecond,
 				Start: func(context.Context, store.Wake) ([]string, error) {
 					t0 := time.Now()
 					eps := []string{app.Addr}
@@ -43,7 +43,7 @@ func BenchmarkWake(b *testing.B) {
 					startTook = time.Since(t0)
 					mu.Unlock()
 					return eps, nil
-				}})
+				}}, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

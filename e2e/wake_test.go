@@ -31,7 +31,7 @@ type manager struct {
 func startManager(t *testing.T, st store.Store, app string, delay time.Duration) *manager {
 	t.Helper()
 	m := &manager{}
-	w, err := wake.New(wake.Config{Store: st, Name: "e2e-manager", Poll: 100 * time.Millisecond, StartTimeout: time.Minute,
+	w, err := wake.New(st, wake.Config{Name: "e2e-manager", Poll: 100 * time.Millisecond, StartTimeout: time.Minute,
 		Start: func(ctx context.Context, _ store.Wake) ([]string, error) {
 			m.starts.Add(1)
 			if m.hang.Load() {
@@ -44,7 +44,7 @@ func startManager(t *testing.T, st store.Store, app string, delay time.Duration)
 				return nil, ctx.Err()
 			}
 			return []string{app}, nil
-		}})
+		}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,14 +29,13 @@ func ExampleManager() {
 	}
 	defer s.Close()
 
-	m, err := wake.New(wake.Config{
-		Store: s,
-		Name:  "manager-1",
+	m, err := wake.New(s, wake.Config{
+		Name: "manager-1",
 		Start: func(ctx context.Context, w store.Wake) ([]string, error) {
 			// Start the container of w.ReplID here; return where it listens.
 			return []string{"127.0.0.1:9001"}, nil
 		},
-	})
+	}, nil)
 	if err != nil {
 		fmt.Println(err)
 		return

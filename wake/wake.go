@@ -11,10 +11,10 @@
 // the others off a wake; a Manager refreshes its claims while Start runs,
 // and a claim older than ClaimTTL (its Manager died) is taken over.
 //
-//	m, err := wake.New(wake.Config{Store: s, Name: "manager-1",
+//	m, err := wake.New(s, wake.Config{Name: "manager-1",
 //		Start: func(ctx context.Context, w store.Wake) ([]string, error) {
 //			return containers.Start(ctx, w.ReplID) // the platform's own
-//		}})
+//		}}, logger)
 //	...
 //	err = m.Run(ctx)
 //
@@ -41,12 +41,9 @@ const (
 	DefaultStartTimeout = 2 * time.Minute
 )
 
-// Config configures a Manager. Store, Name and Start are required; a zero
-// (or negative) duration takes the default named on it.
+// Config configures a Manager. Name and Start are required; a zero (or
+// negative) duration takes the default named on it.
 type Config struct {
-	// Store is the cluster's store, whose wakes the Manager does.
-	// Required.
-	Store store.Store
 	// Name is who claims: e.g. "manager-1"; unique among the Managers of
 	// one store (1 to store.MaxWakeText bytes). Required.
 	Name string
@@ -65,12 +62,11 @@ type Config struct {
 	Poll time.Duration
 	// StartTimeout bounds one Start (default 2 min); then the wake fails.
 	StartTimeout time.Duration
-	// Logger: nil discards the logs.
-	Logger *zap.Logger
 }
 
 // Manager runs a container manager's side of the protocol for one cluster.
 type Manager struct {
+	st  store.Store
 	cfg Config
 	log *zap.Logger
 
@@ -79,9 +75,10 @@ type Manager struct {
 	wg       sync.WaitGroup  // one per wake in flight
 }
 
-// New checks cfg and fills in its defaults.
-func New(cfg Config) (*Manager, error) {
-	if cfg.Store == nil {
+// New returns a Manager of st's wakes (the cluster's store), after it
+// checks cfg and fills in its defaults; a nil logger discards the logs.
+func New(st store.Store, cfg Config, logger *zap.Logger) (*Manager, error) {
+	if st == nil {
 		return nil, errors.New("wake manager: no Store")
 	}
 	if cfg.Start == nil {
@@ -99,12 +96,13 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = DefaultStartTimeout
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = zap.NewNop()
+	if logger == nil {
+		logger = zap.NewNop()
 	}
 	return &Manager{
+		st:       st,
 		cfg:      cfg,
-		log:      cfg.Logger.Named("wake").With(zap.String("manager", cfg.Name)),
+		log:      logger.Named("wake").With(zap.String("manager", cfg.Name)),
 		inFlight: make(map[string]bool),
 	}, nil
 }
@@ -126,7 +124,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		err := m.cfg.Store.Watch(ctx, func(ev store.Event) {
+		err := m.st.Watch(ctx, func(ev store.Event) {
 			if ev.Kind == store.EventWake || ev.Kind == store.EventResync {
 				poke()
 			}
@@ -152,7 +150,7 @@ func (m *Manager) Run(ctx context.Context) error {
 
 // scan claims every wake to do that is not in flight here and starts it.
 func (m *Manager) scan(ctx context.Context) {
-	wakes, err := m.cfg.Store.ListWakes(ctx, time.Now().Add(-m.cfg.ClaimTTL))
+	wakes, err := m.st.ListWakes(ctx, time.Now().Add(-m.cfg.ClaimTTL))
 	if err != nil {
 		if ctx.Err() == nil {
 			m.log.Warn("list wakes", zap.Error(err))
@@ -169,7 +167,7 @@ func (m *Manager) scan(ctx context.Context) {
 		if busy {
 			continue
 		}
-		claimed, err := m.cfg.Store.ClaimWake(ctx, w.ReplID, m.cfg.Name, time.Now().Add(-m.cfg.ClaimTTL))
+		claimed, err := m.st.ClaimWake(ctx, w.ReplID, m.cfg.Name, time.Now().Add(-m.cfg.ClaimTTL))
 		switch {
 		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
 			continue // another Manager has it, or it is done
@@ -227,7 +225,7 @@ func (m *Manager) do(ctx context.Context, w store.Wake) {
 			res = started{err: fmt.Errorf("starting the container took longer than %v", m.cfg.StartTimeout)}
 			waiting = false
 		case <-refresh.C:
-			if _, err := m.cfg.Store.ClaimWake(ctx, w.ReplID, m.cfg.Name, time.Now().Add(-m.cfg.ClaimTTL)); err != nil {
+			if _, err := m.st.ClaimWake(ctx, w.ReplID, m.cfg.Name, time.Now().Add(-m.cfg.ClaimTTL)); err != nil {
 				if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
 					log.Warn("lost the claim while waking; leaving the wake to whoever has it", zap.Error(err))
 					return
@@ -240,7 +238,7 @@ func (m *Manager) do(ctx context.Context, w store.Wake) {
 	actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer acancel()
 	if res.err == nil {
-		_, err := m.cfg.Store.FinishWake(actx, w.ReplID, res.endpoints)
+		_, err := m.st.FinishWake(actx, w.ReplID, res.endpoints)
 		if err == nil {
 			log.Info("repl awake", zap.Strings("endpoints", res.endpoints), zap.Duration("took", time.Since(begin)))
 			return
@@ -252,7 +250,7 @@ func (m *Manager) do(ctx context.Context, w store.Wake) {
 		res.err = fmt.Errorf("the container manager gave bad endpoints: %w", err)
 	}
 	log.Warn("wake failed", zap.Error(res.err), zap.Duration("took", time.Since(begin)))
-	if err := m.cfg.Store.FailWake(actx, w.ReplID, res.err.Error()); err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err := m.st.FailWake(actx, w.ReplID, res.err.Error()); err != nil && !errors.Is(err, store.ErrNotFound) {
 		log.Error("fail wake", zap.Error(err))
 	}
 }

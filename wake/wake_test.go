@@ -50,12 +50,12 @@ func each(t *testing.T, test func(t *testing.T, addr string)) {
 }
 
 // run runs a Manager until the test ends.
-func run(t *testing.T, cfg wake.Config) {
+func run(t *testing.T, st store.Store, cfg wake.Config) {
 	t.Helper()
 	if cfg.Poll == 0 {
 		cfg.Poll = 50 * time.Millisecond
 	}
-	m, err := wake.New(cfg)
+	m, err := wake.New(st, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,13 +108,16 @@ func awake(t *testing.T, s store.Store, id string) func() bool {
 func TestNewChecksConfig(t *testing.T) {
 	s := open(t, backends[0].addr(t))
 	start := func(context.Context, store.Wake) ([]string, error) { return nil, nil }
-	for _, cfg := range []wake.Config{
-		{Name: "m", Start: start},
-		{Store: s, Start: start},
-		{Store: s, Name: "m"},
+	for _, tc := range []struct {
+		st  store.Store
+		cfg wake.Config
+	}{
+		{nil, wake.Config{Name: "m", Start: start}},
+		{s, wake.Config{Start: start}},
+		{s, wake.Config{Name: "m"}},
 	} {
-		if _, err := wake.New(cfg); err == nil {
-			t.Errorf("New(%+v) succeeded", cfg)
+		if _, err := wake.New(tc.st, tc.cfg, nil); err == nil {
+			t.Errorf("New(%v, %+v) succeeded", tc.st, tc.cfg)
 		}
 	}
 }
@@ -127,7 +130,7 @@ func TestManagerWakes(t *testing.T) {
 		asleep(t, s, "r1", "r2")
 		request(t, s, "r1") // before Run: found by the first scan
 		got := make(chan store.Wake, 10)
-		run(t, wake.Config{Store: open(t, addr), Name: "manager-1", Poll: time.Hour, // events only
+		run(t, open(t, addr), wake.Config{Name: "manager-1", Poll: time.Hour, // events only
 			Start: func(_ context.Context, w store.Wake) ([]string, error) {
 				got <- w
 				return []string{"127.0.0.1:9001"}, nil
@@ -156,7 +159,7 @@ func TestManagerFails(t *testing.T) {
 	each(t, func(t *testing.T, addr string) {
 		s := open(t, addr)
 		asleep(t, s, "r1", "r2")
-		run(t, wake.Config{Store: s, Name: "manager-1",
+		run(t, s, wake.Config{Name: "manager-1",
 			Start: func(_ context.Context, w store.Wake) ([]string, error) {
 				if w.ReplID == "r1" {
 					return nil, errors.New("no capacity in east")
@@ -190,7 +193,7 @@ func TestManagerStartTimeout(t *testing.T) {
 		asleep(t, s, "r1")
 		release := make(chan struct{})
 		defer close(release)
-		run(t, wake.Config{Store: s, Name: "manager-1", StartTimeout: 300 * time.Millisecond,
+		run(t, s, wake.Config{Name: "manager-1", StartTimeout: 300 * time.Millisecond,
 			Start: func(context.Context, store.Wake) ([]string, error) {
 				<-release // hangs, whatever ctx says
 				return []string{"127.0.0.1:1"}, nil
@@ -227,7 +230,7 @@ func TestTwoManagers(t *testing.T) {
 			starts = map[string][]string{}
 		)
 		for _, name := range []string{"manager-1", "manager-2"} {
-			run(t, wake.Config{Store: open(t, addr), Name: name, Poll: 20 * time.Millisecond,
+			run(t, open(t, addr), wake.Config{Name: name, Poll: 20 * time.Millisecond,
 				Start: func(_ context.Context, w store.Wake) ([]string, error) {
 					mu.Lock()
 					starts[w.ReplID] = append(starts[w.ReplID], name)
@@ -268,7 +271,7 @@ func TestManagerRefreshesClaim(t *testing.T) {
 			starts []string
 		)
 		for _, name := range []string{"manager-1", "manager-2"} {
-			run(t, wake.Config{Store: open(t, addr), Name: name, ClaimTTL: 400 * time.Millisecond, Poll: 20 * time.Millisecond,
+			run(t, open(t, addr), wake.Config{Name: name, ClaimTTL: 400 * time.Millisecond, Poll: 20 * time.Millisecond,
 				Start: func(ctx context.Context, w store.Wake) ([]string, error) {
 					mu.Lock()
 					starts = append(starts, name)
@@ -298,7 +301,7 @@ func TestManagerTakesOverStaleClaim(t *testing.T) {
 		}
 		claimed := time.Now()
 		var took time.Duration
-		run(t, wake.Config{Store: s, Name: "manager-1", ClaimTTL: 400 * time.Millisecond,
+		run(t, s, wake.Config{Name: "manager-1", ClaimTTL: 400 * time.Millisecond,
 			Start: func(_ context.Context, w store.Wake) ([]string, error) {
 				took = time.Since(claimed)
 				return []string{"127.0.0.1:9001"}, nil

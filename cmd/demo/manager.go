@@ -55,7 +55,7 @@ type container struct {
 func newManager(cluster, ip string, st store.Store, idle time.Duration) (*manager, error) {
 	m := &manager{cluster: cluster, ip: ip, store: st, idle: idle, running: map[string]*container{}}
 	var err error
-	m.wakes, err = wake.New(wake.Config{Store: st, Name: "demo-manager-" + cluster, Start: m.start})
+	m.wakes, err = wake.New(st, wake.Config{Name: "demo-manager-" + cluster, Start: m.start}, nil)
 	return m, err
 }
 
