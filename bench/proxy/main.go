@@ -56,6 +56,7 @@ func main() {
 	flag.IntVar(&o.clients, "clients", 20, "load-generator connections")
 	flag.StringVar(&o.peers, "peers", "nginx,haproxy,caddy,stdlib", "peers to compare with (nginx is the baseline)")
 	flag.IntVar(&o.ws, "ws", 10000, "idle WebSocket connections to hold for the memory figure (0: skip)")
+	flag.BoolVar(&o.perf, "perf", false, "sample replproxy with perf record during its runs and print where its CPU time went (sampling inflates those runs' CPU figures a little)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "proxybench:", err)
@@ -70,6 +71,7 @@ type opts struct {
 	clients   int
 	peers     string
 	ws        int
+	perf      bool
 }
 
 // result is one row of the table.
@@ -80,6 +82,7 @@ type result struct {
 	cpuSec   float64
 	p50, p99 time.Duration
 	rps      float64
+	profile  []benchproc.Share // with -perf
 }
 
 func (r result) cpuPerReq() time.Duration {
@@ -101,6 +104,18 @@ func measure(o opts, dir, name, addr, host string, procs ...*benchproc.Proc) (re
 	logFile := filepath.Join(dir, name+".h2load.tsv")
 	total := int(float64(o.rate) * o.duration.Seconds())
 	perClient := max(1, o.rate/o.clients)
+	var prof *benchproc.Perf
+	if o.perf && strings.HasPrefix(name, "replproxy") {
+		pids := make([]int, len(procs))
+		for i, p := range procs {
+			pids[i] = p.Cmd.Process.Pid
+		}
+		var err error
+		// Kept after the run, for perf report.
+		if prof, err = benchproc.StartPerf(filepath.Join(os.TempDir(), "proxybench-"+name+".perf.data"), pids...); err != nil {
+			return result{}, err
+		}
+	}
 	var before int64
 	for _, p := range procs {
 		before += p.CPUTicks()
@@ -118,6 +133,11 @@ func measure(o opts, dir, name, addr, host string, procs ...*benchproc.Proc) (re
 		after += p.CPUTicks()
 	}
 	r := result{name: name, cpuSec: float64(after-before) / 100} // USER_HZ is 100 on Linux
+	if prof != nil {
+		if r.profile, err = prof.Stop(); err != nil {
+			return result{}, err
+		}
+	}
 	lat, ok, failed, err := readLog(logFile)
 	if err != nil {
 		return result{}, err
@@ -379,6 +399,13 @@ func printTable(o opts, rows []result) {
 		}
 		fmt.Printf("%-22s %10d %8d %12s %9s %9.0f %9s %9s\n", r.name, r.requests, r.failed, r.cpuPerReq().Round(100*time.Nanosecond), ratio, r.rps,
 			r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond))
+	}
+	for _, r := range rows {
+		if r.profile != nil {
+			fmt.Println()
+			benchproc.PrintShares(os.Stdout, "where "+r.name+"'s CPU time went (perf record, self time; "+
+				filepath.Join(os.TempDir(), "proxybench-"+r.name+".perf.data")+"):", r.profile)
+		}
 	}
 }
 
