@@ -31,7 +31,7 @@ type Flags struct {
 // fs; call Parsed once fs is parsed.
 func (f *Flags) Register(fs *flag.FlagSet) {
 	f.Limit, _ = ParseLimit(DefaultLimit)
-	fs.Var(limitValue{&f.Limit}, "memory-limit", "Go's soft memory limit: a size (512MiB, 2GiB, 1.5GB), or a share of the memory the process may use (its cgroup's\n"+
+	fs.Var(limitValue{&f.Limit}, "memory-limit", "Go's soft memory limit: a `size` (512MiB, 2GiB, 1.5GB), or a share of the memory the process may use (its cgroup's\n"+
 		"memory.max, else the machine's); the collector works harder near it, so resident memory stays near it and not\n"+
 		"at -gc-percent's multiple of the live heap; 0: none, or GOMEMLIMIT's (default: GOMEMLIMIT when set, else 75%)")
 	fs.IntVar(&f.GCPercent, "gc-percent", DefaultGCPercent, "Go's GOGC under -memory-limit: collect when the heap has grown by this percentage of what was live\n"+
@@ -87,14 +87,14 @@ func (f *Flags) Resolve(env func(string) (string, bool), sys fs.FS) (Setting, er
 			return s, fmt.Errorf("-memory-limit %s: %w; give a size instead (e.g. -memory-limit 2GiB)", f.Limit, err)
 		}
 		s.limit = f.Limit.Of(avail)
-		s.limitFrom = fmt.Sprintf("-memory-limit %s of %s (%s)", f.Limit, from, Bytes(avail))
+		s.limitFrom = fmt.Sprintf("-memory-limit %s%s of %s (%s)", f.Limit, deflt(f.limitGiven), from, Bytes(avail))
 		if s.limit < MinLimit {
 			return s, fmt.Errorf("-memory-limit %s of %s (%s) is %s, below the smallest limit taken (%s): give a size instead",
 				f.Limit, from, Bytes(avail), Bytes(s.limit), Bytes(MinLimit))
 		}
 	default:
 		s.limit = f.Limit.Of(0)
-		s.limitFrom = "-memory-limit " + f.Limit.String()
+		s.limitFrom = "-memory-limit " + f.Limit.String() + deflt(f.limitGiven)
 	}
 	if s.limit > 0 && hasGoMem {
 		s.limitFrom += ", over GOMEMLIMIT=" + goMem
@@ -111,12 +111,20 @@ func (f *Flags) Resolve(env func(string) (string, bool), sys fs.FS) (Setting, er
 		s.gcFrom = "GOGC=" + goGC
 	default:
 		s.gc = f.GCPercent
-		s.gcFrom = fmt.Sprintf("-gc-percent %d", f.GCPercent)
+		s.gcFrom = fmt.Sprintf("-gc-percent %d%s", f.GCPercent, deflt(f.gcGiven))
 		if hasGoGC {
 			s.gcFrom += ", over GOGC=" + goGC
 		}
 	}
 	return s, nil
+}
+
+// deflt marks a value the flag was not given.
+func deflt(given bool) string {
+	if given {
+		return ""
+	}
+	return " (default)"
 }
 
 func nonEmpty(env func(string) (string, bool), name string) (string, bool) {

@@ -134,7 +134,7 @@ func TestResolve(t *testing.T) {
 		limit, gc int // 0: left alone
 		from      string
 	}{
-		{"defaults", nil, env(), 3 << 30, 400, "75% of cgroup"},
+		{"defaults", nil, env(), 3 << 30, 400, "75% (default) of cgroup"},
 		{"a size", []string{"-memory-limit", "1GiB", "-gc-percent", "200"}, env(), 1 << 30, 200, "-memory-limit 1GiB"},
 		{"a share", []string{"-memory-limit", "50%"}, env(), 2 << 30, 400, "50% of cgroup"},
 		{"GOMEMLIMIT and GOGC", nil, env("GOMEMLIMIT", "700MiB", "GOGC", "off"), 0, 0, "GOMEMLIMIT=700MiB"},
