@@ -40,6 +40,10 @@ func (m Mode) String() string {
 	return "in-process"
 }
 
+// inProcessMemory are the flags that leave the Go runtime's memory limit
+// and GOGC to the test process, which in-process daemons share.
+func inProcessMemory() []string { return []string{"-memory-limit", "0", "-gc-percent", "0"} }
+
 // StoreKind says what holds each cluster's data.
 type StoreKind int
 
@@ -376,7 +380,7 @@ func (p *Platform) startDaemons(t TB) {
 			"-forward-cert", files.Cert, "-forward-key", files.Key, "-forward-ca", files.CA,
 			"-shutdown-timeout", "5s", "-handover-socket", p.handoverSocket(t, c.Name)}
 		if o.Mode == InProcess {
-			args = append(args, "-gc-percent", "0") // GOGC is the test process's
+			args = append(args, inProcessMemory()...)
 		}
 		if p.tls != nil {
 			args = append(args, p.tls.proxyFlags(c.TLSAddr, dnsAddr)...)
@@ -387,6 +391,9 @@ func (p *Platform) startDaemons(t TB) {
 		args := []string{"-zone", o.Zone, "-registry", p.registry, "-ns", "ns1." + o.Zone + "=127.0.0.1",
 			"-listen", dnsAddr, "-admin-listen", dnsAdmin, "-rrl-rate", "0", "-shutdown-timeout", "5s",
 			"-handover-socket", p.handoverSocket(t, "replns")}
+		if o.Mode == InProcess {
+			args = append(args, inProcessMemory()...)
+		}
 		p.dns = p.newDaemon(t, "replns", "replns", append(args, o.DNSFlags...), "http://"+dnsAdmin+"/readyz?all=1")
 		p.dns.addr, p.dnsAddr = dnsAddr, dnsAddr
 		p.dns.admin = dnsAdmin

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/replproxy/replproxy/internal/cli"
+	"github.com/replproxy/replproxy/internal/memlimit"
 	"github.com/replproxy/replproxy/nameserver"
 	"github.com/replproxy/replproxy/store/routecache"
 )
@@ -24,6 +25,7 @@ type options struct {
 	handover  string // the handover socket's path
 	logLevel  string
 	logFormat string
+	memory    memlimit.Flags
 
 	dns    nameserver.Config
 	server nameserver.ServerConfig
@@ -69,6 +71,9 @@ func parseFlags(args []string, env Env, out io.Writer) (*options, error) {
 	o.operationFlags(fs)
 
 	if err := cli.ParseEnv(fs, envPrefix, args, env); err != nil {
+		return nil, err
+	}
+	if err := o.memory.Parsed(fs); err != nil {
 		return nil, err
 	}
 	return o, raw.apply(o)
@@ -151,6 +156,7 @@ func (o *options) operationFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.dns.QueryLogEvery, "query-log-every", 0, "log one query in `n` (1: every query); 0: no query log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "json", "json or console")
+	o.memory.Register(fs)
 }
 
 // apply checks the required flags and puts the raw ones into o.

@@ -1,9 +1,12 @@
 package replnsd
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"io"
+	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +97,33 @@ func lookup(maps ...map[string]string) Env {
 			}
 		}
 		return v, ok
+	}
+}
+
+// TestMemoryLimit: -memory-limit and -gc-percent are in effect, and
+// logged, before the registry is read (here one that is not there), from
+// the command line or REPLNS_MEMORY_LIMIT; bad values are refused naming
+// the flag.
+func TestMemoryLimit(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	base := []string{"-zone", "repl.test", "-registry", filepath.Join(t.TempDir(), "none.yaml"), "-ns", "a.b", "-admin-listen", ""}
+	var logs strings.Builder
+	if err := Main(context.Background(), append(base, "-gc-percent", "300"), lookup(map[string]string{"REPLNS_MEMORY_LIMIT": "1.5GiB"}), &logs); err == nil {
+		t.Fatal("started without a registry")
+	}
+	if got := debug.SetMemoryLimit(-1); got != 3<<29 {
+		t.Errorf("memory limit in effect %d, want 1.5GiB", got)
+	}
+	if got := debug.SetGCPercent(100); got != 300 {
+		t.Errorf("GOGC in effect %d, want 300", got)
+	}
+	if !strings.Contains(logs.String(), `"memory_limit":"1.5GiB","memory_limit_bytes":1610612736,"memory_limit_from":"-memory-limit 1.5GiB","gc_percent":300`) {
+		t.Errorf("start log:\n%s", logs.String())
+	}
+	for _, bad := range [][]string{{"-memory-limit", "512M"}, {"-memory-limit", "200%"}, {"-memory-limit", "1KiB"}, {"-gc-percent", "-1"}} {
+		if _, err := parseFlags(append(append([]string(nil), base...), bad...), lookup(nil), io.Discard); err == nil || !strings.Contains(err.Error(), bad[0]) {
+			t.Errorf("%v: %v; want an error naming %s", bad, err, bad[0])
+		}
 	}
 }

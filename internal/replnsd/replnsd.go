@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/handover"
+	"github.com/replproxy/replproxy/internal/memlimit"
 	"github.com/replproxy/replproxy/internal/reload"
 	"github.com/replproxy/replproxy/nameserver"
 )
@@ -58,6 +60,11 @@ func MainWith(ctx context.Context, args []string, env Env, stderr io.Writer, hoo
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
+	mem, err := o.memory.Resolve(env, os.DirFS("/"))
+	if err != nil {
+		return err
+	}
+	logger.Info("memory", mem.Apply().Fields()...)
 	sockets, err := handover.New(ctx, o.handover, logger)
 	if err != nil {
 		return err
@@ -115,6 +122,7 @@ func build(o *options, logger *zap.Logger, level zap.AtomicLevel) (*daemon, erro
 	}
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	memlimit.Register(metrics, "replns")
 	nameserver.RegisterClusters(metrics, clusters)
 	h, err := nameserver.NewHandler(o.dns, clusters, nameserver.NewMetrics(metrics), nil, logger)
 	if err != nil {

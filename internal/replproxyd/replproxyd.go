@@ -13,7 +13,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/replproxy/replproxy/internal/cli"
 	"github.com/replproxy/replproxy/internal/dsn"
 	"github.com/replproxy/replproxy/internal/handover"
+	"github.com/replproxy/replproxy/internal/memlimit"
 	"github.com/replproxy/replproxy/internal/reload"
 	"github.com/replproxy/replproxy/peertls"
 	"github.com/replproxy/replproxy/proxy"
@@ -70,7 +70,7 @@ type options struct {
 	storeFromRegistry                                           bool // -store was not given
 	migrate                                                     bool
 	wake                                                        bool
-	gcPercent                                                   int
+	memory                                                      memlimit.Flags
 	feedRetention                                               time.Duration
 	proxy                                                       proxy.Config
 	server                                                      proxy.ServerConfig
@@ -165,8 +165,11 @@ Flags:
 	fs.DurationVar(&o.server.HSTSMaxAge, "hsts-max-age", 365*24*time.Hour, "Strict-Transport-Security max-age on HTTPS responses for hosts with a certificate; 0: no header")
 	fs.IntVar(&o.server.HTTPSPort, "https-port", 0, "the port HTTP requests are redirected to (default: the port of -listen-tls)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.IntVar(&o.gcPercent, "gc-percent", 400, "Go's GOGC: the proxy's live heap is small, so collecting less often saves CPU for little memory; 0 leaves Go's setting alone (in-process use)")
+	o.memory.Register(fs)
 	if err := cli.ParseEnv(fs, "REPLPROXY", args, env); err != nil {
+		return nil, err
+	}
+	if err := o.memory.Parsed(fs); err != nil {
 		return nil, err
 	}
 	if err := o.check(); err != nil {
@@ -317,9 +320,11 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Ho
 	}
 	o.server.LogLevel = level
 	defer func() { _ = logger.Sync() }()
-	if o.gcPercent != 0 {
-		debug.SetGCPercent(o.gcPercent)
+	mem, err := o.memory.Resolve(env, os.DirFS("/"))
+	if err != nil {
+		return err
 	}
+	logger.Info("memory", mem.Apply().Fields()...)
 	if err := o.load(); err != nil {
 		return err
 	}
@@ -331,6 +336,7 @@ func run(ctx context.Context, args []string, env Env, stderr io.Writer, hooks Ho
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	memlimit.Register(reg, "replproxy")
 	d, err := build(o, st, reg, logger)
 	if err != nil {
 		return err

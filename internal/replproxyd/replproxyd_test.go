@@ -1,8 +1,11 @@
 package replproxyd
 
 import (
+	"context"
 	"io"
 	"net/netip"
+	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
@@ -67,5 +70,49 @@ func TestProxyProtocolFlags(t *testing.T) {
 	}
 	if _, err := parse(append(base, "-proxy-protocol-required"), noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), "-proxy-protocol-from") {
 		t.Errorf("-proxy-protocol-required alone: %v", err)
+	}
+}
+
+// TestMemoryLimit: -memory-limit and -gc-percent are in effect, and
+// logged, before anything else is loaded (here a registry that is not
+// there); GOMEMLIMIT and GOGC are left in effect when the flags are not
+// given; bad values are refused naming the flag.
+func TestMemoryLimit(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	base := []string{"-zone", "repl.test", "-cluster", "east", "-registry", filepath.Join(t.TempDir(), "none.yaml"), "-hop-secret-file", "hop", "-forward-plaintext"}
+	noEnv := func(string) (string, bool) { return "", false }
+	var logs strings.Builder
+	if err := Main(context.Background(), append(base, "-memory-limit", "300MiB", "-gc-percent", "250"), noEnv, &logs); err == nil {
+		t.Fatal("started without a registry")
+	}
+	if got := debug.SetMemoryLimit(-1); got != 300<<20 {
+		t.Errorf("memory limit in effect %d, want 300MiB", got)
+	}
+	if got := debug.SetGCPercent(100); got != 250 {
+		t.Errorf("GOGC in effect %d, want 250", got)
+	}
+	if !strings.Contains(logs.String(), `"memory_limit":"300MiB","memory_limit_bytes":314572800,"memory_limit_from":"-memory-limit 300MiB","gc_percent":250`) {
+		t.Errorf("start log:\n%s", logs.String())
+	}
+
+	logs.Reset()
+	env := func(name string) (string, bool) {
+		v, ok := map[string]string{"GOMEMLIMIT": "700MiB", "GOGC": "off"}[name]
+		return v, ok
+	}
+	_ = Main(context.Background(), base, env, &logs)
+	if got := debug.SetMemoryLimit(-1); got != 300<<20 || !strings.Contains(logs.String(), `"memory_limit_from":"GOMEMLIMIT=700MiB","gc_percent":100,"gc_percent_from":"GOGC=off"`) {
+		t.Errorf("with GOMEMLIMIT and GOGC: limit %d (want it left alone), log:\n%s", got, logs.String())
+	}
+
+	for _, bad := range [][]string{{"-memory-limit", "2G"}, {"-memory-limit", "0%"}, {"-gc-percent", "-5"}} {
+		if _, err := parse(append(append([]string(nil), base...), bad...), noEnv, io.Discard); err == nil || !strings.Contains(err.Error(), bad[0]) {
+			t.Errorf("%v: %v; want an error naming %s", bad, err, bad[0])
+		}
+	}
+	envBad := func(name string) (string, bool) { return "lots", name == "REPLPROXY_MEMORY_LIMIT" }
+	if _, err := parse(base, envBad, io.Discard); err == nil || !strings.Contains(err.Error(), "REPLPROXY_MEMORY_LIMIT") || !strings.Contains(err.Error(), "-memory-limit") {
+		t.Errorf("REPLPROXY_MEMORY_LIMIT=lots: %v", err)
 	}
 }
