@@ -173,6 +173,15 @@ func (p *platform) createRepl(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// replns and east's proxy follow east's change feed each on its own:
+	// replns may answer a moment before the proxy's index has the repl (a
+	// request then is a 404; README, "The change feed").
+	for p.Route(t, "east", p.Host("alice", "blog")).Route != "local" {
+		if time.Now().After(deadline) {
+			t.Fatal("east's proxy does not route a created repl within 1 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	p.dnsTrouble.Store(0)
 }
 

@@ -33,13 +33,16 @@ RATE=${RATE:-20000}
 # 9,600 statements/s over 400,000 repls depending on how long warming took.
 DURATION=${DURATION:-75}
 SAT_DURATION=${SAT_DURATION:-10}
+# PERF=1: sample each server with perf record during the fixed load and
+# print where its CPU time went (bench/perfgroup).
+PERF=${PERF:-}
 SAT_CLIENTS=${SAT_CLIENTS:-10}
 SAT_OUTSTANDING=${SAT_OUTSTANDING:-200}
 SERVERS=${SERVERS:-"nsd replns pdns"}
 # The setup (PostgreSQL, the zone, the servers' configuration) and helpers.
 . bench/dns/common.sh
 
-declare -A CPU_US DB_US P99 LOST DONE XACT STMT SAT_QPS SAT_LOST SAT_CPU SAT_STMT
+declare -A CPU_US DB_US P99 LOST DONE XACT STMT SAT_QPS SAT_LOST SAT_CPU SAT_STMT PROFILE
 for s in $SERVERS; do
 	log "$s: starting and warming"
 	start "$s"
@@ -50,8 +53,17 @@ for s in $SERVERS; do
 	sleep 1.5 # let PostgreSQL's statistics settle
 	[ "$s" = replns ] && q0=$(store_calls)
 	c0=$(ticks "$PID"); d0=$(ticks "$PGPID"); x0=$(xacts $dbs); s0=$(stmts $dbs)
+	if [ "$PERF" = 1 ]; then # where the server's time goes (perf record; the fixed load's CPU figure then includes its cost)
+		command perf record -q -F 999 -g -o "$tmp/$s.perf.data" -p "$(tree "$PID" | paste -sd, -)" &
+		perfpid=$!
+		sleep 0.3
+	fi
 	perf -d "$tmp/fixed.txt" -l "$DURATION" -Q "$RATE" -c 4 -q 1000 -v
 	c1=$(ticks "$PID"); d1=$(ticks "$PGPID"); s1=$(stmts $dbs)
+	if [ "$PERF" = 1 ]; then
+		kill -INT "$perfpid" && wait "$perfpid" || true
+		PROFILE[$s]=$(go run ./bench/perfgroup -title "where $s's CPU time went at $RATE queries/s (perf record, self time):" "$tmp/$s.perf.data")
+	fi
 	[ "$s" = replns ] && FIXED_CALLS=$(($(store_calls) - q0))
 	sleep 1.5
 	x1=$(xacts $dbs)
@@ -113,3 +125,6 @@ if [ -n "${FLOOD_SENT:-}" ]; then
 		"the databases completed $FLOOD_STMT statements ($(echo "$FLOOD_STMT / $DURATION" | bc -l | xargs printf '%.1f')/s) and committed $FLOOD_X transactions ($(echo "$FLOOD_X / $DURATION" | bc -l | xargs printf '%.1f')/s: autovacuum included, and pg_stat_database can be 10 s late, so some are the saturation phase's)"
 fi
 echo "pg_stat_statements entries evicted (must be 0 for exact counts): $(dealloc)"
+for s in $SERVERS; do
+	if [ -n "${PROFILE[$s]:-}" ]; then printf '\n%s\n' "${PROFILE[$s]}"; fi
+done
