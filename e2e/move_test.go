@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,11 +57,33 @@ type platform struct {
 func startPlatform(t *testing.T, o platformtest.Options) *platform {
 	t.Helper()
 	o.Store = platformtest.Postgres
+	return startPlatformOn(t, o)
+}
+
+// startPlatformOn is startPlatform on the backend o.Store names.
+func startPlatformOn(t *testing.T, o platformtest.Options) *platform {
+	t.Helper()
 	p := &platform{Platform: start(t, o), apps: map[string]string{}, replctl: platformtest.Binary(t, "replctl")}
 	for _, c := range p.Clusters() {
 		p.apps[c.Name] = p.StartApp(t, c.Name, platformtest.AppOptions{}).Addr
 	}
 	return p
+}
+
+// seeded returns a random source seeded from the clock, or from the
+// environment variable env when it is set; it logs the seed and how to
+// replay it.
+func seeded(t *testing.T, env string) *rand.Rand {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv(env); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("%s=%q: %v", env, s, err)
+		}
+	}
+	t.Logf("seed %d (%s=%d replays it)", seed, env, seed)
+	return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
 
 // command is replctl with args, on the platform's registry.
@@ -74,6 +100,61 @@ func (p *platform) ctl(t *testing.T, allowFail bool, args ...string) string {
 		t.Fatalf("replctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// shown is `replctl -o json repl show`, what the move tests read of it.
+type shown struct {
+	Clusters []struct {
+		Cluster, State, To string // State: live, tombstone, none, unreachable
+		Generation         int64
+	} `json:"clusters"`
+	LiveIn   []string                     `json:"live_in"`
+	Settled  bool                         `json:"settled"`
+	Problems []string                     `json:"problems"`
+	Moving   *struct{ To, Holder string } `json:"moving"`
+}
+
+// settled checks, with replctl repl show (a process of its own, which
+// reads every store afresh), that repl id is settled: live in exactly one
+// cluster, every tombstone naming that cluster at its generation, and no
+// move in progress. It returns that cluster; otherwise it fails t with
+// what repl show printed.
+func (p *platform) settled(t *testing.T, id string) string {
+	t.Helper()
+	out, err := p.command("-o", "json", "repl", "show", id).Output()
+	var s shown
+	if jerr := json.Unmarshal(out, &s); err != nil || jerr != nil {
+		t.Fatalf("replctl repl show %s: %v %v\n%s", id, err, jerr, out)
+	}
+	fail := func(why string) {
+		t.Helper()
+		t.Fatalf("repl %s is not settled: %s\n%s", id, why, p.ctl(t, true, "repl", "show", id))
+	}
+	if len(s.LiveIn) != 1 {
+		fail(fmt.Sprintf("live in %d clusters %v", len(s.LiveIn), s.LiveIn))
+	}
+	home := s.LiveIn[0]
+	var gen int64
+	for _, c := range s.Clusters {
+		if c.Cluster == home {
+			gen = c.Generation
+		}
+	}
+	for _, c := range s.Clusters {
+		switch {
+		case c.State == "tombstone" && (c.To != home || c.Generation != gen):
+			fail(fmt.Sprintf("%s's tombstone names %s at generation %d, not %s at %d", c.Cluster, c.To, c.Generation, home, gen))
+		case c.State != "tombstone" && c.State != "none" && c.Cluster != home:
+			fail(fmt.Sprintf("%s: %s", c.Cluster, c.State))
+		}
+	}
+	switch {
+	case !s.Settled || len(s.Problems) > 0:
+		fail(fmt.Sprintf("repl show finds it unsettled: %v", s.Problems))
+	case s.Moving != nil:
+		fail(fmt.Sprintf("a move to %s by %s is in progress", s.Moving.To, s.Moving.Holder))
+	}
+	return home
 }
 
 // proxy is the address of cluster's proxy.

@@ -33,6 +33,18 @@ func (p *Platform) ResumeDatabase(t TB, cluster string) {
 	p.server(t, cluster, "ResumeDatabase").Resume(t)
 }
 
+// DatabaseLog returns the path of cluster's PostgreSQL server log, or ""
+// when the cluster has no server of its own (Store Embedded, PostgresURL,
+// or pgtest's EnvURL). The server appends to it, each backend writing its
+// own lines: a backend's line is there before the backend exits.
+func (p *Platform) DatabaseLog(t TB, cluster string) string {
+	t.Helper()
+	if c := p.Cluster(t, cluster); c.pg != nil {
+		return c.pg.LogPath()
+	}
+	return ""
+}
+
 func (p *Platform) server(t TB, cluster, what string) *pgtest.Server {
 	t.Helper()
 	c := p.Cluster(t, cluster)

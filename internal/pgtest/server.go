@@ -169,6 +169,15 @@ func (s *Server) running() bool {
 // server of EnvURL; benchmarks read its children's CPU time from /proc.
 func (s *Server) PID() int { return s.pid() }
 
+// LogPath returns the file the server logs to (its stderr, appended to by
+// each backend itself), or "" for a server of EnvURL, whose log is not ours.
+func (s *Server) LogPath() string {
+	if s.external {
+		return ""
+	}
+	return s.logPath
+}
+
 // pid returns the postmaster's process id, or 0 while stopped; for tests.
 func (s *Server) pid() int {
 	s.mu.Lock()
