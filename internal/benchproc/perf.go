@@ -180,7 +180,7 @@ func groupOf(dso, kind, sym string) string {
 	case strings.HasPrefix(s, "github.com/miekg/dns."):
 		return "miekg/dns (DNS messages, server loop)"
 	case strings.HasPrefix(s, "github.com/replproxy/"):
-		return "replproxy's own code"
+		return "the project's own code (replproxy, replns)"
 	case strings.HasPrefix(s, "go.uber.org/zap") || strings.HasPrefix(s, "go.uber.org/"):
 		return "zap (logging)"
 	case strings.HasPrefix(s, "github.com/prometheus/"):
