@@ -18,20 +18,7 @@ import (
 // (reason signature), and the request is served as an untrusted
 // client's. Replayed as it was: refused, counted (reason replay).
 func TestReplayedMarkIsRefusedAndCounted(t *testing.T) {
-	_, west, _, ca, _ := mtlsClusters(t)
-	testbed.CreateRepl(t, west.Store, "r1", "alice", "blog", testbed.HostOf(testbed.EchoServer(t, "blog").URL))
-	fwd := west.Server.Addr("forward")
-	c, k, err := ca.Issue("east", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}}, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	west, fwd, client := asEast(t)
 	mark := proxy.SignHop(testSecret, time.Now(), "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "https", "blog.alice.repl.test", "id-1")
 	send := func(method, target, body string) testbed.Echoed {
 		t.Helper()
@@ -81,20 +68,7 @@ func TestReplayedMarkIsRefusedAndCounted(t *testing.T) {
 // body, so that neither the body length nor the replay cache can be what
 // refuses it: only the method and the target in the signature can.
 func TestMarkOnOtherMethodOrTargetIsRefused(t *testing.T) {
-	_, west, _, ca, _ := mtlsClusters(t)
-	testbed.CreateRepl(t, west.Store, "r1", "alice", "blog", testbed.HostOf(testbed.EchoServer(t, "blog").URL))
-	fwd := west.Server.Addr("forward")
-	c, k, err := ca.Issue("east", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}}, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	west, fwd, client := asEast(t)
 	for _, tc := range []struct{ method, target string }{{"DELETE", "/"}, {"GET", "/admin/delete"}} {
 		mark := proxy.SignHop(testSecret, time.Now(), "east", "GET", "/", "blog.alice.repl.test", "203.0.113.7", "https", "blog.alice.repl.test", "id-"+tc.method+tc.target)
 		req, _ := http.NewRequest(tc.method, "https://"+fwd+tc.target, nil)
@@ -133,4 +107,25 @@ func TestMarkOnPublicListenerIsRefusedWithMTLS(t *testing.T) {
 	if e.Header.Get("X-Forwarded-For") == "203.0.113.7" {
 		t.Error("a mark on the public listener was trusted with mutual TLS on")
 	}
+}
+
+// asEast starts two clusters over mutual TLS with a repl in west, and
+// returns west, its forward listener's address and a client holding
+// east's certificate: a peer able to bring marks to west's forward
+// listener (as one who captured them on the way and holds a cluster's key).
+func asEast(t *testing.T) (*testCluster, string, *http.Client) {
+	t.Helper()
+	_, west, _, ca, _ := mtlsClusters(t)
+	testbed.CreateRepl(t, west.Store, "r1", "alice", "blog", testbed.HostOf(testbed.EchoServer(t, "blog").URL))
+	c, k, err := ca.Issue("east", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}}, DisableKeepAlives: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return west, west.Server.Addr("forward"), &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
