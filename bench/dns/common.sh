@@ -16,6 +16,11 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PDNS_CACHE_TTL=${PDNS_CACHE_TTL:-3600}
 REPLNS_FLAGS=${REPLNS_FLAGS:-} # more flags for replns, e.g. "-udp-readers 4"
+# Response rate limiting in replns and NSD: replies per second per client
+# network (replns) or per source and response class (NSD); 0 turns it off.
+RRL_RATE=${RRL_RATE:-0}
+# NSD answers DNS cookies with COOKIES=1 (replns always does).
+COOKIES=${COOKIES:-0}
 
 for tool in dnsperf nsd psql taskset curl dig; do
 	command -v "$tool" >/dev/null || { echo "bench-dns: $tool is missing: apt-get install -y dnsperf nsd pdns-server pdns-backend-pgsql postgresql curl bind9-dnsutils" >&2; exit 1; }
@@ -135,7 +140,8 @@ server:
   pidfile: "$tmp/nsd/nsd.pid"
   logfile: "$tmp/nsd/nsd.log"
   verbosity: 0
-  rrl-ratelimit: 0
+  rrl-ratelimit: $RRL_RATE
+  answer-cookie: $([ "$COOKIES" = 1 ] && echo yes || echo no)
 remote-control:
   control-enable: no
 zone:
@@ -178,7 +184,7 @@ start() {
 	replns)
 		ADMIN=$(free_port)
 		taskset -c "$SERVER_CPU" "$tmp/replns" -zone repl.test -registry "$tmp/clusters.yaml" -ns ns1.repl.test=127.0.0.1 \
-			-listen "127.0.0.1:$PORT" -admin-listen "127.0.0.1:$ADMIN" -rrl-rate 0 -log-level warn $REPLNS_FLAGS >"$tmp/replns.log" 2>&1 &
+			-listen "127.0.0.1:$PORT" -admin-listen "127.0.0.1:$ADMIN" -rrl-rate "$RRL_RATE" -log-level warn $REPLNS_FLAGS >"$tmp/replns.log" 2>&1 &
 		PID=$!
 		for _ in $(seq 600); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 		;;
@@ -214,6 +220,12 @@ perf() {
 store_calls() {
 	curl -s "http://127.0.0.1:$ADMIN/metrics" |
 		awk '/^replns_(route_)?cache_events_total\{.*event="load"/ || /^replns_index_store_queries_total/ {n += $NF} END {printf "%d", n}'
+}
+# server_cookie: a DNS cookie (client and server parts, hex) the server at
+# $PORT made for 127.0.0.1, for dnsperf -E 10:COOKIE; empty when it sends none.
+server_cookie() {
+	dig +time=1 +tries=3 +cookie=0102030405060708 @127.0.0.1 -p "$PORT" repl.test SOA |
+		awk '/; COOKIE: / {print $3; exit}'
 }
 # field KEY [FILE]: the first number after "KEY:" in dnsperf's output.
 field() { awk -v k="$1" -F: '$1 ~ k {split($2, a, " "); print a[1]; exit}' "${2:-$tmp/perf.out}"; }

@@ -39,10 +39,64 @@ PERF=${PERF:-}
 SAT_CLIENTS=${SAT_CLIENTS:-10}
 SAT_OUTSTANDING=${SAT_OUTSTANDING:-200}
 SERVERS=${SERVERS:-"nsd replns pdns"}
+# As in production (say what each costs by turning it off): response rate
+# limiting on in replns and NSD (RRL_RATE=0: off), at a rate one loopback
+# client does not reach, so every reply pays for the accounting and none is
+# dropped; DNS cookies answered (COOKIES=0: no query carries one), half of
+# the UDP queries carrying a full cookie the server made (which in replns
+# passes the rate limit); and TCP_SHARE % of the fixed load over TCP
+# (dnsperf -m tcp: 4 connections, many queries each; 0: UDP only).
+RRL_RATE=${RRL_RATE:-1000000}
+COOKIES=${COOKIES:-1}
+TCP_SHARE=${TCP_SHARE:-10}
 # The setup (PostgreSQL, the zone, the servers' configuration) and helpers.
 . bench/dns/common.sh
 
-declare -A CPU_US DB_US P99 LOST DONE XACT STMT SAT_QPS SAT_LOST SAT_CPU SAT_STMT PROFILE
+# mix FILE [RATE SECONDS]: the load from FILE at RATE queries/s for SECONDS
+# (no RATE: saturation for $SAT_DURATION s), split over UDP with cookies,
+# UDP without, and TCP, run at once on the load CPU; outputs in
+# $tmp/mix.*.out, summed by mixed.
+mix() {
+	local file=$1 rate=${2:-} secs=${3:-$SAT_DURATION} cookie="" ppids=() udp=$((100 - TCP_SHARE)) parts p
+	rm -f "$tmp"/mix.*.out
+	if [ "$COOKIES" = 1 ]; then
+		cookie=$(server_cookie)
+		[ -n "$cookie" ] || { log "$s sent no DNS cookie"; exit 1; }
+		parts="cookie plain"
+	else
+		parts="plain"
+	fi
+	[ "$TCP_SHARE" -gt 0 ] && parts="$parts tcp"
+	local n_udp
+	n_udp=$(echo "$parts" | wc -w)
+	[ "$TCP_SHARE" -gt 0 ] && n_udp=$((n_udp - 1))
+	for p in $parts; do
+		local args=(-d "$tmp/$file" -l "$secs")
+		case $p in
+		cookie) args+=(-E "10:$cookie") ;;
+		tcp) args+=(-m tcp) ;;
+		esac
+		if [ -n "$rate" ]; then
+			if [ "$p" = tcp ]; then args+=(-Q $((rate * TCP_SHARE / 100)) -c 4 -q 100)
+			else args+=(-Q $((rate * udp / 100 / n_udp)) -c 4 -q 1000); fi
+			args+=(-v)
+		else
+			if [ "$p" = tcp ]; then args+=(-c 4 -q 20)
+			else args+=(-c $((SAT_CLIENTS / n_udp)) -q "$SAT_OUTSTANDING"); fi
+		fi
+		PERF_OUT="$tmp/mix.$p.out" perf "${args[@]}" &
+		ppids+=($!)
+	done
+	for p in "${ppids[@]}"; do wait "$p"; done
+}
+# mixed KEY: the sum over mix's parts of dnsperf's figure KEY.
+mixed() {
+	local f sum=0
+	for f in "$tmp"/mix.*.out; do sum=$(echo "$sum + $(field "$1" "$f")" | bc -l); done
+	echo "$sum"
+}
+
+declare -A CPU_US DB_US P99 LOST DONE XACT STMT SAT_QPS SAT_LOST SAT_CPU SAT_STMT PROFILE TCP_DONE SAT_TCP
 for s in $SERVERS; do
 	log "$s: starting and warming"
 	start "$s"
@@ -58,7 +112,7 @@ for s in $SERVERS; do
 		perfpid=$!
 		sleep 0.3
 	fi
-	perf -d "$tmp/fixed.txt" -l "$DURATION" -Q "$RATE" -c 4 -q 1000 -v
+	mix fixed.txt "$RATE" "$DURATION"
 	c1=$(ticks "$PID"); d1=$(ticks "$PGPID"); s1=$(stmts $dbs)
 	if [ "$PERF" = 1 ]; then
 		kill -INT "$perfpid" && wait "$perfpid" || true
@@ -67,22 +121,24 @@ for s in $SERVERS; do
 	[ "$s" = replns ] && FIXED_CALLS=$(($(store_calls) - q0))
 	sleep 1.5
 	x1=$(xacts $dbs)
-	DONE[$s]=$(field "Queries completed")
-	LOST[$s]=$(field "Queries lost")
+	DONE[$s]=$(mixed "Queries completed")
+	LOST[$s]=$(mixed "Queries lost")
+	TCP_DONE[$s]=$( [ -f "$tmp/mix.tcp.out" ] && field "Queries completed" "$tmp/mix.tcp.out" || echo 0)
 	CPU_US[$s]=$(echo "($c1 - $c0) * 1000000 / $TICK / ${DONE[$s]}" | bc -l)
 	DB_US[$s]=$(echo "($d1 - $d0) * 1000000 / $TICK / ${DONE[$s]}" | bc -l)
 	XACT[$s]=$((x1 - x0))
 	STMT[$s]=$(echo "($s1 - $s0) / $DURATION" | bc -l)
-	P99[$s]=$(grep '^> ' "$tmp/perf.out" | awk '{print $NF}' | sort -g | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]*1000}')
+	P99[$s]=$(cat "$tmp"/mix.*.out | grep '^> ' | awk '{print $NF}' | sort -g | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.3f", a[i]*1000}')
 
 	log "$s: saturation for $SAT_DURATION s"
 	c0=$(ticks "$PID"); s0=$(stmts $dbs)
-	perf -d "$tmp/saturation.txt" -l "$SAT_DURATION" -c "$SAT_CLIENTS" -q "$SAT_OUTSTANDING"
+	mix saturation.txt
 	c1=$(ticks "$PID"); s1=$(stmts $dbs)
 	SAT_STMT[$s]=$(echo "($s1 - $s0) / $SAT_DURATION" | bc -l)
-	SAT_QPS[$s]=$(field "Queries per second")
-	SAT_LOST[$s]=$(field "Queries lost")
-	SAT_CPU[$s]=$(echo "($c1 - $c0) * 1000000 / $TICK / $(field "Queries completed")" | bc -l)
+	SAT_QPS[$s]=$(mixed "Queries per second")
+	SAT_LOST[$s]=$(mixed "Queries lost")
+	SAT_CPU[$s]=$(echo "($c1 - $c0) * 1000000 / $TICK / $(mixed "Queries completed")" | bc -l)
+	SAT_TCP[$s]=$( [ -f "$tmp/mix.tcp.out" ] && echo "100 * $(field "Queries completed" "$tmp/mix.tcp.out") / $(mixed "Queries completed")" | bc -l || echo 0)
 
 	if [ "$s" = replns ]; then
 		log "replns: a flood of random names, $RATE/s for $DURATION s"
@@ -103,6 +159,7 @@ done
 echo
 echo "DNS benchmark: $REPLS repls, $(nproc) CPUs, server pinned to CPU $SERVER_CPU, dnsperf and PostgreSQL on CPU $LOAD_CPU"
 echo "left: fixed load, $RATE queries/s for $DURATION s; right: saturation, $SAT_CLIENTS clients x $SAT_OUTSTANDING outstanding for $SAT_DURATION s"
+echo "mix: RRL_RATE=$RRL_RATE (0: rate limiting off), COOKIES=$COOKIES (1: half the UDP queries carry a server cookie), TCP_SHARE=$TCP_SHARE % of the fixed load over TCP"
 echo "cpu_us/query: the server's CPU time per answered query; db_us/query: PostgreSQL's; db_xacts: transactions its databases committed;"
 echo "stmt/s: statements its databases completed per second (pg_stat_statements); x NSD: ratios to NSD's figure in this run"
 printf '%-8s %9s %6s %12s %6s %11s %7s %9s %9s | %8s %6s %8s %12s %6s %9s\n' server answered lost "cpu_us/query" "x NSD" "db_us/query" "p99_ms" "db_xacts" "stmt/s" \
@@ -113,6 +170,9 @@ for s in $SERVERS; do
 	printf '%-8s %9s %6s %12.1f %6s %11.1f %7s %9s %9s | %8.0f %6s %8s %12.1f %6s %9s\n' "$s" "${DONE[$s]}" "${LOST[$s]}" "${CPU_US[$s]}" "$(ratio "${CPU_US[$s]}" "${CPU_US[nsd]:-}")" \
 		"${DB_US[$s]}" "${P99[$s]}" "${XACT[$s]}" "$stmt" "${SAT_QPS[$s]}" "$(ratio "${SAT_QPS[$s]}" "${SAT_QPS[nsd]:-}")" "${SAT_LOST[$s]}" \
 		"${SAT_CPU[$s]}" "$(ratio "${SAT_CPU[$s]}" "${SAT_CPU[nsd]:-}")" "$sstmt"
+done
+for s in $SERVERS; do
+	[ "$TCP_SHARE" -gt 0 ] && echo "$s over TCP: ${TCP_DONE[$s]} queries at the fixed load; $(printf '%.1f' "${SAT_TCP[$s]}") % of those answered at saturation (4 connections x 20 outstanding beside the UDP clients)"
 done
 if has replns && has nsd; then
 	echo "replns at saturation: $(ratio "${SAT_QPS[replns]}" "${SAT_QPS[nsd]:-}")x NSD's queries/s on the normal mix; $(printf '%.1f' "${STMT[replns]}") statements/s at the fixed load (steady state)"
