@@ -11,7 +11,7 @@ FUZZTIME    ?= 20s
 BENCH       ?= .
 BENCHTIME   ?= 1s
 
-.PHONY: help run run-postgres build test rules lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse bench-fanout clean
+.PHONY: help run run-postgres build test rules lint vet fmt-check staticcheck unit examples fuzz model bench bench-go bench-proxy bench-dns bench-dns-torture bench-tls bench-abuse bench-fanout bench-scale clean
 
 help:
 	@echo "make run     the demo: two clusters' proxies, replns and sample apps on loopback"
@@ -30,6 +30,8 @@ help:
 	@echo "             (needs: postgresql; about 5 minutes)"
 	@echo "make bench-dns  replns vs NSD and PowerDNS on 100,000 repls (REPLS=400000 for more)"
 	@echo "             (as root; needs: dnsperf nsd pdns-server pdns-backend-pgsql postgresql)"
+	@echo "make bench-scale  replns beside NSD at SIZES repls: start-up, memory, a batch of changes,"
+	@echo "             a reconnect of the change feed (as root; SIZES=\"100000 1000000 10000000\")"
 	@echo "make bench-dns-torture  water torture on 400,000 repls: floods of challenge, random"
 	@echo "             and spread names beside a legitimate stream, replns vs NSD (as root)"
 
@@ -105,6 +107,11 @@ bench-dns: build
 
 bench-dns-torture: build
 	bench/dns/torture.sh
+
+# Repls in each round of bench-scale (bench/dns/scale.sh).
+SIZES ?= 100000 1000000
+bench-scale: build
+	SIZES="$(SIZES)" bench/dns/scale.sh
 
 bench-tls: build
 	$(GO) run ./bench/tls -replproxy $(BIN)/replproxy

@@ -26,6 +26,11 @@ const (
 	// section 4.3).
 	cookieMaxAge  = 3600
 	cookieMaxSkew = 300
+	// A valid server cookie younger than this is sent back as it came:
+	// RFC 9018, section 4.3, asks for a new one at least when the one
+	// received is more than half an hour old. It saves a SipHash per
+	// query from a client that echoes its cookie.
+	cookieReissueAge = 1800
 )
 
 type cookieKey struct{ k0, k1 uint64 }
@@ -64,20 +69,31 @@ func (k cookieKey) appendCookie(dst, client []byte, ip netip.Addr, now time.Time
 // valid reports whether the COOKIE option data of a query holds a server
 // cookie this server (or one sharing its secret) made for ip, recently.
 func (k cookieKey) valid(cookie []byte, ip netip.Addr, now time.Time) bool {
+	ok, _ := k.check(cookie, ip, now)
+	return ok
+}
+
+// check is valid, and reports too whether the server cookie is young
+// enough to be sent back as it is (made less than cookieReissueAge ago,
+// and not in the future).
+func (k cookieKey) check(cookie []byte, ip netip.Addr, now time.Time) (valid, reuse bool) {
 	if len(cookie) != clientCookieLen+serverCookieLen {
-		return false
+		return false, false
 	}
 	server := cookie[clientCookieLen:]
 	if server[0] != cookieVersion {
-		return false
+		return false, false
 	}
 	stamp := binary.BigEndian.Uint32(server[4:])
 	// Serial number arithmetic (RFC 1982): the age may be negative.
 	age := int32(uint32(now.Unix()) - stamp)
 	if age > cookieMaxAge || age < -cookieMaxSkew {
-		return false
+		return false, false
 	}
 	var want [8]byte
 	binary.LittleEndian.PutUint64(want[:], k.hash(cookie, stamp, ip))
-	return subtle.ConstantTimeCompare(want[:], server[8:]) == 1
+	if subtle.ConstantTimeCompare(want[:], server[8:]) != 1 {
+		return false, false
+	}
+	return true, age >= 0 && age < cookieReissueAge
 }

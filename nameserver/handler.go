@@ -359,8 +359,13 @@ func (h *Handler) respond(ctx context.Context, sc *scratch, msg []byte, client n
 	var cookie []byte
 	validCookie := false
 	if q.cookie != nil {
-		cookie = h.cookies.appendCookie(sc.cookie[:0], q.cookie, client, now)
-		validCookie = h.cookies.valid(q.cookie, client, now)
+		var reuse bool
+		validCookie, reuse = h.cookies.check(q.cookie, client, now)
+		if reuse {
+			cookie = append(sc.cookie[:0], q.cookie...)
+		} else {
+			cookie = h.cookies.appendCookie(sc.cookie[:0], q.cookie, client, now)
+		}
 	}
 
 	b := builder{buf: sc.resp[:0], z: h.z.Load()}
