@@ -58,6 +58,10 @@ type upConn struct {
 	wrote    int64 // bytes of the current request written to the socket
 	writeErr error // the first write error of the current request
 
+	// interrupt ends the connection's pending reads and writes (a
+	// deadline in the past): what a cancelled request does to it.
+	interrupt func()
+
 	// For quiet: the socket, and what its peek needs without allocating.
 	raw     syscall.RawConn
 	peekFn  func(fd uintptr) bool

@@ -211,6 +211,8 @@ func newUpConn(conn net.Conn, addr string) *upConn {
 	c := &upConn{conn: conn, addr: addr, readLimit: math.MaxInt64}
 	c.br = bufio.NewReader(limitedConn{c})
 	c.bw = bufio.NewWriter(countedConn{c})
+	// Made once for the connection, not once for each request on it.
+	c.interrupt = func() { _ = conn.SetDeadline(time.Unix(1, 0)) }
 	c.watch()
 	return c
 }
@@ -271,7 +273,7 @@ func (w countedConn) Write(p []byte) (int, error) {
 func (u *upstream) exchange(c *upConn, req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	// A cancelled request interrupts the connection's reads and writes.
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, c.interrupt)
 	fail := func(err error) (*http.Response, error) {
 		stop()
 		c.conn.Close()
