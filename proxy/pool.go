@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -48,6 +49,7 @@ func inAll(c *upConn) *links  { return &c.inAll }
 
 type upConn struct {
 	conn      net.Conn
+	rw        io.ReadWriter // conn's reads and writes: a sockIO when it is a TCP socket, else conn
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	addr      string
@@ -57,6 +59,10 @@ type upConn struct {
 	read     int64 // bytes of the current response read: a failure before any may be retried
 	wrote    int64 // bytes of the current request written to the socket
 	writeErr error // the first write error of the current request
+
+	// interrupt ends the connection's pending reads and writes (a
+	// deadline in the past): what a cancelled request does to it.
+	interrupt func()
 
 	// For quiet: the socket, and what its peek needs without allocating.
 	raw     syscall.RawConn
@@ -255,8 +261,10 @@ func quiet(c *upConn) bool {
 func (c *upConn) peek(fd uintptr) bool {
 	for {
 		// recvfrom(2) without a source address: unix.Recvfrom would
-		// allocate one for each call.
-		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
+		// allocate one for each call. It never waits (MSG_DONTWAIT), so
+		// it needs none of the scheduler's system-call bookkeeping
+		// (sockIO says what that costs).
+		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		if errno == unix.EINTR {
 			continue

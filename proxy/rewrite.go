@@ -54,16 +54,27 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	for _, k := range clientIPHeaders {
 		delete(oh, k)
 	}
-	oh["X-Forwarded-For"] = []string{xff}
-	oh["X-Forwarded-Proto"] = []string{proto}
-	oh["X-Forwarded-Host"] = []string{fhost}
-	oh["X-Real-Ip"] = []string{firstHop(xff)}
-	oh["X-Request-Id"] = []string{ex.id}
 	via := "1.1 replproxy"
 	if in.ProtoMajor == 2 {
 		via = "2 replproxy"
 	}
-	oh["Via"] = append(in.Header.Values("Via"), via)
+	// One array holds every value set here (one allocation, not six);
+	// each header gets a slice of it whose capacity ends at its own
+	// value, so that appending to one header copies instead of writing
+	// over the next.
+	vals := [...]string{xff, proto, fhost, firstHop(xff), ex.id, via}
+	vs := vals[:]
+	one := func(i int) []string { return vs[i : i+1 : i+1] }
+	oh["X-Forwarded-For"] = one(0)
+	oh["X-Forwarded-Proto"] = one(1)
+	oh["X-Forwarded-Host"] = one(2)
+	oh["X-Real-Ip"] = one(3)
+	oh["X-Request-Id"] = one(4)
+	if prior := in.Header.Values("Via"); len(prior) > 0 {
+		oh["Via"] = append(prior[:len(prior):len(prior)], via)
+	} else {
+		oh["Via"] = one(5)
+	}
 	oh.Del(HopHeader)
 	switch {
 	case ex.sent != nil:

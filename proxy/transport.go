@@ -61,15 +61,27 @@ func retryRefused(dial func(ctx context.Context, network, addr string) (net.Conn
 }
 
 // bufferPool lends the 32 KiB buffers ReverseProxy copies bodies with, so
-// a streamed body costs no allocation per request.
+// a streamed body costs no allocation per request. It holds them as
+// pointers to arrays, which a slice converts back to without allocating:
+// holding a *[]byte would cost a new slice header at every Put, one
+// allocation per proxied response.
 type bufferPool struct{ p sync.Pool }
 
+const copyBufferSize = 32 << 10
+
 func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
 }
 
-func (bp *bufferPool) Get() []byte  { return *bp.p.Get().(*[]byte) }
-func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
+func (bp *bufferPool) Get() []byte { return bp.p.Get().(*[copyBufferSize]byte)[:] }
+
+// Put takes back a buffer Get lent; anything else is left to the
+// collector.
+func (bp *bufferPool) Put(b []byte) {
+	if cap(b) >= copyBufferSize {
+		bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+	}
+}
 
 // peerTransports carry forwarded requests to other clusters' proxies over
 // mutual TLS (Config.Peers): HTTP/2 for ordinary requests, one
