@@ -66,16 +66,10 @@ func (k cookieKey) appendCookie(dst, client []byte, ip netip.Addr, now time.Time
 	return binary.LittleEndian.AppendUint64(dst, k.hash(client, stamp, ip))
 }
 
-// valid reports whether the COOKIE option data of a query holds a server
-// cookie this server (or one sharing its secret) made for ip, recently.
-func (k cookieKey) valid(cookie []byte, ip netip.Addr, now time.Time) bool {
-	ok, _ := k.check(cookie, ip, now)
-	return ok
-}
-
-// check is valid, and reports too whether the server cookie is young
-// enough to be sent back as it is (made less than cookieReissueAge ago,
-// and not in the future).
+// check reports whether the COOKIE option data of a query holds a server
+// cookie this server (or one sharing its secret) made for ip, recently;
+// and whether it is young enough to be sent back as it is (made less than
+// cookieReissueAge ago, and not in the future).
 func (k cookieKey) check(cookie []byte, ip netip.Addr, now time.Time) (valid, reuse bool) {
 	if len(cookie) != clientCookieLen+serverCookieLen {
 		return false, false

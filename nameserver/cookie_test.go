@@ -34,7 +34,7 @@ func TestCookieRFC9018(t *testing.T) {
 	if got != want {
 		t.Errorf("cookie %s, want %s", got, want)
 	}
-	if !k.valid(unhex(t, want), ip, now.Add(30*time.Minute)) {
+	if ok, _ := k.check(unhex(t, want), ip, now.Add(30*time.Minute)); !ok {
 		t.Error("the RFC's cookie does not verify")
 	}
 }
@@ -65,7 +65,7 @@ func TestCookieValid(t *testing.T) {
 		{"tampered", append(append([]byte(nil), c[:23]...), c[23]^1), k, "2001:db8::1", 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.key.valid(tc.cookie, netip.MustParseAddr(tc.ip), now.Add(tc.at)); got != tc.want {
+			if got, _ := tc.key.check(tc.cookie, netip.MustParseAddr(tc.ip), now.Add(tc.at)); got != tc.want {
 				t.Errorf("valid = %v, want %v", got, tc.want)
 			}
 		})
@@ -133,7 +133,7 @@ func TestCookieReissue(t *testing.T) {
 				}
 				return
 			}
-			if stamp(got) != now.Unix() || !key.valid(got, ip, now) {
+			if ok, _ := key.check(got, ip, now); stamp(got) != now.Unix() || !ok {
 				t.Fatalf("cookie %x: want a valid one made now", got)
 			}
 		})
