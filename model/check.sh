@@ -72,5 +72,6 @@ check 508 "retire before repoint: two hops" -DSEQUENCE -DRETIRE_FIRST
 check 508 "508 served only when live at the source" -DSEQUENCE -DLOCAL_ONLY
 check holds "the name index, replns waiting for it" -DSEQUENCE -DONE -DINDEX
 check 404 "the name index, replns trusting tombstones" -DSEQUENCE -DONE -DINDEX -DTARGET_FIRST
-check 404 "finding: the name index behind replns" -DSEQUENCE -DONE -DINDEX -DDNS_AHEAD
+check 404 "the name index behind replns, no hold" -DSEQUENCE -DONE -DINDEX -DDNS_AHEAD
+check holds "the name index behind replns, the move hold" -DSEQUENCE -DONE -DINDEX -DDNS_AHEAD -DHOLD
 exit $status

@@ -33,11 +33,19 @@
  *                    until it has heard of the repl at the destination. With
  *                    -DDNS_AHEAD as well it still fails: replns's index of
  *                    the destination may be ahead of the destination's
- *                    proxies' (separate change feeds). By default a proxy
- *                    that does not know a name asks its store.
+ *                    proxies' (separate change feeds); -DHOLD mends that.
+ *                    By default a proxy that does not know a name asks its
+ *                    store.
  *   -DDNS_AHEAD      replns may see a cluster's change before that
  *                    cluster's own proxies do (by default they see it at the
  *                    same instant).
+ *   -DHOLD           replns's move hold (nameserver.ClustersConfig.MoveHold):
+ *                    a repl that has just become live in a cluster is
+ *                    "arriving" there, and loses to any candidate that is
+ *                    not, until that cluster's proxies have caught up with
+ *                    their store (the hold outlasts their lag behind
+ *                    replns: the assumption the hold's length stands for).
+ *                    With -DINDEX -DDNS_AHEAD it holds.
  *
  * Clusters are 0, 1, 2 in registry order; the repl starts live in 0 at
  * generation 1 (see the configurations at the end). The names of the steps
@@ -67,6 +75,8 @@ byte pg[N];     /* a tombstone's generation */
 byte nl[N];     /* live generation */
 byte ng[N];     /* tombstone generation */
 byte nt[N];     /* tombstone target */
+
+bool arriving[N]; /* -DHOLD: replns holds the live row it saw back */
 
 bool done[3];   /* operators 1 and 2 have stopped */
 
@@ -98,7 +108,20 @@ end:
 #endif
 		}
 #ifdef DNS_AHEAD
-	:: select(c : 0 .. N-1); atomic { nl[c] = lgen[c]; ng[c] = tgen[c]; nt[c] = tto[c] }
+	:: select(c : 0 .. N-1);
+		atomic {
+#ifdef HOLD
+			/* A live row at a generation replns did not hold live
+			 * arrives (routecache's arrivals). */
+			arriving[c] = (lgen[c] > 0 && (arriving[c] || lgen[c] != nl[c]));
+#endif
+			nl[c] = lgen[c]; ng[c] = tgen[c]; nt[c] = tto[c]
+		}
+#ifdef HOLD
+	/* The cluster's proxies are notified: they read their store again,
+	 * so they know at least what replns saw of it, and the hold may end. */
+	:: select(c : 0 .. N-1); atomic { pk[c] = UNLOADED; arriving[c] = 0 }
+#endif
 #endif
 	od
 }
@@ -109,6 +132,7 @@ end:
  * target replns knows nothing of yet (its index has not seen the repl)
  * offers its own cluster, whose proxies forward (-DTARGET_FIRST: the
  * target, as replns did before). */
+#ifndef HOLD
 inline answer(t) {
 	d_step {
 		byte i = 0, best = 0;
@@ -129,6 +153,34 @@ inline answer(t) {
 		i = 0; best = 0
 	}
 }
+#else
+/* -DHOLD: a candidate still arriving loses to one that is not; a tombstone
+ * whose target is unknown or arriving offers its own cluster. */
+inline answer(t) {
+	d_step {
+		byte i = 0, best = 0, cu, cg;
+		bool carr = 1, ca;
+		t = NONE;
+		do
+		:: i < N ->
+			cu = NONE;
+			if
+			:: nl[i] > 0 -> cu = i; cg = nl[i]; ca = arriving[i]
+			:: nl[i] == 0 && ng[i] > 0 -> cu = nt[i]; cg = ng[i]; ca = 0;
+				if :: (nl[cu] == 0 && ng[cu] == 0) || arriving[cu] -> cu = i :: else fi
+			:: else
+			fi;
+			if
+			:: cu != NONE && (t == NONE || (carr && !ca) || (carr == ca && cg > best)) -> t = cu; carr = ca; best = cg
+			:: else
+			fi;
+			i++
+		:: else -> break
+		od;
+		i = 0; best = 0; cu = 0; cg = 0; carr = 0; ca = 0
+	}
+}
+#endif
 
 /* A client: asks replns, or keeps an answer it had, and sends a request. */
 proctype client() {

@@ -49,7 +49,19 @@ type ClustersConfig struct {
 	// Open opens a cluster's store. Nil means cluster.Open without
 	// migrations (replns only reads), logging as "store".
 	Open func(ctx context.Context, addr string) (store.Store, error)
+	// MoveHold is how long a repl that has just become live in a cluster
+	// (a move's destination) is held back from answers while another
+	// cluster still serves or forwards it (see Host). Zero means
+	// DefaultMoveHold; a negative value holds nothing back.
+	MoveHold time.Duration
 }
+
+// DefaultMoveHold is ClustersConfig.MoveHold's default: twenty times the
+// commit-to-every-proxy p99 the change feed is built for (100 ms), and
+// short beside the answers' TTL (resolvers hold the source's answer up to
+// 60 s after a move anyway, so the source must serve it that long
+// regardless).
+const DefaultMoveHold = 2 * time.Second
 
 // Clusters reads every cluster of the registry: each store through a
 // routecache.Cache with its name index (routecache.NewIndexed), kept
@@ -109,6 +121,10 @@ func NewClusters(reg *cluster.Registry, cfg ClustersConfig, now func() time.Time
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	if cfg.MoveHold == 0 {
+		cfg.MoveHold = DefaultMoveHold
+	}
+	cfg.Cache.Arrivals = cfg.MoveHold // a negative one: the indexes remember no arrival
 	c := &Clusters{cfg: cfg, now: now, logger: logger.Named("clusters")}
 	if c.cfg.Open == nil {
 		storeLogger := logger.Named("store")
@@ -129,12 +145,19 @@ func (c *Clusters) Clusters() []cluster.Cluster { return c.set.Load().list }
 
 // Host implements Source. Each cluster that knows the repl offers a
 // candidate: itself when the repl is live there, or the cluster its
-// tombstone names. The highest generation wins. Trusting tombstones keeps
-// the answer right while a move's change notifications from the two
-// clusters arrive in either order.
+// tombstone names. The highest generation wins, but a repl still arriving
+// at a cluster (live there for less than MoveHold) is held back while
+// another candidate remains: that cluster's proxies follow its change feed
+// each on its own, a moment behind replns or ahead of it, and a client
+// sent there before they know the repl gets a 404. Every candidate held
+// back to is safe: the source of a move still serves the repl from its live
+// row, or forwards it on its tombstone (a forwarded request makes the
+// destination's proxy ask its store). Trusting tombstones keeps the answer
+// right while a move's changes from the two clusters arrive in either
+// order.
 func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
 	set := c.set.Load()
-	best, bestGen := -1, int64(0)
+	best, bestGen, bestArriving := -1, int64(0), false
 	var failed error
 	for i, cl := range set.cs {
 		cache := cl.cache.Load()
@@ -142,7 +165,7 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
 			failed = fmt.Errorf("cluster %s: %w: its store is not open yet", cl.name, store.ErrUnavailable)
 			continue
 		}
-		known, gen, movedTo := cache.Index().Where(k)
+		known, gen, movedTo, arriving := cache.Index().Where(k)
 		if known == routecache.KnownNo {
 			continue
 		}
@@ -150,7 +173,7 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
 			r, err := cache.Peek(k)
 			switch {
 			case err == nil:
-				gen, movedTo = r.Generation, ""
+				gen, movedTo, arriving = r.Generation, "", false
 				if r.Kind == store.RouteTombstone {
 					movedTo = r.Cluster
 				}
@@ -168,16 +191,15 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
 		if movedTo != "" {
 			target = set.indexOf(movedTo)
 			if target >= 0 && set.notYet(target, k) {
-				// The destination's index has not seen the repl yet (its
-				// change notification is a moment behind the source's),
-				// and nor, likely, have its proxies: they would answer
-				// 404. Send clients to this cluster, whose tombstone
-				// forwards them, until it has.
+				// The destination has not learned of the repl, or only
+				// just has (and nor, likely, have its proxies). Send
+				// clients to this cluster, whose tombstone forwards them,
+				// until it has.
 				target = i
 			}
 		}
-		if target >= 0 && (best < 0 || gen > bestGen) {
-			best, bestGen = target, gen
+		if target >= 0 && (best < 0 || outranks(gen, arriving, bestGen, bestArriving)) {
+			best, bestGen, bestArriving = target, gen, arriving
 		}
 	}
 	switch {
@@ -189,11 +211,26 @@ func (c *Clusters) Host(_ context.Context, k store.Key) (string, error) {
 	return "", store.ErrNotFound
 }
 
+// outranks reports whether a candidate of generation gen beats the best so
+// far: one that has arrived beats one still arriving, and then the higher
+// generation wins.
+func outranks(gen int64, arriving bool, bestGen int64, bestArriving bool) bool {
+	if arriving != bestArriving {
+		return !arriving
+	}
+	return gen > bestGen
+}
+
 // notYet reports whether cluster i's index is current and does not have
-// k: a tombstone names a destination that has not learned of the repl.
+// k, or has it arriving: a tombstone names a destination that has not
+// learned of the repl, or only just has.
 func (s *clusterSet) notYet(i int, k store.Key) bool {
 	cache := s.cs[i].cache.Load()
-	return cache != nil && cache.Index().Knows(k) == routecache.KnownNo
+	if cache == nil {
+		return false
+	}
+	known, _, _, arriving := cache.Index().Where(k)
+	return known == routecache.KnownNo || arriving
 }
 
 // indexOf returns the position of the named cluster, or -1 for a cluster

@@ -16,6 +16,7 @@ import (
 	"github.com/replproxy/replproxy/cluster"
 	"github.com/replproxy/replproxy/store"
 	"github.com/replproxy/replproxy/store/embedded"
+	"github.com/replproxy/replproxy/store/routecache"
 )
 
 // countingStore counts the lookups that reach a store, and keeps their
@@ -215,7 +216,7 @@ func TestCreatedReplResolves(t *testing.T) {
 // only a tombstone knows is not NXDOMAIN: it is answered with the cluster
 // that holds the tombstone (its proxies forward) while the destination has
 // not learned of the repl — its proxies would answer 404 — and with the
-// destination once it has.
+// destination once it has (and the hold after has passed).
 func TestTombstonePointsTheWay(t *testing.T) {
 	path := writeWorld(t, map[string]string{
 		"clusters.yaml": testRegistry,
@@ -224,7 +225,9 @@ func TestTombstonePointsTheWay(t *testing.T) {
 		"east.yaml": "tombstones:\n  - {repl_id: r7, owner: erin, slug: site, cluster: west, generation: 2, moved_at: 2026-01-01T00:00:00Z}\n",
 		"west.yaml": "",
 	})
-	c := startClusters(t, path, ClustersConfig{})
+	// West's row, once it comes, is held back for MoveHold (TestMoveHold):
+	// a short one here.
+	c := startClusters(t, path, ClustersConfig{MoveHold: 100 * time.Millisecond})
 	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -244,9 +247,108 @@ func TestTombstonePointsTheWay(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
-		waitAnswer(t, addr, name, "198.51.100.10", time.Second)
+		waitAnswer(t, addr, name, "198.51.100.10", 5*time.Second)
 	}
 	if got := answerA(ask(t, addr, "erin.repl.test.", dns.TypeA)); got != "NODATA" {
 		t.Errorf("the owner: %s, want NODATA (an empty non-terminal)", got)
 	}
+}
+
+// TestMoveHold: a move's first step makes the repl live in the destination
+// at a higher generation while the source still serves it. The
+// destination's proxies follow its changes each on their own and may not
+// know the repl yet, so for MoveHold replns goes on answering the source —
+// through the retire too, whose tombstone forwards — and then the
+// destination. With the hold off (the old behaviour) it answers the
+// destination at once, the moment its proxies may still 404.
+func TestMoveHold(t *testing.T) {
+	const (
+		east = "192.0.2.10,192.0.2.11"
+		west = "198.51.100.10"
+	)
+	// move starts replns on r7 live in east, makes it live in west (a
+	// move's step 1) and waits until replns's index of west has it. It
+	// returns replns's address, the move's retire (step 3), and the time
+	// just before the activate (replns cannot have learned of it earlier).
+	move := func(t *testing.T, hold time.Duration) (addr string, retire func(), activated time.Time) {
+		path := writeWorld(t, map[string]string{
+			"clusters.yaml": testRegistry,
+			"east.yaml":     "repls:\n  - {id: r7, owner: erin, slug: site, endpoints: [127.0.0.1:9007], generation: 1}\n",
+			"west.yaml":     "",
+		})
+		c := startClusters(t, path, ClustersConfig{MoveHold: hold})
+		h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = startServer(t, h)
+		for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
+			if got := answerA(ask(t, addr, name, dns.TypeA)); got != east {
+				t.Fatalf("before the move %s: %s, want east's %s", name, got, east)
+			}
+		}
+		stores := map[string]store.Store{}
+		for _, name := range []string{"east", "west"} {
+			s, err := embedded.Open(context.Background(), filepath.Join(filepath.Dir(path), name+".yaml"), zaptest.NewLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			stores[name] = s
+		}
+		activated = time.Now()
+		if _, err := stores["west"].Activate(context.Background(), store.Repl{ID: "r7", Owner: "erin", Slug: "site", Endpoints: []string{"127.0.0.1:9107"}, Generation: 2}); err != nil {
+			t.Fatal(err)
+		}
+		westIndex := c.set.Load().cs[1].cache.Load().Index()
+		waitFor(t, 10*time.Second, "west's index has r7", func() bool {
+			known, gen, _, _ := westIndex.Where(store.ReplIDKey("r7"))
+			return known == routecache.KnownYes && gen == 2
+		})
+		retire = func() {
+			if _, err := stores["east"].Retire(context.Background(), "r7", "west", 2); err != nil {
+				t.Fatal(err)
+			}
+			eastIndex := c.set.Load().cs[0].cache.Load().Index()
+			waitFor(t, 10*time.Second, "east's index has r7's tombstone", func() bool {
+				_, _, movedTo, _ := eastIndex.Where(store.ReplIDKey("r7"))
+				return movedTo == "west"
+			})
+		}
+		return addr, retire, activated
+	}
+
+	t.Run("held", func(t *testing.T) {
+		addr, retire, _ := move(t, time.Hour)
+		for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
+			if got := answerA(ask(t, addr, name, dns.TypeA)); got != east {
+				t.Errorf("activated in west, %s: %s, want east's %s while the repl arrives in west", name, got, east)
+			}
+		}
+		retire()
+		for _, name := range []string{"site.erin.repl.test.", "r7.id.repl.test."} {
+			if got := answerA(ask(t, addr, name, dns.TypeA)); got != east {
+				t.Errorf("retired in east, %s: %s, want east's %s (its tombstone forwards) while the repl arrives in west", name, got, east)
+			}
+		}
+	})
+	t.Run("released", func(t *testing.T) {
+		const hold = 300 * time.Millisecond
+		addr, retire, activated := move(t, hold)
+		retire()
+		took := waitAnswer(t, addr, "site.erin.repl.test.", west, 10*time.Second)
+		if since := time.Since(activated); since < hold {
+			t.Errorf("west answered %v after the activate, before the %v hold", since, hold)
+		}
+		t.Logf("west answered %v after the retire", took)
+		if got := answerA(ask(t, addr, "r7.id.repl.test.", dns.TypeA)); got != west {
+			t.Errorf("r7.id: %s, want west's %s", got, west)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		addr, _, _ := move(t, -1)
+		if got := answerA(ask(t, addr, "site.erin.repl.test.", dns.TypeA)); got != west {
+			t.Errorf("with no hold: %s, want west's %s at once", got, west)
+		}
+	})
 }

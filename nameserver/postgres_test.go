@@ -65,6 +65,7 @@ func TestPostgres(t *testing.T) {
 
 	path := twoClusterWorld(t, dsns)
 	cfg, _, looked := counting(nil)
+	cfg.MoveHold = 300 * time.Millisecond // short, and still asserted (below)
 	c := startClusters(t, path, cfg)
 	h, err := NewHandler(testConfig(), c, nil, nil, zaptest.NewLogger(t))
 	if err != nil {
@@ -106,7 +107,7 @@ func TestPostgres(t *testing.T) {
 		t.Logf("by id after %v", waitAnswer(t, addr, "r9.id.repl.test.", "198.51.100.10", time.Second))
 	})
 
-	t.Run("moved repl resolves to its new cluster within 1 s", func(t *testing.T) {
+	t.Run("moved repl resolves to its new cluster after the hold, within 1 s more", func(t *testing.T) {
 		const name = "api.bob.repl.test."
 		if got := answerA(ask(t, addr, name, dns.TypeA)); got != "192.0.2.10" {
 			t.Fatalf("before: %s", got)
@@ -120,7 +121,10 @@ func TestPostgres(t *testing.T) {
 		if _, err := west.Activate(ctx, r); err != nil { // step 1: live in west
 			t.Fatal(err)
 		}
-		waitAnswer(t, addr, name, "198.51.100.10", time.Second)
+		waitAnswer(t, addr, name, "198.51.100.10", cfg.MoveHold+time.Second)
+		if took := time.Since(start); took < cfg.MoveHold {
+			t.Errorf("west answered %v after the activate began, before the %v hold (TestMoveHold): the change feed records no arrival", took, cfg.MoveHold)
+		}
 		if _, err := east.Retire(ctx, r.ID, "west", r.Generation); err != nil { // step 2
 			t.Fatal(err)
 		}

@@ -30,6 +30,9 @@ type options struct {
 	dns    nameserver.Config
 	server nameserver.ServerConfig
 	cache  routecache.Config
+	// moveHold is -move-hold: 0 turns it off (ClustersConfig.MoveHold
+	// takes a negative value for that).
+	moveHold time.Duration
 }
 
 // envPrefix: every flag -some-name is also read from REPLNS_SOME_NAME.
@@ -146,6 +149,9 @@ func (o *options) cacheFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxEntries, "cache-max-entries", 1_000_000, "found routes cached, per cluster")
 	fs.IntVar(&c.MaxNegative, "cache-max-negative", 100_000, "not-found and challenge entries cached, per cluster")
 	fs.DurationVar(&c.LoadTimeout, "cache-load-timeout", 2*time.Second, "how long one store lookup may take")
+	fs.DurationVar(&o.moveHold, "move-hold", nameserver.DefaultMoveHold, "how long after a moved repl becomes live in its new cluster replns keeps answering the old one\n"+
+		"(which serves it, or forwards it there): that cluster's proxies follow its changes each on its own and\n"+
+		"may be a moment behind replns; 0 answers the new cluster at once")
 }
 
 // operationFlags are the admin listener and the logs.
@@ -180,6 +186,9 @@ func (raw *rawFlags) apply(o *options) error {
 	}
 	o.dns.SOA.Serial = uint32(raw.serial)
 	errs = append(errs, checkTCP(&o.server)...)
+	if o.moveHold < 0 {
+		errs = append(errs, fmt.Errorf("-move-hold %v: must not be negative (0 turns the hold off)", o.moveHold))
+	}
 	if raw.cookie != "" {
 		b, err := hex.DecodeString(raw.cookie)
 		if err != nil || len(b) != 16 {

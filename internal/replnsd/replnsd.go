@@ -5,6 +5,7 @@
 package replnsd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,7 +117,7 @@ func build(o *options, logger *zap.Logger, level zap.AtomicLevel) (*daemon, erro
 	if len(o.dns.NameServers) == 0 {
 		return nil, errors.New(nsRequired)
 	}
-	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache}, nil, logger)
+	clusters, err := nameserver.NewClusters(reg, nameserver.ClustersConfig{Cache: o.cache, MoveHold: cmp.Or(o.moveHold, -1)}, nil, logger)
 	if err != nil {
 		return nil, err
 	}

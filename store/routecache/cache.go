@@ -46,6 +46,11 @@ type Config struct {
 	// memory follows the names in use, not every name ever asked. Nothing
 	// is swept while the store is failing. Zero means 10 min.
 	KeepExpired time.Duration
+	// Arrivals is how long a NewIndexed cache's index remembers that a repl
+	// arrived, becoming live in this store at a generation the index did not
+	// hold it live at (Index.Where's arriving). Zero (or negative): it
+	// remembers none, and costs nothing.
+	Arrivals time.Duration
 }
 
 // withDefaults returns c with every zero (or negative) field set to its
@@ -198,6 +203,7 @@ func New(r store.Reader, cfg Config, now func() time.Time, logger *zap.Logger) *
 func NewIndexed(st Lister, cfg Config, now func() time.Time, logger *zap.Logger) *Cache {
 	c := New(st, cfg, now, logger)
 	c.index = NewIndex(st, logger)
+	c.index.arrived.keep = cfg.Arrivals
 	return c
 }
 

@@ -72,6 +72,8 @@ type Index struct {
 	reached  positionLog    // its last positions and when it reached each; under mu
 	rebuilds atomic.Uint64  // full reads made (the first build included)
 	changes  atomic.Uint64  // changes applied from the feed without a rebuild
+
+	arrived arrivals // the repls that became live here lately; under mu
 }
 
 // IndexEntry is what the index holds for one repl.
@@ -95,6 +97,7 @@ func NewIndex(st Lister, logger *zap.Logger) *Index {
 		chs:     make(map[string][]store.Challenge),
 		pending: make(map[store.Key]uint64),
 		queue:   eventQueue{wake: make(chan struct{}, 1), room: make(chan struct{}, 1)},
+		arrived: arrivals{epoch: time.Now()},
 	}
 }
 
@@ -121,13 +124,17 @@ func (x *Index) Repl(k store.Key) (Knowledge, IndexEntry) {
 
 // Where is Repl for a caller that needs only where the repl is: its
 // generation and, for a tombstone, the cluster it names. It copies no
-// entry (replns asks it on every answer).
-func (x *Index) Where(k store.Key) (kn Knowledge, generation int64, movedTo string) {
+// entry (replns asks it on every answer). arriving says the repl is live
+// here and became so less than Config.Arrivals ago (see arrivals).
+func (x *Index) Where(k store.Key) (kn Knowledge, generation int64, movedTo string, arriving bool) {
 	var e IndexEntry
 	x.mu.RLock()
 	kn = x.lookupLocked(k, &e)
+	if kn == KnownYes && e.MovedTo == "" {
+		arriving = x.arrived.arriving(e.ID)
+	}
 	x.mu.RUnlock()
-	return kn, e.Generation, e.MovedTo
+	return kn, e.Generation, e.MovedTo, arriving
 }
 
 // lookupLocked finds k's entry, into e when it is there. x.mu is held.
@@ -550,6 +557,7 @@ func (x *Index) readBatch(ctx context.Context, f store.Feed, events []queued) er
 		case !ok:
 			x.removeLocked(id)
 		case r.Kind == store.RouteLocal:
+			x.noteArrivalLocked(r.ReplID, r.Generation)
 			x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation})
 		default:
 			x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation, MovedTo: r.Cluster})
@@ -587,7 +595,10 @@ func (x *Index) read(ctx context.Context, q queued) error {
 		r, err := x.st.Lookup(ctx, store.ReplIDKey(ev.ReplID))
 		switch {
 		case err == nil && r.Kind == store.RouteLocal:
-			x.update(q, func() { x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation}) })
+			x.update(q, func() {
+				x.noteArrivalLocked(r.ReplID, r.Generation)
+				x.putLocked(IndexEntry{ID: r.ReplID, Owner: r.Owner, Slug: r.Slug, Generation: r.Generation})
+			})
 			return nil
 		case err == nil && r.Kind == store.RouteTombstone:
 			x.update(q, func() {
@@ -641,6 +652,19 @@ func (x *Index) putLocked(e IndexEntry) {
 	if !x.repls.put(e) {
 		x.logger.Warn("repl not indexed: a string is too long", zap.String("repl_id", e.ID))
 	}
+}
+
+// noteArrivalLocked records, when the index remembers arrivals, that repl
+// id arrives live at generation gen if the index has been built and does
+// not hold it live at gen already. Call it before putting the entry.
+func (x *Index) noteArrivalLocked(id string, gen int64) {
+	if x.arrived.keep <= 0 || !x.built {
+		return
+	}
+	if g, live, ok := x.repls.liveGen(id); ok && live && g == gen {
+		return
+	}
+	x.arrived.add(id, x.arrived.now())
 }
 
 // removeLocked forgets the repl id.

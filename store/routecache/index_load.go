@@ -29,7 +29,9 @@ func (x *Index) loadRepls(snap store.Snapshot) {
 		}
 	})
 	x.batches(len(snap.Repls), func(i int) {
-		if !x.repls.markID(snap.Repls[i].ID) {
+		r := snap.Repls[i]
+		x.noteArrivalLocked(r.ID, r.Generation) // before any row is put: against what the index held
+		if !x.repls.markID(r.ID) {
 			fresh++
 		}
 	})

@@ -243,6 +243,17 @@ func (r *replSet) internCluster(name string) uint32 {
 	return c
 }
 
+// liveGen returns id's generation and whether its record is live (not a
+// tombstone); ok is false when there is none.
+func (r *replSet) liveGen(id string) (gen int64, live, ok bool) {
+	i, ok := r.findID(id)
+	if !ok {
+		return 0, false, false
+	}
+	v := r.ents.at(i)
+	return v.gen, v.cluster&^markBit == 0, true
+}
+
 // markID gives id's record the current mark and reports whether it has
 // one.
 func (r *replSet) markID(id string) bool {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/replproxy/replproxy/store"
 )
@@ -411,9 +412,12 @@ func TestIndexLookupsDoNotAllocate(t *testing.T) {
 	for i := range 1000 {
 		x.putLocked(IndexEntry{ID: fmt.Sprintf("r%d", i), Owner: fmt.Sprintf("u%d", i%50), Slug: fmt.Sprintf("s%d", i%7), Generation: int64(i % 3), MovedTo: []string{"", "west"}[i%2]})
 	}
-	x.current = true
+	x.current, x.built, x.arrived.keep = true, true, time.Hour
+	for i := range 20 {
+		x.noteArrivalLocked(fmt.Sprintf("r%d", i*2), 9) // live ones arriving
+	}
 	x.mu.Unlock()
-	keys := []store.Key{store.ReplKey("u3", "s3"), store.ReplKey("u3", "nope"), store.ReplKey("nobody", "s3"), store.ReplIDKey("r7"), store.ReplIDKey("x")}
+	keys := []store.Key{store.ReplKey("u3", "s3"), store.ReplKey("u3", "nope"), store.ReplKey("nobody", "s3"), store.ReplIDKey("r7"), store.ReplIDKey("r8"), store.ReplIDKey("x")}
 	if n := testing.AllocsPerRun(100, func() {
 		for _, k := range keys {
 			x.Knows(k)
