@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -30,9 +29,10 @@ type ServerConfig struct {
 	// SO_REUSEPORT, so the kernel spreads queries over them. Zero means
 	// GOMAXPROCS.
 	UDPSockets int
-	// UDPReaders is how many goroutines read and answer on each UDP
-	// socket: the bound on queries in progress, the ones waiting for a
-	// store included. Zero means 16.
+	// UDPReaders is how many threads read and answer on each UDP socket,
+	// each waiting in poll(2) and taking up to 32 queries a read (udp.go).
+	// One keeps a CPU busy, as the handler never waits for a store; more
+	// wake together for every datagram. Zero means 1.
 	UDPReaders int
 	// ReadBuffer is each UDP socket's receive buffer (SO_RCVBUF), which
 	// absorbs bursts. Zero means 8 MiB.
@@ -80,7 +80,7 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 		c.UDPSockets = runtime.GOMAXPROCS(0)
 	}
 	if c.UDPReaders == 0 {
-		c.UDPReaders = 16
+		c.UDPReaders = 1
 	}
 	if c.ReadBuffer == 0 {
 		c.ReadBuffer = 8 << 20
@@ -125,8 +125,8 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 }
 
 // Server answers DNS over UDP and TCP with a Handler. UDP is read
-// straight from the sockets by a fixed number of goroutines, and answered
-// without unpacking into a dns.Msg; TCP by a goroutine per connection,
+// straight from the sockets in batches by a fixed number of threads
+// (udp.go), and answered without unpacking into a dns.Msg; TCP by a goroutine per connection,
 // within the bounds of tcpServer (tcp.go).
 type Server struct {
 	cfg    ServerConfig
@@ -248,6 +248,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.Listen(ctx); err != nil {
 		return err
 	}
+	stop, err := newStopSignal()
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	udp, ln := s.udp, s.tcp
 	tcp := newTCPServer(ctx, s.cfg, s.h, ln, s.logger)
@@ -259,14 +263,18 @@ func (s *Server) Serve(ctx context.Context) error {
 		tcpErr = make(chan error, 1)
 	)
 	go func() { tcpErr <- tcp.serve() }()
-	for _, c := range udp {
+	for i, c := range udp {
 		for range s.cfg.UDPReaders {
-			wg.Go(func() { s.readUDP(context.WithoutCancel(ctx), c) })
+			r := newUDPReader(s.h, stop)
+			wg.Go(func() {
+				if err := r.serve(context.WithoutCancel(ctx), c); err != nil {
+					s.logger.Error("udp socket stopped answering", zap.Int("socket", i), zap.Error(err))
+				}
+			})
 		}
 	}
 	s.serving.Store(true)
 
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-tcpErr:
@@ -286,39 +294,18 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	tcp.shutdown(sctx)
-	s.stopUDP(udp, &wg)
+	s.stopUDP(udp, stop, &wg)
 	return err
 }
 
-// stopUDP stops the readers (they finish the query in hand) and closes
+// stopUDP stops the readers (they finish the batch in hand) and closes
 // the sockets.
-func (s *Server) stopUDP(conns []*net.UDPConn, wg *sync.WaitGroup) {
-	for _, c := range conns {
-		_ = c.SetReadDeadline(time.Unix(1, 0))
-	}
+func (s *Server) stopUDP(conns []*net.UDPConn, stop *stopSignal, wg *sync.WaitGroup) {
+	stop.fire()
 	wg.Wait()
+	stop.close()
 	for _, c := range conns {
 		c.Close()
-	}
-}
-
-// readUDP reads and answers queries on c until its read deadline is set in
-// the past.
-func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) {
-	buf := make([]byte, 65535)
-	sc := s.h.scratch.New().(*scratch)
-	for {
-		n, from, err := c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// ICMP errors and the like surface on reads: keep going.
-			continue
-		}
-		if out := s.h.respond(ctx, sc, buf[:n], from.Addr().Unmap(), false); out != nil {
-			_, _ = c.WriteToUDPAddrPort(out, from)
-		}
 	}
 }
 

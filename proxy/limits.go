@@ -147,6 +147,9 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ac := &admittedConn{Conn: c, l: ll.l}
+		if tc, ok := c.(*net.TCPConn); ok {
+			ac.sock = newSockIO(tc)
+		}
 		// A connection whose client is not known yet is counted in all
 		// now, and against its client by its first use, in its own
 		// goroutine: reading the client here would keep every other
@@ -171,6 +174,7 @@ var errClientOverBound = errorString("the client has as many connections as it m
 
 type admittedConn struct {
 	net.Conn
+	sock     *sockIO // reads and writes Conn when it is a TCP socket; nil: its own Read and Write
 	l        *connLimits
 	lateConn lateConn // the client is counted at first use; nil: at Accept
 	lateOnce sync.Once
@@ -208,12 +212,18 @@ func (c *admittedConn) Read(p []byte) (int, error) {
 	if err := c.admitLate(); err != nil {
 		return 0, err
 	}
+	if c.sock != nil {
+		return c.sock.Read(p)
+	}
 	return c.Conn.Read(p)
 }
 
 func (c *admittedConn) Write(p []byte) (int, error) {
 	if err := c.admitLate(); err != nil {
 		return 0, err
+	}
+	if c.sock != nil {
+		return c.sock.Write(p)
 	}
 	return c.Conn.Write(p)
 }

@@ -208,7 +208,12 @@ func (u *upstream) dialFresh(ctx context.Context, addr string) (*upConn, error) 
 
 // newUpConn wraps a new connection to addr.
 func newUpConn(conn net.Conn, addr string) *upConn {
-	c := &upConn{conn: conn, addr: addr, readLimit: math.MaxInt64}
+	c := &upConn{conn: conn, rw: conn, addr: addr, readLimit: math.MaxInt64}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		if s := newSockIO(tc); s != nil {
+			c.rw = s
+		}
+	}
 	c.br = bufio.NewReader(limitedConn{c})
 	c.bw = bufio.NewWriter(countedConn{c})
 	// Made once for the connection, not once for each request on it.
@@ -245,7 +250,7 @@ func (l limitedConn) Read(p []byte) (int, error) {
 	if int64(len(p)) > c.readLimit {
 		p = p[:c.readLimit]
 	}
-	n, err := c.conn.Read(p)
+	n, err := c.rw.Read(p)
 	c.read += int64(n)
 	if c.readLimit != math.MaxInt64 {
 		c.readLimit -= int64(n)
@@ -261,7 +266,7 @@ type countedConn struct{ c *upConn }
 
 func (w countedConn) Write(p []byte) (int, error) {
 	c := w.c
-	n, err := c.conn.Write(p)
+	n, err := c.rw.Write(p)
 	c.wrote += int64(n)
 	if err != nil && c.writeErr == nil {
 		c.writeErr = err
@@ -395,7 +400,7 @@ func (b *upBody) finish(complete bool) {
 type switchedConn struct{ c *upConn }
 
 func (s *switchedConn) Read(p []byte) (int, error)  { return s.c.br.Read(p) }
-func (s *switchedConn) Write(p []byte) (int, error) { return s.c.conn.Write(p) }
+func (s *switchedConn) Write(p []byte) (int, error) { return s.c.rw.Write(p) }
 func (s *switchedConn) Close() error                { return s.c.conn.Close() }
 
 // CloseWrite half-closes the connection, when it is TCP: the container
