@@ -29,10 +29,9 @@ type ServerConfig struct {
 	// SO_REUSEPORT, so the kernel spreads queries over them. Zero means
 	// GOMAXPROCS.
 	UDPSockets int
-	// UDPReaders is how many threads read and answer on each UDP socket,
-	// each waiting in poll(2) and taking up to 32 queries a read (udp.go).
-	// One keeps a CPU busy, as the handler never waits for a store; more
-	// wake together for every datagram. Zero means 1.
+	// UDPReaders is how many goroutines read and answer on each UDP
+	// socket, each taking up to 32 queries a read (udp.go). One keeps a
+	// CPU busy, as the handler never waits for a store. Zero means 1.
 	UDPReaders int
 	// ReadBuffer is each UDP socket's receive buffer (SO_RCVBUF), which
 	// absorbs bursts. Zero means 8 MiB.
@@ -248,10 +247,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	if err := s.Listen(ctx); err != nil {
 		return err
 	}
-	stop, err := newStopSignal()
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	udp, ln := s.udp, s.tcp
 	tcp := newTCPServer(ctx, s.cfg, s.h, ln, s.logger)
@@ -261,11 +256,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	var (
 		wg     sync.WaitGroup
 		tcpErr = make(chan error, 1)
+		err    error
 	)
 	go func() { tcpErr <- tcp.serve() }()
 	for i, c := range udp {
 		for range s.cfg.UDPReaders {
-			r := newUDPReader(s.h, stop)
+			r := newUDPReader(s.h)
 			wg.Go(func() {
 				if err := r.serve(context.WithoutCancel(ctx), c); err != nil {
 					s.logger.Error("udp socket stopped answering", zap.Int("socket", i), zap.Error(err))
@@ -294,16 +290,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	tcp.shutdown(sctx)
-	s.stopUDP(udp, stop, &wg)
+	s.stopUDP(udp, &wg)
 	return err
 }
 
-// stopUDP stops the readers (they finish the batch in hand) and closes
-// the sockets.
-func (s *Server) stopUDP(conns []*net.UDPConn, stop *stopSignal, wg *sync.WaitGroup) {
-	stop.fire()
+// stopUDP stops the readers (they finish the batch in hand: a read
+// deadline in the past ends their next wait) and closes the sockets.
+func (s *Server) stopUDP(conns []*net.UDPConn, wg *sync.WaitGroup) {
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
 	wg.Wait()
-	stop.close()
 	for _, c := range conns {
 		c.Close()
 	}

@@ -2,26 +2,24 @@ package nameserver
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"sync/atomic"
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// UDP is read and answered outside Go's network poller. Parking a
-// goroutine in the poller at every pause in the traffic, and waking it,
-// costs a Go server a thread hand-off and a wake-up of the runtime's
-// monitor per query: at 20,000 queries/s that was 40 % of replns's CPU
-// time (bench/dns). Instead each reader blocks in poll(2) in its own
-// thread, as NSD's do, and reads and writes up to udpBatch datagrams at
-// a time with recvmmsg and sendmmsg. The socket stays non-blocking (a
-// process taking it over through the handover shares its file
-// description), and an eventfd wakes every reader at once to stop.
+// UDP is read and answered in batches: up to udpBatch datagrams a
+// recvmmsg, their replies by one sendmmsg. Each reader waits for its
+// socket in Go's network poller, as a net.UDPConn's ReadFrom would, but
+// its reads and writes are raw system calls (the socket is non-blocking,
+// so they never wait): parking a goroutine and telling the scheduler of
+// every system call, once per query, cost replns a thread hand-off and a
+// wake-up of the runtime's monitor per query (bench/dns). A reader stops
+// at a read deadline in the past (Server.stopUDP), after the batch in hand.
 //
 // The handler never waits for a store (Source answers at once, loading
 // in the background), so one reader per socket keeps a CPU busy.
@@ -40,9 +38,8 @@ const udpBatch = 32
 // replies. Its buffers are its own: the readers of a socket share
 // nothing but the socket.
 type udpReader struct {
-	h    *Handler
-	stop *stopSignal
-	sc   *scratch
+	h  *Handler
+	sc *scratch
 
 	hdrs  [udpBatch]unix.Mmsghdr // the batch read, then the replies
 	iovs  [udpBatch]unix.Iovec
@@ -51,65 +48,55 @@ type udpReader struct {
 	out   [udpBatch]unix.Mmsghdr        // the replies, sent in order
 	oiovs [udpBatch]unix.Iovec
 	obufs [udpBatch][]byte // each reply, copied from the handler's scratch
+
+	// What the poller's callbacks (bound once: a wait allocates nothing)
+	// did: the datagrams read or replies sent, and the error.
+	readFn, writeFn func(fd uintptr) bool
+	n, sent, queued int
+	errno           unix.Errno
 }
 
-func newUDPReader(h *Handler, stop *stopSignal) *udpReader {
-	r := &udpReader{h: h, stop: stop, sc: h.scratch.New().(*scratch)}
+func newUDPReader(h *Handler) *udpReader {
+	r := &udpReader{h: h, sc: h.scratch.New().(*scratch)}
 	backing := make([]byte, udpBatch*maxUDPQuery)
 	for i := range r.hdrs {
 		r.bufs[i] = backing[i*maxUDPQuery : (i+1)*maxUDPQuery]
 		r.iovs[i].Base = &r.bufs[i][0]
 		r.iovs[i].SetLen(maxUDPQuery)
 	}
+	r.readFn, r.writeFn = r.read, r.write
 	return r
 }
 
-// serve reads and answers on c until the stop eventfd is readable. c must
-// not be closed before serve returns (the server closes its sockets after
-// its readers are done).
+// serve reads and answers on c until a read deadline passes (the server
+// sets one in the past to stop it) or c is closed.
 func (r *udpReader) serve(ctx context.Context, c *net.UDPConn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("udp socket: %w", err)
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = r.loop(ctx, int(fd)) }); err != nil {
-		return fmt.Errorf("udp socket: %w", err)
-	}
-	return serr
-}
-
-// loop waits for datagrams, reads a batch, answers it, and writes the
-// replies, until told to stop. It waits before reading unless the last
-// read filled a batch: at a steady rate most reads would otherwise find
-// nothing, one system call lost per wake-up.
-func (r *udpReader) loop(ctx context.Context, fd int) error {
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(r.stop.fd), Events: unix.POLLIN}}
-	full := false
 	for {
-		if full && r.stop.fired.Load() {
-			return nil
-		}
-		if !full {
-			if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
-				return fmt.Errorf("udp: poll: %w", err)
-			}
-			if fds[1].Revents != 0 {
+		if err := rc.Read(r.readFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
+			return fmt.Errorf("udp: read: %w", err)
 		}
-		// An error here (EAGAIN, or an ICMP error surfacing on the socket)
-		// is followed by a wait, so that a socket in error cannot spin.
-		n, err := r.read(fd)
-		full = err == nil && n == udpBatch
-		if err == nil {
-			r.flush(fd, r.answer(ctx, n))
+		// Another error (an ICMP error surfacing on the socket, say) was
+		// taken by the read that reported it: the next one waits again.
+		if r.errno != 0 {
+			continue
+		}
+		r.queued, r.sent = r.answer(ctx, r.n), 0
+		if r.queued > 0 {
+			_ = rc.Write(r.writeFn) // a reply the socket refuses is not retried: the client asks again
 		}
 	}
 }
 
-// read takes up to udpBatch datagrams that are already waiting.
-func (r *udpReader) read(fd int) (int, error) {
+// read takes up to udpBatch datagrams that are waiting; it asks the poller
+// to wait when there are none.
+func (r *udpReader) read(fd uintptr) bool {
 	for i := range r.hdrs {
 		h := &r.hdrs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
@@ -118,11 +105,15 @@ func (r *udpReader) read(fd int) (int, error) {
 		h.SetIovlen(1)
 		h.Flags = 0
 	}
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdrs[0])), udpBatch, 0, 0, 0)
-	if errno != 0 {
-		return 0, errno
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), udpBatch, unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case unix.EAGAIN:
+		return false
+	case unix.EINTR:
+		return r.read(fd)
 	}
-	return int(n), nil
+	r.n, r.errno = int(n), errno
+	return true
 }
 
 // answer answers the n queries read, and returns how many replies it
@@ -154,24 +145,23 @@ func (r *udpReader) answer(ctx context.Context, n int) int {
 	return queued
 }
 
-// flush sends the first n replies in r.out. A reply the kernel refuses
-// (its client's address unreachable, say) is skipped, not retried: the
-// client asks again. A full send buffer is waited out, briefly.
-func (r *udpReader) flush(fd int, n int) {
-	waited := false
-	for sent := 0; sent < n; {
-		k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.out[sent])), uintptr(n-sent), 0, 0, 0)
-		switch {
-		case errno == 0:
-			sent += int(k)
-		case errno == unix.EINTR:
-		case errno == unix.EAGAIN && !waited:
-			waited = true
-			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 100)
+// write sends the queued replies from r.sent on; it asks the poller to
+// wait when the socket's send buffer is full. A reply the kernel refuses
+// (its client's address unreachable, say) is skipped, not retried.
+func (r *udpReader) write(fd uintptr) bool {
+	for r.sent < r.queued {
+		k, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&r.out[r.sent])), uintptr(r.queued-r.sent), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			r.sent += int(k)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
 		default:
-			sent++ // the one the kernel refused
+			r.sent++ // the one the kernel refused
 		}
 	}
+	return true
 }
 
 // sourceAddr returns a datagram's source address, unmapped from IPv6.
@@ -186,29 +176,3 @@ func sourceAddr(sa *unix.RawSockaddrAny) (netip.Addr, bool) {
 	}
 	return netip.Addr{}, false
 }
-
-// stopSignal tells a server's UDP readers to stop: an eventfd that, once
-// written, is readable for good (every reader waiting in poll returns),
-// and a flag for the readers that are too busy to wait.
-type stopSignal struct {
-	fd    int
-	fired atomic.Bool
-}
-
-func newStopSignal() (*stopSignal, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return nil, fmt.Errorf("udp: eventfd: %w", err)
-	}
-	return &stopSignal{fd: fd}, nil
-}
-
-func (s *stopSignal) fire() {
-	s.fired.Store(true)
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
-	_, _ = unix.Write(s.fd, one[:])
-}
-
-// close releases the eventfd, once every reader has returned.
-func (s *stopSignal) close() { _ = unix.Close(s.fd) }

@@ -120,7 +120,7 @@ func (o *options) serverFlags(fs *flag.FlagSet) {
 	s, rrl := &o.server, &o.dns.RRL
 	fs.StringVar(&s.Addr, "listen", ":53", "the `host:port` answered on, UDP and TCP")
 	fs.IntVar(&s.UDPSockets, "udp-sockets", 0, "UDP sockets sharing the address with SO_REUSEPORT (default GOMAXPROCS)")
-	fs.IntVar(&s.UDPReaders, "udp-readers", 4, "goroutines answering on each UDP socket, each up to 32 queries at a time: the bound on UDP queries in progress is 32 times this")
+	fs.IntVar(&s.UDPReaders, "udp-readers", 1, "goroutines answering on each UDP socket, each up to 32 queries a read: the bound on UDP queries in progress is 32 times this (the readers of one socket take turns)")
 	fs.IntVar(&s.ReadBuffer, "udp-read-buffer", 8<<20, "each UDP socket's receive buffer, in `bytes`")
 	fs.IntVar(&s.MaxTCPConns, "tcp-max-conns", 1000, "TCP connections open at once; from 90% of it each new one closes the connection idle the longest,\n"+
 		"at it with none idle a new one is closed at once")
