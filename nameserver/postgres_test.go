@@ -19,9 +19,10 @@ import (
 )
 
 // TestPostgres runs replns over two clusters with PostgreSQL stores on
-// servers of their own: creates and moves show within a second, a flood
-// of random names costs the databases nothing, and stopping one cluster's
-// server keeps its known repls answered.
+// servers of their own: creates show within a second, moves within a
+// second of the move hold's end, a flood of random names costs the
+// databases nothing, and stopping one cluster's server keeps its known
+// repls answered.
 func TestPostgres(t *testing.T) {
 	servers := pgtest.StartN(t, 2)
 	ctx := context.Background()
